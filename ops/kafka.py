@@ -1,0 +1,85 @@
+"""Kafka client plumbing shared by the worker, the driver and the CLI.
+
+Every aiokafka client is built from :class:`ops.settings.KafkaSettings` through
+:func:`client_kwargs`, so TLS/SASL apply everywhere at once. Topic names come from the
+catalog plus the configured prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ops.broker import bootstrap_servers
+from ops.settings import KafkaSettings
+from streams.topics import CATALOG, TOPICS, TopicSpec
+
+log = logging.getLogger("reloop.kafka")
+
+
+def topic_name(settings: KafkaSettings, name: str) -> str:
+    """Full cluster name of catalog topic ``name``."""
+    return TOPICS[name].full_name(settings.topic_prefix)
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """TLS context for SSL / SASL_SSL, else None."""
+    if "SSL" not in settings.security_protocol:
+        return None
+    ctx = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.ssl_certfile:
+        ctx.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    return ctx
+
+
+def client_kwargs(settings: KafkaSettings, bootstrap: str | None = None) -> dict[str, Any]:
+    """Connection kwargs for any aiokafka client (bootstrap, TLS, SASL)."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": bootstrap or bootstrap_servers(settings.broker),
+        "security_protocol": settings.security_protocol,
+    }
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        kw["ssl_context"] = ctx
+    if settings.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=settings.sasl_mechanism,
+                  sasl_plain_username=settings.sasl_username,
+                  sasl_plain_password=settings.sasl_password)
+    return kw
+
+
+def make_producer(settings: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
+    """An at-least-once producer (acks=all; idempotence only where the cluster offers it)."""
+    kw = client_kwargs(settings)
+    kw.update(acks="all", linger_ms=2, max_batch_size=1 << 20, request_timeout_ms=30000)
+    if settings.transactions:
+        kw.update(enable_idempotence=True, transactional_id=f"{settings.group_id}-tx")
+    kw.update(extra)
+    return AIOKafkaProducer(**kw)
+
+
+async def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
+    """Create the catalog's topics (idempotent); returns the names that were created."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name=t.full_name(settings.topic_prefix), num_partitions=t.partitions,
+                        replication_factor=1, topic_configs=t.config())
+               for t in specs if t.full_name(settings.topic_prefix) not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            created = [t.name for t in new]
+        log.info("topics_ready", extra={"created": created})
+    finally:
+        await admin.close()
+    return created

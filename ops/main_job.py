@@ -1,0 +1,194 @@
+"""``reloop run``: the whole loop on one machine, end to end, through a real broker.
+
+1. start the embedded broker (or use ``--broker``) and create the catalog's topics;
+2. train the initial model on the simulator's warm-up traffic, register and announce it;
+3. start a worker process (``reloop worker``) and wait until it is ready;
+4. drive the rest of the simulator's traffic (requests, clicks, media) through Kafka at a
+   fixed offered load, reading the recommendations back to measure latency;
+5. print a report (throughput, latency percentiles, AUC / log loss base vs. compensated over
+   time with the distribution shift marked) and write it as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from ops.broker import EmbeddedBroker, free_port
+from ops.kafka import client_kwargs, create_topics, make_producer, topic_name
+from ops.replay import fit_initial_model, write_report
+from ops.report import print_run_report
+from ops.settings import Settings
+from ops.simulator import SimConfig, Simulator
+from ops.webclient import get_json, wait_ready
+from models.registry import ModelRegistry
+from streams.codec import decode_event, encode
+from streams.events import Interaction, MediaEvent, ModelAnnouncement, Recommendation, RecommendationRequest
+
+
+@dataclass
+class MainJobOptions:
+    """Bounds of a run: ``events`` requests (default 20000, 20% warm-up), or ``duration_s``
+    seconds of live traffic; ``forever`` keeps serving afterwards."""
+
+    events: int | None = None
+    duration_s: float | None = None
+    forever: bool = False
+    report_path: str = "reports/run.json"
+    seed: int = 7
+    offered_rps: float = 1000.0
+    warmup: float = 0.2
+
+
+def _worker_cmd(settings: Settings, broker_url: str, data_dir: str, web_port: int) -> list[str]:
+    return [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", broker_url,
+            "--data-dir", data_dir, "--web-port", str(web_port)]
+
+
+def announce(settings: Settings, registry: ModelRegistry, version: str) -> ModelAnnouncement:
+    """The announcement of a registered version (path, checksum, metrics)."""
+    bundle = registry.load(version)
+    return ModelAnnouncement(version=version, path=str(bundle.path), sha256=bundle.meta.onnx_sha256,
+                             created_ts=bundle.meta.created_ts,
+                             metrics={k: float(v) for k, v in bundle.meta.metrics.items()
+                                      if isinstance(v, (int, float))})
+
+
+async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
+    """Run the main job; returns the process exit code."""
+    n_requests = opts.events or 20000
+    broker: EmbeddedBroker | None = None
+    if settings.kafka.broker == "embedded":
+        broker = await EmbeddedBroker(log_path=str(Path(settings.worker.data_dir) / "broker.log")).astart()
+        settings = settings.with_overrides(kafka={"broker": broker.url})
+    data_dir = settings.worker.data_dir
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        await create_topics(settings.kafka)
+        sim = Simulator(SimConfig(seed=opts.seed, media_dim=settings.limits.media_dim))
+        n_warm = int(n_requests * opts.warmup)
+        print(f"[reloop] broker {settings.kafka.broker}; training the initial model on {n_warm} warm-up requests",
+              flush=True)
+        warm = [e for e in sim.labelled_log(n_warm) if isinstance(e, Interaction)]
+        fitted = fit_initial_model(warm, settings, version="v1")
+        registry = ModelRegistry(Path(data_dir) / "models")
+        registry.register(fitted, window=(warm[0].ts, warm[-1].ts))
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        await producer.send_and_wait(topic_name(settings.kafka, "models"),
+                                     encode(announce(settings, registry, "v1")), key=b"current")
+        web_port = settings.worker.web_port or free_port()
+        if web_port == 6066:
+            web_port = free_port()
+        log_path = Path(data_dir) / "worker.log"
+        worker = subprocess.Popen(_worker_cmd(settings, settings.kafka.broker, data_dir, web_port),
+                                  stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        print(f"[reloop] worker pid {worker.pid}, status on http://127.0.0.1:{web_port}/status", flush=True)
+        await wait_ready(web_port, timeout_s=120.0, proc=worker)
+        result = await drive(settings, sim, n_requests, n_warm, opts)
+        status = await get_json(web_port, "/status")
+        report = {**result, "worker": status, "model_holdout": fitted.metrics,
+                  "shift_ts": sim.shift_ts(n_requests), "requests_total": n_requests, "warmup_requests": n_warm}
+        write_report(report, opts.report_path)
+        print_run_report(report)
+        print(f"[reloop] JSON report: {opts.report_path}", flush=True)
+        if opts.forever:
+            print("[reloop] serving until Ctrl-C", flush=True)
+            while worker.poll() is None:
+                await asyncio.sleep(1.0)
+        await producer.stop()
+        return 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            broker.stop()
+
+
+async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int,
+                opts: MainJobOptions) -> dict[str, Any]:
+    """Produce the live part of the simulator's traffic and collect the recommendations."""
+    ks = settings.kafka
+    names = {t: topic_name(ks, t) for t in ("requests", "interactions", "media", "recommendations", "dlq")}
+    producer = make_producer(ks)
+    await producer.start()
+    consumer = AIOKafkaConsumer(names["recommendations"], **client_kwargs(ks), group_id=None,
+                                auto_offset_reset="latest", enable_auto_commit=False)
+    await consumer.start()
+    await consumer.seek_to_end()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    versions: dict[str, int] = {}
+    counts = {"requests": 0, "interactions": 0, "media": 0}
+    warm_cut: float | None = None
+    live: set[str] = set()  # request ids sent; feedback on warm-up requests is not replayed
+    stop_at = time.monotonic() + opts.duration_s if opts.duration_s else None
+
+    async def collect(until_all: bool) -> None:
+        deadline = time.monotonic() + 60.0
+        while True:
+            batch = await consumer.getmany(timeout_ms=50 if not until_all else 200, max_records=10000)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                for m in msgs:
+                    rec = decode_event(m.value, Recommendation)
+                    t = sent_at.pop(rec.request_id, None)
+                    if t is not None:
+                        latencies.append(now - t)
+                    versions[rec.model_version] = versions.get(rec.model_version, 0) + 1
+            if not until_all or not sent_at or time.monotonic() > deadline:
+                return
+
+    t0 = time.perf_counter()
+    interval = 1.0 / opts.offered_rps
+    seq = 0
+    for ev in sim.events(n_requests):
+        if isinstance(ev, RecommendationRequest):
+            seq += 1
+            if seq <= n_warm:
+                continue
+            if warm_cut is None:
+                warm_cut = ev.ts
+            if stop_at is not None and time.monotonic() > stop_at:
+                break
+            target = t0 + (seq - n_warm) * interval
+            if (delay := target - time.perf_counter()) > 0.002:
+                await collect(until_all=False) if delay > 0.05 else await asyncio.sleep(delay)
+            sent_at[ev.request_id] = time.perf_counter()
+            live.add(ev.request_id)
+            await producer.send(names["requests"], encode(ev), key=ev.user_id.encode())
+            counts["requests"] += 1
+        elif warm_cut is not None and (isinstance(ev, MediaEvent) or ev.request_id in live):
+            topic = "media" if isinstance(ev, MediaEvent) else "interactions"
+            await producer.send(names[topic], encode(ev), key=ev.user_id.encode())
+            counts[topic] += 1
+    await producer.flush()
+    t_sent = time.perf_counter()
+    await collect(until_all=True)
+    elapsed = time.perf_counter() - t0
+    await consumer.stop()
+    await producer.stop()
+    lat = np.array(latencies) * 1000.0
+    pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)}
+    return {
+        "produced": counts, "recommendations": len(latencies), "unanswered": len(sent_at),
+        "send_seconds": t_sent - t0, "elapsed_seconds": elapsed, "offered_rps": opts.offered_rps,
+        "answered_rps": len(latencies) / elapsed if elapsed else None, "latency_ms": pct,
+        "versions": versions, "live_from_ts": warm_cut,
+    }

@@ -1,0 +1,152 @@
+"""One typed settings object for the whole deployment.
+
+Sources, later wins: built-in defaults < a TOML file (``--config`` or ``RELOOP_CONFIG``) <
+environment variables ``RELOOP_<SECTION>__<FIELD>`` (e.g. ``RELOOP_KAFKA__BROKER``,
+``RELOOP_WORKER__WEB_PORT``). Values from the environment are parsed as TOML scalars, so
+``RELOOP_ERROR_MEMORY__TABLES=96`` is an int and ``RELOOP_KAFKA__SSL=true`` a bool. Every
+field is type-checked; a wrong type fails at start with the field's path in the message.
+
+>>> s = load_settings(env={"RELOOP_KAFKA__BROKER": "kafka://k1:9092", "RELOOP_LIMITS__MEDIA_DIM": "16"})
+>>> s.kafka.broker, s.limits.media_dim
+('kafka://k1:9092', 16)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import msgspec
+
+from models.features import FeatureSpec
+from models.ctr import ModelConfig
+from models.train import TrainConfig
+from state.error_memory import ErrorMemoryConfig
+from streams.validation import Limits
+
+ENV_PREFIX = "RELOOP_"
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the broker is and how to talk to it.
+
+    Attributes:
+        broker: ``embedded`` (start the bundled Tansu broker on a free loopback port) or
+            ``kafka://host:port[,host:port]`` for a real cluster.
+        topic_prefix: prepended to every catalog topic name (e.g. ``prod.``).
+        group_id: consumer group of the workers' hot-topic consumer.
+        security_protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+        sasl_mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*).
+        sasl_username / sasl_password: SASL credentials (prefer env vars for the password).
+        ssl_cafile / ssl_certfile / ssl_keyfile: PEM paths for TLS.
+        transactions: use Kafka transactions for outputs (real clusters only; the embedded
+            broker refuses InitProducerId).
+        session_timeout_s / rebalance_timeout_s: group membership timeouts, seconds.
+        fetch_max_records: most records per ``getmany`` call of the hot consumers.
+        connect_give_up_s: how long a worker retries an unreachable broker before exiting.
+    """
+
+    broker: str = "embedded"
+    topic_prefix: str = ""
+    group_id: str = "reloop-worker"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    transactions: bool = False
+    session_timeout_s: float = 6.0
+    rebalance_timeout_s: float = 6.0
+    fetch_max_records: int = 5000
+    connect_give_up_s: float = 60.0
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The worker process.
+
+    Attributes:
+        data_dir: where snapshots, the model registry and reports live.
+        web_port: HTTP port for metrics, health and the status page (0 = pick a free one).
+        attribution_window_s: event-time seconds after a request during which feedback is
+            joined to it; unlabelled impressions become negatives when it closes.
+        pending_limit: most pending predictions kept per worker (oldest expire first).
+        snapshot_every_s: wall-clock seconds between state snapshots (offsets committed then).
+        ort_threads: onnxruntime intra-op threads per scorer.
+        metrics_window: events per point of the rolling AUC / log-loss series.
+        compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
+    """
+
+    data_dir: str = "var"
+    web_port: int = 6066
+    attribution_window_s: float = 60.0
+    pending_limit: int = 1_000_000
+    snapshot_every_s: float = 10.0
+    ort_threads: int = 1
+    metrics_window: int = 1000
+    compensation: Literal["error_memory", "none"] = "error_memory"
+
+
+class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The offline replay engine.
+
+    Attributes:
+        warmup: leading fraction of the log that trains the initial model (not scored).
+        batch_size: events per micro-batch (a batch is scored before its feedback applies).
+    """
+
+    warmup: float = 0.2
+    batch_size: int = 256
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """All of ReLoop's configuration (see each section's docstring)."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    worker: WorkerSettings = WorkerSettings()
+    replay: ReplaySettings = ReplaySettings()
+    limits: Limits = Limits()
+    features: FeatureSpec = FeatureSpec()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    error_memory: ErrorMemoryConfig = ErrorMemoryConfig()
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> "Settings":
+        """A copy with some fields replaced, e.g. ``s.with_overrides(kafka={"broker": b})``."""
+        data = msgspec.to_builtins(self)
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return msgspec.convert(data, Settings)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from defaults, an optional TOML file and the environment.
+
+    Raises:
+        ValueError: a field has the wrong type or an unknown name (message names it).
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(f"{ENV_PREFIX}CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, field = name[len(ENV_PREFIX):].lower().partition("__")
+        data.setdefault(section, {})[field] = _parse_scalar(value)
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid settings: {exc}") from None

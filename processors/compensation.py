@@ -1,0 +1,59 @@
+"""The compensation hook between the slow model and the ranking.
+
+``ScoringCore`` hands every batch of base predictions and hidden representations to a
+:class:`Compensation`; ``FeedbackCore``'s error records flow back into it through
+``apply_errors``. :class:`NoCompensation` is the identity (the slow model alone); the error
+memory (ReLoop2) implements the same protocol in :mod:`processors.error_memory`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from streams.events import ErrorRecord
+
+
+class Compensated(NamedTuple):
+    """Output of a compensation for n candidates.
+
+    Attributes:
+        scores: (n,) float64 compensated probabilities in [0, 1].
+        evidence: (n,) float64 memory support behind each correction (0 = none).
+        codes: (n, K) int32 memory keys to keep with the pending prediction ((n, 0) if none).
+    """
+
+    scores: np.ndarray
+    evidence: np.ndarray
+    codes: np.ndarray
+
+
+class Compensation(Protocol):
+    """Corrects base predictions at serving time and learns from error records."""
+
+    def compensate(self, base: np.ndarray, hidden: np.ndarray, now: float) -> Compensated:
+        """base (n,) float64, hidden (n, H) float32, now = event time (s)."""
+        ...
+
+    def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
+        """Learn from error records; returns how many were stored."""
+        ...
+
+    def on_model_change(self, version: str) -> None:
+        """The slow model changed: hidden keys change meaning."""
+        ...
+
+
+class NoCompensation:
+    """The identity: compensated score = base score, no evidence, no codes."""
+
+    def compensate(self, base: np.ndarray, hidden: np.ndarray, now: float) -> Compensated:
+        n = len(base)
+        return Compensated(np.asarray(base, np.float64), np.zeros(n), np.zeros((n, 0), np.int32))
+
+    def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
+        return 0
+
+    def on_model_change(self, version: str) -> None:
+        return None

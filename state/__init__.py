@@ -1,0 +1,1 @@
+"""The memories: error memory, media memory, schema cache, snapshots. Imports only `streams`."""

@@ -1,0 +1,1 @@
+"""Event types, codec, validation limits and the topic catalog. Imports nothing of ours."""

@@ -1,0 +1,203 @@
+"""Typed events carried on ReLoop's topics.
+
+Every event is a ``msgspec.Struct`` tagged by a ``type`` field, so one decoder can read any
+event and a JSONL log can mix kinds. Wire format is JSON. Static checks (types, required
+fields, ranges, string and list sizes) are expressed as ``msgspec.Meta`` constraints and run
+while decoding; checks that depend on deployment limits (embedding length, candidate count,
+payload bytes) live in :mod:`streams.validation`.
+
+Feature dictionaries map a feature name to a categorical value (``str``) or a dense value
+(finite ``float``). Event time ``ts`` is unix seconds (float).
+
+>>> from streams.codec import encode, decode_event
+>>> ev = Interaction(user_id="u1", item_id="i9", ts=10.0, label=1)
+>>> decode_event(encode(ev)) == ev
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+#: Wire schema version written by this code. Decoders accept versions <= this.
+SCHEMA_VERSION = 1
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="opaque identifier")]
+Ts = Annotated[float, msgspec.Meta(ge=0.0, le=1e11, description="event time, unix seconds")]
+Prob = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Label = Annotated[int, msgspec.Meta(ge=0, le=1)]
+FeatureName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+FeatureValue = Union[Annotated[str, msgspec.Meta(max_length=256)], float]
+Features = Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=64)]
+Version = Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION, description="event schema version")]
+Modality = Literal["video", "audio"]
+InteractionKind = Literal["impression", "click", "rating", "dwell"]
+
+
+def _check_features(features: dict[str, str | float], where: str) -> None:
+    for name, value in features.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}[{name!r}] must be finite, got {value}")
+
+
+class _Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):
+    """Base of all events: a ``type`` tag and a ``schema_version``."""
+
+    schema_version: Version = SCHEMA_VERSION
+
+
+class Candidate(msgspec.Struct, kw_only=True):
+    """One item offered for ranking, with its item-side features."""
+
+    item_id: Id
+    features: Features = {}
+
+
+class RecommendationRequest(_Event, tag="request"):
+    """A request to rank ``candidates`` for ``user_id`` (key: user_id)."""
+
+    request_id: Id
+    user_id: Id
+    ts: Ts
+    candidates: Annotated[list[Candidate], msgspec.Meta(min_length=1, max_length=4096)]
+    features: Features = {}
+
+    def __post_init__(self) -> None:
+        _check_features(self.features, "features")
+        for c in self.candidates:
+            _check_features(c.features, f"candidates[{c.item_id!r}].features")
+
+
+class ScoredItem(msgspec.Struct, kw_only=True):
+    """A ranked item: slow-model score, compensated score and the memory evidence used.
+
+    ``evidence`` is the error-memory support behind the correction (mean decayed bucket
+    count over the K hash tables; 0 when the memory had nothing to say).
+    """
+
+    item_id: Id
+    base_score: Prob
+    score: Prob
+    evidence: float = 0.0
+    schemas: list[str] = []
+
+
+class Recommendation(_Event, tag="recommendation"):
+    """Ranked response to a request (key: user_id), highest ``score`` first."""
+
+    request_id: Id
+    user_id: Id
+    ts: Ts
+    model_version: str
+    items: list[ScoredItem]
+
+
+class Interaction(_Event, tag="interaction"):
+    """Labelled feedback on an item (key: user_id).
+
+    ``request_id`` links it to the recommendation that showed the item; an interaction
+    without one (e.g. a replayed log line) is scored as a one-candidate request.
+    ``value`` is the rating (``kind="rating"``) or dwell seconds (``kind="dwell"``).
+    """
+
+    user_id: Id
+    item_id: Id
+    ts: Ts
+    label: Label
+    kind: InteractionKind = "click"
+    request_id: Id | None = None
+    value: float | None = None
+    features: Features = {}
+
+    def __post_init__(self) -> None:
+        _check_features(self.features, "features")
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError(f"value must be finite, got {self.value}")
+
+
+class MediaEvent(_Event, tag="media"):
+    """A perception segment from an upstream encoder (key: user_id).
+
+    ``embedding`` is the segment embedding, length fixed per deployment
+    (``limits.media_dim``); ``item_id`` names the content being watched or heard.
+    """
+
+    user_id: Id
+    ts: Ts
+    modality: Modality
+    segment_id: Id
+    embedding: Annotated[list[float], msgspec.Meta(min_length=1, max_length=4096)]
+    item_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(x) for x in self.embedding):
+            raise ValueError("embedding values must be finite")
+
+
+class ErrorRecord(_Event, tag="error"):
+    """A scored-and-labelled sample, written to ``errors`` and applied by every replica.
+
+    ``codes`` are the error-memory bucket indices of the sample (one per hash table, empty
+    when no error memory is configured); ``error_id`` is unique per (request, item) so a
+    replica can tell a redelivery from a new record.
+    """
+
+    error_id: Id
+    user_id: Id
+    item_id: Id
+    ts: Ts
+    label: Label
+    base_pred: Prob
+    comp_pred: Prob
+    model_version: str
+    codes: list[int] = []
+    features: Features = {}
+
+
+class ModelAnnouncement(_Event, tag="model"):
+    """A model version ready to serve (key: "current", compacted topic)."""
+
+    version: str
+    path: str
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    created_ts: float
+    metrics: dict[str, float] = {}
+
+
+class DeadLetter(_Event, tag="dead_letter"):
+    """An input that could not be processed, with where it came from and why.
+
+    ``original`` is the raw value, base64-encoded so any bytes survive JSON.
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    error: str
+    original: str
+    key: str | None = None
+    ts: float = 0.0
+
+
+Event = Union[
+    RecommendationRequest,
+    Recommendation,
+    Interaction,
+    MediaEvent,
+    ErrorRecord,
+    ModelAnnouncement,
+    DeadLetter,
+]
+
+ALL_EVENT_TYPES: tuple[type[_Event], ...] = (
+    RecommendationRequest,
+    Recommendation,
+    Interaction,
+    MediaEvent,
+    ErrorRecord,
+    ModelAnnouncement,
+    DeadLetter,
+)

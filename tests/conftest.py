@@ -1,0 +1,99 @@
+"""Shared fixtures: a real embedded broker, small settings, a small fitted model, a worker."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ops.broker import EmbeddedBroker, free_port
+from ops.settings import Settings
+
+_ids = itertools.count()
+
+#: Model/training settings small enough for tests on 2 cores (seconds, not minutes).
+SMALL = {
+    "features": {"n_buckets": 1 << 14, "max_tokens": 12},
+    "train": {"epochs": 2, "batch_size": 256},
+    "worker": {"metrics_window": 200, "attribution_window_s": 30.0},
+    "limits": {"max_event_bytes": 200_000},
+}
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One embedded Tansu broker for the whole test session (tests isolate by topic prefix)."""
+    b = EmbeddedBroker()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Small settings with a private data dir (no broker)."""
+    return Settings().with_overrides(**{**SMALL, "worker": {**SMALL["worker"], "data_dir": str(tmp_path)}})
+
+
+@pytest.fixture
+def kafka_settings(settings: Settings, broker: EmbeddedBroker) -> Settings:
+    """``settings`` pointed at the session broker with a unique topic prefix and group."""
+    n = next(_ids)
+    return settings.with_overrides(kafka={"broker": broker.url, "topic_prefix": f"t{n}-{os.getpid()}.",
+                                          "group_id": f"g{n}-{os.getpid()}"})
+
+
+class WorkerProcess:
+    """A ``reloop worker`` subprocess (the real CLI) with its web port and log file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               **{f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in SMALL.items() for k, v in kv.items()},
+               "RELOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+               "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
+             "--data-dir", settings.worker.data_dir, "--web-port", str(self.port)],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def small_log():
+    """A small labelled simulator log (prequential form): 400 requests x 20 candidates."""
+    from ops.simulator import SimConfig, Simulator
+    from streams.events import Interaction
+
+    sim = Simulator(SimConfig(seed=3, n_users=300, n_items=200))
+    return [e for e in sim.labelled_log(400)]
+
+
+@pytest.fixture(scope="session")
+def small_model(small_log):
+    """A small model fitted on the first 200 requests of ``small_log`` (version v1)."""
+    from ops.replay import fit_initial_model
+    from streams.events import Interaction
+
+    s = Settings().with_overrides(**SMALL)
+    warm = [e for e in small_log if isinstance(e, Interaction)][:4000]
+    return fit_initial_model(warm, s, version="v1")

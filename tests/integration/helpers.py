@@ -1,0 +1,67 @@
+"""Helpers for tests that run a real worker process against the embedded broker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+
+from ops.kafka import client_kwargs, topic_name
+from ops.settings import Settings
+from streams.codec import encode
+
+
+async def produce(settings: Settings, topic: str, values: list[bytes | msgspec.Struct],
+                  keys: list[bytes] | None = None) -> None:
+    """Produce values (events are encoded) to a catalog topic and wait for the acks."""
+    from ops.kafka import make_producer
+
+    p = make_producer(settings.kafka, max_request_size=16 << 20)
+    await p.start()
+    try:
+        futs = []
+        for i, v in enumerate(values):
+            raw = v if isinstance(v, bytes) else encode(v)
+            key = keys[i] if keys else (getattr(v, "user_id", "k").encode() if not isinstance(v, bytes) else b"k")
+            futs.append(await p.send(topic_name(settings.kafka, topic), raw, key=key))
+        for f in futs:
+            await f
+    finally:
+        await p.stop()
+
+
+async def consume_until(settings: Settings, topic: str, done: Callable[[list[Any]], bool],
+                        timeout_s: float = 60.0) -> list[Any]:
+    """Read a topic from the beginning until ``done(messages)`` holds; fail on timeout."""
+    c = AIOKafkaConsumer(topic_name(settings.kafka, topic), **client_kwargs(settings.kafka), group_id=None,
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(got):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: condition not met after {timeout_s}s with {len(got)} messages")
+            batch = await c.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                got.extend(msgs)
+    finally:
+        await c.stop()
+    return got
+
+
+async def poll_until(fetch: Callable[[], Any], cond: Callable[[Any], bool], timeout_s: float = 60.0,
+                     what: str = "condition") -> Any:
+    """Await ``fetch()`` repeatedly until ``cond(result)``; fail with the last result on timeout."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = await fetch()
+        if cond(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{what} not met after {timeout_s}s; last: {last}")
