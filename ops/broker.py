@@ -59,6 +59,7 @@ async def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     last: BaseException | None = None
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refusals are expected here
     while time.monotonic() < deadline:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
@@ -70,6 +71,7 @@ async def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.05)
         finally:
             await admin.close()
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)
     raise TimeoutError(f"broker at {bootstrap} did not answer metadata within {timeout_s}s: {last}")
 
 

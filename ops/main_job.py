@@ -68,11 +68,11 @@ async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
     """Run the main job; returns the process exit code."""
     n_requests = opts.events or 20000
     broker: EmbeddedBroker | None = None
+    Path(settings.worker.data_dir).mkdir(parents=True, exist_ok=True)
     if settings.kafka.broker == "embedded":
         broker = await EmbeddedBroker(log_path=str(Path(settings.worker.data_dir) / "broker.log")).astart()
         settings = settings.with_overrides(kafka={"broker": broker.url})
     data_dir = settings.worker.data_dir
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
     worker: subprocess.Popen[bytes] | None = None
     try:
         await create_topics(settings.kafka)

@@ -1,16 +1,21 @@
-"""Pending predictions: what was scored and shown, waiting for its label.
+"""Pending predictions: what was scored and shown, waiting for its labels.
 
-A pending prediction is keyed by ``(request_id, item_id)`` and lives until feedback joins it
-or its attribution window (event time) closes, at which point an unlabelled impression
-becomes a negative. Interactions that arrive before their request (the two topics are read
-independently) wait as *orphans* until the request arrives or their own window closes.
+Predictions are grouped by request. A candidate's label is known when an interaction for it
+arrives; a request *resolves* when every candidate has a label, or when the event-time
+watermark passes ``request ts + window`` (then unlabelled impressions are negatives). All of
+a request's labelled predictions leave the store together when it resolves. Holding early
+clicks until their request resolves keeps the error memory unbiased: otherwise positives
+(which arrive within seconds) would be written long before the negatives (which are only known
+when the window closes), and compensation would drift upwards.
 
-The store is plain Python state (dicts and a heap) so it snapshots to JSON-able builtins.
+Interactions that arrive before their request (the topics are read independently) wait as
+*orphans* until the request arrives or their own window closes.
 """
 
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
 from streams.events import Features, Interaction
@@ -34,74 +39,119 @@ class Pending(NamedTuple):
     features: Features
 
 
+class Resolved(NamedTuple):
+    """A prediction with its final label and the event time the label became final."""
+
+    pending: Pending
+    label: int
+    ts: float
+
+
+@dataclass
+class _Request:
+    deadline: float
+    items: dict[str, Pending] = field(default_factory=dict)
+    labels: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
 class PendingStore:
-    """Pending predictions and orphan interactions, expired by event-time watermark.
+    """Pending predictions by request, and orphan interactions, expired by watermark.
 
     >>> s = PendingStore(window_s=10.0)
     >>> s.add(Pending("r1", "i1", "u1", 100.0, 0.3, 0.3, "v1", (), {}))
-    >>> s.take("r1", "i1").base_pred, s.take("r1", "i1")
-    (0.3, None)
+    >>> s.add(Pending("r1", "i2", "u1", 100.0, 0.6, 0.6, "v1", (), {}))
+    >>> s.label("r1", "i1", 1, 101.0)
+    ('joined', [])
+    >>> [(r.pending.item_id, r.label) for r in s.advance(110.0)]
+    [('i1', 1), ('i2', 0)]
     """
 
     def __init__(self, window_s: float, limit: int = 1_000_000) -> None:
         self.window_s = window_s
         self.limit = limit
-        self._items: dict[tuple[str, str], Pending] = {}
+        self._requests: dict[str, _Request] = {}
         self._orphans: dict[tuple[str, str], Interaction] = {}
-        self._resolved: dict[tuple[str, str], float] = {}  # joined keys -> window end
-        self._deadlines: list[tuple[float, str, str]] = []  # heap of (expire_ts, request, item)
+        self._resolved: dict[str, float] = {}  # request ids resolved -> deadline (dedupe)
+        self._deadlines: list[tuple[float, int, str]] = []  # (deadline, kind 0=req 1=orphan, id)
+        self._size = 0
         self.watermark = 0.0
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Number of pending (not yet resolved) predictions."""
+        return self._size
 
     @property
     def orphan_count(self) -> int:
         return len(self._orphans)
 
     def add(self, p: Pending) -> None:
-        """Register a scored candidate. A re-delivered duplicate replaces itself, and one whose
-        feedback was already joined is ignored (so a redelivery never yields a false negative)."""
-        key = (p.request_id, p.item_id)
-        if key in self._resolved:
+        """Register a scored candidate. A redelivered request that already resolved is ignored,
+        so a duplicate never yields a second record or a false negative."""
+        if p.request_id in self._resolved:
             return
-        if key not in self._items:
-            heapq.heappush(self._deadlines, (p.ts + self.window_s, p.request_id, p.item_id))
-        self._items[key] = p
-        self.watermark = max(self.watermark, p.ts)
+        req = self._requests.get(p.request_id)
+        if req is None:
+            req = self._requests[p.request_id] = _Request(p.ts + self.window_s)
+            heapq.heappush(self._deadlines, (req.deadline, 0, p.request_id))
+        if p.item_id not in req.items:
+            self._size += 1
+        req.items[p.item_id] = p
 
-    def take(self, request_id: str, item_id: str) -> Pending | None:
-        """Remove and return the pending prediction, or None if absent or already taken."""
-        p = self._items.pop((request_id, item_id), None)
-        if p is not None:
-            self._resolved[(request_id, item_id)] = p.ts + self.window_s
-        return p
+    def label(self, request_id: str, item_id: str, label: int, ts: float) -> tuple[str, list[Resolved]]:
+        """Record a label. Returns (status, resolved) where status is ``joined``,
+        ``duplicate`` (already labelled or resolved) or ``unknown`` (no such prediction), and
+        ``resolved`` holds the request's predictions if this label completed it."""
+        if request_id in self._resolved:
+            return "duplicate", []
+        req = self._requests.get(request_id)
+        if req is None or item_id not in req.items:
+            return "unknown", []
+        if item_id in req.labels:
+            return "duplicate", []
+        req.labels[item_id] = (label, ts)
+        if len(req.labels) == len(req.items):
+            return "joined", self._resolve(request_id)
+        return "joined", []
+
+    def _resolve(self, request_id: str) -> list[Resolved]:
+        req = self._requests.pop(request_id)
+        self._resolved[request_id] = req.deadline
+        self._size -= len(req.items)
+        out = []
+        for item_id, p in req.items.items():
+            label, ts = req.labels.get(item_id, (0, req.deadline))
+            out.append(Resolved(p, label, max(ts, p.ts)))
+        return out
 
     def park_orphan(self, it: Interaction) -> None:
         """Keep an interaction whose request has not been seen yet."""
         assert it.request_id is not None
-        self._orphans[(it.request_id, it.item_id)] = it
-        heapq.heappush(self._deadlines, (it.ts + self.window_s, it.request_id, it.item_id))
+        key = (it.request_id, it.item_id)
+        if key not in self._orphans:
+            self._orphans[key] = it
+            heapq.heappush(self._deadlines, (it.ts + self.window_s, 1, f"{it.request_id}\x00{it.item_id}"))
 
     def claim_orphan(self, request_id: str, item_id: str) -> Interaction | None:
         """The orphan waiting for this candidate, if any (removed)."""
         return self._orphans.pop((request_id, item_id), None)
 
-    def advance(self, watermark: float) -> Iterator[tuple[Pending | None, Interaction | None]]:
-        """Move the watermark and yield what expired: ``(pending, None)`` for an unlabelled
-        impression (a negative), ``(None, orphan)`` for feedback whose request never came."""
+    def advance(self, watermark: float) -> Iterator[Resolved | Interaction]:
+        """Move the watermark; yield resolved predictions of requests whose window closed
+        (in deadline order) and orphans whose request never came (``Interaction``)."""
         self.watermark = max(self.watermark, watermark)
-        while self._deadlines and (self._deadlines[0][0] <= self.watermark
-                                   or len(self._items) > self.limit):
-            _, rid, iid = heapq.heappop(self._deadlines)
-            self._resolved.pop((rid, iid), None)
-            p = self._items.pop((rid, iid), None)
-            if p is not None:
-                yield p, None
-            o = self._orphans.pop((rid, iid), None)
-            if o is not None:
-                yield None, o
+        while self._deadlines and (self._deadlines[0][0] <= self.watermark or self._size > self.limit):
+            deadline, kind, ident = heapq.heappop(self._deadlines)
+            if kind == 0:
+                if ident in self._requests:
+                    yield from self._resolve(ident)
+                elif self._resolved.get(ident) == deadline:
+                    del self._resolved[ident]  # past its window a redelivery is stale anyway
+            else:
+                rid, _, iid = ident.partition("\x00")
+                orphan = self._orphans.pop((rid, iid), None)
+                if orphan is not None:
+                    yield orphan
 
-    def drain(self) -> Iterator[tuple[Pending | None, Interaction | None]]:
-        """Expire everything (end of a finite replay)."""
+    def drain(self) -> Iterator[Resolved | Interaction]:
+        """Resolve everything (end of a finite log)."""
         yield from self.advance(float("inf"))

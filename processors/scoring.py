@@ -67,17 +67,17 @@ class ScoringCore:
         now = max(r.ts for r in requests)
         base, comp, _ = self.score_rows(rows, now)
         scores, evidence, codes = comp
+        base_l, score_l, ev_l, codes_l = base.tolist(), scores.tolist(), evidence.tolist(), codes.tolist()
         version = self.scorer.version
         recs: list[Recommendation] = []
         pending: list[Pending] = []
         for j, r in enumerate(requests):
             lo, hi = bounds[j], bounds[j + 1]
-            order = np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo
-            items = [ScoredItem(item_id=rows[i][1], base_score=float(base[i]), score=float(scores[i]),
-                                evidence=float(evidence[i])) for i in order]
+            order = (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()
+            items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i])
+                     for i in order]
             recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
                                        model_version=version, items=items))
-            for i in range(lo, hi):
-                pending.append(Pending(r.request_id, rows[i][1], r.user_id, r.ts, float(base[i]),
-                                       float(scores[i]), version, tuple(codes[i].tolist()), rows[i][2]))
+            pending.extend(Pending(r.request_id, rows[i][1], r.user_id, r.ts, base_l[i], score_l[i],
+                                   version, tuple(codes_l[i]), rows[i][2]) for i in range(lo, hi))
         return recs, pending

@@ -43,13 +43,13 @@ def _check_features(features: dict[str, str | float], where: str) -> None:
             raise ValueError(f"{where}[{name!r}] must be finite, got {value}")
 
 
-class _Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):
+class _Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False, gc=False):
     """Base of all events: a ``type`` tag and a ``schema_version``."""
 
     schema_version: Version = SCHEMA_VERSION
 
 
-class Candidate(msgspec.Struct, kw_only=True):
+class Candidate(msgspec.Struct, kw_only=True, gc=False):
     """One item offered for ranking, with its item-side features."""
 
     item_id: Id
@@ -71,7 +71,7 @@ class RecommendationRequest(_Event, tag="request"):
             _check_features(c.features, f"candidates[{c.item_id!r}].features")
 
 
-class ScoredItem(msgspec.Struct, kw_only=True):
+class ScoredItem(msgspec.Struct, kw_only=True, gc=False):
     """A ranked item: slow-model score, compensated score and the memory evidence used.
 
     ``evidence`` is the error-memory support behind the correction (mean decayed bucket
