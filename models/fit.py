@@ -60,6 +60,7 @@ def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: Feat
     tokens, dense = FeatureEncoder(spec).encode(rows)
     model, metrics = train_model(tokens, dense, np.asarray(labels, np.float32), spec,
                                  config=train_config, model_config=model_config, init=init)
+    model.fit_hidden_center(tokens, dense)
     t_train = time.perf_counter() - t0
     onnx_bytes = export_onnx(model, spec)
     probe = slice(max(0, len(rows) - 512), len(rows))

@@ -91,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     opts = MainJobOptions(events=args.events, duration_s=args.duration, forever=args.forever,
-                          report_path=args.report, seed=args.seed)
+                          report_path=args.report, seed=args.seed,
+                          offered_rps=args.rate)
     return asyncio.run(run_main_job(settings, opts))
 
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--forever", action="store_true", help="keep serving after the traffic ends")
     r.add_argument("--report", default="reports/run.json")
     r.add_argument("--seed", type=int, default=7)
+    r.add_argument("--rate", type=float, default=400.0, help="offered load, requests/s (wall clock)")
     r.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="run one worker against a broker")

@@ -92,15 +92,27 @@ class ReplayEngine:
         self.settings = settings
         self.compensation_factory = compensation_factory
 
-    def run(self, loaded: LoadedLog, *, progress: bool = False, fitted: FittedModel | None = None) -> ReplayResult:
-        """Replay ``loaded``; returns the result (report + per-event predictions)."""
+    def run(self, loaded: LoadedLog, *, progress: bool = False, fitted: FittedModel | None = None,
+            model_cache: dict[str, FittedModel] | None = None) -> ReplayResult:
+        """Replay ``loaded``; returns the result (report + per-event predictions).
+
+        With ``replay.retrain_every = N`` the slow model is retrained (warm start) after every
+        N scored events on the last ``retrain_window`` labelled events and swapped in between
+        batches; the compensation is told (reset or re-key). ``model_cache`` (version -> model)
+        lets several runs over the same log share their retrained models (they depend only on
+        the labels, not on the compensation).
+        """
         cfg = self.settings.replay
         interactions = loaded.interactions
         if len(interactions) < 2:
             raise ValueError(f"log {loaded.source!r} has {len(interactions)} valid interactions; need >= 2")
         warm, rest = split_warmup(interactions, cfg.warmup)
         t_fit = time.perf_counter()
-        fitted = fitted or fit_initial_model(warm, self.settings)
+        cache = model_cache if model_cache is not None else {}
+        fitted = fitted or cache.get("v1") or fit_initial_model(warm, self.settings)
+        cache.setdefault("v1", fitted)
+        current = fitted
+        retrains: list[dict] = []
         fit_s = time.perf_counter() - t_fit
         compensation = self.compensation_factory(fitted) if self.compensation_factory else None
         scoring = ScoringCore(fitted.scorer, compensation)
@@ -119,6 +131,14 @@ class ReplayEngine:
                 feedback.on_scored(pending)
                 records = feedback.on_batch([as_feedback(it, first + j) for j, it in enumerate(batch)])
                 scoring.compensation.apply_errors(records)
+                done = (b + 1) * cfg.batch_size
+                if cfg.retrain_every and done // cfg.retrain_every > (done - len(batch)) // cfg.retrain_every \
+                        and done < len(rest):
+                    seen = interactions[max(0, len(warm) + done - cfg.retrain_window): len(warm) + done]
+                    current = self._retrain(current, seen, f"v{len(retrains) + 2}", cache)
+                    scoring.swap_model(current.scorer)
+                    retrains.append({"version": current.version, "after_events": done,
+                                     "holdout_auc": current.metrics.get("holdout_auc")})
                 for r in records:
                     base.append(r.base_pred)
                     comp.append(r.comp_pred)
@@ -147,9 +167,21 @@ class ReplayEngine:
             "model_version": fitted.version,
             "model_holdout": fitted.metrics,
             "compensation": type(scoring.compensation).__name__,
+            "retrains": retrains,
             "series": metrics.series,
         }
         return ReplayResult(report, y, pb, pc, np.array(ts), fitted)
+
+
+    def _retrain(self, current: FittedModel, window: Sequence[Interaction], version: str,
+                 cache: dict[str, FittedModel]) -> FittedModel:
+        if version not in cache:
+            rows = [(it.user_id, it.item_id, it.features) for it in window]
+            labels = np.fromiter((it.label for it in window), np.float32, len(window))
+            cache[version] = fit_model(rows, labels, feature_defaults=self.settings.features,
+                                       model_config=self.settings.model, train_config=self.settings.train,
+                                       version=version, init=current.model)
+        return cache[version]
 
 
 class _progress:

@@ -78,6 +78,8 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         ort_threads: onnxruntime intra-op threads per scorer.
         metrics_window: events per point of the rolling AUC / log-loss series.
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
+        rekey_window: recent labelled samples re-keyed into the error memory when the model
+            changes (0 = reset the memory, as the ReLoop2 paper does).
     """
 
     data_dir: str = "var"
@@ -88,6 +90,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ort_threads: int = 1
     metrics_window: int = 1000
     compensation: Literal["error_memory", "none"] = "error_memory"
+    rekey_window: int = 20_000
 
 
 class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -96,10 +99,14 @@ class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     Attributes:
         warmup: leading fraction of the log that trains the initial model (not scored).
         batch_size: events per micro-batch (a batch is scored before its feedback applies).
+        retrain_every: retrain the slow model every N scored events (0 = frozen model).
+        retrain_window: most recent labelled events a retrain learns from.
     """
 
     warmup: float = 0.2
     batch_size: int = 256
+    retrain_every: int = 0
+    retrain_window: int = 20_000
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -55,10 +55,12 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     topics = {t.name: topic_name(ks, t.name) for t in CATALOG}
     hot = HotPath(client=client_kwargs(ks), topics=topics, group_id=ks.group_id, limits=settings.limits,
                   feedback=feedback, telemetry=telemetry,
-                  compensation_factory=lambda sc: make_compensation(settings, sc.hidden_dim, sc.version),
+                  compensation_factory=lambda sc: make_compensation(settings, sc),
                   fetch_max_records=ks.fetch_max_records,
                   session_timeout_ms=int(ks.session_timeout_s * 1000),
-                  rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000))
+                  rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
+                  snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
+                  snapshot_every_s=settings.worker.snapshot_every_s)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
 
@@ -123,6 +125,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
             "model_version": hot.scoring.model_version if hot.scoring else None,
             "pending": len(feedback.pending), "unattributed": feedback.unattributed,
             "errors_applied": hot.errors_applied, "summary": summary, "series": series,
+            "error_memory": {"digest": hot.compensation.digest(),
+                             "rekeyed": getattr(hot.compensation, "rekeyed", 0)},
         })
 
     return app, hot

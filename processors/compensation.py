@@ -8,11 +8,14 @@ memory (ReLoop2) implements the same protocol in :mod:`processors.error_memory`.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from streams.events import ErrorRecord
+
+if TYPE_CHECKING:
+    from models.scorer import OnnxScorer
 
 
 class Compensated(NamedTuple):
@@ -40,13 +43,34 @@ class Compensation(Protocol):
         """Learn from error records; returns how many were stored."""
         ...
 
-    def on_model_change(self, version: str) -> None:
-        """The slow model changed: hidden keys change meaning."""
+    def on_model_change(self, scorer: "OnnxScorer") -> None:
+        """The slow model changed to ``scorer``: hidden keys change meaning."""
+        ...
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Plain arrays of the replica's state (for atomic snapshot files)."""
+        ...
+
+    def restore(self, snap: dict[str, np.ndarray]) -> bool:
+        """Adopt a snapshot if it fits the current model; returns whether it did."""
+        ...
+
+    def digest(self) -> str:
+        """A short fingerprint of the state (equal state, equal digest)."""
         ...
 
 
 class NoCompensation:
     """The identity: compensated score = base score, no evidence, no codes."""
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> bool:
+        return False
+
+    def digest(self) -> str:
+        return ""
 
     def compensate(self, base: np.ndarray, hidden: np.ndarray, now: float) -> Compensated:
         n = len(base)
@@ -55,5 +79,5 @@ class NoCompensation:
     def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
         return 0
 
-    def on_model_change(self, version: str) -> None:
+    def on_model_change(self, scorer: "OnnxScorer") -> None:
         return None

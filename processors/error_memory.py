@@ -1,19 +1,29 @@
 """ReLoop2 compensation: the error memory (:mod:`state.error_memory`) behind the hook.
 
 Serving hashes each candidate's hidden vector once; the codes travel with the pending
-prediction and come back in the error record, so feedback writes need no re-hashing. Only
-records scored by the current model version are written: after a model change the hidden
-space changes meaning and old codes would land in the wrong buckets.
+prediction and come back in the error record, so feedback writes need no re-hashing.
+
+Model changes. Hidden keys change meaning when the slow model changes. ReLoop2 resets the
+memory; we *re-key* instead: the replica keeps the last ``rekey_window`` labelled samples
+(features, label, event time) and, when a new model is installed, re-scores them with it
+(new base prediction, new hidden vector, new codes) into a fresh memory, so compensation is
+warm right after a swap. Records scored by an older model that arrive after the swap are
+re-keyed the same way as they come in, so a replica's state does not depend on where in the
+``errors`` stream its swap happened. ``rekey_window = 0`` gives the paper's reset.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Sequence
 
 import numpy as np
 
+from models.features import FeatureEncoder
+from models.scorer import OnnxScorer
 from processors.compensation import Compensated
 from state.error_memory import ErrorMemory, stable_keys
+from state.knn_memory import ExactKnnMemory
 from streams.events import ErrorRecord
 
 
@@ -22,13 +32,20 @@ class ErrorMemoryCompensation:
 
     Args:
         memory: the sketch (its dim must equal the model's hidden width).
-        model_version: version whose hidden space the memory is keyed by.
+        scorer: the model whose hidden space the memory is keyed by.
+        rekey_window: labelled samples kept for re-keying after a model change (0 = reset).
     """
 
-    def __init__(self, memory: ErrorMemory, model_version: str) -> None:
+    def __init__(self, memory: ErrorMemory, scorer: OnnxScorer, rekey_window: int = 20_000) -> None:
         self.memory = memory
-        self.model_version = model_version
-        self.skipped_stale = 0
+        self.scorer = scorer
+        self.encoder = FeatureEncoder(scorer.spec)
+        self.window: deque[ErrorRecord] = deque(maxlen=rekey_window) if rekey_window > 0 else deque(maxlen=0)
+        self.rekeyed = 0
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
 
     def compensate(self, base: np.ndarray, hidden: np.ndarray, now: float) -> Compensated:
         codes = self.memory.codes(hidden)
@@ -36,21 +53,89 @@ class ErrorMemoryCompensation:
         return Compensated(scores, evidence, codes)
 
     def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
-        """Write records of the current model version (others are counted as stale)."""
+        """Write records; those keyed by another model version are re-keyed first."""
+        if not records:
+            return 0
+        self.window.extend(records)
         k = self.memory.config.tables
         fresh = [r for r in records if r.model_version == self.model_version and len(r.codes) == k]
-        self.skipped_stale += len(records) - len(fresh)
-        if not fresh:
-            return 0
-        n = len(fresh)
-        codes = np.array([r.codes for r in fresh], dtype=np.int32).reshape(n, k)
-        y = np.fromiter((r.label for r in fresh), np.float64, n)
-        p = np.fromiter((r.base_pred for r in fresh), np.float64, n)
-        ts = np.fromiter((r.ts for r in fresh), np.float64, n)
-        keys = stable_keys(r.error_id for r in fresh) if self.memory.config.write_sample < 1.0 else None
+        stale = [r for r in records if r.model_version != self.model_version or len(r.codes) != k]
+        written = 0
+        if fresh:
+            n = len(fresh)
+            codes = np.array([r.codes for r in fresh], dtype=np.int32).reshape(n, k)
+            written += self._write(codes, fresh, np.fromiter((r.base_pred for r in fresh), np.float64, n))
+        if stale and self.window.maxlen:
+            written += self._rekey(stale)
+        return written
+
+    def _write(self, codes: np.ndarray, recs: Sequence[ErrorRecord], p: np.ndarray) -> int:
+        n = len(recs)
+        y = np.fromiter((r.label for r in recs), np.float64, n)
+        ts = np.fromiter((r.ts for r in recs), np.float64, n)
+        keys = stable_keys(r.error_id for r in recs) if self.memory.config.write_sample < 1.0 else None
         return self.memory.write(codes, y, p, ts, keys)
 
-    def on_model_change(self, version: str) -> None:
-        """New hidden space: start a fresh memory keyed by ``version`` (ReLoop2's reset)."""
+    def _rekey(self, recs: Sequence[ErrorRecord]) -> int:
+        """Score ``recs`` with the current model and write them under its keys."""
+        tokens, dense = self.encoder.encode([(r.user_id, r.item_id, r.features) for r in recs])
+        p, hidden = self.scorer.score(tokens, dense)
+        self.rekeyed += len(recs)
+        return self._write(self.memory.codes(hidden), recs, p)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The memory's arrays plus the model version they are keyed by."""
+        return {**self.memory.snapshot(), "model_version": np.array(self.model_version)}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> bool:
+        """Adopt a snapshot if it was keyed by the current model; returns whether it was."""
+        if str(snap.get("model_version", np.array(""))[()]) != self.model_version:
+            return False
+        self.memory = ErrorMemory.restore(snap)
+        return True
+
+    def digest(self) -> str:
+        """sha256 of the memory's state arrays (replicas in the same state agree)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in (self.memory.counts, self.memory.sum_y, self.memory.sum_p):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def on_model_change(self, scorer: OnnxScorer) -> None:
+        """New hidden space: reset, then re-key the recent labelled window under ``scorer``."""
+        self.scorer = scorer
+        self.encoder = FeatureEncoder(scorer.spec)
         self.memory.reset()
-        self.model_version = version
+        if self.window:
+            self._rekey(list(self.window))
+
+
+class ExactKnnCompensation:
+    """Exact-kNN memory over the same hidden keys (benchmark ceiling, not a serving path)."""
+
+    def __init__(self, memory: ExactKnnMemory, scorer: OnnxScorer, k: int = 32) -> None:
+        self.memory = memory
+        self.scorer = scorer
+        self.encoder = FeatureEncoder(scorer.spec)
+        self.k = k
+        self._hidden: dict[str, np.ndarray] = {}
+
+    def compensate(self, base: np.ndarray, hidden: np.ndarray, now: float) -> Compensated:
+        n = len(base)
+        return Compensated(self.memory.compensate(base, hidden, now, k=self.k), np.ones(n), np.zeros((n, 0), np.int32))
+
+    def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
+        if not records:
+            return 0
+        tokens, dense = self.encoder.encode([(r.user_id, r.item_id, r.features) for r in records])
+        p, hidden = self.scorer.score(tokens, dense)
+        n = len(records)
+        y = np.fromiter((r.label for r in records), np.float64, n)
+        ts = np.fromiter((r.ts for r in records), np.float64, n)
+        return self.memory.write(hidden, y, np.fromiter((r.base_pred for r in records), np.float64, n), ts)
+
+    def on_model_change(self, scorer: OnnxScorer) -> None:
+        self.scorer = scorer
+        self.encoder = FeatureEncoder(scorer.spec)

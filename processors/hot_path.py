@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import mode
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
@@ -35,6 +37,7 @@ from processors.compensation import Compensation, NoCompensation
 from processors.feedback import FeedbackCore
 from processors.scoring import ScoringCore
 from processors.telemetry import WorkerTelemetry
+from state.snapshots import read_npz, write_npz_atomic
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
 from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 from streams.validation import Limits
@@ -59,6 +62,9 @@ class HotPath(mode.Service):
         telemetry: Prometheus metrics.
         fetch_max_records: most records per ``getmany``.
         session_timeout_ms / rebalance_timeout_ms: group membership timeouts.
+        snapshot_path: where the error-memory replica is snapshotted with the ``errors``
+            offsets it includes (None = no snapshots; a restart then replays ``errors``).
+        snapshot_every_s: seconds between snapshots (and one at stop).
     """
 
     def __init__(self, *, client: dict[str, Any], topics: dict[str, str], group_id: str,
@@ -66,6 +72,7 @@ class HotPath(mode.Service):
                  compensation_factory: Callable[[OnnxScorer], Compensation | None],
                  telemetry: WorkerTelemetry, fetch_max_records: int = 5000,
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
+                 snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
@@ -79,10 +86,13 @@ class HotPath(mode.Service):
         self.fetch_max_records = fetch_max_records
         self.session_timeout_ms = session_timeout_ms
         self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.snapshot_path = snapshot_path
+        self.snapshot_every_s = snapshot_every_s
         self.scoring: ScoringCore | None = None
         self._next_scorer: OnnxScorer | None = None
         self._model_ready = asyncio.Event()
         self._by_topic = {v: k for k, v in topics.items()}
+        self.max_ts: dict[str, float] = {}  # per input stream, event time (s)
         self.errors_applied: dict[int, int] = {}  # errors partition -> next offset to apply
         self.inputs_ready = False
         self.producer: AIOKafkaProducer | None = None
@@ -94,6 +104,7 @@ class HotPath(mode.Service):
         """Serve ``scorer`` from the next batch on (the current batch finishes on the old one)."""
         if self.scoring is None:
             self.compensation = self.compensation_factory(scorer) or NoCompensation()
+            self._restore_snapshot()
             self.scoring = ScoringCore(scorer, self.compensation)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
@@ -123,15 +134,11 @@ class HotPath(mode.Service):
         if not parts:
             await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
             parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or {0}
-        tps = [TopicPartition(self.topics["errors"], p) for p in sorted(parts)]
-        self.errors_consumer.assign(tps)
-        for tp in tps:
-            if tp.partition in self.errors_applied:
-                self.errors_consumer.seek(tp, self.errors_applied[tp.partition])
-            else:
-                await self.errors_consumer.seek_to_beginning(tp)
+        self.errors_consumer.assign([TopicPartition(self.topics["errors"], p) for p in sorted(parts)])
 
     async def on_stop(self) -> None:
+        if self.scoring is not None:
+            self.save_snapshot()
         for c in (self.consumer, self.errors_consumer):
             if c is not None:
                 await c.stop()
@@ -177,9 +184,9 @@ class HotPath(mode.Service):
         recs, pending = self.scoring.score(requests)
         errors = self.feedback.on_scored(pending)
         errors += self.feedback.on_batch(interactions)
-        stamps = [e.ts for e in requests] + [e.ts for e in interactions] + [e.ts for e in decoded["media"]]
-        if stamps:
-            errors += self.feedback.advance(max(stamps))
+        watermark = self._watermark(requests, interactions)
+        if watermark is not None:
+            errors += self.feedback.advance(watermark)
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
         for rec in recs:
             sends.append(await self.producer.send(out_recs, encode(rec), key=rec.user_id.encode()))
@@ -192,6 +199,19 @@ class HotPath(mode.Service):
         self.telemetry.events_out.labels("errors").inc(len(errors))
         self.telemetry.pending.set(len(self.feedback.pending))
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
+
+    def _watermark(self, requests: Sequence[RecommendationRequest],
+                   interactions: Sequence[Interaction]) -> float | None:
+        """Event-time watermark: the slower of the request and interaction streams.
+
+        Windows close only when *both* streams have moved past them: if interactions ran
+        ahead of lagging requests (or the reverse), closing on the faster stream would turn
+        requests into negatives before their clicks were read.
+        """
+        for name, evs in (("requests", requests), ("interactions", interactions)):
+            if evs:
+                self.max_ts[name] = max(self.max_ts.get(name, 0.0), max(e.ts for e in evs))
+        return min(self.max_ts.values()) if self.max_ts else None
 
     async def _dead_letter(self, msg: Any, logical: str, reason: str) -> asyncio.Future[Any]:
         assert self.producer is not None
@@ -206,11 +226,51 @@ class HotPath(mode.Service):
     @mode.Service.task
     async def _consume_errors(self) -> None:
         await self._model_ready.wait()  # the replica exists once the first model is known
+        assert self.errors_consumer is not None
+        for tp in self.errors_consumer.assignment():
+            if tp.partition in self.errors_applied:  # restored: resume after the snapshot
+                self.errors_consumer.seek(tp, self.errors_applied[tp.partition])
+            else:
+                await self.errors_consumer.seek_to_beginning(tp)
         while not self.should_stop:
-            assert self.errors_consumer is not None
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
+
+    # ---- snapshots -----------------------------------------------------------------------
+    def save_snapshot(self) -> None:
+        """Atomically write the replica with the ``errors`` offsets it includes."""
+        if self.snapshot_path is None:
+            return
+        arrays = self.compensation.snapshot()
+        if not arrays:
+            return
+        parts = sorted(self.errors_applied)
+        arrays["errors_partitions"] = np.array(parts, dtype=np.int64)
+        arrays["errors_offsets"] = np.array([self.errors_applied[p] for p in parts], dtype=np.int64)
+        write_npz_atomic(self.snapshot_path, arrays)
+        log.info("snapshot_saved", extra={"path": str(self.snapshot_path), "offsets": self.errors_applied})
+
+    def _restore_snapshot(self) -> None:
+        if self.snapshot_path is None or not self.snapshot_path.exists():
+            return
+        try:
+            snap = read_npz(self.snapshot_path)
+            if self.compensation.restore(snap):
+                self.errors_applied = dict(zip(snap["errors_partitions"].tolist(), snap["errors_offsets"].tolist()))
+                log.info("snapshot_restored", extra={"offsets": self.errors_applied})
+            else:
+                log.warning("snapshot_ignored", extra={"reason": "keyed by another model version"})
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("snapshot_unreadable", extra={"path": str(self.snapshot_path), "reason": str(exc)})
+
+    @mode.Service.task
+    async def _snapshot_periodically(self) -> None:
+        await self._model_ready.wait()
+        while not self.should_stop:
+            await self.sleep(self.snapshot_every_s)
+            if not self.should_stop:
+                self.save_snapshot()
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
         """Apply error records to the local replica, skipping offsets already applied."""

@@ -39,7 +39,7 @@ class ScoringCore:
         """Serve ``scorer`` from the next batch on and tell the compensation."""
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
-        self.compensation.on_model_change(scorer.version)
+        self.compensation.on_model_change(scorer)
 
     def score_rows(self, rows: Sequence[tuple[str, str, dict]], now: float):
         """Score flat (user_id, item_id, features) rows.

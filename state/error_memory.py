@@ -76,14 +76,20 @@ class ErrorMemoryConfig(msgspec.Struct, frozen=True, kw_only=True):
             ``K`` buckets read. 0 applies the full correction as soon as any bucket is
             non-empty.
         seed: seed of ``np.random.default_rng`` drawing the hyperplanes.
+
+    Defaults were tuned on ML-100K prequential replay (frozen model, centred hidden keys;
+    grid over bits 8-24, tau 0.5-100, lam 0.5-1.0, half-life 1-30 d, min_evidence 0.01-10,
+    tables 64/128): bits=16, tau=100 (a near-plain mean of bucket means), lam=0.8,
+    half-life 3 d gave AUC 0.6848 vs. 0.6796 base (exact kNN, k=128: 0.6854); 128 tables
+    gained 0.0002 more at twice the hashing cost. See docs/error_memory.md.
     """
 
     tables: int = 64
-    bits: int = 8
-    lam: float = 0.5
+    bits: int = 16
+    lam: float = 0.8
     gamma: float = 1.0
-    tau: float = 1.0
-    half_life_s: float = 86400.0 * 7
+    tau: float = 100.0
+    half_life_s: float = 86400.0 * 3
     write_threshold: float = 0.0
     write_sample: float = 1.0
     min_evidence: float = 1.0
@@ -172,7 +178,7 @@ class ErrorMemory:
 
     >>> import numpy as np
     >>> from state.error_memory import ErrorMemory, ErrorMemoryConfig
-    >>> memory = ErrorMemory(4, ErrorMemoryConfig(tables=8, bits=4, lam=1.0))
+    >>> memory = ErrorMemory(4, ErrorMemoryConfig(tables=8, bits=4, lam=1.0, half_life_s=86400.0 * 7))
     >>> hidden = np.tile(np.array([[0.3, -1.2, 0.8, 0.1]], dtype=np.float32), (20, 1))
     >>> codes = memory.codes(hidden)
     >>> memory.write(codes, y=np.ones(20), p=np.full(20, 0.2), ts=np.zeros(20))

@@ -52,13 +52,13 @@ def kafka_settings(settings: Settings, broker: EmbeddedBroker) -> Settings:
 class WorkerProcess:
     """A ``reloop worker`` subprocess (the real CLI) with its web port and log file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                **{f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in SMALL.items() for k, v in kv.items()},
                "RELOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-               "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id}
+               "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id, **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
              "--data-dir", settings.worker.data_dir, "--web-port", str(self.port)],

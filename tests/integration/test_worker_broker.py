@@ -68,7 +68,7 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
             assert scores == sorted(scores, reverse=True)
             assert all(0.0 <= i.base_score <= 1.0 for i in rec.items)
 
-        # 2. interactions in; a request far in the future closes every attribution window, so
+        # 2. interactions in; a request (and click) far in the future closes every window, so
         # each candidate resolves: clicked -> label 1, the rest -> label 0 (error records + metrics)
         assert clicks, "the simulator produced no clicks for 60 requests"
         await produce(s, "interactions", clicks)
@@ -76,6 +76,9 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
         last = next(e for e in late.events(1) if isinstance(e, RecommendationRequest))
         last = msgspec.structs.replace(last, request_id="late-0")  # simulator ids restart per run
         await produce(s, "requests", [last])
+        # windows close on the slower of the two streams: move the interactions stream too
+        await produce(s, "interactions", [Interaction(user_id=last.user_id, item_id=last.candidates[0].item_id,
+                                                      ts=last.ts, label=1, request_id=last.request_id)])
         n_candidates = sum(len(r.candidates) for r in requests)
         errs = await consume_until(s, "errors", lambda m: len(m) >= n_candidates)
         records = [decode_event(m.value, ErrorRecord) for m in errs]
