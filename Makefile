@@ -28,6 +28,7 @@ replay-ml100k: $(STAMP)
 schemas docs: $(STAMP)
 	$(BIN)/python -m streams.schemas docs/schemas
 	$(BIN)/python -m streams.topics > docs/topics.md
+	$(BIN)/python -m ops.settings > docs/configuration.md
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

@@ -54,11 +54,9 @@ def client_kwargs(settings: KafkaSettings, bootstrap: str | None = None) -> dict
 
 
 def make_producer(settings: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
-    """An at-least-once producer (acks=all; idempotence only where the cluster offers it)."""
+    """An at-least-once producer (acks=all; the embedded broker refuses idempotence)."""
     kw = client_kwargs(settings)
     kw.update(acks="all", linger_ms=2, max_batch_size=1 << 20, request_timeout_ms=30000)
-    if settings.transactions:
-        kw.update(enable_idempotence=True, transactional_id=f"{settings.group_id}-tx")
     kw.update(extra)
     return AIOKafkaProducer(**kw)
 

@@ -36,3 +36,5 @@ def setup_logging(level: str = "INFO", stream=sys.stderr) -> None:
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "faust", "mode", "numba"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # torch's ONNX exporter warns about torchvision ops it cannot register; we use none.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -152,4 +152,5 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     # cyclic GC from scanning the (large, long-lived) pending store on every few batches.
     gc.set_threshold(50_000, 20, 50)
     app, _ = build_app(settings)
-    Worker(app, loglevel=loglevel).execute_from_commandline()
+    # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
+    Worker(app, loglevel=loglevel, override_logging=False, redirect_stdouts=False).execute_from_commandline()
