@@ -5,6 +5,7 @@
     reloop replay PATH --format jsonl|movielens --report OUT.json
     reloop topics create|list [--broker ...]             the catalog's topics on a cluster
     reloop simulate --requests N --out log.jsonl [--labelled]
+    reloop memory show USER [--data-dir DIR]              a user's media memory (worker snapshot)
 
 Every command takes ``--config FILE`` (TOML) and honours ``RELOOP_<SECTION>__<FIELD>`` env
 vars; ``--broker`` overrides ``kafka.broker`` (also ``RELOOP_KAFKA__BROKER``).
@@ -96,6 +97,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_main_job(settings, opts))
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from processors.media import MediaCore
+    from state.snapshots import read_npz
+
+    settings = _settings(args)
+    path = Path(settings.worker.data_dir) / "snapshots" / "media_memory.npz"
+    if not path.exists():
+        print(f"no media-memory snapshot at {path} (has a worker run with --data-dir "
+              f"{settings.worker.data_dir}?)", file=sys.stderr)
+        return 2
+    core = MediaCore.restore(read_npz(path))
+    if args.user not in core.memory.users:
+        print(f"user {args.user!r} has no media memory ({len(core.memory.users)} users known)", file=sys.stderr)
+        return 1
+    print(json.dumps(core.describe(args.user), indent=2, default=str))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ops.simulator import SimConfig, Simulator, write_jsonl
 
@@ -145,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=("create", "list"))
     kafka_opts(t)
     t.set_defaults(func=cmd_topics)
+
+    m = sub.add_parser("memory", help="inspect a worker's media memory (from its snapshot)")
+    m.add_argument("action", choices=("show",))
+    m.add_argument("user")
+    kafka_opts(m)
+    m.set_defaults(func=cmd_memory)
 
     s = sub.add_parser("simulate", help="write a simulator log")
     s.add_argument("--requests", type=int, default=2000)

@@ -32,6 +32,7 @@ from ops.settings import Settings
 from ops.simulator import SimConfig, Simulator
 from ops.webclient import get_json, wait_ready
 from models.registry import ModelRegistry
+from processors.media import MediaCore, annotate_log
 from streams.codec import decode_event, encode
 from streams.events import Interaction, MediaEvent, ModelAnnouncement, Recommendation, RecommendationRequest
 
@@ -76,11 +77,14 @@ async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
     worker: subprocess.Popen[bytes] | None = None
     try:
         await create_topics(settings.kafka)
-        sim = Simulator(SimConfig(seed=opts.seed, media_dim=settings.limits.media_dim))
+        # media history raises click odds (media_weight) so the media memory has something to find
+        sim = Simulator(SimConfig(seed=opts.seed, media_dim=settings.limits.media_dim, media_weight=1.5))
         n_warm = int(n_requests * opts.warmup)
         print(f"[reloop] broker {settings.kafka.broker}; training the initial model on {n_warm} warm-up requests",
               flush=True)
-        warm = [e for e in sim.labelled_log(n_warm) if isinstance(e, Interaction)]
+        warm_log = list(sim.labelled_log(n_warm))
+        warm = (annotate_log(MediaCore(settings.media), warm_log) if settings.worker.media_features
+                else [e for e in warm_log if isinstance(e, Interaction)])
         fitted = fit_initial_model(warm, settings, version="v1")
         registry = ModelRegistry(Path(data_dir) / "models")
         registry.register(fitted, window=(warm[0].ts, warm[-1].ts))

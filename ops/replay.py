@@ -28,6 +28,7 @@ from models.fit import FittedModel, fit_model
 from models.metrics import auc, logloss
 from processors.compensation import Compensation
 from processors.feedback import FeedbackCore
+from processors.media import MediaCore, annotate_log
 from processors.metrics import OnlineMetrics
 from processors.pending import PendingStore
 from processors.prequential import as_feedback, as_request
@@ -103,7 +104,9 @@ class ReplayEngine:
         the labels, not on the compensation).
         """
         cfg = self.settings.replay
-        interactions = loaded.interactions
+        has_media = any(isinstance(e, MediaEvent) for e in loaded.events)
+        media = MediaCore(self.settings.media) if self.settings.worker.media_features and has_media else None
+        interactions = annotate_log(media, loaded.events) if media is not None else loaded.interactions
         if len(interactions) < 2:
             raise ValueError(f"log {loaded.source!r} has {len(interactions)} valid interactions; need >= 2")
         warm, rest = split_warmup(interactions, cfg.warmup)

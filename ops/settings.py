@@ -24,6 +24,7 @@ from models.features import FeatureSpec
 from models.ctr import ModelConfig
 from models.train import TrainConfig
 from state.error_memory import ErrorMemoryConfig
+from state.media_memory import MediaMemoryConfig
 from streams.validation import Limits
 
 ENV_PREFIX = "RELOOP_"
@@ -73,6 +74,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         ort_threads: onnxruntime intra-op threads per scorer.
         metrics_window: events per point of the rolling AUC / log-loss series.
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
+        media_features: keep per-user media memories and give their features to the model.
         rekey_window: recent labelled samples re-keyed into the error memory when the model
             changes (0 = reset the memory, as the ReLoop2 paper does).
     """
@@ -86,6 +88,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     metrics_window: int = 1000
     compensation: Literal["error_memory", "none"] = "error_memory"
     rekey_window: int = 20_000
+    media_features: bool = True
 
 
 class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +118,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     error_memory: ErrorMemoryConfig = ErrorMemoryConfig()
+    media: MediaMemoryConfig = MediaMemoryConfig()
+
+    def __post_init__(self) -> None:
+        if self.media.dim != self.limits.media_dim:
+            raise ValueError(f"media.dim ({self.media.dim}) must equal limits.media_dim ({self.limits.media_dim})")
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some fields replaced, e.g. ``s.with_overrides(kafka={"broker": b})``."""

@@ -24,6 +24,7 @@ from ops.settings import Settings
 from ops.serving import make_compensation
 from processors.feedback import FeedbackCore
 from processors.hot_path import HotPath
+from processors.media import MediaCore
 from processors.metrics import VARIANTS, OnlineMetrics
 from processors.pending import PendingStore
 from processors.telemetry import WorkerTelemetry
@@ -60,7 +61,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   session_timeout_ms=int(ks.session_timeout_s * 1000),
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
-                  snapshot_every_s=settings.worker.snapshot_every_s)
+                  snapshot_every_s=settings.worker.snapshot_every_s,
+                  media=MediaCore(settings.media) if settings.worker.media_features else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
 
@@ -116,6 +118,12 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                 if math.isfinite(val):
                     telemetry.online.labels(m, v).set(val)
         return web.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/memory/{user_id}")
+    async def media_memory(web: Any, request: Any, user_id: str) -> Any:
+        if hot.media is None:
+            return web.json({"error": "media memory disabled"}, status=404)
+        return web.json(hot.media.describe(user_id))
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:

@@ -35,6 +35,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from models.scorer import OnnxScorer
 from processors.compensation import Compensation, NoCompensation
 from processors.feedback import FeedbackCore
+from processors.media import MediaCore
 from processors.scoring import ScoringCore
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
@@ -65,6 +66,7 @@ class HotPath(mode.Service):
         snapshot_path: where the error-memory replica is snapshotted with the ``errors``
             offsets it includes (None = no snapshots; a restart then replays ``errors``).
         snapshot_every_s: seconds between snapshots (and one at stop).
+        media: the per-user media memories (None = media events are validated, not kept).
     """
 
     def __init__(self, *, client: dict[str, Any], topics: dict[str, str], group_id: str,
@@ -73,7 +75,7 @@ class HotPath(mode.Service):
                  telemetry: WorkerTelemetry, fetch_max_records: int = 5000,
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
-                 **kwargs: Any) -> None:
+                 media: MediaCore | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -86,6 +88,7 @@ class HotPath(mode.Service):
         self.fetch_max_records = fetch_max_records
         self.session_timeout_ms = session_timeout_ms
         self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.media = media
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.scoring: ScoringCore | None = None
@@ -105,7 +108,7 @@ class HotPath(mode.Service):
         if self.scoring is None:
             self.compensation = self.compensation_factory(scorer) or NoCompensation()
             self._restore_snapshot()
-            self.scoring = ScoringCore(scorer, self.compensation)
+            self.scoring = ScoringCore(scorer, self.compensation, self.media)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
         else:
@@ -179,6 +182,8 @@ class HotPath(mode.Service):
                     decoded[logical].append(decode_event(m.value or b"", kind, self.limits))
                 except InvalidEvent as exc:
                     sends.append(await self._dead_letter(m, logical, str(exc)))
+        if self.media is not None:
+            self.media.on_batch(decoded["media"])  # before scoring: a batch's media counts at once
         requests: list[RecommendationRequest] = decoded["requests"]
         interactions: list[Interaction] = decoded["interactions"]
         recs, pending = self.scoring.score(requests)
@@ -242,6 +247,8 @@ class HotPath(mode.Service):
         """Atomically write the replica with the ``errors`` offsets it includes."""
         if self.snapshot_path is None:
             return
+        if self.media is not None:
+            write_npz_atomic(self.snapshot_path.with_name("media_memory.npz"), self.media.snapshot())
         arrays = self.compensation.snapshot()
         if not arrays:
             return
@@ -252,7 +259,13 @@ class HotPath(mode.Service):
         log.info("snapshot_saved", extra={"path": str(self.snapshot_path), "offsets": self.errors_applied})
 
     def _restore_snapshot(self) -> None:
-        if self.snapshot_path is None or not self.snapshot_path.exists():
+        if self.snapshot_path is None:
+            return
+        media_path = self.snapshot_path.with_name("media_memory.npz")
+        if self.media is not None and media_path.exists():
+            self.media = MediaCore.restore(read_npz(media_path))
+            log.info("media_snapshot_restored", extra={"users": len(self.media.memory.users)})
+        if not self.snapshot_path.exists():
             return
         try:
             snap = read_npz(self.snapshot_path)

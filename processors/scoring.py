@@ -14,6 +14,7 @@ import numpy as np
 from models.features import FeatureEncoder
 from models.scorer import OnnxScorer
 from processors.compensation import Compensation, NoCompensation
+from processors.media import MediaCore
 from processors.pending import Pending
 from streams.events import Recommendation, RecommendationRequest, ScoredItem
 
@@ -24,10 +25,14 @@ class ScoringCore:
     Args:
         scorer: the current ONNX model (swap with :meth:`swap_model` between batches).
         compensation: correction applied to base scores (identity by default).
+        media: the user's media memory, whose features are merged into each candidate's
+            (used by the model when it was trained with them).
     """
 
-    def __init__(self, scorer: OnnxScorer, compensation: Compensation | None = None) -> None:
+    def __init__(self, scorer: OnnxScorer, compensation: Compensation | None = None,
+                 media: MediaCore | None = None) -> None:
         self.compensation: Compensation = compensation or NoCompensation()
+        self.media = media
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
 
@@ -64,6 +69,8 @@ class ScoringCore:
             for c in r.candidates:
                 rows.append((r.user_id, c.item_id, {**r.features, **c.features}))
             bounds.append(len(rows))
+        if self.media is not None:
+            rows = self.media.merge_into_rows(requests, rows)
         now = max(r.ts for r in requests)
         base, comp, _ = self.score_rows(rows, now)
         scores, evidence, codes = comp
