@@ -243,20 +243,33 @@ class HotPath(mode.Service):
                 self.apply_error_batch(batch)
 
     # ---- snapshots -----------------------------------------------------------------------
-    def save_snapshot(self) -> None:
-        """Atomically write the replica with the ``errors`` offsets it includes."""
+    def collect_snapshot(self) -> dict[Path, dict[str, np.ndarray]]:
+        """Copies of the replica (with the ``errors`` offsets it includes) and the media
+        memory, taken between batches so each is consistent; written by :meth:`save_snapshot`."""
+        files: dict[Path, dict[str, np.ndarray]] = {}
         if self.snapshot_path is None:
-            return
+            return files
         if self.media is not None:
-            write_npz_atomic(self.snapshot_path.with_name("media_memory.npz"), self.media.snapshot())
+            files[self.snapshot_path.with_name("media_memory.npz")] = self.media.snapshot()
         arrays = self.compensation.snapshot()
-        if not arrays:
-            return
-        parts = sorted(self.errors_applied)
-        arrays["errors_partitions"] = np.array(parts, dtype=np.int64)
-        arrays["errors_offsets"] = np.array([self.errors_applied[p] for p in parts], dtype=np.int64)
-        write_npz_atomic(self.snapshot_path, arrays)
-        log.info("snapshot_saved", extra={"path": str(self.snapshot_path), "offsets": self.errors_applied})
+        if arrays:
+            parts = sorted(self.errors_applied)
+            arrays["errors_partitions"] = np.array(parts, dtype=np.int64)
+            arrays["errors_offsets"] = np.array([self.errors_applied[p] for p in parts], dtype=np.int64)
+            files[self.snapshot_path] = arrays
+        return files
+
+    @staticmethod
+    def write_snapshot(files: dict[Path, dict[str, np.ndarray]]) -> None:
+        """Write collected snapshot files atomically (safe to run in a thread)."""
+        for path, arrays in files.items():
+            write_npz_atomic(path, arrays)
+        if files:
+            log.info("snapshot_saved", extra={"files": [str(p) for p in files]})
+
+    def save_snapshot(self) -> None:
+        """Collect and write a snapshot now (blocking)."""
+        self.write_snapshot(self.collect_snapshot())
 
     def _restore_snapshot(self) -> None:
         if self.snapshot_path is None:
@@ -283,7 +296,9 @@ class HotPath(mode.Service):
         while not self.should_stop:
             await self.sleep(self.snapshot_every_s)
             if not self.should_stop:
-                self.save_snapshot()
+                files = self.collect_snapshot()  # consistent copy, between batches
+                # the write (100 MB at the default sketch size) runs off the event loop
+                await asyncio.get_running_loop().run_in_executor(None, self.write_snapshot, files)
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
         """Apply error records to the local replica, skipping offsets already applied."""
