@@ -6,6 +6,8 @@
     reloop topics create|list [--broker ...]             the catalog's topics on a cluster
     reloop simulate --requests N --out log.jsonl [--labelled]
     reloop memory show USER [--data-dir DIR]              a user's media memory (worker snapshot)
+    reloop train [--broker kafka://host:9092]            the trainer (one per model registry)
+    reloop models list|show V|promote V|rollback          the model registry
 
 Every command takes ``--config FILE`` (TOML) and honours ``RELOOP_<SECTION>__<FIELD>`` env
 vars; ``--broker`` overrides ``kafka.broker`` (also ``RELOOP_KAFKA__BROKER``).
@@ -172,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("user")
     kafka_opts(m)
     m.set_defaults(func=cmd_memory)
+
+    from ops.models_cli import add_models_commands, add_train_command
+
+    add_models_commands(sub, _settings)
+    add_train_command(sub, _settings)
 
     s = sub.add_parser("simulate", help="write a simulator log")
     s.add_argument("--requests", type=int, default=2000)

@@ -77,7 +77,7 @@ async def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = 
             except TopicAlreadyExistsError:
                 pass
             created = [t.name for t in new]
-        log.info("topics_ready", extra={"created": created})
+        log.info("topics_ready", extra={"topics_created": created})
     finally:
         await admin.close()
     return created

@@ -56,15 +56,6 @@ def _worker_cmd(settings: Settings, broker_url: str, data_dir: str, web_port: in
             "--data-dir", data_dir, "--web-port", str(web_port)]
 
 
-def announce(settings: Settings, registry: ModelRegistry, version: str) -> ModelAnnouncement:
-    """The announcement of a registered version (path, checksum, metrics)."""
-    bundle = registry.load(version)
-    return ModelAnnouncement(version=version, path=str(bundle.path), sha256=bundle.meta.onnx_sha256,
-                             created_ts=bundle.meta.created_ts,
-                             metrics={k: float(v) for k, v in bundle.meta.metrics.items()
-                                      if isinstance(v, (int, float))})
-
-
 async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
     """Run the main job; returns the process exit code."""
     n_requests = opts.events or 20000
@@ -91,7 +82,7 @@ async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
         producer = make_producer(settings.kafka)
         await producer.start()
         await producer.send_and_wait(topic_name(settings.kafka, "models"),
-                                     encode(announce(settings, registry, "v1")), key=b"current")
+                                     encode(registry.announcement("v1")), key=b"current")
         web_port = settings.worker.web_port or free_port()
         if web_port == 6066:
             web_port = free_port()

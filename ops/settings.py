@@ -24,6 +24,7 @@ from models.features import FeatureSpec
 from models.ctr import ModelConfig
 from models.train import TrainConfig
 from state.error_memory import ErrorMemoryConfig
+from processors.trainer import TrainerConfig
 from state.media_memory import MediaMemoryConfig
 from streams.validation import Limits
 
@@ -119,6 +120,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     train: TrainConfig = TrainConfig()
     error_memory: ErrorMemoryConfig = ErrorMemoryConfig()
     media: MediaMemoryConfig = MediaMemoryConfig()
+    trainer: TrainerConfig = TrainerConfig()
 
     def __post_init__(self) -> None:
         if self.media.dim != self.limits.media_dim:

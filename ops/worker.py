@@ -66,10 +66,13 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
 
-    async def load_version(version: str) -> None:
+    async def load_version(version: str, expected_sha256: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         try:
             bundle = await loop.run_in_executor(None, registry.load, version)
+            if expected_sha256 is not None and bundle.meta.onnx_sha256 != expected_sha256:
+                raise CorruptModelError(f"{version}: registry sha256 {bundle.meta.onnx_sha256[:12]} differs "
+                                        f"from the announced {expected_sha256[:12]}")
             scorer = await loop.run_in_executor(
                 None, lambda: bundle.load_scorer(intra_op_num_threads=settings.worker.ort_threads))
         except (CorruptModelError, FileNotFoundError, ValueError) as exc:
@@ -97,7 +100,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                 continue
             current = hot.scoring.model_version if hot.scoring else None
             if ann.version != current:
-                await load_version(ann.version)
+                await load_version(ann.version, ann.sha256)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

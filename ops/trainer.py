@@ -1,0 +1,397 @@
+"""``reloop train``: the trainer process (one per registry), and one retrain cycle.
+
+The trainer consumes ``errors`` with its own consumer group (``trainer.group_id``; aiokafka
+``getmany``), turns each error record into a labelled sample in the durable
+:class:`~state.sample_window.SampleWindow` (``<data_dir>/window``), asks
+:class:`~processors.trainer.TrainerCore` whether a retrain is due (schedule or drift) and, if
+so, runs :func:`retrain_once` in a thread:
+
+1. warm start from the serving version (``CURRENT``) on the time-ordered window, last
+   ``holdout_fraction`` held out (:func:`models.fit.fit_model` with ``init=``);
+2. export ONNX and run the gates (:func:`models.checks.validate_candidate`: parity torch vs
+   onnxruntime, holdout AUC / log loss vs the serving model on the same rows);
+3. if every gate passed: register the version atomically (parent, window bounds, metrics
+   including the gate results) and make it current; then announce it on the compacted
+   ``models`` topic (key ``current``). A rejected candidate is never written, promoted or
+   announced: the serving model stays.
+
+Event-time order matters to the drift detector, and a backlog (e.g. after a restart) is read
+partition by partition. So polled records go through
+:class:`~processors.trainer.EventTimeMerge`: buffered per partition and released in event-time
+order up to the slowest lagging partition's progress (a partition with too much buffered is
+paused), and only offsets of released records are committed.
+
+Offsets are committed only after the window is flushed (fsync), so a crash loses no sample
+and redelivered records are dropped by the window's dedupe. Consumption pauses during a
+retrain (the records wait in Kafka). At most one trainer runs per registry:
+:class:`~models.registry.RegistryLock` (``flock`` on ``<registry>/trainer.lock``) is taken at
+start and a second trainer exits with code 3. On start the trainer re-announces ``CURRENT``,
+so a version registered just before a crash is still announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import msgspec
+import numpy as np
+
+from models.bundle import CorruptModelError
+from models.checks import CheckConfig, validate_candidate
+from models.export import ParityError
+from models.fit import FittedModel, fit_model
+from models.registry import ModelRegistry, RegistryLock, RegistryLocked
+from models.scorer import OnnxScorer
+from ops.kafka import client_kwargs, make_producer, topic_name
+from ops.settings import Settings
+from processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
+from state.sample_window import Sample, SampleWindow, sample_from_error
+from streams.codec import InvalidEvent, decode_event, encode
+from streams.events import ErrorRecord
+
+__all__ = ["RetrainOutcome", "trainer_config", "registry_root", "window_root", "open_window",
+           "fit_candidate", "gate_and_register", "retrain_once", "Trainer", "run_trainer"]
+
+log = logging.getLogger("reloop.trainer")
+
+
+def trainer_config(settings: Settings) -> TrainerConfig:
+    """The ``[trainer]`` section (defaults until the section exists in :class:`Settings`)."""
+    return getattr(settings, "trainer", None) or TrainerConfig()
+
+
+def registry_root(settings: Settings) -> Path:
+    """Where the worker and the trainer share the model registry: ``<data_dir>/models``."""
+    return Path(settings.worker.data_dir) / "models"
+
+
+def window_root(settings: Settings) -> Path:
+    """The training window's directory: ``<data_dir>/window``."""
+    return Path(settings.worker.data_dir) / "window"
+
+
+def open_window(settings: Settings, config: TrainerConfig | None = None) -> SampleWindow:
+    """The trainer's window with the configured retention."""
+    cfg = config or trainer_config(settings)
+    return SampleWindow(window_root(settings), max_samples=cfg.window_max_samples,
+                        max_age_s=cfg.window_max_age_s, segment_max_samples=cfg.segment_max_samples)
+
+
+@dataclass
+class RetrainOutcome:
+    """Result of one retrain cycle.
+
+    Attributes:
+        accepted: the candidate passed every gate and was registered as current.
+        candidate_version: the version name the candidate was trained as.
+        version: the registered version (None if rejected).
+        parent_version: the serving version it was warm-started from / compared against.
+        trigger: why it ran (``drift``, ``samples``, ``time``, ``initial``, ``manual``).
+        reasons: why it was rejected (empty if accepted).
+        samples: window size, rows; window: event-time bounds (unix s).
+        seconds: wall time per stage (``fit`` = train + export + fit's parity, ``checks``,
+            ``register``, ``total``).
+        metrics: training metrics plus the ``check_*`` gate results.
+    """
+
+    accepted: bool
+    candidate_version: str
+    version: str | None
+    parent_version: str | None
+    trigger: str
+    reasons: list[str] = field(default_factory=list)
+    samples: int = 0
+    window: tuple[float, float] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _serving(registry: ModelRegistry) -> tuple[str | None, Any, OnnxScorer | None]:
+    """(version, torch model, scorer) to warm-start from and compare against: ``CURRENT``, or if
+    it cannot be loaded its rollback target; Nones when there is no loadable version."""
+    version = registry.current()
+    while version is not None:
+        try:
+            bundle = registry.load(version)
+            return version, bundle.load_torch_model(), bundle.load_scorer()
+        except (CorruptModelError, ValueError) as exc:
+            log.error("serving_model_unloadable", extra={"version": version, "reason": str(exc)})
+        try:
+            version = registry.rollback_target(version)
+        except FileNotFoundError:
+            version = None
+    return None, None, None
+
+
+def fit_candidate(samples: Sequence[Sample], settings: Settings, config: TrainerConfig, version: str,
+                  init: Any = None) -> FittedModel:
+    """Train (warm-started from ``init`` if given), export and parity-probe a candidate.
+
+    ``samples`` must be in event-time order; the last ``config.holdout_fraction`` is held out.
+    A warm start runs ``config.warm_epochs`` passes, a cold start ``settings.train.epochs``.
+
+    Raises:
+        models.export.ParityError: the export does not match the torch model.
+    """
+    rows = [s.row for s in samples]
+    labels = np.fromiter((s.label for s in samples), np.float32, len(samples))
+    train_cfg = msgspec.structs.replace(settings.train, holdout_fraction=config.holdout_fraction,
+                                        num_threads=config.train_threads,
+                                        epochs=config.warm_epochs if init is not None else settings.train.epochs)
+    return fit_model(rows, labels, feature_defaults=settings.features, model_config=settings.model,
+                     train_config=train_cfg, version=version, init=init, ort_threads=1)
+
+
+def gate_and_register(candidate: FittedModel, samples: Sequence[Sample], registry: ModelRegistry,
+                      config: TrainerConfig, *, serving_version: str | None, serving: OnnxScorer | None,
+                      trigger: str = "manual") -> RetrainOutcome:
+    """Run the gates on ``candidate`` and register it as current only if all pass."""
+    t0 = time.perf_counter()
+    n_hold = int(round(len(samples) * config.holdout_fraction))
+    held = samples[len(samples) - n_hold:] if n_hold else []
+    report = validate_candidate(
+        candidate, [s.row for s in held], np.fromiter((s.label for s in held), np.int64, len(held)), serving,
+        CheckConfig(parity_atol=config.parity_atol, max_auc_drop=config.max_auc_drop,
+                    max_logloss_increase=config.max_logloss_increase, min_holdout_rows=config.min_holdout_rows))
+    window = (samples[0].ts, samples[-1].ts) if samples else None
+    outcome = RetrainOutcome(accepted=False, candidate_version=candidate.version, version=None,
+                             parent_version=serving_version, trigger=trigger, reasons=list(report.reasons),
+                             samples=len(samples), window=window,
+                             seconds={"checks": time.perf_counter() - t0})
+    candidate.metrics.update(report.as_metrics())
+    candidate.metrics["trigger"] = trigger
+    outcome.metrics = candidate.metrics
+    if not report.passed:
+        log.warning("model_rejected", extra={"version": candidate.version, "trigger": trigger,
+                                             "serving_version": serving_version, "reasons": report.reasons})
+        return outcome
+    t1 = time.perf_counter()
+    registry.register(candidate, parent=serving_version, window=window, make_current=True)
+    outcome.seconds["register"] = time.perf_counter() - t1
+    outcome.accepted, outcome.version = True, candidate.version
+    return outcome
+
+
+def retrain_once(samples: Sequence[Sample], registry: ModelRegistry, settings: Settings,
+                 config: TrainerConfig | None = None, *, trigger: str = "manual") -> RetrainOutcome:
+    """One full cycle on a time-ordered window: fit, export, gates, register (see module doc)."""
+    cfg = config or trainer_config(settings)
+    t0 = time.perf_counter()
+    serving_version, parent_model, serving = _serving(registry)
+    version = registry.next_version()
+    base = RetrainOutcome(accepted=False, candidate_version=version, version=None,
+                          parent_version=serving_version, trigger=trigger, samples=len(samples),
+                          window=(samples[0].ts, samples[-1].ts) if samples else None)
+    if len(samples) < cfg.min_samples:
+        base.reasons.append(f"window has {len(samples)} samples, fewer than min_samples={cfg.min_samples}")
+        return base
+    log.info("retrain_started", extra={"version": version, "parent": serving_version, "trigger": trigger,
+                                       "samples": len(samples)})
+    try:
+        candidate = fit_candidate(samples, settings, cfg, version, init=parent_model)
+    except ParityError as exc:
+        base.reasons.append(f"parity: {exc}")
+        log.warning("model_rejected", extra={"version": version, "trigger": trigger, "reasons": base.reasons})
+        return base
+    fit_s = time.perf_counter() - t0
+    outcome = gate_and_register(candidate, samples, registry, cfg, serving_version=serving_version,
+                                serving=serving, trigger=trigger)
+    outcome.seconds = {"fit": fit_s, **outcome.seconds, "total": time.perf_counter() - t0}
+    log.info("retrain_finished", extra={"version": version, "accepted": outcome.accepted,
+                                        "trigger": trigger, **{f"{k}_s": round(v, 3)
+                                                               for k, v in outcome.seconds.items()}})
+    return outcome
+
+
+class Trainer:
+    """The trainer's streaming shell (see module docstring); :meth:`run` until ``stop`` is set.
+
+    Args:
+        settings: deployment settings (``kafka``, ``worker.data_dir``, ``features``, ``model``,
+            ``train`` and the ``trainer`` section).
+        config: trainer settings (default: ``settings.trainer``).
+        on_outcome: called with every :class:`RetrainOutcome` (tests, progress display).
+    """
+
+    def __init__(self, settings: Settings, config: TrainerConfig | None = None,
+                 on_outcome: Callable[[RetrainOutcome], None] | None = None) -> None:
+        self.settings = settings
+        self.config = config or trainer_config(settings)
+        self.registry = ModelRegistry(registry_root(settings))
+        self.on_outcome = on_outcome
+        self.outcomes: list[RetrainOutcome] = []
+        self.records_in = 0
+        self.invalid = 0
+        self.window: SampleWindow | None = None
+        self.core: TrainerCore | None = None
+        self.merge = EventTimeMerge(self.config.merge_max_buffered)
+
+    async def run(self, stop: asyncio.Event, progress: Callable[[Trainer], None] | None = None) -> None:
+        """Consume, window, decide, retrain, announce until ``stop`` is set.
+
+        Raises:
+            RegistryLocked: another trainer holds the registry.
+        """
+        from aiokafka import AIOKafkaConsumer
+
+        ks, cfg = self.settings.kafka, self.config
+        with RegistryLock(self.registry.root):
+            self.window = window = open_window(self.settings, cfg)
+            self.core = core = TrainerCore(cfg, self.registry.current(), len(window))
+            consumer = AIOKafkaConsumer(topic_name(ks, "errors"), **client_kwargs(ks), group_id=cfg.group_id,
+                                        enable_auto_commit=False, auto_offset_reset="earliest")
+            producer = make_producer(ks)
+            await producer.start()
+            await consumer.start()
+            log.info("trainer_started", extra={"group": cfg.group_id, "window": len(window),
+                                               "serving": core.serving_version, "registry": str(self.registry.root)})
+            try:
+                if core.serving_version is not None:
+                    await self._announce(producer, core.serving_version)
+                decision = core.on_batch([])
+                while not stop.is_set():
+                    if decision is not None:
+                        await self._retrain(decision, producer)
+                    decision = await self._poll(consumer)
+                    if progress is not None:
+                        progress(self)
+            finally:
+                await consumer.stop()
+                await producer.stop()
+                window.close()
+                log.info("trainer_stopped", extra={"records_in": self.records_in, "retrains": len(self.outcomes)})
+
+    async def _poll(self, consumer: Any) -> RetrainDecision | None:
+        """One ``getmany``: decode, merge partitions in event time, window, flush, commit, decide."""
+        from aiokafka import TopicPartition
+
+        assert self.window is not None and self.core is not None
+        batch = await consumer.getmany(timeout_ms=200, max_records=self.config.poll_max_records)
+        for tp, msgs in batch.items():
+            decoded: list[tuple[int, ErrorRecord]] = []
+            for m in msgs:
+                try:
+                    decoded.append((m.offset, decode_event(m.value or b"", ErrorRecord)))
+                except InvalidEvent as exc:
+                    self.invalid += 1
+                    log.warning("bad_error_record", extra={"partition": m.partition, "offset": m.offset,
+                                                           "reason": str(exc)[:200]})
+            self.merge.add(tp.partition, decoded, msgs[-1].offset + 1 if msgs else 0)
+        lagging: set[int] = set()
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None or await consumer.position(tp) < high:
+                lagging.add(tp.partition)
+            if self.merge.buffered(tp.partition) > self.config.merge_max_buffered // 4:
+                consumer.pause(tp)
+            else:
+                consumer.resume(tp)
+        records = self.merge.release(lagging)
+        if not records:
+            return None
+        self.records_in += len(records)
+        accepted = {s.sample_id for s in self.window.add(sample_from_error(r) for r in records)}
+        self.window.flush()
+        topic = topic_name(self.settings.kafka, "errors")
+        await consumer.commit({TopicPartition(topic, p): off for p, off in self.merge.commit_offsets().items()})
+        current = self.registry.current()
+        if current is not None:
+            self.core.on_model_change(current)
+        return self.core.on_batch([r for r in records if r.error_id in accepted])
+
+    async def _retrain(self, decision: RetrainDecision, producer: Any) -> None:
+        assert self.window is not None and self.core is not None
+        log.info("retrain_due", extra={"reason": decision.reason, "new_samples": decision.new_samples,
+                                       "event_ts": decision.event_ts, **decision.detail})
+        samples = self.window.samples()
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(None, lambda: retrain_once(
+                samples, self.registry, self.settings, self.config, trigger=decision.reason))
+        except Exception:  # noqa: BLE001 - a failed retrain must not stop the trainer
+            log.exception("retrain_failed", extra={"reason": decision.reason})
+            self.core.on_retrain_failed()
+            return
+        self.outcomes.append(outcome)
+        if outcome.accepted and outcome.version is not None:
+            self.core.on_retrained(outcome.version)
+            await self._announce(producer, outcome.version)
+        else:
+            self.core.on_retrain_failed()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    async def _announce(self, producer: Any, version: str) -> None:
+        try:
+            ann = self.registry.announcement(version)
+        except (CorruptModelError, ValueError) as exc:
+            log.error("announce_refused", extra={"version": version, "reason": str(exc)})
+            return
+        await producer.send_and_wait(topic_name(self.settings.kafka, "models"), encode(ann), key=b"current")
+        log.info("model_announced", extra={"version": version, "sha256": ann.sha256})
+
+
+class _Progress:
+    """A rich live view of the trainer (window fill, samples to the next retrain, last outcome)."""
+
+    def __init__(self, config: TrainerConfig) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.config = config
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), transient=True)
+        self.window_task = self.bar.add_task("window", total=config.window_max_samples, info="")
+        every = config.retrain_every_samples or config.window_max_samples
+        self.next_task = self.bar.add_task("next retrain", total=every, info="")
+        self.bar.start()
+
+    def __call__(self, trainer: Trainer) -> None:
+        core = trainer.core
+        if core is None or trainer.window is None:
+            return
+        status = core.status()
+        last = trainer.outcomes[-1] if trainer.outcomes else None
+        last_text = (f"last: {last.candidate_version} {'accepted' if last.accepted else 'rejected'} "
+                     f"({last.trigger})") if last else "last: -"
+        self.bar.update(self.window_task, completed=len(trainer.window),
+                        info=f"serving {status['serving_version'] or '-'}")
+        self.bar.update(self.next_task, completed=min(status["new_samples"], self.bar.tasks[1].total or 1),
+                        info=f"drift {'ALARM' if status['drift_pending'] else 'ok'} "
+                             f"(alarms {status['drift_alarms']}); {last_text}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def run_trainer(settings: Settings, *, progress: bool | None = None) -> int:
+    """Run the trainer until SIGINT/SIGTERM (blocking). Returns the exit code (3: already running).
+
+    ``progress`` shows a rich live view; by default when stderr is a terminal.
+    """
+    config = trainer_config(settings)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        view = _Progress(config) if show else None
+        try:
+            await Trainer(settings, config).run(stop, progress=view)
+        except RegistryLocked as exc:
+            print(f"reloop train: {exc}", file=sys.stderr)
+            return 3
+        finally:
+            if view is not None:
+                view.stop()
+        return 0
+
+    return asyncio.run(main())
