@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--forever", action="store_true", help="keep serving after the traffic ends")
     r.add_argument("--report", default="reports/run.json")
     r.add_argument("--seed", type=int, default=7)
-    r.add_argument("--rate", type=float, default=400.0, help="offered load, requests/s (wall clock)")
+    r.add_argument("--rate", type=float, default=150.0, help="offered load, requests/s (wall clock)")
     r.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="run one worker against a broker")

@@ -47,7 +47,7 @@ class MainJobOptions:
     forever: bool = False
     report_path: str = "reports/run.json"
     seed: int = 7
-    offered_rps: float = 400.0
+    offered_rps: float = 150.0
     warmup: float = 0.2
 
 

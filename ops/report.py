@@ -38,7 +38,7 @@ def print_run_report(report: dict[str, Any], console: Console | None = None) -> 
     t.add_row("log loss base / compensated",
               f"{_fmt(summ.get('logloss_base'))} / {_fmt(summ.get('logloss_compensated'))}")
     c.print(t)
-    series = w.get("series") or []
+    series = sorted(w.get("series") or [], key=lambda p: p["ts"])  # windows close out of order
     if series:
         shift = report.get("shift_ts")
         s = Table(title="Quality per window (event time)")
