@@ -106,7 +106,7 @@ async def worker_run(settings: Settings, n_labelled: int, tmp: Path) -> dict:
             if n >= n_labelled:
                 t_last = now
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
         if t_last is None or t_first is None:
             raise RuntimeError(f"worker labelled only {n} of {n_labelled}")
         return {"seconds": t_last - t_first, "labelled_timed": n_labelled - first_count, "status": st}
