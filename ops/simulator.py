@@ -33,6 +33,25 @@ popularity. Each candidate is clicked independently with probability ``p``; a cl
 an item drawn proportionally to ``popularity * exp(preference)`` (the same, possibly shifted,
 preference as above) and the event carries the item's content plus small noise, renormalised.
 
+Faults (``SimConfig.faults``, default none; ground truth from :meth:`Simulator.faults`): each
+:class:`FaultSpec` applies to the (request, candidate) rows matching its slice ``where`` (e.g.
+``{"genre": "horror"}`` or ``{"age_bucket": "18-24", "device": "tv"}``; keys ``age_bucket``,
+``device``, ``segment``, ``genre``) for requests ``round(start_frac * n) <= k < round(end_frac
+* n)`` of a run of ``n`` requests:
+
+- ``ctr_collapse``: the click probability is multiplied by ``1 - magnitude`` (an item slice
+  stops converting);
+- ``label_shift``: ``magnitude`` is added to the click logit (a user segment clicks more, or
+  less when negative);
+- ``broken_feature``: clicks are unchanged, but the candidate feature ``feature`` (``genre``
+  or ``popularity``) is missing from the emitted features (a client that stops sending it):
+  the model reads a corrupted input, so its predictions on the slice are off -- with the
+  default ``genre``, the slow model over-predicts there by ~0.05-0.1.
+
+Faults draw no random numbers, so a run without faults is byte-identical to one from a
+config without the field, and a run with faults sees the same arrivals, users, candidates
+and uniforms (only the clicks the faults change differ). ``true_ctr`` ignores faults.
+
 Determinism: independent numpy streams (world, arrivals, users, candidates, media, clicks) are
 spawned from the seed and drawn in fixed-size blocks, so equal configs give byte-identical
 encoded streams (same numpy version and platform), and the first ``k`` requests of a run do not
@@ -47,7 +66,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -66,6 +85,49 @@ GENRES: tuple[str, ...] = (
 AGE_BUCKETS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
 DEVICES: tuple[str, ...] = ("phone", "tv", "web")
 MODALITIES: tuple[str, ...] = ("video", "audio")
+FAULT_KINDS: tuple[str, ...] = ("ctr_collapse", "label_shift", "broken_feature")
+_SLICE_VALUES: dict[str, tuple[str, ...]] = {"age_bucket": AGE_BUCKETS, "device": DEVICES, "segment": SEGMENTS,
+                                             "genre": GENRES}
+
+
+class FaultSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One injected fault (see the module docstring for what each ``kind`` does).
+
+    Attributes:
+        kind: ``ctr_collapse``, ``label_shift`` or ``broken_feature``.
+        where: slice predicates, feature name -> value, all must hold (1 or 2 usually).
+        start_frac / end_frac: active for requests ``round(frac * n)``, end excluded.
+        magnitude: CTR fraction removed (``ctr_collapse``, in [0, 1]); logit added
+            (``label_shift``); unused by ``broken_feature``.
+        feature: the candidate feature ``broken_feature`` drops.
+    """
+
+    kind: str
+    where: dict[str, str]
+    start_frac: float
+    end_frac: float = 1.0
+    magnitude: float = 0.95
+    feature: str = "genre"
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {self.kind!r}")
+        if not self.where or any(_SLICE_VALUES.get(k) is None or v not in _SLICE_VALUES[k]
+                                 for k, v in self.where.items()):
+            raise ValueError(f"fault slice must name known values of {tuple(_SLICE_VALUES)}: {self.where}")
+        if not 0.0 <= self.start_frac < self.end_frac <= 1.0:
+            raise ValueError("fault needs 0 <= start_frac < end_frac <= 1")
+        if not math.isfinite(self.magnitude) or (self.kind == "ctr_collapse" and not 0.0 <= self.magnitude <= 1.0):
+            raise ValueError("fault magnitude must be finite (in [0, 1] for ctr_collapse)")
+        if self.kind == "broken_feature" and self.feature not in ("popularity", "genre"):
+            raise ValueError("broken_feature corrupts a candidate feature: popularity or genre")
+
+    @property
+    def signature(self) -> list[str]:
+        """The slice as sorted ``name=value`` predicates."""
+        return sorted(f"{k}={v}" for k, v in self.where.items())
+
+
 _BLOCK = 512  # requests per generation block (fixed: draws must not depend on n_requests)
 
 
@@ -91,6 +153,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     uv_scale: float = 0.8
     genre_scale: float = 1.0
     item_bias_scale: float = 0.3
+    faults: tuple[FaultSpec, ...] = ()  # injected faults with ground truth (Simulator.faults)
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1 or self.latent_dim < 1 or self.media_dim < 1:
@@ -144,6 +207,7 @@ class _Block:
     m_user: np.ndarray
     m_item: np.ndarray
     m_emb: np.ndarray  # (m, media_dim) float32
+    broken: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (dropped feature, (b, C) mask)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -255,6 +319,30 @@ class Simulator:
         k = self._shift_index(n_requests)
         if k is None:
             return None
+        return self._request_ts(k)
+
+    def _fault_window(self, fault: FaultSpec, n_requests: int) -> tuple[int, int]:
+        return int(round(fault.start_frac * n_requests)), int(round(fault.end_frac * n_requests))
+
+    def faults(self, n_requests: int) -> list[dict]:
+        """Ground truth of the configured faults for a run of ``n_requests`` requests.
+
+        One dict per fault: ``kind``, ``signature`` (sorted ``name=value``), ``where``,
+        ``magnitude``, ``feature``, ``start_index`` / ``end_index`` (requests, end excluded),
+        ``start_ts`` (ts of the first affected request) and ``end_ts`` (ts of the first
+        request after the fault; None when it lasts to the end of the run).
+        """
+        out = []
+        for f in self.config.faults:
+            lo, hi = self._fault_window(f, n_requests)
+            out.append({"kind": f.kind, "signature": f.signature, "where": dict(f.where),
+                        "magnitude": f.magnitude, "feature": f.feature, "start_index": lo, "end_index": hi,
+                        "start_ts": self._request_ts(lo) if lo < n_requests else None,
+                        "end_ts": self._request_ts(hi) if hi < n_requests else None})
+        return out
+
+    def _request_ts(self, k: int) -> float:
+        """Event time of request ``k`` (0-based) of any run (arrivals do not depend on n)."""
         rng = np.random.default_rng(self._seeds[1])
         t = self.config.start_ts
         for _ in range(k // _BLOCK + 1):
@@ -307,14 +395,51 @@ class Simulator:
             hist = np.array(hist_rows, dtype=np.int64).reshape(B, K)
             sgn = np.where((ts >= shift_t) & (w.seg[users] == self._shift_seg), -1.0, 1.0)
             p = self._probs(users, cands, hist, sgn)
+            broken = self._apply_faults(p, seq, n_requests, users, dev, cands) if cfg.faults else []
             clicked = r_clk.random((B, C)) < p
             delay = r_clk.uniform(cfg.click_delay_s[0], cfg.click_delay_s[1], (B, C))
             click_ts = np.round(ts[:, None] + delay, 6)
             b = min(B, n_requests - seq)
             mb = int(counts[:b].sum())
             yield _Block(seq, ts[:b], users[:b], dev[:b], cands[:b], clicked[:b],
-                         click_ts[:b], counts[:b], mseq, m_ts[:mb], m_user[:mb], m_item[:mb], m_emb[:mb])
+                         click_ts[:b], counts[:b], mseq, m_ts[:mb], m_user[:mb], m_item[:mb], m_emb[:mb],
+                         [(name, mask[:b]) for name, mask in broken])
             t_prev, seq, mseq = float(ts[-1]), seq + B, mseq + m
+
+    def _apply_faults(self, p: np.ndarray, seq: int, n_requests: int, users: np.ndarray, dev: np.ndarray,
+                      cands: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Apply the active faults to click probabilities ``p`` (B, C) in place; returns the
+        broken-feature masks (dropped feature, (B, C) bool)."""
+        w = self.world
+        cols = {"age_bucket": (w.age[users], AGE_BUCKETS), "device": (dev, DEVICES),
+                "segment": (w.seg[users], SEGMENTS)}
+        k = seq + np.arange(p.shape[0])
+        broken = []
+        for f in self.config.faults:
+            lo, hi = self._fault_window(f, n_requests)
+            mask = np.broadcast_to(((k >= lo) & (k < hi))[:, None], p.shape).copy()
+            for name, value in f.where.items():
+                if name == "genre":
+                    mask &= w.genre[cands] == GENRES.index(value)
+                else:
+                    idx, names = cols[name]
+                    mask &= (idx == names.index(value))[:, None]
+            if f.kind == "ctr_collapse":
+                p[mask] *= 1.0 - f.magnitude
+            elif f.kind == "label_shift":
+                p[mask] = 1.0 / (1.0 + np.exp(-(np.log(p[mask] / (1.0 - p[mask])) + f.magnitude)))
+            elif mask.any():
+                broken.append((f.feature, mask))
+        return broken
+
+    @staticmethod
+    def _cand_features(blk: _Block, i: int, j: int, genre: str, popularity: float) -> dict[str, str | float]:
+        """Candidate features of row (i, j) of a block, with broken-feature faults applied."""
+        feats: dict[str, str | float] = {"genre": genre, "popularity": popularity}
+        for name, mask in blk.broken:
+            if mask[i, j]:
+                feats.pop(name, None)
+        return feats
 
     def _media_events(self, blk: _Block) -> list[MediaEvent]:
         """The block's media events (segment ids "m{seq}", embeddings rounded to 1e-6)."""
@@ -358,10 +483,14 @@ class Simulator:
                 while pending and pending[0][0] <= t:
                     out.append(heapq.heappop(pending)[2])
                 rid, user, row = f"r{blk.seq0 + i}", uid[blk.users[i]], cand_rows[i]
-                out.append(RecommendationRequest(
-                    request_id=rid, user_id=user, ts=t, features=ctx[i],
-                    candidates=[Candidate(item_id=iid[it], features={"genre": gname[it], "popularity": popf[it]})
-                                for it in row]))
+                if blk.broken:
+                    cands = [Candidate(item_id=iid[it], features=self._cand_features(blk, i, j, gname[it], popf[it]))
+                             for j, it in enumerate(row)]
+                else:
+                    cands = [Candidate(item_id=iid[it], features={"genre": gname[it], "popularity": popf[it]})
+                             for it in row]
+                out.append(RecommendationRequest(request_id=rid, user_id=user, ts=t, features=ctx[i],
+                                                 candidates=cands))
                 for it, c, ct in zip(row, clk_rows[i], cts_rows[i]):
                     if c:
                         click = Interaction(user_id=user, item_id=iid[it], ts=ct, label=1, kind="click",
@@ -391,6 +520,13 @@ class Simulator:
                 out.extend(media[mi: mi + n_m])
                 mi += n_m
                 user, c = uid[blk.users[i]], ctx[i]
+                if blk.broken:
+                    out.extend(
+                        Interaction(user_id=user, item_id=iid[it], ts=t, label=int(y),
+                                    kind="click" if y else "impression",
+                                    features={**c, **self._cand_features(blk, i, j, gname[it], popf[it])})
+                        for j, (it, y) in enumerate(zip(row, clk)))
+                    continue
                 out.extend(
                     Interaction(user_id=user, item_id=iid[it], ts=t, label=int(y),
                                 kind="click" if y else "impression",

@@ -1,0 +1,273 @@
+"""Error-schema cache on the simulator with injected faults: detection, localisation, noise.
+
+Per seed:
+
+1. simulate ``--warmup-requests + --requests`` requests (prequential labelled log, no
+   segment shift) with four faults in the evaluated part, whose slices are drawn per seed:
+   ``ctr_collapse`` on ``genre=G`` (CTR x 0.05), ``label_shift`` on ``age_bucket=A`` (logit
+   +2), ``broken_feature`` on ``device=D`` (candidates lose their ``genre``), and
+   ``label_shift`` on the pair ``age_bucket=A2 & device=D2`` (logit +2); each lasts
+   ``--fault-frac`` of the evaluated requests, with clean gaps between them;
+2. train the slow model on the warm-up part (``ops.replay.fit_initial_model``);
+3. score the rest prequentially in 1-second chunks (``ScoringCore.score_rows``; codes of an
+   error memory's first tables from the hidden vectors) and build ``ErrorRecord``s;
+4. feed them to ``SchemaCore`` and collect its alerts; the same model scores the same seed's
+   log without faults (control run) to count false alerts.
+
+Reported per fault: affected events (records in the slice since the fault start) until the
+first ``new`` alert whose signature shares a predicate with the slice (target < 1,000); top-1
+localisation: the active schema with the largest impact among those promoted since the
+fault start, taken when the fault ends, has exactly the injected signature (target >= 90%
+over seeds); seconds from the fault end until every schema promoted during it is resolved.
+Overall: false alerts per 100k clean events in the control runs (target < 1), alerts during
+fault runs that overlap no fault window (+ ``--grace-s``), cache bytes, and error records
+per second through ``SchemaCore.on_batch`` (one core; target >= 50k/s).
+
+Usage::
+
+    PYTHONPATH=. .venv/bin/python bench/error_schemas.py --json reports/error_schemas.json --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from ops.replay import fit_initial_model
+from ops.settings import Settings
+from ops.simulator import AGE_BUCKETS, DEVICES, GENRES, FaultSpec, SimConfig, Simulator
+from processors.schemas import SchemaAlert, SchemaCore
+from processors.scoring import ScoringCore
+from state.error_memory import ErrorMemory, ErrorMemoryConfig
+from state.schema_cache import SchemaCacheConfig
+from streams.events import ErrorRecord, Interaction
+
+
+def make_faults(seed: int, warm_frac: float, fault_frac: float) -> tuple[FaultSpec, ...]:
+    """Four faults with per-seed slices, spread evenly over the evaluated part of the run."""
+    rng = np.random.default_rng(1000 + seed)
+    genre = str(rng.choice(GENRES))
+    ages = [str(a) for a in rng.choice(AGE_BUCKETS, 2, replace=False)]
+    devices = [str(rng.choice(("tv", "web"))), str(rng.choice(DEVICES))]  # a minority device breaks
+    kinds = [("ctr_collapse", {"genre": genre}, 0.95), ("label_shift", {"age_bucket": ages[0]}, 2.0),
+             ("broken_feature", {"device": devices[0]}, 0.0),
+             ("label_shift", {"age_bucket": ages[1], "device": devices[1]}, 2.0)]
+    span = 1.0 - warm_frac
+    out = []
+    for j, (kind, where, magnitude) in enumerate(kinds):
+        start = warm_frac + span * (0.06 + j * 0.235)
+        out.append(FaultSpec(kind=kind, where=where, start_frac=start, end_frac=start + span * fault_frac,
+                             magnitude=magnitude))
+    return tuple(out)
+
+
+def error_stream(scoring: ScoringCore, memory: ErrorMemory, rows: list[Interaction], chunk_s: float,
+                 code_tables: int):
+    """Yield lists of ErrorRecords, one per ``chunk_s`` seconds of event time (scored first)."""
+    ts = np.fromiter((r.ts for r in rows), np.float64, len(rows))
+    edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + chunk_s, chunk_s), side="left").tolist() + [len(rows)]
+    version = scoring.model_version
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi <= lo:
+            continue
+        batch = rows[lo:hi]
+        base, _, hidden = scoring.score_rows([(r.user_id, r.item_id, r.features) for r in batch], float(ts[hi - 1]))
+        codes = memory.codes(hidden)[:, :code_tables].tolist()
+        yield [ErrorRecord(error_id=f"log-{lo + j}", user_id=r.user_id, item_id=r.item_id, ts=r.ts, label=r.label,
+                           base_pred=float(b), comp_pred=float(b), model_version=version, codes=c,
+                           features=r.features)
+               for j, (r, b, c) in enumerate(zip(batch, base.tolist(), codes))]
+
+
+def run_core(stream, cache_config: SchemaCacheConfig, cut_times: list[float]):
+    """Feed the stream to a SchemaCore; returns alerts, rankings at ``cut_times``, timings."""
+    core = SchemaCore(cache_config)
+    alerts: list[SchemaAlert] = []
+    rankings: dict[float, list[dict[str, Any]]] = {}
+    cuts = sorted(cut_times)
+    spent, n, batches, peak_bytes = 0.0, 0, 0, 0
+    for records in stream:
+        # split at cut times so the ranking is read exactly when a fault ends
+        ts = np.fromiter((r.ts for r in records), np.float64, len(records))
+        parts, lo = [], 0
+        for c in cuts:
+            k = int(np.searchsorted(ts, c, side="left"))
+            if k < len(records) and c not in rankings:
+                parts.append((records[lo:k], c))
+                lo = k
+        parts.append((records[lo:], None))
+        for part, cut in parts:
+            if part:
+                t0 = time.perf_counter()
+                _, new_alerts = core.on_batch(part)
+                spent += time.perf_counter() - t0
+                n += len(part)
+                alerts += new_alerts
+            if cut is not None:
+                rankings[cut] = [{"signature": s.signature, "z": s.z, "impact": s.impact, "first_seen": s.first_seen}
+                                 for s in core.schemas()]
+        batches += 1
+        if batches % 30 == 0:
+            peak_bytes = max(peak_bytes, core.cache.nbytes)
+    peak_bytes = max(peak_bytes, core.cache.nbytes)
+    return core, alerts, rankings, {"records": n, "seconds_in_core": spent, "nbytes": peak_bytes}
+
+
+def _matches(features: dict, where: dict[str, str]) -> bool:
+    return all(features.get(k) == v for k, v in where.items())
+
+
+def evaluate_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    n_total = args.warmup_requests + args.requests
+    warm_frac = args.warmup_requests / n_total
+    faults = make_faults(seed, warm_frac, args.fault_frac)
+    sim = Simulator(SimConfig(seed=seed, shift_at=None, faults=faults))
+    truth = sim.faults(n_total)
+    log = [e for e in sim.labelled_log(n_total) if isinstance(e, Interaction)]
+    n_warm = args.warmup_requests * sim.config.candidates_per_request
+    settings = Settings().with_overrides(train={"epochs": args.epochs})
+    t0 = time.perf_counter()
+    fitted = fit_initial_model(log[:n_warm], settings, version="v1")
+    fit_s = time.perf_counter() - t0
+    scoring = ScoringCore(fitted.scorer)
+    memory = ErrorMemory(fitted.scorer.hidden_dim, ErrorMemoryConfig(tables=8, bits=8))
+    cache_config = SchemaCacheConfig(**({"half_life_s": args.half_life} if args.half_life else {}))
+    rows = log[n_warm:]
+    ends = [f["end_ts"] for f in truth if f["end_ts"] is not None]
+    core, alerts, rankings, perf = run_core(error_stream(scoring, memory, rows, 1.0, cache_config.code_tables),
+                                            cache_config, ends)
+    last_ts = rows[-1].ts
+    per_fault = []
+    attributed: set[str] = set()
+    for f in truth:
+        start, end = f["start_ts"], f["end_ts"] if f["end_ts"] is not None else last_ts
+        slice_preds = set(f["signature"])
+        hit_ts = np.array(sorted(r.ts for r in rows if start <= r.ts < end and _matches(r.features, f["where"])))
+        in_window = [a for a in alerts if a.kind == "new" and start <= a.ts < end + args.grace_s]
+        attributed |= {a.alert_id for a in in_window}
+        overlapping = [a for a in in_window if slice_preds & set(a.signature)]
+        first = overlapping[0] if overlapping else None
+        ranking = [s for s in rankings.get(end, []) if s["first_seen"] >= start]
+        top1 = ranking[0]["signature"] if ranking else None
+        promoted = {a.schema_id: a.ts for a in in_window if a.ts < end}  # promoted for this fault
+        done_at = {}
+        for sid, t_new in promoted.items():  # its first resolution after that promotion
+            ends = [a.ts for a in alerts if a.kind == "resolved" and a.schema_id == sid and a.ts >= t_new]
+            if ends:
+                done_at[sid] = min(ends)
+        resolve_s = (max(0.0, max(done_at.values()) - end)
+                     if promoted and len(done_at) == len(promoted) else None)
+        per_fault.append({
+            "kind": f["kind"], "signature": f["signature"], "start_ts": start, "end_ts": end,
+            "affected_events": int(hit_ts.size),
+            "detected": first is not None and first.ts < end,
+            "events_to_detect": int(np.searchsorted(hit_ts, first.ts, side="left")) if first else None,
+            "seconds_to_detect": (first.ts - start) if first else None,
+            "first_alert": first.signature if first else None,
+            "first_alert_description": first.description if first else None,
+            "top1": top1, "top1_correct": top1 is not None and sorted(top1) == sorted(f["signature"]),
+            "alerts_in_window": [a.signature for a in in_window],
+            "resolve_s": resolve_s,
+        })
+    stray = [a for a in alerts if a.kind == "new" and a.alert_id not in attributed]
+    # control: the same seed's traffic without faults, same model
+    clean_sim = Simulator(SimConfig(seed=seed, shift_at=None))
+    clean_rows = [e for e in clean_sim.labelled_log(n_total) if isinstance(e, Interaction)][n_warm:]
+    _, clean_alerts, _, clean_perf = run_core(error_stream(scoring, memory, clean_rows, 1.0, cache_config.code_tables),
+                                              cache_config, [])
+    false_new = [a for a in clean_alerts if a.kind == "new"]
+    return {
+        "seed": seed, "faults": per_fault, "fit_seconds": fit_s, "model_holdout": fitted.metrics,
+        "fault_run": perf, "stray_alerts": [a.description for a in stray],
+        "control_run": {**clean_perf, "false_alerts": len(false_new),
+                        "false_alert_descriptions": [a.description for a in false_new]},
+        "final_schemata": [s.signature for s in core.schemas()],
+    }
+
+
+def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    faults = [f for s in seeds for f in s["faults"]]
+    det = [f["events_to_detect"] for f in faults if f["detected"]]
+    resolve = [f["resolve_s"] for f in faults if f["resolve_s"] is not None]
+    clean_events = sum(s["control_run"]["records"] for s in seeds)
+    false = sum(s["control_run"]["false_alerts"] for s in seeds)
+    recs = sum(s["fault_run"]["records"] + s["control_run"]["records"] for s in seeds)
+    secs = sum(s["fault_run"]["seconds_in_core"] + s["control_run"]["seconds_in_core"] for s in seeds)
+    by_kind: dict[str, dict[str, Any]] = {}
+    for f in faults:
+        k = by_kind.setdefault(f["kind"] + ("_pair" if len(f["signature"]) > 1 else ""), {"n": 0, "detected": 0,
+                                                                                         "top1": 0, "etd": []})
+        k["n"] += 1
+        k["detected"] += f["detected"]
+        k["top1"] += f["top1_correct"]
+        if f["detected"]:
+            k["etd"].append(f["events_to_detect"])
+    return {
+        "faults": len(faults), "detected": len(det),
+        "events_to_detect_median": float(np.median(det)) if det else None,
+        "events_to_detect_max": int(max(det)) if det else None,
+        "detected_under_1000": sum(d < 1000 for d in det),
+        "top1_localisation": sum(f["top1_correct"] for f in faults) / max(1, len(faults)),
+        "resolve_s_median": float(np.median(resolve)) if resolve else None,
+        "resolve_s_max": float(max(resolve)) if resolve else None,
+        "resolved": len(resolve),
+        "false_alerts": false, "clean_events": clean_events,
+        "false_alerts_per_100k_clean": false / clean_events * 1e5 if clean_events else None,
+        "stray_alerts_in_fault_runs": sum(len(s["stray_alerts"]) for s in seeds),
+        "cache_bytes_max": max(max(s["fault_run"]["nbytes"], s["control_run"]["nbytes"]) for s in seeds),
+        "records_per_s_in_core": recs / secs if secs else None,
+        "by_kind": {k: {"n": v["n"], "detected": v["detected"], "top1": v["top1"],
+                        "events_to_detect_median": float(np.median(v["etd"])) if v["etd"] else None}
+                    for k, v in by_kind.items()},
+    }
+
+
+def print_table(seeds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    print(f"{'seed':>4}  {'kind':15}  {'slice':32}  {'affected':>8}  {'to_detect':>9}  {'top1':5}  "
+          f"{'resolve_s':>9}  top-ranked")
+    for s in seeds:
+        for f in s["faults"]:
+            etd = "-" if f["events_to_detect"] is None else str(f["events_to_detect"])
+            res = "-" if f["resolve_s"] is None else f"{f['resolve_s']:.1f}"
+            print(f"{s['seed']:>4}  {f['kind']:15}  {' & '.join(f['signature']):32}  {f['affected_events']:>8}  "
+                  f"{etd:>9}  {'yes' if f['top1_correct'] else 'NO':5}  {res:>9}  "
+                  f"{' & '.join(f['top1'] or ['-'])}")
+    for key, value in summary.items():
+        if key != "by_kind":
+            print(f"{key:32} {value}")
+    for kind, v in summary["by_kind"].items():
+        print(f"  {kind:22} {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True, help="write the results here")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=20_000, help="evaluated requests per seed (x20 records)")
+    ap.add_argument("--warmup-requests", type=int, default=5_000, help="requests that train the model")
+    ap.add_argument("--fault-frac", type=float, default=0.08, help="fault length, fraction of evaluated requests")
+    ap.add_argument("--grace-s", type=float, default=60.0, help="alerts this long after a fault still count for it")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--half-life", type=float, default=None, help="override SchemaCacheConfig.half_life_s")
+    args = ap.parse_args(argv)
+    seeds = [evaluate_seed(seed, args) for seed in range(args.seeds)]
+    summary = summarise(seeds)
+    print_table(seeds, summary)
+    out = {"summary": summary, "seeds": seeds, "args": vars(args),
+           "cache_config": msgspec.to_builtins(SchemaCacheConfig(
+               **({"half_life_s": args.half_life} if args.half_life else {}))),
+           "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(msgspec.json.decode(msgspec.json.encode(out)), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
