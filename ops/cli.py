@@ -6,6 +6,7 @@
     reloop topics create|list [--broker ...]             the catalog's topics on a cluster
     reloop simulate --requests N --out log.jsonl [--labelled]
     reloop memory show USER [--data-dir DIR]              a user's media memory (worker snapshot)
+    reloop schemas [--all] [--json] [--data-dir DIR]     the error-schema cache (worker snapshot)
     reloop train [--broker kafka://host:9092]            the trainer (one per model registry)
     reloop models list|show V|promote V|rollback          the model registry
 
@@ -119,6 +120,28 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import msgspec
+
+    from processors.schemas import SchemaCore, format_table
+    from state.snapshots import read_npz
+
+    settings = _settings(args)
+    path = Path(settings.worker.data_dir) / "snapshots" / "schema_cache.npz"
+    if not path.exists():
+        print(f"no schema-cache snapshot at {path} (has a worker run with --data-dir "
+              f"{settings.worker.data_dir}?)", file=sys.stderr)
+        return 2
+    rows = SchemaCore.restore(read_npz(path)).schemas(include_resolved=args.all)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(rows), indent=2))
+    else:
+        print(format_table(rows, include_resolved=args.all))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ops.simulator import SimConfig, Simulator, write_jsonl
 
@@ -174,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("user")
     kafka_opts(m)
     m.set_defaults(func=cmd_memory)
+
+    sc = sub.add_parser("schemas", help="list a worker's error-schema cache (from its snapshot)")
+    sc.add_argument("--all", action="store_true", help="include resolved schemata")
+    sc.add_argument("--json", action="store_true")
+    kafka_opts(sc)
+    sc.set_defaults(func=cmd_schemas)
 
     from ops.models_cli import add_models_commands, add_train_command
 

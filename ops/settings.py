@@ -26,6 +26,7 @@ from models.train import TrainConfig
 from state.error_memory import ErrorMemoryConfig
 from processors.trainer import TrainerConfig
 from state.media_memory import MediaMemoryConfig
+from state.schema_cache import SchemaCacheConfig
 from streams.validation import Limits
 
 ENV_PREFIX = "RELOOP_"
@@ -76,6 +77,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         metrics_window: events per point of the rolling AUC / log-loss series.
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
         media_features: keep per-user media memories and give their features to the model.
+        schema_cache: distil error schemata from ``errors`` and publish them and their alerts.
         rekey_window: recent labelled samples re-keyed into the error memory when the model
             changes (0 = reset the memory, as the ReLoop2 paper does).
     """
@@ -90,6 +92,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     compensation: Literal["error_memory", "none"] = "error_memory"
     rekey_window: int = 20_000
     media_features: bool = True
+    schema_cache: bool = True
 
 
 class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -121,6 +124,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     error_memory: ErrorMemoryConfig = ErrorMemoryConfig()
     media: MediaMemoryConfig = MediaMemoryConfig()
     trainer: TrainerConfig = TrainerConfig()
+    schemas: SchemaCacheConfig = SchemaCacheConfig()
 
     def __post_init__(self) -> None:
         if self.media.dim != self.limits.media_dim:

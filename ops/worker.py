@@ -26,6 +26,7 @@ from processors.feedback import FeedbackCore
 from processors.hot_path import HotPath
 from processors.media import MediaCore
 from processors.metrics import VARIANTS, OnlineMetrics
+from processors.schemas import SchemaCore
 from processors.pending import PendingStore
 from processors.telemetry import WorkerTelemetry
 from streams.codec import InvalidEvent, decode_event
@@ -62,7 +63,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
-                  media=MediaCore(settings.media) if settings.worker.media_features else None)
+                  media=MediaCore(settings.media) if settings.worker.media_features else None,
+                  schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
 

@@ -36,6 +36,7 @@ from models.scorer import OnnxScorer
 from processors.compensation import Compensation, NoCompensation
 from processors.feedback import FeedbackCore
 from processors.media import MediaCore
+from processors.schemas import SchemaCore, topic_key
 from processors.scoring import ScoringCore
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
@@ -67,6 +68,8 @@ class HotPath(mode.Service):
             offsets it includes (None = no snapshots; a restart then replays ``errors``).
         snapshot_every_s: seconds between snapshots (and one at stop).
         media: the per-user media memories (None = media events are validated, not kept).
+        schema_core: the error-schema cache fed from ``errors`` (None = off); its updates go
+            to ``schemas`` and its alerts to ``alerts``.
     """
 
     def __init__(self, *, client: dict[str, Any], topics: dict[str, str], group_id: str,
@@ -75,7 +78,8 @@ class HotPath(mode.Service):
                  telemetry: WorkerTelemetry, fetch_max_records: int = 5000,
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
-                 media: MediaCore | None = None, **kwargs: Any) -> None:
+                 media: MediaCore | None = None, schema_core: SchemaCore | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -89,6 +93,8 @@ class HotPath(mode.Service):
         self.session_timeout_ms = session_timeout_ms
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
+        self.schema_core = schema_core
+        self.schema_outbox: list[tuple[str, Any]] = []
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.scoring: ScoringCore | None = None
@@ -241,6 +247,16 @@ class HotPath(mode.Service):
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
+            if self.schema_outbox:
+                await self._publish_schema_outbox()
+
+    async def _publish_schema_outbox(self) -> None:
+        assert self.producer is not None
+        out, self.schema_outbox = self.schema_outbox, []
+        futs = [await self.producer.send(self.topics[topic], encode(msg), key=topic_key(msg)) for topic, msg in out]
+        await asyncio.gather(*futs)
+        self.telemetry.events_out.labels("schemas").inc(sum(t == "schemas" for t, _ in out))
+        self.telemetry.events_out.labels("alerts").inc(sum(t == "alerts" for t, _ in out))
 
     # ---- snapshots -----------------------------------------------------------------------
     def collect_snapshot(self) -> dict[Path, dict[str, np.ndarray]]:
@@ -251,12 +267,14 @@ class HotPath(mode.Service):
             return files
         if self.media is not None:
             files[self.snapshot_path.with_name("media_memory.npz")] = self.media.snapshot()
+        parts = sorted(self.errors_applied)
+        offsets = {"errors_partitions": np.array(parts, dtype=np.int64),
+                   "errors_offsets": np.array([self.errors_applied[p] for p in parts], dtype=np.int64)}
+        if self.schema_core is not None:
+            files[self.snapshot_path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **offsets}
         arrays = self.compensation.snapshot()
         if arrays:
-            parts = sorted(self.errors_applied)
-            arrays["errors_partitions"] = np.array(parts, dtype=np.int64)
-            arrays["errors_offsets"] = np.array([self.errors_applied[p] for p in parts], dtype=np.int64)
-            files[self.snapshot_path] = arrays
+            files[self.snapshot_path] = {**arrays, **offsets}
         return files
 
     @staticmethod
@@ -278,6 +296,10 @@ class HotPath(mode.Service):
         if self.media is not None and media_path.exists():
             self.media = MediaCore.restore(read_npz(media_path))
             log.info("media_snapshot_restored", extra={"users": len(self.media.memory.users)})
+        schema_path = self.snapshot_path.with_name("schema_cache.npz")
+        if self.schema_core is not None and schema_path.exists():
+            self.schema_core = SchemaCore.restore(read_npz(schema_path))
+            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
         if not self.snapshot_path.exists():
             return
         try:
@@ -317,5 +339,8 @@ class HotPath(mode.Service):
                 self.errors_applied[tp.partition] = max(start, msgs[-1].offset + 1)
         self.telemetry.events_in.labels("errors").inc(len(records))
         stored = self.compensation.apply_errors(records)
+        if self.schema_core is not None and records:
+            updates, alerts = self.schema_core.on_batch(records)
+            self.schema_outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
