@@ -100,19 +100,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_main_job(settings, opts))
 
 
-def cmd_memory(args: argparse.Namespace) -> int:
+def _worker_snapshot(args: argparse.Namespace, name: str) -> dict | None:
+    """Arrays of a worker's snapshot file ``name`` under ``--data-dir``; None (and a message) if absent."""
     from pathlib import Path
 
-    from processors.media import MediaCore
     from state.snapshots import read_npz
 
-    settings = _settings(args)
-    path = Path(settings.worker.data_dir) / "snapshots" / "media_memory.npz"
+    data_dir = _settings(args).worker.data_dir
+    path = Path(data_dir) / "snapshots" / name
     if not path.exists():
-        print(f"no media-memory snapshot at {path} (has a worker run with --data-dir "
-              f"{settings.worker.data_dir}?)", file=sys.stderr)
+        print(f"no snapshot at {path} (has a worker run with --data-dir {data_dir}?)", file=sys.stderr)
+        return None
+    return read_npz(path)
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from processors.media import MediaCore
+
+    snap = _worker_snapshot(args, "media_memory.npz")
+    if snap is None:
         return 2
-    core = MediaCore.restore(read_npz(path))
+    core = MediaCore.restore(snap)
     if args.user not in core.memory.users:
         print(f"user {args.user!r} has no media memory ({len(core.memory.users)} users known)", file=sys.stderr)
         return 1
@@ -121,20 +129,14 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import msgspec
 
     from processors.schemas import SchemaCore, format_table
-    from state.snapshots import read_npz
 
-    settings = _settings(args)
-    path = Path(settings.worker.data_dir) / "snapshots" / "schema_cache.npz"
-    if not path.exists():
-        print(f"no schema-cache snapshot at {path} (has a worker run with --data-dir "
-              f"{settings.worker.data_dir}?)", file=sys.stderr)
+    snap = _worker_snapshot(args, "schema_cache.npz")
+    if snap is None:
         return 2
-    rows = SchemaCore.restore(read_npz(path)).schemas(include_resolved=args.all)
+    rows = SchemaCore.restore(snap).schemas(include_resolved=args.all)
     if args.json:
         print(json.dumps(msgspec.to_builtins(rows), indent=2))
     else:

@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 
 import msgspec
 import numpy as np
 
 from state._lsh_kernels import simhash_codes_t, sketch_read, sketch_write, transpose_planes
+from state.snapshots import read_npz, write_npz_atomic
 
 __all__ = ["ErrorMemory", "ErrorMemoryConfig", "apply_compensation", "stable_key", "stable_keys"]
 
@@ -399,23 +399,10 @@ class ErrorMemory:
         return memory
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (tmp file + replace)."""
-        target = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(prefix=".error-memory-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.snapshot())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`state.snapshots`)."""
+        write_npz_atomic(path, self.snapshot())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ErrorMemory:
         """Read a memory written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(os.fspath(path), allow_pickle=False) as npz:
-            return cls.restore({name: npz[name] for name in npz.files})
+        return cls.restore(read_npz(path))

@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Literal
@@ -53,6 +52,7 @@ import numpy as np
 from state._schema_kernels import (FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
                                    PredicateVocab, RecentRecords, Thresholds, index_size, lookup_slots,
                                    rebuild_index, select_schemata, space_saving_update, split_key)
+from state.snapshots import read_npz, write_npz_atomic
 from streams.events import ErrorRecord
 
 __all__ = ["Schema", "SchemaCache", "SchemaCacheConfig", "SchemaChange", "schema_id_of"]
@@ -509,20 +509,10 @@ class SchemaCache:
         return cache
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (tmp file + replace)."""
-        target = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".schema-cache-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(target)))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.snapshot())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`state.snapshots`)."""
+        write_npz_atomic(path, self.snapshot())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SchemaCache:
         """Read a cache written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(os.fspath(path), allow_pickle=False) as npz:
-            return cls.restore({name: npz[name] for name in npz.files})
+        return cls.restore(read_npz(path))
