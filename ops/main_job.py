@@ -135,10 +135,13 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
     live: set[str] = set()  # request ids sent; feedback on warm-up requests is not replayed
     stop_at = time.monotonic() + opts.duration_s if opts.duration_s else None
 
-    async def collect(until_all: bool) -> None:
-        deadline = time.monotonic() + 60.0
+    sending_done = asyncio.Event()
+
+    async def collect() -> None:
+        """Read recommendations concurrently with sending (latency = receive - send time)."""
+        deadline: float | None = None
         while True:
-            batch = await consumer.getmany(timeout_ms=50 if not until_all else 200, max_records=10000)
+            batch = await consumer.getmany(timeout_ms=100, max_records=10000)
             now = time.perf_counter()
             for msgs in batch.values():
                 for m in msgs:
@@ -147,9 +150,12 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
                     if t is not None:
                         latencies.append(now - t)
                     versions[rec.model_version] = versions.get(rec.model_version, 0) + 1
-            if not until_all or not sent_at or time.monotonic() > deadline:
-                return
+            if sending_done.is_set():
+                deadline = deadline or time.monotonic() + 60.0
+                if not sent_at or time.monotonic() > deadline:
+                    return
 
+    collector = asyncio.create_task(collect())
     t0 = time.perf_counter()
     interval = 1.0 / opts.offered_rps
     seq = 0
@@ -163,8 +169,8 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
             if stop_at is not None and time.monotonic() > stop_at:
                 break
             target = t0 + (seq - n_warm) * interval
-            if (delay := target - time.perf_counter()) > 0.002:
-                await collect(until_all=False) if delay > 0.05 else await asyncio.sleep(delay)
+            if (delay := target - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)  # pacing the offered load
             sent_at[ev.request_id] = time.perf_counter()
             live.add(ev.request_id)
             await producer.send(names["requests"], encode(ev), key=ev.user_id.encode())
@@ -175,7 +181,8 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
             counts[topic] += 1
     await producer.flush()
     t_sent = time.perf_counter()
-    await collect(until_all=True)
+    sending_done.set()
+    await collector
     elapsed = time.perf_counter() - t0
     await consumer.stop()
     await producer.stop()
