@@ -7,6 +7,7 @@
     reloop simulate --requests N --out log.jsonl [--labelled]
     reloop memory show USER [--data-dir DIR]              a user's media memory (worker snapshot)
     reloop schemas [--all] [--json] [--data-dir DIR]     the error-schema cache (worker snapshot)
+    reloop dlq show|replay [--topic T] --broker ...      inspect / re-drive dead letters
     reloop train [--broker kafka://host:9092]            the trainer (one per model registry)
     reloop models list|show V|promote V|rollback          the model registry
 
@@ -144,6 +145,22 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from ops.dlq import format_letters, read_dead_letters, redrive
+
+    settings = _settings(args)
+    if settings.kafka.broker == "embedded":
+        print("reloop dlq needs --broker kafka://host:port", file=sys.stderr)
+        return 2
+    letters = asyncio.run(read_dead_letters(settings))
+    if args.action == "show":
+        print(format_letters(letters, args.limit))
+        return 0
+    n = asyncio.run(redrive(settings, letters, args.topic))
+    print(f"re-drove {n} dead letter(s) to their source topics")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ops.simulator import SimConfig, Simulator, write_jsonl
 
@@ -205,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true")
     kafka_opts(sc)
     sc.set_defaults(func=cmd_schemas)
+
+    d = sub.add_parser("dlq", help="inspect or re-drive dead letters")
+    d.add_argument("action", choices=("show", "replay"))
+    d.add_argument("--limit", type=int, default=50, help="show: newest N letters")
+    d.add_argument("--topic", help="replay: only letters from this catalog topic (e.g. requests)")
+    kafka_opts(d)
+    d.set_defaults(func=cmd_dlq)
 
     from ops.models_cli import add_models_commands, add_train_command
 

@@ -107,3 +107,33 @@ async def _run(s, small_model, tmp_path: Path, bad: list[tuple[str, bytes]]) -> 
     assert got == sorted(bad)
     assert all(dl.error and dl.offset >= 0 for dl in letters)
     assert recs == set(valid_ids)
+
+
+async def test_dlq_show_and_replay(kafka_settings, small_model, tmp_path) -> None:
+    """``reloop dlq show`` lists a dead letter; ``replay`` re-drives it (still invalid: a new letter)."""
+    import os
+    import subprocess
+    import sys
+
+    s = kafka_settings
+    await create_topics(s.kafka)
+    ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
+    w = WorkerProcess(s, tmp_path / "dlq.log")
+    env = {**os.environ, "RELOOP_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix}
+    cli = [sys.executable, "-m", "ops.cli"]
+    try:
+        await wait_ready(w.port, 120.0, w.proc)
+        await produce(s, "interactions", [b'{"type":"interaction","oops":1}'], keys=[b"u9"])
+        await consume_until(s, "dlq", lambda m: len(m) >= 1)
+        shown = await asyncio.to_thread(subprocess.run, [*cli, "dlq", "show", "--broker", s.kafka.broker],
+                                        capture_output=True, text=True, env=env, check=True)
+        assert "interactions" in shown.stdout and "oops" in shown.stdout
+        replayed = await asyncio.to_thread(subprocess.run, [*cli, "dlq", "replay", "--topic", "interactions",
+                                                            "--broker", s.kafka.broker],
+                                           capture_output=True, text=True, env=env, check=True)
+        assert "re-drove 1" in replayed.stdout
+        letters = await consume_until(s, "dlq", lambda m: len(m) >= 2)
+    finally:
+        assert w.stop() == 0
+    assert {base64.b64decode(decode_event(m.value, DeadLetter).original) for m in letters} == \
+        {b'{"type":"interaction","oops":1}'}
