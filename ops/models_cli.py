@@ -205,32 +205,16 @@ def add_train_command(subparsers: Any, settings_from_args: SettingsFromArgs | No
     tr.set_defaults(func=_wrap(cmd_train, resolve))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with just these commands (``ops/cli.py`` adds them to its own)."""
-    p = argparse.ArgumentParser(prog="reloop", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML settings file (default: $RELOOP_CONFIG)")
-    p.add_argument("--log-level", default="WARNING")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_models_commands(sub)
-    add_train_command(sub)
-    return p
-
-
 def run(argv: list[str]) -> int:
-    """Parse ``argv`` and run the command (no logging setup: for tests and embedding)."""
+    """Parse ``argv`` with the full ``reloop`` parser and run the command (no logging setup:
+    for tests and embedding)."""
+    from ops.cli import build_parser
+
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m ops.models_cli [--config F] models ...|train ...``."""
-    from ops.logging_setup import setup_logging
+if __name__ == "__main__":  # kept for ``python -m ops.models_cli ...``; same as ``reloop ...``
+    from ops.cli import main
 
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
     sys.exit(main())
