@@ -118,10 +118,14 @@ def _worker_snapshot(args: argparse.Namespace, name: str) -> dict | None:
 def cmd_memory(args: argparse.Namespace) -> int:
     from processors.media import MediaCore
 
-    snap = _worker_snapshot(args, "media_memory.npz")
+    snap = _worker_snapshot(args, "inputs.npz")  # the input-side checkpoint holds the media memory
     if snap is None:
         return 2
-    core = MediaCore.restore(snap)
+    media = {k.removeprefix("media."): v for k, v in snap.items() if k.startswith("media.")}
+    if not media:
+        print("the worker's checkpoint holds no media memory (worker.media_features off?)", file=sys.stderr)
+        return 2
+    core = MediaCore.restore(media)
     if args.user not in core.memory.users:
         print(f"user {args.user!r} has no media memory ({len(core.memory.users)} users known)", file=sys.stderr)
         return 1

@@ -11,12 +11,18 @@ Per polled batch, in this order (the rule the replay engine shares):
 1. decode and validate every record; an invalid one becomes a dead letter (original bytes,
    source topic/partition/offset, reason) and processing goes on;
 2. requests are scored (``ScoringCore``), recommendations produced, predictions kept pending;
-3. interactions are joined (``FeedbackCore``), then windows up to the watermark close;
-   error records are produced to ``errors``;
-4. outputs are flushed, then the batch's input offsets are committed (at-least-once).
+3. per user partition (``FeedbackTasks``), scored candidates are registered, interactions
+   join them, and windows up to the partition's stream time close into error records;
+4. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
+   produced and flushed, then its input offsets are committed (at-least-once).
 
 Error records come back through the ``errors`` consumer and are applied to the local
-compensation replica; per-partition offsets make a redelivered record a no-op.
+compensation replica (and schema cache); per-partition offsets make a redelivered record a
+no-op, and a filter of recent error ids drops the copies a crashed worker produced twice.
+
+Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
+(:mod:`processors.checkpoint`), seeking each input partition to the offset its state includes;
+the replica side from its snapshot and the ``errors`` offsets in it.
 """
 
 from __future__ import annotations
@@ -29,15 +35,20 @@ from typing import Any, Callable, Sequence
 
 import mode
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from models.scorer import OnnxScorer
+from processors.checkpoint import InputCheckpoint, Output, RecentIds
 from processors.compensation import Compensation, NoCompensation
 from processors.feedback import FeedbackCore
+from processors.journal import JournalEntry, TaskDelta
 from processors.media import MediaCore
+from processors.pending import Pending
 from processors.schemas import SchemaCore, topic_key
 from processors.scoring import ScoringCore
+from processors.tasks import FeedbackTasks
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
@@ -58,15 +69,20 @@ class HotPath(mode.Service):
         topics: logical name -> cluster topic name for every catalog topic.
         group_id: consumer group shared by all workers for the user-keyed topics.
         limits: validation limits for input events.
-        feedback: the feedback core (owns pending predictions and online metrics).
+        feedback: a feedback core: its window, pending limit and online metrics configure the
+            per-partition :class:`FeedbackTasks` that hold the pending predictions.
         compensation_factory: builds the compensation replica for the first model served
             (``scorer -> Compensation | None``; None = identity).
         telemetry: Prometheus metrics.
         fetch_max_records: most records per ``getmany``.
         session_timeout_ms / rebalance_timeout_ms: group membership timeouts.
         snapshot_path: where the error-memory replica is snapshotted with the ``errors``
-            offsets it includes (None = no snapshots; a restart then replays ``errors``).
+            offsets it includes; its directory also holds ``inputs.npz`` and the input
+            journal (None = no snapshots and no journal: a restart loses the input-side state).
         snapshot_every_s: seconds between snapshots (and one at stop).
+        journal_fsync: fsync each journal entry (machine-crash safe; process crashes are safe
+            without it; ``worker.journal_fsync``).
+        recent_ids: size of the replica's duplicate filter per ``errors`` partition.
         media: the per-user media memories (None = media events are validated, not kept).
         schema_core: the error-schema cache fed from ``errors`` (None = off); its updates go
             to ``schemas`` and its alerts to ``alerts``.
@@ -79,13 +95,13 @@ class HotPath(mode.Service):
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
-                 **kwargs: Any) -> None:
+                 journal_fsync: bool = False, recent_ids: int = 65_536, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
         self.group_id = group_id
         self.limits = limits
-        self.feedback = feedback
+        self.tasks = FeedbackTasks(feedback.pending.window_s, feedback.pending.limit, feedback.metrics)
         self.compensation_factory = compensation_factory
         self.compensation: Compensation = NoCompensation()
         self.telemetry = telemetry
@@ -101,8 +117,18 @@ class HotPath(mode.Service):
         self._next_scorer: OnnxScorer | None = None
         self._model_ready = asyncio.Event()
         self._by_topic = {v: k for k, v in topics.items()}
-        self.max_ts: dict[str, float] = {}  # per input stream, event time (s)
         self.errors_applied: dict[int, int] = {}  # errors partition -> next offset to apply
+        self.recent_ids = RecentIds(recent_ids)
+        self.duplicates_skipped = 0
+        self.checkpoint = (InputCheckpoint(snapshot_path.parent, limits, fsync=journal_fsync)
+                           if snapshot_path is not None else None)
+        self.positions: dict[tuple[str, int], int] = {}  # input (topic, partition) -> next offset
+        self._resend: list[Output] = []  # outputs of the last journaled batch, produced again at start
+        self._inflight: list[Output] = []  # outputs of the batch being produced
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint_busy = False
+        # owns partition 0 of requests: publishes the schema cache (None: not assigned yet)
+        self.is_leader: bool | None = None
         self.inputs_ready = False
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -113,8 +139,8 @@ class HotPath(mode.Service):
         """Serve ``scorer`` from the next batch on (the current batch finishes on the old one)."""
         if self.scoring is None:
             self.compensation = self.compensation_factory(scorer) or NoCompensation()
-            self._restore_snapshot()
-            self.scoring = ScoringCore(scorer, self.compensation, self.media)
+            self._restore_snapshot(scorer)
+            self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
         else:
@@ -147,6 +173,7 @@ class HotPath(mode.Service):
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
+            self.save_checkpoint()
             self.save_snapshot()
         for c in (self.consumer, self.errors_consumer):
             if c is not None:
@@ -159,79 +186,129 @@ class HotPath(mode.Service):
     async def _consume_inputs(self) -> None:
         await self._model_ready.wait()
         self.consumer = AIOKafkaConsumer(
-            *(self.topics[t] for t in _INPUT_KINDS), **self.client, group_id=self.group_id,
+            **self.client, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=self.session_timeout_ms, rebalance_timeout_ms=self.rebalance_timeout_ms,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
         await self.consumer.start()
+        self.consumer.subscribe([self.topics[t] for t in _INPUT_KINDS], listener=_SeekToCheckpoint(self))
+        if self._resend:  # the last journaled batch may have been cut off mid-produce
+            await self._produce(self._resend)
+            log.info("outputs_resent", extra={"count": len(self._resend)})
+            self._resend = []
         self.inputs_ready = True
         log.info("inputs_consuming", extra={"group": self.group_id})
         while not self.should_stop:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 await self.process_inputs(batch)
+                self._update_lag(batch)
+            if self.checkpoint is not None and not self._checkpoint_busy and \
+                    time.monotonic() - self._last_checkpoint >= self.snapshot_every_s:
+                self._start_checkpoint()
+
+    def _update_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        assert self.consumer is not None
+        lag: dict[str, int] = {}
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            pos = self.positions.get((tp.topic, tp.partition))
+            if hw is not None and pos is not None:
+                lag[self._by_topic[tp.topic]] = lag.get(self._by_topic[tp.topic], 0) + max(0, hw - pos)
+        for name, n in lag.items():
+            self.telemetry.consumer_lag.labels(name).set(n)
 
     async def process_inputs(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Run one polled batch through the cores, produce outputs, then commit offsets."""
+        """Run one polled batch through the cores, journal it, produce outputs, commit offsets."""
         assert self.scoring is not None and self.producer is not None and self.consumer is not None
         t0 = time.perf_counter()
         self._swap_if_due()
-        decoded: dict[str, list[Any]] = {t: [] for t in _INPUT_KINDS}
-        sends: list[asyncio.Future[Any]] = []
+        outputs: list[Output] = []
+        media_raw: list[bytes] = []
+        media: list[MediaEvent] = []
+        requests: list[RecommendationRequest] = []
+        requests_raw: list[bytes] = []
+        request_parts: list[int] = []
+        inter: dict[int, tuple[list[bytes], list[Interaction]]] = {}
         for tp, msgs in batch.items():
             logical = self._by_topic[tp.topic]
             kind = _INPUT_KINDS[logical]
             self.telemetry.events_in.labels(logical).inc(len(msgs))
             for m in msgs:
+                raw = m.value or b""
                 try:
-                    decoded[logical].append(decode_event(m.value or b"", kind, self.limits))
+                    ev = decode_event(raw, kind, self.limits)
                 except InvalidEvent as exc:
-                    sends.append(await self._dead_letter(m, logical, str(exc)))
-        if self.media is not None:
-            self.media.on_batch(decoded["media"])  # before scoring: a batch's media counts at once
-        requests: list[RecommendationRequest] = decoded["requests"]
-        interactions: list[Interaction] = decoded["interactions"]
+                    outputs.append(self._dead_letter(m, logical, str(exc)))
+                    continue
+                if logical == "requests":
+                    requests.append(ev)
+                    requests_raw.append(raw)
+                    request_parts.append(tp.partition)
+                elif logical == "interactions":
+                    raws, evs = inter.setdefault(tp.partition, ([], []))
+                    raws.append(raw)
+                    evs.append(ev)
+                else:
+                    media_raw.append(raw)
+                    media.append(ev)
+        if self.media is not None and media:
+            self.media.on_batch(media)  # before scoring: a batch's media counts at once
         recs, pending = self.scoring.score(requests)
-        errors = self.feedback.on_scored(pending)
-        errors += self.feedback.on_batch(interactions)
-        watermark = self._watermark(requests, interactions)
-        if watermark is not None:
-            errors += self.feedback.advance(watermark)
+        by_part: dict[int, list[Pending]] = {}
+        req_ts: dict[int, list[float]] = {}
+        i = 0
+        for r, part in zip(requests, request_parts):
+            n = len(r.candidates)
+            by_part.setdefault(part, []).extend(pending[i:i + n])
+            req_ts.setdefault(part, []).append(r.ts)
+            i += n
+        errors: list[ErrorRecord] = []
+        deltas: list[TaskDelta] = []
+        for part in sorted(set(by_part) | set(inter)):
+            raws, evs = inter.get(part, ([], []))
+            times = self.tasks.stream_times(part, req_ts.get(part, []), [e.ts for e in evs])
+            errors += self.tasks.apply(part, by_part.get(part, []), evs, times)
+            deltas.append(TaskDelta(part, by_part.get(part, []), raws, times))
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
-        for rec in recs:
-            sends.append(await self.producer.send(out_recs, encode(rec), key=rec.user_id.encode()))
-        for err in errors:
-            sends.append(await self.producer.send(out_err, encode(err), key=err.user_id.encode()))
-        if sends:
-            await asyncio.gather(*sends)
-        await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        outputs += [(out_recs, rec.user_id.encode(), encode(rec)) for rec in recs]
+        outputs += [(out_err, err.user_id.encode(), encode(err)) for err in errors]
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        if self.checkpoint is not None:  # write-ahead: before any output leaves
+            self.checkpoint.journal.append(JournalEntry(
+                [(tp.topic, tp.partition, o) for tp, o in offsets.items()], media_raw,
+                requests_raw if self.media is not None else [], deltas, outputs))
+        for tp, o in offsets.items():
+            self.positions[(tp.topic, tp.partition)] = o
+        self._inflight = outputs
+        await self._produce(outputs)
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+            # the group moved on while we were cut off: the outputs are produced and journaled,
+            # so the partition's next owner can at most produce them again (at-least-once)
+            log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
+        self._inflight = []
         self.telemetry.events_out.labels("recommendations").inc(len(recs))
         self.telemetry.events_out.labels("errors").inc(len(errors))
-        self.telemetry.pending.set(len(self.feedback.pending))
+        self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
 
-    def _watermark(self, requests: Sequence[RecommendationRequest],
-                   interactions: Sequence[Interaction]) -> float | None:
-        """Event-time watermark: the slower of the request and interaction streams.
-
-        Windows close only when *both* streams have moved past them: if interactions ran
-        ahead of lagging requests (or the reverse), closing on the faster stream would turn
-        requests into negatives before their clicks were read.
-        """
-        for name, evs in (("requests", requests), ("interactions", interactions)):
-            if evs:
-                self.max_ts[name] = max(self.max_ts.get(name, 0.0), max(e.ts for e in evs))
-        return min(self.max_ts.values()) if self.max_ts else None
-
-    async def _dead_letter(self, msg: Any, logical: str, reason: str) -> asyncio.Future[Any]:
+    async def _produce(self, outputs: Sequence[Output]) -> None:
+        """Produce ``outputs`` and wait until every one is acknowledged."""
         assert self.producer is not None
+        sends = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
+        if sends:
+            await asyncio.gather(*sends)
+
+    def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
         self.telemetry.dead_letters.labels(logical).inc()
         log.warning("dead_letter", extra={"topic": msg.topic, "partition": msg.partition,
                                           "offset": msg.offset, "reason": reason[:200]})
         letter = dead_letter(msg.value, reason, topic=msg.topic, partition=msg.partition,
                              offset=msg.offset, key=msg.key)
-        return await self.producer.send(self.topics["dlq"], encode(letter), key=msg.key)
+        return (self.topics["dlq"], msg.key, encode(letter))
 
     # ---- errors replica ------------------------------------------------------------------
     @mode.Service.task
@@ -251,8 +328,14 @@ class HotPath(mode.Service):
                 await self._publish_schema_outbox()
 
     async def _publish_schema_outbox(self) -> None:
+        """Publish schema updates and alerts; only the leader does (every worker keeps the same
+        cache from the same ``errors`` log, so one copy of each message is enough)."""
         assert self.producer is not None
+        if self.is_leader is None:  # hold them until the group assigned the inputs
+            return
         out, self.schema_outbox = self.schema_outbox, []
+        if not self.is_leader:
+            return
         futs = [await self.producer.send(self.topics[topic], encode(msg), key=topic_key(msg)) for topic, msg in out]
         await asyncio.gather(*futs)
         self.telemetry.events_out.labels("schemas").inc(sum(t == "schemas" for t, _ in out))
@@ -260,16 +343,16 @@ class HotPath(mode.Service):
 
     # ---- snapshots -----------------------------------------------------------------------
     def collect_snapshot(self) -> dict[Path, dict[str, np.ndarray]]:
-        """Copies of the replica (with the ``errors`` offsets it includes) and the media
-        memory, taken between batches so each is consistent; written by :meth:`save_snapshot`."""
+        """Copies of the replica and the schema cache, each with the ``errors`` offsets and the
+        duplicate filter it includes, taken between batches so each is consistent; written by
+        :meth:`save_snapshot` (the input side has its own checkpoint)."""
         files: dict[Path, dict[str, np.ndarray]] = {}
         if self.snapshot_path is None:
             return files
-        if self.media is not None:
-            files[self.snapshot_path.with_name("media_memory.npz")] = self.media.snapshot()
         parts = sorted(self.errors_applied)
         offsets = {"errors_partitions": np.array(parts, dtype=np.int64),
-                   "errors_offsets": np.array([self.errors_applied[p] for p in parts], dtype=np.int64)}
+                   "errors_offsets": np.array([self.errors_applied[p] for p in parts], dtype=np.int64),
+                   **self.recent_ids.to_arrays()}
         if self.schema_core is not None:
             files[self.snapshot_path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **offsets}
         arrays = self.compensation.snapshot()
@@ -289,28 +372,82 @@ class HotPath(mode.Service):
         """Collect and write a snapshot now (blocking)."""
         self.write_snapshot(self.collect_snapshot())
 
-    def _restore_snapshot(self) -> None:
+    def _restore_snapshot(self, scorer: OnnxScorer) -> None:
+        """Input side from its checkpoint; replica side (sketch + schema cache) from theirs,
+        only if every replica present has a readable snapshot at the same ``errors`` offsets
+        (otherwise all of them are rebuilt from the start of ``errors``: slower, never wrong)."""
         if self.snapshot_path is None:
             return
-        media_path = self.snapshot_path.with_name("media_memory.npz")
-        if self.media is not None and media_path.exists():
-            self.media = MediaCore.restore(read_npz(media_path))
-            log.info("media_snapshot_restored", extra={"users": len(self.media.memory.users)})
-        schema_path = self.snapshot_path.with_name("schema_cache.npz")
-        if self.schema_core is not None and schema_path.exists():
-            self.schema_core = SchemaCore.restore(read_npz(schema_path))
-            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
-        if not self.snapshot_path.exists():
+        self._recover_inputs()
+        wanted: dict[str, Path] = {}
+        if not isinstance(self.compensation, NoCompensation):
+            wanted["error_memory"] = self.snapshot_path
+        if self.schema_core is not None:
+            wanted["schema_cache"] = self.snapshot_path.with_name("schema_cache.npz")
+        if not wanted or not any(p.exists() for p in wanted.values()):
             return
+        snaps: dict[str, dict[str, np.ndarray]] = {}
         try:
-            snap = read_npz(self.snapshot_path)
-            if self.compensation.restore(snap):
-                self.errors_applied = dict(zip(snap["errors_partitions"].tolist(), snap["errors_offsets"].tolist()))
-                log.info("snapshot_restored", extra={"offsets": self.errors_applied})
-            else:
-                log.warning("snapshot_ignored", extra={"reason": "keyed by another model version"})
+            snaps = {name: read_npz(path) for name, path in wanted.items()}
+            offsets = {name: dict(zip(s["errors_partitions"].tolist(), s["errors_offsets"].tolist()))
+                       for name, s in snaps.items()}
+            if len({tuple(sorted(o.items())) for o in offsets.values()}) != 1:
+                raise ValueError(f"snapshots at different errors offsets: {offsets}")
+            if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
+                raise ValueError("error memory keyed by another model version")
+            if "schema_cache" in snaps:
+                self.schema_core = SchemaCore.restore(snaps["schema_cache"])
         except (OSError, ValueError, KeyError) as exc:
-            log.error("snapshot_unreadable", extra={"path": str(self.snapshot_path), "reason": str(exc)})
+            log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
+            self.compensation = self.compensation_factory(scorer) or NoCompensation()
+            if self.schema_core is not None:
+                self.schema_core = SchemaCore(self.schema_core.cache.config)
+            self.errors_applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
+            return
+        first = next(iter(snaps.values()))
+        self.errors_applied = next(iter(offsets.values()))
+        self.recent_ids.restore(first)
+        log.info("snapshot_restored", extra={"offsets": self.errors_applied, "replicas": sorted(snaps)})
+        if self.schema_core is not None:
+            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
+
+    def _recover_inputs(self) -> None:
+        """Input side: ``inputs.npz`` + the journal since (see :mod:`processors.checkpoint`)."""
+        assert self.checkpoint is not None
+        rec = self.checkpoint.recover(self.tasks, self.media)
+        self.tasks, self.media, self.positions, self._resend = rec.tasks, rec.media, rec.positions, rec.resend
+        if rec.positions or rec.entries:
+            log.info("inputs_recovered", extra={"journal_entries": rec.entries, "pending": self.tasks.pending_count,
+                                                "positions": {f"{t}:{p}": o for (t, p), o in rec.positions.items()},
+                                                "resend": len(rec.resend)})
+
+    def _start_checkpoint(self) -> None:
+        """Collect the input side now (between batches) and write it off the event loop; the
+        journal segments it includes are deleted once the file is durable."""
+        assert self.checkpoint is not None
+        ck = self.checkpoint
+        seq, arrays = ck.collect(self.tasks, self.media, self.positions, self._inflight)
+        self._checkpoint_busy = True
+        self._last_checkpoint = time.monotonic()
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self._checkpoint_busy = False
+            if fut.exception() is None:
+                ck.journal.delete_before(seq)
+            else:
+                log.error("checkpoint_failed", extra={"reason": str(fut.exception())})
+
+        fut = asyncio.get_running_loop().run_in_executor(None, write_npz_atomic, ck.path, arrays)
+        fut.add_done_callback(done)
+
+    def save_checkpoint(self) -> None:
+        """Write the input-side checkpoint now (blocking; at stop)."""
+        if self.checkpoint is None:
+            return
+        seq, arrays = self.checkpoint.collect(self.tasks, self.media, self.positions, self._inflight)
+        write_npz_atomic(self.checkpoint.path, arrays)
+        self.checkpoint.journal.delete_before(seq)
+        self.checkpoint.journal.close()
 
     @mode.Service.task
     async def _snapshot_periodically(self) -> None:
@@ -332,9 +469,14 @@ class HotPath(mode.Service):
                 if m.offset < start:
                     continue
                 try:
-                    records.append(decode_event(m.value or b"", ErrorRecord, self.limits))
+                    rec = decode_event(m.value or b"", ErrorRecord, self.limits)
                 except InvalidEvent as exc:
                     log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
+                    continue
+                if self.recent_ids.first_time(tp.partition, rec.error_id):
+                    records.append(rec)
+                else:
+                    self.duplicates_skipped += 1
             if msgs:
                 self.errors_applied[tp.partition] = max(start, msgs[-1].offset + 1)
         self.telemetry.events_in.labels("errors").inc(len(records))
@@ -344,3 +486,26 @@ class HotPath(mode.Service):
             self.schema_outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
+
+
+class _SeekToCheckpoint(ConsumerRebalanceListener):
+    """On assignment, start each input partition where the recovered state ends (the group's
+    committed offset can be behind it: the journal is written before the commit)."""
+
+    def __init__(self, hot: HotPath) -> None:
+        self.hot = hot
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        consumer = self.hot.consumer
+        assert consumer is not None
+        for tp in assigned:
+            pos = self.hot.positions.get((tp.topic, tp.partition))
+            if pos is not None:
+                consumer.seek(tp, pos)
+        requests = self.hot.topics["requests"]
+        self.hot.is_leader = any(tp.topic == requests and tp.partition == 0 for tp in assigned)
+        log.info("inputs_assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+                                           "leader": self.hot.is_leader})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 from river import metrics as river_metrics
 
@@ -50,6 +51,10 @@ class OnlineMetrics:
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._buf_n = 0
         self.series: list[dict[str, float]] = []
+        # the last ``window`` (y, p) per variant, oldest first: what the rolling AUC holds,
+        # kept so a snapshot can rebuild it exactly
+        self._recent: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.float64))
 
     def update(self, y: np.ndarray, p_base: np.ndarray, p_comp: np.ndarray, ts: np.ndarray) -> None:
         """Add labelled samples: y (n,) {0,1}; p_base, p_comp (n,) in [0,1]; ts (n,) seconds."""
@@ -67,6 +72,10 @@ class OnlineMetrics:
             roll = self._rolling[v]
             for yi, pi in zip(y.tolist(), pc.tolist()):
                 roll.update(yi, pi)
+        ry, rb, rc = self._recent
+        self._recent = (np.concatenate([ry, y])[-self.window:],
+                        np.concatenate([rb, np.clip(np.asarray(p_base, np.float64), _EPS, 1 - _EPS)])[-self.window:],
+                        np.concatenate([rc, np.clip(np.asarray(p_comp, np.float64), _EPS, 1 - _EPS)])[-self.window:])
         self._buf.append((y, np.asarray(p_base), np.asarray(p_comp), np.asarray(ts)))
         self._buf_n += len(y)
         while self._buf_n >= self.window:
@@ -91,3 +100,33 @@ class OnlineMetrics:
             out[f"logloss_{v}"] = self._ll_sum[v] / self.count if self.count else float("nan")
             out[f"rolling_auc_{v}"] = float(self._rolling[v].get()) if self.count else float("nan")
         return out
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def to_state(self) -> bytes:
+        """Every figure as msgpack bytes; the rolling AUCs are rebuilt from the last ``window``
+        samples, which is all they depend on."""
+        return msgspec.msgpack.encode({
+            "window": self.window, "count": self.count, "positives": self.positives,
+            "ll_sum": self._ll_sum, "pos": {v: a.tolist() for v, a in self._pos.items()},
+            "neg": {v: a.tolist() for v, a in self._neg.items()},
+            "recent": [a.tolist() for a in self._recent],
+            "buf": [[a.tolist() for a in part] for part in self._buf], "buf_n": self._buf_n,
+            "series": self.series})
+
+    @classmethod
+    def from_state(cls, raw: bytes) -> OnlineMetrics:
+        """Rebuild metrics written by :meth:`to_state`."""
+        st = msgspec.msgpack.decode(raw)
+        m = cls(window=int(st["window"]))
+        m.count, m.positives, m._ll_sum = st["count"], st["positives"], st["ll_sum"]
+        m._pos = {v: np.asarray(a, np.int64) for v, a in st["pos"].items()}
+        m._neg = {v: np.asarray(a, np.int64) for v, a in st["neg"].items()}
+        ry, rb, rc = st["recent"]
+        m._recent = (np.asarray(ry, np.int64), np.asarray(rb, np.float64), np.asarray(rc, np.float64))
+        for v, p in zip(VARIANTS, m._recent[1:]):
+            for yi, pi in zip(ry, p.tolist()):
+                m._rolling[v].update(yi, pi)
+        m._buf = [(np.asarray(y, np.int64), np.asarray(pb, np.float64), np.asarray(pc, np.float64),
+                   np.asarray(ts, np.float64)) for y, pb, pc, ts in st["buf"]]
+        m._buf_n, m.series = st["buf_n"], st["series"]
+        return m

@@ -18,6 +18,8 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+import msgspec
+
 from streams.events import Features, Interaction
 
 
@@ -155,3 +157,47 @@ class PendingStore:
     def drain(self) -> Iterator[Resolved | Interaction]:
         """Resolve everything (end of a finite log)."""
         yield from self.advance(float("inf"))
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def to_state(self) -> bytes:
+        """The whole store as msgpack bytes (insertion and heap orders kept, so a restored
+        store resolves in exactly the same order as the original)."""
+        return msgspec.msgpack.encode(_StoreState(
+            window_s=self.window_s, limit=self.limit, watermark=self.watermark, size=self._size,
+            requests=[_RequestState(rid, r.deadline, list(r.items.values()),
+                                    [(i, lab, ts) for i, (lab, ts) in r.labels.items()])
+                      for rid, r in self._requests.items()],
+            orphans=list(self._orphans.values()), resolved=list(self._resolved.items()),
+            deadlines=self._deadlines))
+
+    @classmethod
+    def from_state(cls, raw: bytes) -> PendingStore:
+        """Rebuild a store written by :meth:`to_state`."""
+        st = msgspec.msgpack.decode(raw, type=_StoreState)
+        store = cls(st.window_s, st.limit)
+        store.watermark, store._size = st.watermark, st.size
+        for r in st.requests:
+            store._requests[r.request_id] = _Request(r.deadline, {p.item_id: p for p in r.items},
+                                                     {i: (lab, ts) for i, lab, ts in r.labels})
+        store._orphans = {(it.request_id or "", it.item_id): it for it in st.orphans}
+        store._resolved = dict(st.resolved)
+        store._deadlines = [tuple(d) for d in st.deadlines]  # type: ignore[misc]
+        return store
+
+
+class _RequestState(msgspec.Struct, array_like=True):
+    request_id: str
+    deadline: float
+    items: list[Pending]
+    labels: list[tuple[str, int, float]]
+
+
+class _StoreState(msgspec.Struct, array_like=True):
+    window_s: float
+    limit: int
+    watermark: float
+    size: int
+    requests: list[_RequestState]
+    orphans: list[Interaction]
+    resolved: list[tuple[str, float]]
+    deadlines: list[tuple[float, int, str]]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from ops.broker import EmbeddedBroker, free_port
+from ops.broker import EmbeddedBroker
 from ops.settings import Settings
+from ops.worker_process import WorkerProcess as _WorkerProcess
 
 _ids = itertools.count()
 
@@ -49,33 +47,12 @@ def kafka_settings(settings: Settings, broker: EmbeddedBroker) -> Settings:
                                           "group_id": f"g{n}-{os.getpid()}"})
 
 
-class WorkerProcess:
-    """A ``reloop worker`` subprocess (the real CLI) with its web port and log file."""
+class WorkerProcess(_WorkerProcess):
+    """A ``reloop worker`` subprocess with the small test settings (``SMALL``) in its env."""
 
     def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               **{f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in SMALL.items() for k, v in kv.items()},
-               "RELOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-               "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id, **(extra_env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
-             "--data-dir", settings.worker.data_dir, "--web-port", str(self.port)],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        small = {f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in SMALL.items() for k, v in kv.items()}
+        super().__init__(settings, log_path, {**small, **(extra_env or {})})
 
 
 @pytest.fixture(scope="session")

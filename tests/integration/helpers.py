@@ -14,8 +14,9 @@ from streams.codec import encode
 
 
 async def produce(settings: Settings, topic: str, values: list[bytes | msgspec.Struct],
-                  keys: list[bytes] | None = None) -> None:
-    """Produce values (events are encoded) to a catalog topic and wait for the acks."""
+                  keys: list[bytes] | None = None, partitions: list[int] | None = None) -> None:
+    """Produce values (events are encoded) to a catalog topic and wait for the acks
+    (``partitions``: explicit partition per value instead of the key's)."""
     from ops.kafka import make_producer
 
     p = make_producer(settings.kafka, max_request_size=16 << 20)
@@ -25,7 +26,8 @@ async def produce(settings: Settings, topic: str, values: list[bytes | msgspec.S
         for i, v in enumerate(values):
             raw = v if isinstance(v, bytes) else encode(v)
             key = keys[i] if keys else (getattr(v, "user_id", "k").encode() if not isinstance(v, bytes) else b"k")
-            futs.append(await p.send(topic_name(settings.kafka, topic), raw, key=key))
+            futs.append(await p.send(topic_name(settings.kafka, topic), raw, key=key,
+                                     partition=partitions[i] if partitions else None))
         for f in futs:
             await f
     finally:

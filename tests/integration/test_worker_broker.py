@@ -26,6 +26,7 @@ from processors.prequential import as_feedback, as_request
 from streams.codec import decode_event
 from streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,
                             RecommendationRequest)
+from streams.topics import USER_PARTITIONS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, poll_until, produce
 
@@ -68,17 +69,20 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
             assert scores == sorted(scores, reverse=True)
             assert all(0.0 <= i.base_score <= 1.0 for i in rec.items)
 
-        # 2. interactions in; a request (and click) far in the future closes every window, so
-        # each candidate resolves: clicked -> label 1, the rest -> label 0 (error records + metrics)
+        # 2. interactions in; a request and a click far in the future on every partition close
+        # every window (windows close on their partition's stream time: the slower of its
+        # requests and interactions), so each candidate resolves: clicked -> label 1, the rest
+        # -> label 0 (error records + metrics)
         assert clicks, "the simulator produced no clicks for 60 requests"
         await produce(s, "interactions", clicks)
         late = Simulator(SimConfig(seed=12, n_users=300, n_items=200, start_ts=requests[-1].ts + 3600))
         last = next(e for e in late.events(1) if isinstance(e, RecommendationRequest))
-        last = msgspec.structs.replace(last, request_id="late-0")  # simulator ids restart per run
-        await produce(s, "requests", [last])
-        # windows close on the slower of the two streams: move the interactions stream too
-        await produce(s, "interactions", [Interaction(user_id=last.user_id, item_id=last.candidates[0].item_id,
-                                                      ts=last.ts, label=1, request_id=last.request_id)])
+        parts = list(range(USER_PARTITIONS))
+        lates = [msgspec.structs.replace(last, request_id=f"late-{p}") for p in parts]  # sim ids restart per run
+        await produce(s, "requests", lates, partitions=parts)
+        await produce(s, "interactions", [Interaction(user_id=r.user_id, item_id=r.candidates[0].item_id,
+                                                      ts=r.ts, label=1, request_id=r.request_id) for r in lates],
+                      partitions=parts)
         n_candidates = sum(len(r.candidates) for r in requests)
         errs = await consume_until(s, "errors", lambda m: len(m) >= n_candidates)
         records = [decode_event(m.value, ErrorRecord) for m in errs]

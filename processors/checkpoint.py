@@ -1,0 +1,159 @@
+"""Checkpoints of the worker's state, and the duplicate filter of the ``errors`` replica.
+
+Two independent halves, each consistent with the offsets it records (DESIGN.md: at-least-once
+delivery, effectively-once state):
+
+- **input side** (:class:`InputCheckpoint`): the feedback tasks (pending predictions, orphans,
+  stream times, online metrics), the media memory and the input offsets they include, in one
+  atomic ``inputs.npz``, plus the :class:`~processors.journal.InputJournal` of the batches
+  processed since. Recovery = load the file, re-apply the journal;
+- **replica side** (``error_memory.npz`` / ``schema_cache.npz``, written by the hot path): the
+  error-memory sketch and the schema cache with the ``errors`` offsets they include and the
+  :class:`RecentIds` filter, so a restored replica applies every record exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+import numpy as np
+
+from processors.journal import InputJournal, JournalEntry
+from processors.media import MediaCore
+from processors.tasks import FeedbackTasks
+from state.snapshots import read_npz
+from streams.codec import decode_event
+from streams.events import Interaction, MediaEvent, RecommendationRequest
+from streams.validation import Limits
+
+log = logging.getLogger("reloop.checkpoint")
+
+Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+
+class RecentIds:
+    """The last ``capacity`` error ids applied per ``errors`` partition (a duplicate filter).
+
+    A worker that crashed after producing a batch's error records but before committing its
+    input offsets produces them again on restart (byte-identical copies, right after the
+    originals in each partition). A replica skips a record whose id it applied recently.
+
+    >>> r = RecentIds(capacity=2)
+    >>> [r.first_time(0, i) for i in ("a", "b", "a", "c", "a")]
+    [True, True, False, True, True]
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self._order: dict[int, deque[str]] = {}
+        self._seen: dict[int, set[str]] = {}
+
+    def first_time(self, partition: int, error_id: str) -> bool:
+        """Record ``error_id`` in ``partition``; False if it was among the last ``capacity``."""
+        seen = self._seen.setdefault(partition, set())
+        if error_id in seen:
+            return False
+        order = self._order.setdefault(partition, deque())
+        order.append(error_id)
+        seen.add(error_id)
+        if len(order) > self.capacity:
+            seen.discard(order.popleft())
+        return True
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        parts = sorted(self._order)
+        ids = [i for p in parts for i in self._order[p]]
+        return {"recent_partitions": np.array([p for p in parts for _ in self._order[p]], np.int64),
+                "recent_ids": np.array(ids, dtype=np.str_) if ids else np.zeros(0, "<U1")}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        self._order, self._seen = {}, {}
+        for p, i in zip(snap.get("recent_partitions", np.zeros(0, np.int64)).tolist(),
+                        snap.get("recent_ids", np.zeros(0, "<U1")).tolist()):
+            self.first_time(int(p), str(i))
+
+
+@dataclass
+class Recovered:
+    """What :meth:`InputCheckpoint.recover` rebuilt."""
+
+    tasks: FeedbackTasks
+    media: MediaCore | None
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input
+    resend: list[Output] = field(default_factory=list)  # outputs that may not have been produced
+    entries: int = 0  # journal entries re-applied
+
+
+class InputCheckpoint:
+    """Writes and recovers the input-side state (see the module docstring).
+
+    Args:
+        directory: the worker's snapshot directory (``inputs.npz`` and ``journal/``).
+        limits: validation limits, to decode journaled events.
+        fsync: fsync every journal entry (survives a machine crash, not only a process crash).
+    """
+
+    def __init__(self, directory: Path, limits: Limits, fsync: bool = False) -> None:
+        self.path = directory / "inputs.npz"
+        self.limits = limits
+        self.journal = InputJournal(directory / "journal", fsync=fsync)
+
+    def collect(self, tasks: FeedbackTasks, media: MediaCore | None, positions: dict[tuple[str, int], int],
+                resend: Sequence[Output] = ()) -> tuple[int, dict[str, np.ndarray]]:
+        """Rotate the journal and copy the state now (between batches): returns the journal
+        segment the checkpoint does not include and the arrays to write (safe in a thread)."""
+        seq = self.journal.rotate()
+        keys = sorted(positions)
+        arrays = {
+            "feedback": np.frombuffer(tasks.to_state(), np.uint8).copy(),
+            "journal_seq": np.array(seq, np.int64),
+            "position_topics": np.array([t for t, _ in keys], dtype=np.str_) if keys else np.zeros(0, "<U1"),
+            "position_partitions": np.array([p for _, p in keys], np.int64),
+            "position_offsets": np.array([positions[k] for k in keys], np.int64),
+            "resend": np.frombuffer(msgspec.msgpack.encode(list(resend)), np.uint8).copy(),
+        }
+        if media is not None:
+            arrays.update({f"media.{k}": v for k, v in media.snapshot().items()})
+        return seq, arrays
+
+    def recover(self, tasks: FeedbackTasks, media: MediaCore | None) -> Recovered:
+        """Load ``inputs.npz`` (if any) and re-apply the journal after it."""
+        out = Recovered(tasks, media)
+        first_seq = 0
+        if self.path.exists():
+            snap = read_npz(self.path)
+            out.tasks = FeedbackTasks.from_state(snap["feedback"].tobytes())
+            if media is not None:
+                media_arrays = {k[6:]: v for k, v in snap.items() if k.startswith("media.")}
+                if media_arrays:
+                    out.media = MediaCore.restore(media_arrays)
+            out.positions = {(str(t), int(p)): int(o) for t, p, o in zip(
+                snap["position_topics"].tolist(), snap["position_partitions"].tolist(),
+                snap["position_offsets"].tolist())}
+            out.resend = [tuple(o) for o in msgspec.msgpack.decode(snap["resend"].tobytes(),  # type: ignore[misc]
+                                                                   type=list[tuple[str, bytes | None, bytes]])]
+            first_seq = int(snap["journal_seq"])
+        for _, entry in self.journal.entries(first_seq):
+            self.apply(entry, out)
+            out.resend = list(entry.outputs)  # only the last entry can be unproduced
+            out.entries += 1
+        return out
+
+    def apply(self, entry: JournalEntry, into: Recovered) -> None:
+        """Re-apply one journaled batch (the same calls, in the same order, as when it ran)."""
+        if into.media is not None:
+            if entry.media:
+                into.media.on_batch([decode_event(raw, MediaEvent, self.limits) for raw in entry.media])
+            if entry.requests:  # scoring's retrievals (usage counts, last use)
+                into.media.features_for_requests(
+                    [decode_event(raw, RecommendationRequest, self.limits) for raw in entry.requests])
+        for d in entry.tasks:
+            into.tasks.apply(d.partition, d.pending,
+                             [decode_event(raw, Interaction, self.limits) for raw in d.interactions], d.max_ts)
+        for topic, partition, offset in entry.offsets:
+            into.positions[(topic, partition)] = offset
