@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test install bench replay-ml100k schemas docs clean
+.PHONY: run test install chromium bench replay-ml100k schemas docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,8 +19,22 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/reloop run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# Headless Chromium (Debian's package) loads the worker's status page in tests/ops/test_status_page.py.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_MISSING := error: $(CHROMIUM) is missing and could not be installed with \
+	'apt-get install -y --no-install-recommends chromium' (needs root and a reachable Debian mirror); \
+	install Debian's chromium package, then rerun make test
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium for the status-page test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; \
+	} || { echo "$(CHROMIUM_MISSING)" >&2; exit 1; }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM_MISSING)" >&2; exit 1; }
 
 replay-ml100k: $(STAMP)
 	$(BIN)/reloop replay ../shared/data/ml-100k --format movielens --report reports/ml100k.json

@@ -125,15 +125,41 @@ class EmbeddedBroker:
         asyncio.run(self.astart(timeout_s))
         return self
 
-    def pause(self) -> None:
-        """SIGSTOP the broker (fault injection)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+    def _proc_state(self) -> str:
+        """The broker process's state letter from ``/proc/<pid>/stat`` (Linux): R, S, T, ..."""
+        assert self.proc is not None, "broker not started"
+        with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+            stat = f.read().decode()
+        return stat[stat.rindex(")") + 2]  # the command name may contain spaces or parentheses
 
-    def resume(self) -> None:
-        """SIGCONT the broker."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+    @property
+    def paused(self) -> bool:
+        """True while the broker process is stopped by SIGSTOP."""
+        return self.proc is not None and self.proc.poll() is None and self._proc_state() in "Tt"
+
+    def _signal_until(self, sig: signal.Signals, stopped: bool, timeout_s: float) -> None:
+        assert self.proc is not None, "broker not started"
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout_s
+        while self.paused != stopped:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker pid {self.proc.pid} did not {'stop' if stopped else 'continue'} "
+                                   f"within {timeout_s}s of {sig.name}")
+            time.sleep(0.005)
+
+    def pause(self, timeout_s: float = 5.0) -> None:
+        """Freeze the broker (SIGSTOP, fault injection); returns once the process is stopped.
+
+        Clients see a peer that accepts nothing and answers nothing (connections stay open),
+        as with a broker stuck in a long GC pause or a frozen VM.
+        """
+        self._signal_until(signal.SIGSTOP, True, timeout_s)
+        log.warning("broker_paused", extra={"port": self.port, "pid": self.proc.pid if self.proc else None})
+
+    def resume(self, timeout_s: float = 5.0) -> None:
+        """Unfreeze the broker (SIGCONT); returns once the process runs again."""
+        self._signal_until(signal.SIGCONT, False, timeout_s)
+        log.warning("broker_resumed", extra={"port": self.port, "pid": self.proc.pid if self.proc else None})
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL after ``timeout_s``)."""

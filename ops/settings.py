@@ -46,6 +46,11 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         ssl_cafile / ssl_certfile / ssl_keyfile: PEM paths for TLS.
         session_timeout_s / rebalance_timeout_s: group membership timeouts, seconds.
         fetch_max_records: most records per ``getmany`` call of the hot consumers.
+        connect_give_up_s: ``reloop worker`` waits this long (seconds) at start for the broker
+            to answer metadata and have the catalog's topics, retrying with backoff, then exits
+            with code 1 and a one-line message (0 = one attempt only).
+        connect_backoff_initial_s / connect_backoff_max_s: first delay between start-up
+            attempts and its cap, seconds (the delay doubles per attempt, +-20% jitter).
     """
 
     broker: str = "embedded"
@@ -61,6 +66,16 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     session_timeout_s: float = 6.0
     rebalance_timeout_s: float = 6.0
     fetch_max_records: int = 5000
+    connect_give_up_s: float = 60.0
+    connect_backoff_initial_s: float = 0.25
+    connect_backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.connect_give_up_s < 0:
+            raise ValueError(f"kafka.connect_give_up_s must be >= 0, got {self.connect_give_up_s}")
+        if not 0 < self.connect_backoff_initial_s <= self.connect_backoff_max_s:
+            raise ValueError("kafka.connect_backoff_initial_s must be > 0 and <= kafka.connect_backoff_max_s "
+                             f"(got {self.connect_backoff_initial_s} and {self.connect_backoff_max_s})")
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,7 +87,10 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         attribution_window_s: event-time seconds after a request during which feedback is
             joined to it; unlabelled impressions become negatives when it closes.
         pending_limit: most pending predictions kept per worker (oldest expire first).
-        snapshot_every_s: wall-clock seconds between state snapshots (offsets committed then).
+        snapshot_every_s: wall-clock seconds between state snapshots (input checkpoint, error
+            memory, schema cache); the input journal holds the batches in between.
+        journal_fsync: fsync every input-journal entry (survives a machine crash, not only a
+            process crash, at one disk sync per batch).
         ort_threads: onnxruntime intra-op threads per scorer.
         metrics_window: events per point of the rolling AUC / log-loss series.
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
@@ -87,6 +105,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     attribution_window_s: float = 60.0
     pending_limit: int = 1_000_000
     snapshot_every_s: float = 10.0
+    journal_fsync: bool = False
     ort_threads: int = 1
     metrics_window: int = 1000
     compensation: Literal["error_memory", "none"] = "error_memory"

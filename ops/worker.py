@@ -1,9 +1,15 @@
 """The worker: a Faust app hosting the hot-path batch consumers, the model agent and the web.
 
 ``reloop worker`` runs :func:`run_worker`. Faust provides the application (lifecycle, the web
-server with ``/metrics``, ``/health``, ``/ready``, ``/status``), and an agent on the low-rate
-``models`` topic; the hot topics are read by :class:`processors.hot_path.HotPath`, a service
-inside the app (see DESIGN.md for why).
+server with ``/metrics``, ``/health``, ``/ready``, ``/status`` and the live status page at ``/``
+and ``/ui``), and an agent on the low-rate ``models`` topic; the hot topics are read by
+:class:`processors.hot_path.HotPath`, a service inside the app (see DESIGN.md for why).
+
+Before Faust starts, :func:`wait_for_broker` probes the cluster (bootstrap, metadata, the
+catalog's topics) with exponential backoff, logging ``broker_unreachable`` (or
+``topics_missing``) per failed attempt, and gives up after
+``kafka.connect_give_up_s`` with :class:`BrokerUnreachable` (``reloop worker`` then exits 1
+with a one-line message), so Faust never hangs on an absent broker.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import asyncio
 import gc
 import logging
 import math
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +27,10 @@ import faust
 
 from models.bundle import CorruptModelError
 from models.registry import ModelRegistry
+from ops.broker import free_port
 from ops.kafka import client_kwargs, topic_name
-from ops.settings import Settings
+from ops.settings import KafkaSettings, Settings
+from ops.status_page import status_page
 from ops.serving import make_compensation
 from processors.feedback import FeedbackCore
 from processors.hot_path import HotPath
@@ -40,16 +50,34 @@ def _finite(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+def _counter_totals(telemetry: WorkerTelemetry) -> dict[str, dict[str, float]]:
+    """Counter values by label from the worker's Prometheus registry, e.g.
+    ``{"events_in": {"requests": 120.0}, "dead_letters": {...}}``."""
+    wanted = {"reloop_events_in": "events_in", "reloop_events_out": "events_out",
+              "reloop_dead_letters": "dead_letters"}
+    out: dict[str, dict[str, float]] = {v: {} for v in wanted.values()}
+    for metric in telemetry.registry.collect():
+        key = wanted.get(metric.name)
+        if key is None:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[key][sample.labels.get("topic", "")] = sample.value
+    return out
+
+
 def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     """Create the Faust app and its hot-path service for ``settings``."""
     ks = settings.kafka
+    web_port = settings.worker.web_port or free_port()  # 0 = any free port (logged at start)
     app = faust.App(
-        f"{ks.group_id}-app", broker=ks.broker, store="memory://", web_port=settings.worker.web_port,
+        f"{ks.group_id}-app", broker=ks.broker, store="memory://", web_port=web_port,
         web_host="127.0.0.1", broker_session_timeout=ks.session_timeout_s,
         broker_rebalance_timeout=ks.rebalance_timeout_s, consumer_auto_offset_reset="earliest",
         producer_acks=-1, topic_allow_declare=False, topic_disable_leader=True,
         broker_credentials=_faust_credentials(settings), datadir=str(Path(settings.worker.data_dir) / "faust"),
     )
+    log.info("web_port", extra={"port": web_port, "status_page": f"http://127.0.0.1:{web_port}/"})
     telemetry = WorkerTelemetry()
     metrics = OnlineMetrics(window=settings.worker.metrics_window)
     feedback = FeedbackCore(PendingStore(settings.worker.attribution_window_s, settings.worker.pending_limit),
@@ -63,6 +91,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
+                  journal_fsync=settings.worker.journal_fsync,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
@@ -104,6 +133,16 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
             if ann.version != current:
                 await load_version(ann.version, ann.sha256)
 
+    # Registered before Faust's own blueprints (applied when the server starts), so this view,
+    # not Faust's placeholder index ({"status": "OK"}), answers "/" (aiohttp: first match wins).
+    @app.page("/")
+    async def index(web: Any, request: Any) -> Any:
+        return web.bytes(status_page(), content_type="text/html")  # <meta charset="utf-8"> in the page
+
+    @app.page("/ui")
+    async def ui(web: Any, request: Any) -> Any:
+        return web.bytes(status_page(), content_type="text/html")  # <meta charset="utf-8"> in the page
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
@@ -116,7 +155,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        summary = metrics.summary()
+        summary = hot.tasks.metrics.summary()
         for v in VARIANTS:
             for m in ("auc", "logloss"):
                 val = summary[f"{m}_{v}"]
@@ -137,13 +176,16 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
-        summary = {k: _finite(v) for k, v in metrics.summary().items()}
-        series = [{k: _finite(v) for k, v in p.items()} for p in metrics.series[-300:]]
+        live = hot.tasks.metrics  # replaced on recovery: always read it through the hot path
+        summary = {k: _finite(v) for k, v in live.summary().items()}
+        series = [{k: _finite(v) for k, v in p.items()} for p in live.series[-300:]]
         return web.json({
             "model_version": hot.scoring.model_version if hot.scoring else None,
-            "pending": len(feedback.pending), "unattributed": feedback.unattributed,
+            "pending": hot.tasks.pending_count, "unattributed": hot.tasks.unattributed,
+            "duplicates_skipped": hot.duplicates_skipped,
             "errors_applied": hot.errors_applied, "summary": summary, "series": series,
             "error_memory": {"rekeyed": getattr(hot.compensation, "rekeyed", 0)},
+            "counters": _counter_totals(telemetry),
         })
 
     return app, hot
@@ -161,13 +203,94 @@ def _faust_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context(ks))
 
 
+class BrokerUnreachable(ConnectionError):
+    """The cluster did not answer (or lacked the catalog's topics) within ``connect_give_up_s``."""
+
+
+async def _probe(ks: KafkaSettings, timeout_s: float) -> set[str]:
+    """One attempt: bootstrap and list the cluster's topics (raises on any failure)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_kwargs(ks), request_timeout_ms=max(500, int(timeout_s * 1000)))
+    try:
+        await admin.start()
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(ks: KafkaSettings) -> int:
+    """Block until the cluster answers metadata and has every catalog topic.
+
+    Attempts are spaced by exponential backoff: ``connect_backoff_initial_s``, doubling up to
+    ``connect_backoff_max_s`` (x0.8-1.2 jitter so replicas do not retry in lockstep), each
+    attempt bounded by the time left, within [2 s, 5 s]. Every failed attempt logs ``broker_unreachable``
+    (or ``topics_missing``) with the attempt number and the next delay in seconds.
+
+    Returns:
+        The number of attempts it took.
+
+    Raises:
+        BrokerUnreachable: still failing ``connect_give_up_s`` seconds after the first attempt.
+    """
+    bootstrap = client_kwargs(ks)["bootstrap_servers"]
+    wanted = {topic_name(ks, t.name) for t in CATALOG}
+    t0 = time.monotonic()
+    deadline = t0 + ks.connect_give_up_s
+    delay = ks.connect_backoff_initial_s
+    aiokafka_log = logging.getLogger("aiokafka")
+    attempt = 0
+    while True:
+        attempt += 1
+        level = aiokafka_log.level
+        aiokafka_log.setLevel(logging.CRITICAL)  # its connection errors repeat what our event says
+        try:
+            timeout = max(2.0, min(5.0, deadline - time.monotonic()))
+            missing = sorted(wanted - await asyncio.wait_for(_probe(ks, timeout), timeout))
+            reason = f"topics missing: {', '.join(missing)} (run `reloop topics create`)" if missing else ""
+        except Exception as exc:  # noqa: BLE001 - every failure of the probe means "not yet"
+            text, kind = str(exc), type(exc).__name__
+            missing, reason = [], text if text.startswith(kind) else f"{kind}: {text}" if text else kind
+        finally:
+            aiokafka_log.setLevel(level)
+        if not reason:
+            log.info("broker_reachable", extra={"bootstrap": bootstrap, "attempts": attempt,
+                                                "waited_s": round(time.monotonic() - t0, 3)})
+            return attempt
+        left = deadline - time.monotonic()
+        if left <= 0:
+            what = "has not got the catalog's topics" if missing else "unreachable"
+            raise BrokerUnreachable(f"broker {bootstrap} {what} after {ks.connect_give_up_s:g} s and {attempt} "
+                                    f"attempt(s); giving up (kafka.connect_give_up_s). Last error: {reason}")
+        sleep_s = min(delay * random.uniform(0.8, 1.2), left)
+        log.warning("topics_missing" if missing else "broker_unreachable",
+                    extra={"bootstrap": bootstrap, "attempt": attempt, "next_delay_s": round(sleep_s, 3),
+                           "give_up_in_s": round(left, 3), "reason": reason[:300]})
+        await asyncio.sleep(sleep_s)
+        delay = min(delay * 2, ks.connect_backoff_max_s)
+
+
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
-    """Run one worker until SIGINT/SIGTERM (blocking)."""
+    """Run one worker until SIGINT/SIGTERM (blocking).
+
+    Raises:
+        SystemExit: (code 1, one-line message) the broker stayed unreachable for
+            ``kafka.connect_give_up_s`` seconds; Faust is never started then.
+    """
     from faust.worker import Worker
+    from mode.utils.loops import get_event_loop
 
     # The hot path allocates many short-lived objects; a larger first generation keeps the
     # cyclic GC from scanning the (large, long-lived) pending store on every few batches.
     gc.set_threshold(50_000, 20, 50)
     app, _ = build_app(settings)
+    loop = get_event_loop()  # the loop Faust's worker will run on
+    try:
+        loop.run_until_complete(wait_for_broker(settings.kafka))
+    except BrokerUnreachable as exc:
+        log.error("broker_give_up", extra={"reason": str(exc)})
+        raise SystemExit(f"reloop worker: {exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
     Worker(app, loglevel=loglevel, override_logging=False, redirect_stdouts=False).execute_from_commandline()

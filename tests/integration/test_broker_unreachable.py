@@ -1,0 +1,134 @@
+"""``reloop worker`` with the broker absent at start: retry with backoff, then give up or proceed.
+
+Real processes only: the worker CLI, and (for the late-broker case) an embedded broker
+started on the port the worker was already pointed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelRegistry
+from ops.broker import EmbeddedBroker, free_port
+from ops.kafka import create_topics
+from ops.simulator import SimConfig, Simulator
+from ops.webclient import wait_ready
+from ops.worker import BrokerUnreachable, wait_for_broker
+from streams.codec import decode_event
+from streams.events import Recommendation, RecommendationRequest
+from tests.conftest import WorkerProcess
+from tests.integration.helpers import consume_until, produce
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def _events(text: str, name: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == name:
+                out.append(rec)
+    return out
+
+
+async def _wait_for_log(w: WorkerProcess, event: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = _events(w.log_text(), event)
+        if found:
+            return found[0]
+        assert w.proc.poll() is None, f"worker exited ({w.proc.returncode}) before logging {event}:\n{w.log_text()}"
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {event} log within {timeout_s}s:\n{w.log_text()[-3000:]}")
+
+
+async def test_probe_gives_up_after_one_attempt_with_zero_give_up(settings) -> None:
+    ks = settings.with_overrides(kafka={"broker": f"kafka://127.0.0.1:{free_port()}",
+                                        "connect_give_up_s": 0.0}).kafka
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match=r"unreachable after 0 s and 1 attempt\(s\); giving up"):
+        await wait_for_broker(ks)
+    assert time.monotonic() - t0 < 5.5  # one attempt, bounded by 5 s
+
+
+async def test_probe_waits_for_the_catalog_topics(kafka_settings) -> None:
+    ks = kafka_settings.with_overrides(kafka={"connect_give_up_s": 0.6, "connect_backoff_initial_s": 0.1}).kafka
+    missing = r"has not got the catalog's topics .*requests.*reloop topics create"
+    with pytest.raises(BrokerUnreachable, match=missing):
+        await wait_for_broker(ks)
+    await create_topics(ks)
+    assert await wait_for_broker(ks) == 1
+
+
+async def test_worker_gives_up_when_no_broker_answers(settings, tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here
+    s = settings.with_overrides(kafka={"broker": f"kafka://127.0.0.1:{port}", "group_id": "g-absent"})
+    w = WorkerProcess(s, tmp_path / "worker.log", {"RELOOP_KAFKA__CONNECT_GIVE_UP_S": "3",
+                                                   "RELOOP_KAFKA__CONNECT_BACKOFF_MAX_S": "1"})
+    t0 = time.monotonic()
+    try:
+        # interpreter + torch/faust imports take a few seconds on 2 busy cores; give-up is 3 s
+        code = await asyncio.to_thread(w.proc.wait, 90)
+    finally:
+        w.stop()
+    elapsed = time.monotonic() - t0
+    text = w.log_text()
+    assert code == 1, text[-3000:]
+    attempts = _events(text, "broker_unreachable")
+    assert len(attempts) >= 3, text[-3000:]
+    assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
+    assert all(a["bootstrap"] == f"127.0.0.1:{port}" and a["next_delay_s"] <= 1.2 for a in attempts)
+    assert attempts[1]["next_delay_s"] > attempts[0]["next_delay_s"]  # 0.5 s x jitter > 0.25 s x jitter
+    give_up = _events(text, "broker_give_up")
+    assert len(give_up) == 1 and "giving up" in give_up[0]["reason"]
+    last = text.strip().splitlines()[-1]  # the one-line message on stderr
+    assert last.startswith(f"reloop worker: broker 127.0.0.1:{port} unreachable after 3 s"), last
+    assert "Traceback" not in text
+    assert elapsed < 60, f"took {elapsed:.1f}s to give up after 3 s"
+    first_ts = attempts[0]["ts"]
+    assert 2.5 <= _events(text, "broker_give_up")[0]["ts"] - first_ts <= 6.0  # honours the give-up time
+
+
+async def test_worker_waits_for_a_late_broker_then_serves(settings, small_model, tmp_path: Path) -> None:
+    port = free_port()
+    s = settings.with_overrides(kafka={"broker": f"kafka://127.0.0.1:{port}", "topic_prefix": "late.",
+                                       "group_id": "g-late"})
+    ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
+    w = WorkerProcess(s, tmp_path / "worker.log", {"RELOOP_KAFKA__CONNECT_GIVE_UP_S": "120",
+                                                   "RELOOP_KAFKA__CONNECT_BACKOFF_MAX_S": "1"})
+    broker = EmbeddedBroker(port=port)
+    try:
+        first = await _wait_for_log(w, "broker_unreachable", timeout_s=90)
+        assert first["attempt"] == 1
+        await broker.astart()
+        # the broker answers but has no topics yet: the worker keeps waiting (topics_missing)
+        await _wait_for_log(w, "topics_missing", timeout_s=30)
+        assert not _events(w.log_text(), "broker_reachable")
+        await create_topics(s.kafka)
+        try:
+            await wait_ready(w.port, timeout_s=120.0, proc=w.proc)
+        except Exception as exc:
+            raise AssertionError(f"worker did not become ready: {exc}\n{w.log_text()[-4000:]}") from None
+        reachable = _events(w.log_text(), "broker_reachable")
+        assert len(reachable) == 1 and reachable[0]["attempts"] >= 3
+        sim = Simulator(SimConfig(seed=21, n_users=50, n_items=200))
+        requests = [e for e in sim.events(10) if isinstance(e, RecommendationRequest)]
+        await produce(s, "requests", requests)
+        msgs = await consume_until(s, "recommendations", lambda m: len(m) >= len(requests))
+        recs = {r.request_id: r for r in (decode_event(m.value, Recommendation) for m in msgs)}
+        assert set(recs) == {r.request_id for r in requests}
+        assert all(r.model_version == "v1" for r in recs.values())
+        assert w.proc.poll() is None
+    finally:
+        code = w.stop()
+        broker.stop()
+    assert code == 0, w.log_text()[-3000:]
