@@ -40,17 +40,18 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from models.scorer import OnnxScorer
-from processors.checkpoint import InputCheckpoint, Output, RecentIds
+from processors.checkpoint import InputCheckpoint, Output
 from processors.compensation import Compensation, NoCompensation
 from processors.feedback import FeedbackCore
 from processors.journal import JournalEntry, TaskDelta
 from processors.media import MediaCore
 from processors.pending import Pending
+from processors.replica import ErrorsReplica, write_files
 from processors.schemas import SchemaCore, topic_key
 from processors.scoring import ScoringCore
 from processors.tasks import FeedbackTasks
 from processors.telemetry import WorkerTelemetry
-from state.snapshots import read_npz, write_npz_atomic
+from state.snapshots import write_npz_atomic
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
 from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 from streams.validation import Limits
@@ -103,23 +104,18 @@ class HotPath(mode.Service):
         self.limits = limits
         self.tasks = FeedbackTasks(feedback.pending.window_s, feedback.pending.limit, feedback.metrics)
         self.compensation_factory = compensation_factory
-        self.compensation: Compensation = NoCompensation()
         self.telemetry = telemetry
         self.fetch_max_records = fetch_max_records
         self.session_timeout_ms = session_timeout_ms
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
-        self.schema_core = schema_core
-        self.schema_outbox: list[tuple[str, Any]] = []
+        self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.scoring: ScoringCore | None = None
         self._next_scorer: OnnxScorer | None = None
         self._model_ready = asyncio.Event()
         self._by_topic = {v: k for k, v in topics.items()}
-        self.errors_applied: dict[int, int] = {}  # errors partition -> next offset to apply
-        self.recent_ids = RecentIds(recent_ids)
-        self.duplicates_skipped = 0
         self.checkpoint = (InputCheckpoint(snapshot_path.parent, limits, fsync=journal_fsync)
                            if snapshot_path is not None else None)
         self.positions: dict[tuple[str, int], int] = {}  # input (topic, partition) -> next offset
@@ -138,8 +134,10 @@ class HotPath(mode.Service):
     def install_model(self, scorer: OnnxScorer) -> None:
         """Serve ``scorer`` from the next batch on (the current batch finishes on the old one)."""
         if self.scoring is None:
-            self.compensation = self.compensation_factory(scorer) or NoCompensation()
-            self._restore_snapshot(scorer)
+            self.replica.compensation = self.compensation_factory(scorer) or NoCompensation()
+            if self.snapshot_path is not None:
+                self._recover_inputs()
+                self.replica.restore(self.snapshot_path, scorer, self.compensation_factory)
             self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
@@ -324,7 +322,7 @@ class HotPath(mode.Service):
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
-            if self.schema_outbox:
+            if self.replica.outbox:
                 await self._publish_schema_outbox()
 
     async def _publish_schema_outbox(self) -> None:
@@ -333,7 +331,7 @@ class HotPath(mode.Service):
         assert self.producer is not None
         if self.is_leader is None:  # hold them until the group assigned the inputs
             return
-        out, self.schema_outbox = self.schema_outbox, []
+        out, self.replica.outbox = self.replica.outbox, []
         if not self.is_leader:
             return
         futs = [await self.producer.send(self.topics[topic], encode(msg), key=topic_key(msg)) for topic, msg in out]
@@ -343,73 +341,12 @@ class HotPath(mode.Service):
 
     # ---- snapshots -----------------------------------------------------------------------
     def collect_snapshot(self) -> dict[Path, dict[str, np.ndarray]]:
-        """Copies of the replica and the schema cache, each with the ``errors`` offsets and the
-        duplicate filter it includes, taken between batches so each is consistent; written by
-        :meth:`save_snapshot` (the input side has its own checkpoint)."""
-        files: dict[Path, dict[str, np.ndarray]] = {}
-        if self.snapshot_path is None:
-            return files
-        parts = sorted(self.errors_applied)
-        offsets = {"errors_partitions": np.array(parts, dtype=np.int64),
-                   "errors_offsets": np.array([self.errors_applied[p] for p in parts], dtype=np.int64),
-                   **self.recent_ids.to_arrays()}
-        if self.schema_core is not None:
-            files[self.snapshot_path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **offsets}
-        arrays = self.compensation.snapshot()
-        if arrays:
-            files[self.snapshot_path] = {**arrays, **offsets}
-        return files
-
-    @staticmethod
-    def write_snapshot(files: dict[Path, dict[str, np.ndarray]]) -> None:
-        """Write collected snapshot files atomically (safe to run in a thread)."""
-        for path, arrays in files.items():
-            write_npz_atomic(path, arrays)
-        if files:
-            log.info("snapshot_saved", extra={"files": [str(p) for p in files]})
+        """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
+        return {} if self.snapshot_path is None else self.replica.collect_snapshot(self.snapshot_path)
 
     def save_snapshot(self) -> None:
-        """Collect and write a snapshot now (blocking)."""
-        self.write_snapshot(self.collect_snapshot())
-
-    def _restore_snapshot(self, scorer: OnnxScorer) -> None:
-        """Input side from its checkpoint; replica side (sketch + schema cache) from theirs,
-        only if every replica present has a readable snapshot at the same ``errors`` offsets
-        (otherwise all of them are rebuilt from the start of ``errors``: slower, never wrong)."""
-        if self.snapshot_path is None:
-            return
-        self._recover_inputs()
-        wanted: dict[str, Path] = {}
-        if not isinstance(self.compensation, NoCompensation):
-            wanted["error_memory"] = self.snapshot_path
-        if self.schema_core is not None:
-            wanted["schema_cache"] = self.snapshot_path.with_name("schema_cache.npz")
-        if not wanted or not any(p.exists() for p in wanted.values()):
-            return
-        snaps: dict[str, dict[str, np.ndarray]] = {}
-        try:
-            snaps = {name: read_npz(path) for name, path in wanted.items()}
-            offsets = {name: dict(zip(s["errors_partitions"].tolist(), s["errors_offsets"].tolist()))
-                       for name, s in snaps.items()}
-            if len({tuple(sorted(o.items())) for o in offsets.values()}) != 1:
-                raise ValueError(f"snapshots at different errors offsets: {offsets}")
-            if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
-                raise ValueError("error memory keyed by another model version")
-            if "schema_cache" in snaps:
-                self.schema_core = SchemaCore.restore(snaps["schema_cache"])
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
-            self.compensation = self.compensation_factory(scorer) or NoCompensation()
-            if self.schema_core is not None:
-                self.schema_core = SchemaCore(self.schema_core.cache.config)
-            self.errors_applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
-            return
-        first = next(iter(snaps.values()))
-        self.errors_applied = next(iter(offsets.values()))
-        self.recent_ids.restore(first)
-        log.info("snapshot_restored", extra={"offsets": self.errors_applied, "replicas": sorted(snaps)})
-        if self.schema_core is not None:
-            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
+        """Collect and write the replica side now (blocking)."""
+        write_files(self.collect_snapshot())
 
     def _recover_inputs(self) -> None:
         """Input side: ``inputs.npz`` + the journal since (see :mod:`processors.checkpoint`)."""
@@ -457,35 +394,28 @@ class HotPath(mode.Service):
             if not self.should_stop:
                 files = self.collect_snapshot()  # consistent copy, between batches
                 # the write (100 MB at the default sketch size) runs off the event loop
-                await asyncio.get_running_loop().run_in_executor(None, self.write_snapshot, files)
+                await asyncio.get_running_loop().run_in_executor(None, write_files, files)
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
-        """Apply error records to the local replica, skipping offsets already applied."""
-        t0 = time.perf_counter()
-        records: list[ErrorRecord] = []
-        for tp, msgs in batch.items():
-            start = self.errors_applied.get(tp.partition, 0)
-            for m in msgs:
-                if m.offset < start:
-                    continue
-                try:
-                    rec = decode_event(m.value or b"", ErrorRecord, self.limits)
-                except InvalidEvent as exc:
-                    log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
-                    continue
-                if self.recent_ids.first_time(tp.partition, rec.error_id):
-                    records.append(rec)
-                else:
-                    self.duplicates_skipped += 1
-            if msgs:
-                self.errors_applied[tp.partition] = max(start, msgs[-1].offset + 1)
-        self.telemetry.events_in.labels("errors").inc(len(records))
-        stored = self.compensation.apply_errors(records)
-        if self.schema_core is not None and records:
-            updates, alerts = self.schema_core.on_batch(records)
-            self.schema_outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
-        self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
-        return stored
+        """Apply error records to the local replica (see :meth:`ErrorsReplica.apply_batch`)."""
+        return self.replica.apply_batch(batch)
+
+    # ---- replica state, read by the web pages ---------------------------------------------
+    @property
+    def compensation(self) -> Compensation:
+        return self.replica.compensation
+
+    @property
+    def schema_core(self) -> SchemaCore | None:
+        return self.replica.schema_core
+
+    @property
+    def errors_applied(self) -> dict[int, int]:
+        return self.replica.applied
+
+    @property
+    def duplicates_skipped(self) -> int:
+        return self.replica.duplicates_skipped
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):

@@ -1,0 +1,141 @@
+"""The ``errors`` replica every worker keeps: error memory + schema cache, applied once per record.
+
+Every worker reads every partition of ``errors`` (manual assignment) and applies each record
+to its compensation (the error-memory sketch) and its schema cache. Per-partition offsets make
+a redelivered record a no-op, and :class:`~processors.checkpoint.RecentIds` drops the
+byte-identical copies a crashed worker produced twice. Both replicas are snapshotted with the
+offsets and the id filter they include, atomically; a restart resumes after those offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from models.scorer import OnnxScorer
+from processors.checkpoint import RecentIds
+from processors.compensation import Compensation, NoCompensation
+from processors.schemas import SchemaCore
+from processors.telemetry import WorkerTelemetry
+from state.snapshots import read_npz, write_npz_atomic
+from streams.codec import InvalidEvent, decode_event
+from streams.events import ErrorRecord
+from streams.validation import Limits
+
+log = logging.getLogger("reloop.replica")
+
+
+class ErrorsReplica:
+    """Applies ``errors`` batches to the compensation and the schema cache, exactly once.
+
+    Args:
+        compensation: the error-memory replica (identity = no compensation).
+        schema_core: the schema cache (None = off); its updates and alerts collect in
+            :attr:`outbox` as ``(topic, message)`` for the shell to publish.
+        limits: validation limits for error records.
+        telemetry: Prometheus metrics.
+        recent_ids: size of the duplicate filter per ``errors`` partition.
+    """
+
+    def __init__(self, compensation: Compensation, schema_core: SchemaCore | None, limits: Limits,
+                 telemetry: WorkerTelemetry, recent_ids: int = 65_536) -> None:
+        self.compensation = compensation
+        self.schema_core = schema_core
+        self.limits = limits
+        self.telemetry = telemetry
+        self.applied: dict[int, int] = {}  # errors partition -> next offset to apply
+        self.recent_ids = RecentIds(recent_ids)
+        self.duplicates_skipped = 0
+        self.outbox: list[tuple[str, Any]] = []
+
+    def apply_batch(self, batch: dict[Any, Sequence[Any]]) -> int:
+        """Apply a polled batch (TopicPartition -> messages), skipping offsets already applied
+        and ids applied recently; returns the number of sketch writes."""
+        t0 = time.perf_counter()
+        records: list[ErrorRecord] = []
+        for tp, msgs in batch.items():
+            start = self.applied.get(tp.partition, 0)
+            for m in msgs:
+                if m.offset < start:
+                    continue
+                try:
+                    rec = decode_event(m.value or b"", ErrorRecord, self.limits)
+                except InvalidEvent as exc:
+                    log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
+                    continue
+                if self.recent_ids.first_time(tp.partition, rec.error_id):
+                    records.append(rec)
+                else:
+                    self.duplicates_skipped += 1
+            if msgs:
+                self.applied[tp.partition] = max(start, msgs[-1].offset + 1)
+        self.telemetry.events_in.labels("errors").inc(len(records))
+        stored = self.compensation.apply_errors(records)
+        if self.schema_core is not None and records:
+            updates, alerts = self.schema_core.on_batch(records)
+            self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
+        self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
+        return stored
+
+    # ---- snapshots ---------------------------------------------------------------------------
+    def collect_snapshot(self, path: Path) -> dict[Path, dict[str, np.ndarray]]:
+        """Copies of the sketch (``path``) and the schema cache (beside it), each with the
+        offsets and id filter it includes; taken between batches, written by :func:`write_files`."""
+        parts = sorted(self.applied)
+        offsets = {"errors_partitions": np.array(parts, dtype=np.int64),
+                   "errors_offsets": np.array([self.applied[p] for p in parts], dtype=np.int64),
+                   **self.recent_ids.to_arrays()}
+        files: dict[Path, dict[str, np.ndarray]] = {}
+        if self.schema_core is not None:
+            files[path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **offsets}
+        arrays = self.compensation.snapshot()
+        if arrays:
+            files[path] = {**arrays, **offsets}
+        return files
+
+    def restore(self, path: Path, scorer: OnnxScorer,
+                compensation_factory: Callable[[OnnxScorer], Compensation | None]) -> None:
+        """Restore from the snapshots beside ``path`` if every replica present has a readable
+        one at the same offsets; otherwise rebuild all of them from the start of ``errors``
+        (slower, never wrong)."""
+        wanted: dict[str, Path] = {}
+        if not isinstance(self.compensation, NoCompensation):
+            wanted["error_memory"] = path
+        if self.schema_core is not None:
+            wanted["schema_cache"] = path.with_name("schema_cache.npz")
+        if not wanted or not any(p.exists() for p in wanted.values()):
+            return
+        try:
+            snaps = {name: read_npz(p) for name, p in wanted.items()}
+            offsets = {name: dict(zip(s["errors_partitions"].tolist(), s["errors_offsets"].tolist()))
+                       for name, s in snaps.items()}
+            if len({tuple(sorted(o.items())) for o in offsets.values()}) != 1:
+                raise ValueError(f"snapshots at different errors offsets: {offsets}")
+            if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
+                raise ValueError("error memory keyed by another model version")
+            if "schema_cache" in snaps:
+                self.schema_core = SchemaCore.restore(snaps["schema_cache"])
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
+            self.compensation = compensation_factory(scorer) or NoCompensation()
+            if self.schema_core is not None:
+                self.schema_core = SchemaCore(self.schema_core.cache.config)
+            self.applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
+            return
+        self.applied = next(iter(offsets.values()))
+        self.recent_ids.restore(next(iter(snaps.values())))
+        log.info("snapshot_restored", extra={"offsets": self.applied, "replicas": sorted(snaps)})
+        if self.schema_core is not None:
+            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
+
+
+def write_files(files: dict[Path, dict[str, np.ndarray]]) -> None:
+    """Write collected snapshot files atomically (safe to run in a thread)."""
+    for path, arrays in files.items():
+        write_npz_atomic(path, arrays)
+    if files:
+        log.info("snapshot_saved", extra={"files": [str(p) for p in files]})
