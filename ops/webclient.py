@@ -17,6 +17,13 @@ async def get_json(port: int, path: str, host: str = "127.0.0.1", timeout_s: flo
             return await r.json(content_type=None)
 
 
+async def get_text(port: int, path: str, host: str = "127.0.0.1", timeout_s: float = 10.0) -> str:
+    """GET ``http://host:port{path}`` as text (e.g. ``/metrics``)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+        async with s.get(f"http://{host}:{port}{path}") as r:
+            return await r.text()
+
+
 async def wait_ready(port: int, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``/ready`` until it answers ``{"ready": true}``.
 

@@ -161,6 +161,9 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                 val = summary[f"{m}_{v}"]
                 if math.isfinite(val):
                     telemetry.online.labels(m, v).set(val)
+        for name, size in memory_sizes(hot).items():
+            telemetry.memory_bytes.labels(name).set(size)
+        telemetry.pending.set(hot.tasks.pending_count)
         return web.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/memory/{user_id}")
@@ -189,6 +192,24 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
         })
 
     return app, hot
+
+
+def memory_sizes(hot: HotPath) -> dict[str, int]:
+    """Bytes held by each memory of the worker (cheap: array sizes, no copies)."""
+    def size(obj: Any) -> int:
+        n = obj.nbytes  # a property on some memories, a method on others
+        return int(n() if callable(n) else n)
+
+    out: dict[str, int] = {}
+    sketch = getattr(hot.compensation, "memory", None)
+    if sketch is not None and hasattr(sketch, "nbytes"):
+        out["error_memory"] = size(sketch)
+    if hot.media is not None:
+        mem = hot.media.memory
+        out["media_memory"] = sum(mem.nbytes_user(u) for u in mem.users) + int(mem.items.table.nbytes)
+    if hot.schema_core is not None:
+        out["schema_cache"] = size(hot.schema_core.cache)
+    return out
 
 
 def _faust_credentials(settings: Settings) -> Any:

@@ -10,6 +10,7 @@ base predictions.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import msgspec
@@ -21,7 +22,7 @@ from ops.kafka import create_topics
 from ops.logs import LoadedLog
 from ops.replay import ReplayEngine
 from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, wait_ready
+from ops.webclient import get_json, get_text, wait_ready
 from processors.prequential import as_feedback, as_request
 from streams.codec import decode_event
 from streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,
@@ -95,6 +96,13 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
         assert status["summary"]["labelled"] == n_candidates
         assert status["summary"]["positives"] == len(clicked)
         assert 0.0 <= status["summary"]["auc_base"] <= 1.0
+        prom = await get_text(w.port, "/metrics")
+        sizes = {m: float(v) for m, v in re.findall(r'reloop_memory_bytes\{memory="(\w+)"\} (\S+)', prom)}
+        assert sizes["error_memory"] > 1e6 and sizes["schema_cache"] > 0 and "media_memory" in sizes, sizes
+        lags = re.findall(r'reloop_consumer_lag\{topic="(\w+)"\} (\S+)', prom)
+        assert {t for t, _ in lags} >= {"requests", "interactions"} and all(float(v) >= 0 for _, v in lags)
+        pending = float(re.search(r"^reloop_pending_predictions (\S+)", prom, re.M).group(1))
+        assert pending == sum(len(r.candidates) for r in lates)  # only the late requests' windows are open
 
         # 3. malformed events on every input topic -> dlq with reason and offset; valid ones flow
         good = Simulator(SimConfig(seed=13, n_users=300, n_items=200, start_ts=last.ts + 10))
