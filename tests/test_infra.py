@@ -1,0 +1,64 @@
+"""The deployment files (infra/) stay in step with the code they run.
+
+They cannot be run here (no Docker engine, no cluster), so this checks what can drift: every
+manifest parses, every ``RELOOP_*`` variable they set is a real settings field with a valid
+value, and every command they run is accepted by the ``reloop`` CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops.cli import build_parser
+from ops.settings import load_settings
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
+
+def documents() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(INFRA.rglob("*.y*ml")):
+        out += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    return spec.get("template", {}).get("spec", {}).get("containers", [])
+
+
+def test_every_manifest_parses_and_names_its_kind():
+    docs = documents()
+    kinds = {d.get("kind") for _, d in docs if "kind" in d}
+    assert {"StatefulSet", "Job", "ConfigMap", "Secret", "PersistentVolumeClaim", "Service"} <= kinds
+    names = {d["metadata"]["name"] for _, d in docs if d.get("kind") == "StatefulSet"}
+    assert names == {"reloop-worker", "reloop-trainer"}
+
+
+def test_settings_in_manifests_are_real_fields():
+    env: dict[str, str] = {}
+    for name, doc in documents():
+        if doc.get("kind") in ("ConfigMap", "Secret"):
+            env.update({k: str(v) for k, v in (doc.get("data") or doc.get("stringData") or {}).items()})
+        for c in containers(doc):
+            env.update({e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e})
+        for svc in (doc.get("services") or {}).values():
+            env.update({k: str(v) for k, v in (svc.get("environment") or {}).items()})
+    reloop = {k: v for k, v in env.items() if k.startswith("RELOOP_")}
+    assert len(reloop) >= 5
+    for key, value in reloop.items():  # one at a time, so a failure names the variable
+        section, _, field = key.removeprefix("RELOOP_").lower().partition("__")
+        settings = load_settings(env={key: value})
+        assert hasattr(getattr(settings, section), field), key
+
+
+@pytest.mark.parametrize("name,argv", [
+    (name, argv) for name, doc in documents()
+    for argv in [c.get("args") for c in containers(doc)] + [s.get("command") for s in (doc.get("services") or {}).values()]
+    if argv and argv[0] != "CMD-SHELL"])
+def test_commands_in_manifests_parse(name, argv):
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0], name
