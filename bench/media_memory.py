@@ -9,8 +9,11 @@ keeps the simulator's one event per watch.
 
 For each update rule (``merge``, ``titans``) the bench reports:
 
-* ``compression``: raw segment floats ingested / floats stored (long-term keys + slots of
-  live rows, plus open-clip frames), over all users, at the end of the stream;
+* ``compression``: raw segment floats ingested / floats stored (long-term keys + the slots in
+  use of live rows, plus open-clip frames: :meth:`UserMediaMemory.stored_vectors` times ``d``),
+  pooled over all users at the end of the stream; also pooled over the users whose memory is
+  full, by history length (``compression_by_history``, the per-history-length curve), and
+  against the allocated arrays (``C (1 + S)`` vectors plus open-clip buffers) for full users;
 * ``bytes_per_user``: :meth:`MediaMemory.nbytes_user` of the heaviest users as their history
   grows (checkpoints) and the mean over users whose long-term memory is full;
 * ``recall_at_5``: agreement with an uncompressed full-history memory. For a user and a
@@ -28,9 +31,13 @@ For each update rule (``merge``, ``titans``) the bench reports:
   the memory's features, and with an oracle feature (the simulator's true media term). Media
   features of a request use exactly the media events before it in the log.
 
+``--steady-state`` keeps the stream but spreads it over 30 users (instead of 300), so every
+user's history is long enough for the long-term memory to fill: the steady-state figures.
+
 Usage::
 
-    PYTHONPATH=. python bench/media_memory.py --json reports/media_memory.json
+    PYTHONPATH=. python bench/media_memory.py --json reports/media.json
+    PYTHONPATH=. python bench/media_memory.py --steady-state --json reports/media_steady.json
 """
 
 from __future__ import annotations
@@ -92,10 +99,18 @@ def log_segments(events: list) -> list[tuple[list[MediaEvent], list[Interaction]
     return out
 
 
+def compile_kernels(segments: list, cfg: MediaMemoryConfig) -> None:
+    """Compile / load every numba kernel (segmentation, compression, merges, features) untimed."""
+    tiny = MediaCore(msgspec.structs.replace(cfg, capacity_clips=2, flash_clips=0))  # merges at the third clip
+    media = [m for run, _ in segments for m in run][:2000]
+    tiny.on_batch(media)
+    user = media[0].user_id
+    tiny.memory.features_for_items(user, [m.item_id for m in media[:20] if m.item_id], media[-1].ts, touch=False)
+
+
 def run_memory(segments: list, cfg: MediaMemoryConfig, batch: int, sim: Simulator) -> dict:
     """One prequential pass: ingest media (timed), then features of each request's candidates."""
-    warm = MediaCore(cfg)  # compile / load the numba caches outside the timed region
-    warm.on_batch([m for media, _ in segments[:50] for m in media][:300])
+    compile_kernels(segments, cfg)
     core, memory = MediaCore(cfg), None
     memory = core.memory
     n_total = sum(len(media) for media, _ in segments)
@@ -117,7 +132,8 @@ def run_memory(segments: list, cfg: MediaMemoryConfig, batch: int, sim: Simulato
             checkpoint += n_total / 10
             heavy = sorted(memory.users, key=lambda u: -memory.users[u].frames_seen)[:3]
             curve.append({"media_events": n_media, "users": [
-                {"user": u, "frames_seen": memory.users[u].frames_seen, "nbytes": memory.nbytes_user(u)}
+                {"user": u, "frames_seen": memory.users[u].frames_seen, "nbytes": memory.nbytes_user(u),
+                 "stored_vectors": memory.users[u].stored_vectors()}
                 for u in heavy]})
         if run:
             t0 = time.perf_counter()
@@ -135,7 +151,7 @@ def run_memory(segments: list, cfg: MediaMemoryConfig, batch: int, sim: Simulato
 def ingest_throughput(segments: list, cfg: MediaMemoryConfig, batch: int, repeats: int = 3) -> float:
     """Media events/s through ``MediaCore.on_batch`` in batches of ``batch`` (best of ``repeats``)."""
     media = [m for run, _ in segments for m in run]
-    MediaCore(cfg).on_batch(media[:300])  # compile / load the numba caches
+    compile_kernels(segments, cfg)
     best = 0.0
     for _ in range(repeats):
         core = MediaCore(cfg)
@@ -146,31 +162,46 @@ def ingest_throughput(segments: list, cfg: MediaMemoryConfig, batch: int, repeat
     return best
 
 
+HISTORY_EDGES = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 60)
+
+
 def compression_and_size(core: MediaCore) -> dict:
-    """Raw floats ingested / floats stored, and bytes per user once the long-term memory is full."""
+    """Raw floats ingested / floats stored, over all users and by history length; bytes per user.
+
+    Stored floats are the embedding vectors a user's memory holds (live keys, the slots in
+    use, open-clip frames) times ``d``: :meth:`UserMediaMemory.stored_vectors`. Arrays are
+    allocated at full size (``C (1 + S)`` vectors plus the open-clip buffers), so
+    ``compression_vs_allocated`` also divides by that bound for users whose memory is full.
+    """
     memory, cfg = core.memory, core.config
+    allocated = cfg.capacity_clips * (1 + cfg.slots_per_clip) + 2 * (cfg.max_clip_frames - 1)
     raw = stored = raw_full = stored_full = 0
     full_bytes, all_bytes = [], []
     for user_id, mem in memory.users.items():
         live = int(mem.live().sum())
-        user_raw = mem.frames_seen * cfg.dim
-        user_stored = (live * (1 + cfg.slots_per_clip) + int(mem.open_len.sum())) * cfg.dim
+        user_raw, user_stored = mem.frames_seen, mem.stored_vectors()
         raw, stored = raw + user_raw, stored + user_stored
         all_bytes.append(memory.nbytes_user(user_id))
         if live == cfg.capacity_clips:
             full_bytes.append(all_bytes[-1])
             raw_full, stored_full = raw_full + user_raw, stored_full + user_stored
     by_history = {}
-    for lo, hi in ((0, 256), (256, 1024), (1024, 4096), (4096, 1 << 60)):
+    for lo, hi in zip(HISTORY_EDGES, HISTORY_EDGES[1:]):
         users = [m for m in memory.users.values() if lo <= m.frames_seen < hi]
         if users:
-            ratios = [m.frames_seen / (int(m.live().sum()) * (1 + cfg.slots_per_clip) + int(m.open_len.sum()))
-                      for m in users]
+            ratios = [m.frames_seen / m.stored_vectors() for m in users]
             by_history[f"frames[{lo},{hi if hi < 1 << 60 else 'inf'})"] = {
                 "users": len(users), "compression_median": float(np.median(ratios)),
+                "compression_pooled": sum(m.frames_seen for m in users) / sum(m.stored_vectors() for m in users),
+                "stored_vectors_median": float(np.median([m.stored_vectors() for m in users])),
                 "bytes_median": float(np.median([m.nbytes() for m in users]))}
-    return {"compression_by_history": by_history,"raw_floats": raw, "stored_floats": stored, "compression": raw / max(stored, 1),
-            "compression_full_users": raw_full / max(stored_full, 1),
+    live_rows = [m.live() for m in memory.users.values()]
+    slots_hist = np.bincount(np.concatenate([m.n_slots[lv] for m, lv in zip(memory.users.values(), live_rows)]),
+                             minlength=cfg.slots_per_clip + 1) if live_rows else np.zeros(1, np.int64)
+    return {"compression_by_history": by_history, "raw_floats": raw * cfg.dim, "stored_floats": stored * cfg.dim,
+            "compression": raw / max(stored, 1), "compression_full_users": raw_full / max(stored_full, 1),
+            "compression_vs_allocated_full_users": raw_full / max(allocated * len(full_bytes), 1),
+            "allocated_vectors_per_user": allocated, "live_rows_by_slots_in_use": slots_hist.tolist(),
             "users": len(memory.users), "users_full": len(full_bytes),
             "bytes_per_full_user_mean": float(np.mean(full_bytes)) if full_bytes else None,
             "bytes_per_user_max": int(max(all_bytes)) if all_bytes else 0}
@@ -244,7 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--requests", type=int, default=6000)
-    ap.add_argument("--users", type=int, default=300)
+    ap.add_argument("--users", type=int, default=None, help="default 300, or 30 with --steady-state")
+    ap.add_argument("--steady-state", action="store_true",
+                    help="few users with long histories (30 by default), so every memory has filled")
     ap.add_argument("--items", type=int, default=1000)
     ap.add_argument("--media-per-request", type=float, default=4.0)
     ap.add_argument("--media-weight", type=float, default=2.0)
@@ -254,7 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=float, default=0.3)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rules", default="merge,titans", help="update rules to compare, comma-separated")
+    ap.add_argument("--slot-min-cos", type=float, default=None,
+                    help="override MediaMemoryConfig.slot_min_cos (above 1: every row keeps its slots)")
+    ap.add_argument("--no-auc", action="store_true", help="skip the model fits (memory figures only)")
     args = ap.parse_args(argv)
+    if args.users is None:
+        args.users = 30 if args.steady_state else 300
 
     sim_cfg = SimConfig(seed=args.seed, n_users=args.users, n_items=args.items, media_weight=args.media_weight,
                         media_per_request=args.media_per_request, shift_at=None)
@@ -269,9 +308,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "platform": {"python": platform.python_version(), "machine": platform.machine()},
                     "media_events": sum(len(m) for m, _ in segments), "interactions": len(interactions),
                     "rules": {}}
-    report["auc_without_media"] = fit_and_score(interactions, {}, args.warmup, settings)
-    for rule in ("merge", "titans"):
-        cfg = MediaMemoryConfig(dim=sim_cfg.media_dim, update_rule=rule)
+    if not args.no_auc:
+        report["auc_without_media"] = fit_and_score(interactions, {}, args.warmup, settings)
+    overrides = {} if args.slot_min_cos is None else {"slot_min_cos": args.slot_min_cos}
+    for rule in args.rules.split(","):
+        cfg = MediaMemoryConfig(dim=sim_cfg.media_dim, update_rule=rule, **overrides)
         run = run_memory(segments, cfg, args.batch, sim)
         res = {"memory_config": msgspec.to_builtins(cfg),
                "events_per_s": ingest_throughput(segments, cfg, args.batch),
@@ -280,12 +321,13 @@ def main(argv: list[str] | None = None) -> dict:
                "nbytes_bound_per_user": UserMediaMemory.nbytes_bound(cfg, id_chars=max_id),
                **compression_and_size(run["core"]), "bytes_curve": run["curve"],
                **retrieval_agreement(run["core"], segments, args.queries, args.seed)}
-        res["auc_with_media"] = fit_and_score(
-            interactions, {n: run["feats"][:, j] for j, n in enumerate(FEATURE_NAMES)}, args.warmup, settings)
+        if not args.no_auc:
+            res["auc_with_media"] = fit_and_score(
+                interactions, {n: run["feats"][:, j] for j, n in enumerate(FEATURE_NAMES)}, args.warmup, settings)
+            if "auc_oracle_media_term" not in report:
+                report["auc_oracle_media_term"] = fit_and_score(interactions, {"oracle_media": run["oracle"]},
+                                                                args.warmup, settings)
         report["rules"][rule] = res
-        if rule == "merge":
-            report["auc_oracle_media_term"] = fit_and_score(interactions, {"oracle_media": run["oracle"]},
-                                                            args.warmup, settings)
     print_table(report)
     if args.json:
         from ops.replay import write_report
@@ -296,28 +338,35 @@ def main(argv: list[str] | None = None) -> dict:
 def print_table(report: dict) -> None:
     cfg = report["config"]
     print(f"media memory bench: {report['media_events']} media events ({cfg['frames_per_watch']} frames/watch), "
-          f"{report['interactions']} interactions, {cfg['users']} users")
-    print(f"AUC without media features: {report['auc_without_media']['auc']:.4f}   "
-          f"oracle media term: {report['auc_oracle_media_term']['auc']:.4f}")
+          f"{report['interactions']} interactions, {cfg['users']} users" + (" [steady state]" if cfg["steady_state"]
+                                                                           else ""))
+    if "auc_without_media" in report:
+        print(f"AUC without media features: {report['auc_without_media']['auc']:.4f}   "
+              f"oracle media term: {report['auc_oracle_media_term']['auc']:.4f}")
     header = ("rule", "events/s", "compress", "(full users)", "B/user(full)", "B/user max", "recall@5",
               "maxcos err", "AUC media")
     print("{:<7} {:>9} {:>9} {:>12} {:>13} {:>11} {:>9} {:>10} {:>10}".format(*header))
     for rule, r in report["rules"].items():
+        auc_media = r["auc_with_media"]["auc"] if "auc_with_media" in r else float("nan")
         print("{:<7} {:>9.0f} {:>8.1f}x {:>11.1f}x {:>13.0f} {:>11d} {:>9.3f} {:>10.4f} {:>10.4f}".format(
             rule, r["events_per_s"], r["compression"], r["compression_full_users"], r["bytes_per_full_user_mean"] or 0,
-            r["bytes_per_user_max"], r["recall_at_5[all]"], r["max_cos_abs_err"], r["auc_with_media"]["auc"]))
+            r["bytes_per_user_max"], r["recall_at_5[all]"], r["max_cos_abs_err"], auc_media))
+        print(f"        full users: {r['users_full']}/{r['users']}, compression vs allocated arrays "
+              f"{r['compression_vs_allocated_full_users']:.1f}x; live rows by slots in use: "
+              f"{r['live_rows_by_slots_in_use']}")
         buckets = {k: round(v, 3) for k, v in r.items() if k.startswith(("recall_at_5[w", "users["))}
         print(f"        recall by history: {buckets}")
-        comp = {k: (v["users"], round(v["compression_median"], 1), int(v["bytes_median"]))
-                for k, v in r["compression_by_history"].items()}
-        print(f"        (users, median compression, median bytes) by frames seen: {comp}")
+        comp = {k: (v["users"], round(v["compression_pooled"], 1), round(v["compression_median"], 1),
+                    int(v["bytes_median"])) for k, v in r["compression_by_history"].items()}
+        print(f"        (users, pooled compression, median compression, median bytes) by frames seen: {comp}")
         print(f"        events/s with the log's small batches (media between two requests): "
               f"{r['events_per_s_prequential']:.0f}; features: {r['features_us_per_request']:.0f} us/request "
-              f"({report['config']['sim']['candidates_per_request']} candidates); bytes bound per user: {r['nbytes_bound_per_user']}")
+              f"({cfg['sim']['candidates_per_request']} candidates); bytes bound per user: "
+              f"{r['nbytes_bound_per_user']}")
         heavy = r["bytes_curve"][-1]["users"][0]["user"] if r["bytes_curve"] else None
-        line = [(c["users"][0]["frames_seen"], c["users"][0]["nbytes"]) for c in r["bytes_curve"]
-                if c["users"] and c["users"][0]["user"] == heavy]
-        print(f"        heaviest user {heavy} (frames seen, bytes): {line}")
+        line = [(c["users"][0]["frames_seen"], c["users"][0]["stored_vectors"], c["users"][0]["nbytes"])
+                for c in r["bytes_curve"] if c["users"] and c["users"][0]["user"] == heavy]
+        print(f"        heaviest user {heavy} (frames seen, stored vectors, bytes): {line}")
 
 
 if __name__ == "__main__":

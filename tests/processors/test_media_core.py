@@ -71,6 +71,23 @@ def test_snapshot_restore_keeps_features(core: MediaCore) -> None:
     assert restored.events_seen == core.events_seen == 8
 
 
+def test_restore_then_more_events_equals_uninterrupted() -> None:
+    sim = Simulator(SimConfig(seed=3, n_users=20, n_items=80, media_weight=1.0, media_per_request=4.0,
+                              shift_at=None))
+    media = [e for e in sim.labelled_log(400) if isinstance(e, MediaEvent)]
+    cfg = MediaMemoryConfig(dim=sim.config.media_dim, capacity_clips=6, flash_clips=2, min_clip_frames=1)
+    whole, first = MediaCore(cfg), MediaCore(cfg)
+    whole.on_batch(media)
+    cut = len(media) // 2
+    first.on_batch(media[:cut])
+    resumed = MediaCore.restore({k: np.array(v) for k, v in first.snapshot().items()})
+    resumed.on_batch(media[cut:])
+    a, b = whole.snapshot(), resumed.snapshot()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+    assert whole.memory.users and any(m.merges for m in whole.memory.users.values())  # the store did fill
+
+
 def test_annotate_log_sees_exactly_the_media_before_each_interaction() -> None:
     core = MediaCore(MediaMemoryConfig(dim=D))
     it = lambda ts, item: Interaction(user_id="u1", item_id=item, ts=ts, label=1,  # noqa: E731

@@ -1,4 +1,5 @@
-"""Media memory: segmentation, compression, bounded long-term store, retrieval, persistence."""
+"""Media memory: clips through the memory, bounded long-term store, retrieval, persistence (kernels:
+test_media_kernels.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from state._media_kernels import (compress_clip, compress_clip_ref, media_features, media_features_ref, merge_vectors,
-                                  merge_vectors_ref, most_similar_pair, most_similar_pair_ref, segment_stream,
-                                  segment_stream_ref, topk_cosine, topk_cosine_ref, unit_rows)
+from state._media_numpy import unit_rows
 from state.media_memory import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, MERGED, ItemContent, MediaMemory,
                                 MediaMemoryConfig, UserMediaMemory)
 from streams.events import MediaEvent
@@ -70,35 +69,7 @@ def small(**kw) -> MediaMemoryConfig:
     return MediaMemoryConfig(dim=D, **kw)
 
 
-# ---------------------------------------------------------------------------- segmentation
-
-
-def test_segment_novelty_length_and_minimum() -> None:
-    # 5 x e0 | 2 x e1 then e2 (too short to close on novelty) ... | 20 x e3 -> length cut at 16
-    vecs = [basis(0)] * 5 + [basis(1)] * 2 + [basis(2)] * 2 + [basis(3)] * 20
-    frames = unit_rows(np.array(vecs))
-    cuts = segment_stream(frames, 0, 3, 16, 0.9)
-    ends = cuts[:, 0].tolist()
-    # novelty before 5; clip e1,e1,e2,e2 closes before 9 (novelty 2->3 with >= 3 frames);
-    # the e3 run closes after 16 frames (9 + 16 = 25); 4 frames stay open
-    assert ends == [5, 9, 25]
-    assert cuts[:, 1].tolist() == [5, 9, 24]
-    np.testing.assert_array_equal(cuts, segment_stream_ref(frames, 0, 3, 16, 0.9))
-
-
-def test_segment_minimum_three_frames_on_constant_novelty() -> None:
-    vecs = [basis(i % 2) for i in range(10)]  # every consecutive cosine is 0
-    ends = segment_stream(unit_rows(np.array(vecs)), 0, 3, 16, 0.9)[:, 0].tolist()
-    assert ends == [3, 6, 9]
-
-
-def test_segment_threshold_is_inclusive() -> None:
-    a = np.array([1.0, 0.0])
-    b = np.array([0.9, np.sqrt(1 - 0.81)])  # cos(a, b) == 0.9 up to rounding
-    frames = unit_rows(np.array([a, a, a, b]))
-    cos = float(frames[2].astype(np.float64) @ frames[3])
-    cuts = segment_stream(frames, 0, 3, 16, cos)
-    assert cuts[:, 0].tolist() == [3]
+# ---------------------------------------------------------------------------- segmentation through the memory
 
 
 def test_clips_through_memory_match_the_rule_and_batch_cuts() -> None:
@@ -113,77 +84,6 @@ def test_clips_through_memory_match_the_rule_and_batch_cuts() -> None:
     assert sorted(mem.counts[live].tolist()) == [3, 5, 16]
     assert mem.open_len.tolist() == [3, 0]  # e2's 17th frame + 2 x e4 (too short to close on novelty)
     assert snapshot_diff(one.snapshot(), many.snapshot()) == []
-
-
-# ---------------------------------------------------------------------------- kernels
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_kernels_agree_with_references(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    # segmentation on a stream with runs (so both rules fire)
-    centres = unit_rows(rng.normal(size=(6, 16)))
-    frames = unit_rows(centres[np.repeat(rng.integers(0, 6, 30), rng.integers(1, 9, 30))]
-                       + 0.1 * rng.normal(size=(1, 16)))
-    frames = unit_rows(frames + 0.05 * rng.normal(size=frames.shape))
-    for open_len in (0, 2):
-        np.testing.assert_array_equal(segment_stream(frames, open_len, 3, 16, 0.9),
-                                      segment_stream_ref(frames, open_len, 3, 16, 0.9))
-    # compression (including clips shorter than the slot count)
-    for m, s in ((7, 2), (16, 3), (1, 2), (3, 4)):
-        clip = frames[:m]
-        for got, want in zip(compress_clip(clip, s, 4), compress_clip_ref(clip, s, 4)):
-            np.testing.assert_allclose(got, want, atol=1e-6)
-    # merge of two memories
-    ka, kb = unit_rows(rng.normal(size=(2, 16)))
-    sa, sb = unit_rows(rng.normal(size=(3, 16))), unit_rows(rng.normal(size=(3, 16)))
-    for got, want in zip(merge_vectors(ka, sa, 3.0, kb, sb, 5.0), merge_vectors_ref(ka, sa, 3.0, kb, sb, 5.0)):
-        np.testing.assert_allclose(got, want, atol=1e-6)
-    # merge search
-    keys = unit_rows(rng.normal(size=(32, 16)))
-    eligible = rng.random(32) < 0.7
-    a, b, c = most_similar_pair(keys, eligible)
-    ra, rb, rc = most_similar_pair_ref(keys, eligible)
-    assert (a, b) == (ra, rb) and c == pytest.approx(rc, abs=1e-12)
-    assert most_similar_pair(keys, np.zeros(32, bool))[:2] == most_similar_pair_ref(keys, np.zeros(32, bool))[:2]
-    # retrieval top-k + softmax, including fewer keys than k
-    queries = unit_rows(rng.normal(size=(20, 16)))
-    for m in (0, 3, 32):
-        got = topk_cosine(queries, keys[:m], 4, 0.1)
-        want = topk_cosine_ref(queries, keys[:m], 4, 0.1)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_allclose(got[1], want[1], atol=1e-12)
-        np.testing.assert_allclose(got[2], want[2], atol=1e-12)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_serving_features_kernel_agrees_with_reference(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    C, S, F, d = 12, 2, 16, 16
-    keys = unit_rows(rng.normal(size=(C, d)))
-    slots = unit_rows(rng.normal(size=(C * S, d))).reshape(C, S, d)
-    live = rng.random(C) < [0.0, 0.7, 1.0, 0.5][seed]
-    write_seq = rng.permutation(C).astype(np.int64)
-    last_ts = rng.uniform(0, 100, C)
-    counts = rng.integers(1, 50, C)
-    open_len = np.array([[0, 0], [3, 0], [2, 5], [0, 1]][seed], dtype=np.int64)
-    open_frames = unit_rows(rng.normal(size=(2 * F, d))).reshape(2, F, d)
-    open_ts = np.sort(rng.uniform(0, 100, (2, F)), axis=1)
-    q = rng.normal(size=(9, d)).astype(np.float32)
-    q[4] = 0.0  # unknown content
-    args = (q, keys, slots, live, write_seq, 3, last_ts, counts, open_frames, open_len, open_ts, 4, 0.1, 120.0, 50.0)
-    got, got_hits = media_features(*args)
-    want, want_hits = media_features_ref(*args)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
-    np.testing.assert_array_equal(got_hits, want_hits)
-    assert not got[4].any() and (got_hits[4] == -1).all()
-
-
-def test_compress_clip_two_groups_gives_two_slots() -> None:
-    frames = unit_rows(np.array([basis(0)] * 4 + [basis(1)] * 4))
-    key, slots = compress_clip(frames, 2)
-    np.testing.assert_allclose(key, unit_rows(np.array([basis(0)]) + np.array([basis(1)]))[0], atol=1e-6)
-    np.testing.assert_allclose(sorted(map(tuple, slots.round(6))), [tuple(basis(1)), tuple(basis(0))])
 
 
 # ---------------------------------------------------------------------------- long-term store
@@ -280,6 +180,49 @@ def test_lifecycle_archives_then_expires_by_event_time() -> None:
     assert mem2.counts[mem2.live()].tolist() == [3] and mem2.open_len.tolist() == [1, 0]
 
 
+def test_slots_only_where_the_key_does_not_cover_the_clip() -> None:
+    memory = MediaMemory(small())
+    # one item per clip: the key alone represents it (no slot stored)
+    memory.on_batch(stream([basis(2)] * 3 + [basis(3)] * 3, items=["a"] * 3 + ["b"] * 3))
+    mem = memory.users["u1"]
+    assert mem.n_slots[mem.live()].tolist() == [0] and not mem.slots.any()
+    assert mem.stored_vectors() == 1 + 3  # one key-only row, three open frames
+    # a clip spanning three directions (novelty never cuts it, length does at 16): key + 2 slots
+    spread = MediaMemory(small(novelty_cos=-1.0))
+    mixed = [basis(0)] * 4 + [(0.6 * np.array(basis(0)) + 0.8 * np.array(basis(1))).tolist()] * 4 + [basis(4)] * 8
+    spread.on_batch(stream(mixed))
+    smem = spread.users["u1"]
+    assert smem.live().sum() == 1 and smem.n_slots[smem.live()].tolist() == [2]
+    assert smem.stored_vectors() == 3 and smem.open_len.sum() == 0
+    # above 1, every row keeps its slots (the format-1 behaviour)
+    always = MediaMemory(small(slot_min_cos=2.0))
+    always.on_batch(stream([basis(2)] * 3 + [basis(3)] * 3))
+    amem = always.users["u1"]
+    assert amem.n_slots[amem.live()].tolist() == [2] and amem.stored_vectors() == 3 + 3
+
+
+def test_merge_keeps_distinct_parts_as_slots_and_close_parts_as_one_key() -> None:
+    cfg = small(capacity_clips=4, flash_clips=1)
+    memory = MediaMemory(cfg)
+    near = (np.array(basis(0)) + 0.1 * np.array(basis(1))).tolist()
+    # A (e0) and A' (near e0) merge first: close parts -> key alone; later the far pair merges with slots
+    vecs = [basis(0)] * 3 + [basis(2)] * 3 + [near] * 3 + [basis(3)] * 3 + [basis(5)] * 3 + [basis(6)]
+    memory.on_batch(stream(vecs))
+    mem = memory.users["u1"]
+    merged = int(np.flatnonzero(mem.state == MERGED)[0])
+    assert mem.merges == 1 and mem.n_slots[merged] == 0
+    far = MediaMemory(cfg)
+    far.on_batch(stream([basis(0)] * 3 + [basis(2)] * 3 + [basis(4)] * 3 + [basis(3)] * 3 + [basis(5)] * 3
+                        + [basis(6)]))
+    fmem = far.users["u1"]
+    row = int(np.flatnonzero(fmem.state == MERGED)[0])
+    assert fmem.n_slots[row] == 2  # two orthogonal clips: their keys kept side by side
+    parts = {tuple(np.flatnonzero(v > 0.5)) for v in fmem.slots[row]}
+    assert len(parts) == 2 and fmem.counts[row] == 6
+    out = far.features("u1", unit_rows(np.array([basis(0), basis(2)])), now=200.0, touch=False)
+    assert np.allclose(out[:, FEATURE_NAMES.index("media_slot_max_cos")], 1.0, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- features and retrieval
 
 
@@ -326,6 +269,27 @@ def test_recency_and_flash_features() -> None:
     assert out[0, FEATURE_NAMES.index("media_log_count")] == pytest.approx(np.log1p(3))
 
 
+def test_item_content_does_not_depend_on_the_order_across_users() -> None:
+    # item x is watched by u1 (later, ts 20) and u2 (earlier, ts 10): the later frame's content wins
+    # whichever user's partition is processed first (cross-partition order varies between runs)
+    late = ev("u1", 20.0, basis(0), "s-late", "x")
+    early = ev("u2", 10.0, basis(1), "s-early", "x")
+    tie_a, tie_b = ev("u3", 30.0, basis(2), "s-a", "y"), ev("u4", 30.0, basis(3), "s-b", "y")
+    one, two = MediaMemory(small()), MediaMemory(small())
+    one.on_batch([late, tie_a])
+    one.on_batch([early, tie_b])
+    two.on_batch([tie_b, early])
+    two.on_batch([tie_a, late])
+    for memory in (one, two):
+        emb, known = memory.items.lookup(["x", "y"])
+        assert known.all()
+        np.testing.assert_array_equal(emb, np.array([basis(0), basis(3)], np.float32))  # ts, then segment id
+    snap = two.snapshot()
+    assert MediaMemory.restore(snap).items.stamps == two.items.stamps == {"x": (20.0, "s-late"), "y": (30.0, "s-b")}
+    with pytest.raises(ValueError):
+        MediaMemory.restore({k: v for k, v in snap.items() if k != "item_ts"})
+
+
 def test_item_content_is_a_bounded_lru() -> None:
     table = ItemContent(dim=2, capacity=3)
     table.update(["a", "b", "c"], np.eye(3, 2, dtype=np.float32))
@@ -352,6 +316,28 @@ def test_snapshot_restore_round_trip_and_resume(rule: str) -> None:
     restored.on_batch(events[700:])
     assert snapshot_diff(restored.snapshot(), full.snapshot()) == []
     assert snapshot_diff(MediaMemory.restore(MediaMemory(cfg).snapshot()).snapshot(), MediaMemory(cfg).snapshot()) == []
+
+
+@pytest.mark.parametrize("rule", ["merge", "titans"])
+def test_format_1_snapshot_is_read_and_continues_as_written(rule: str) -> None:
+    cfg = small(capacity_clips=6, flash_clips=2, update_rule=rule, slot_min_cos=2.0)  # format 1: slots always
+    events = random_events(900, users=3, seed=4)
+    full = MediaMemory(cfg)
+    full.on_batch(events)
+    half = MediaMemory(cfg)
+    half.on_batch(events[:500])
+    old = {k: v for k, v in half.snapshot().items() if k not in ("n_slots", "item_ts", "item_segments")}
+    fields = json.loads(str(old["config"][()]))
+    del fields["slot_min_cos"]
+    old["format"], old["config"] = np.array(1), np.array(json.dumps(fields))
+    restored = MediaMemory.restore(old)
+    assert restored.config == cfg
+    restored.on_batch(events[500:])
+    # everything equal; item stamps of format 1 are unknown ((-inf, "")) until an item is seen again
+    assert sorted(snapshot_diff(restored.snapshot(), full.snapshot())) == ["item_segments", "item_ts"]
+    assert (restored.snapshot()["item_ts"] == -np.inf).any()
+    with pytest.raises(ValueError):
+        MediaMemory.restore({**old, "format": np.array(3)})
 
 
 def test_snapshot_is_plain_arrays_that_survive_npz_without_pickle(tmp_path) -> None:
