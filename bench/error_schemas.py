@@ -21,7 +21,16 @@ fault start, taken when the fault ends, has exactly the injected signature (targ
 over seeds); seconds from the fault end until every schema promoted during it is resolved.
 Overall: false alerts per 100k clean events in the control runs (target < 1), alerts during
 fault runs that overlap no fault window (+ ``--grace-s``), cache bytes, and error records
-per second through ``SchemaCore.on_batch`` (one core; target >= 50k/s).
+per second through ``SchemaCore.on_batch`` (one core; target >= 50k/s), by wall clock and by
+process CPU time (the wall figure drops on a shared, loaded machine).
+
+``--bias`` measures the schema-level bias instead: prequential AUC / log loss of the slow
+model (``base``), the error-memory compensation (``compensated``, default sketch, half-life
+``--em-half-life``), compensation plus the schema bias on candidates whose evidence is below
+``--cold-evidence`` (``compensated+schema``), and the bias alone (``base+schema``), on the
+same stream and model; overall, on the first ``--bias-first`` affected events of each fault,
+on each fault's slice and on each fault's whole window; plus the added cost per
+100-candidate request.
 
 Usage::
 
@@ -43,6 +52,8 @@ import numpy as np
 from ops.replay import fit_initial_model
 from ops.settings import Settings
 from ops.simulator import AGE_BUCKETS, DEVICES, GENRES, FaultSpec, SimConfig, Simulator
+from models.metrics import auc, logloss
+from processors.error_memory import ErrorMemoryCompensation
 from processors.schemas import SchemaAlert, SchemaCore
 from processors.scoring import ScoringCore
 from state.error_memory import ErrorMemory, ErrorMemoryConfig
@@ -92,7 +103,7 @@ def run_core(stream, cache_config: SchemaCacheConfig, cut_times: list[float]):
     alerts: list[SchemaAlert] = []
     rankings: dict[float, list[dict[str, Any]]] = {}
     cuts = sorted(cut_times)
-    spent, n, batches, peak_bytes = 0.0, 0, 0, 0
+    spent, cpu, n, batches, peak_bytes = 0.0, 0.0, 0, 0, 0
     for records in stream:
         # split at cut times so the ranking is read exactly when a fault ends
         ts = np.fromiter((r.ts for r in records), np.float64, len(records))
@@ -105,9 +116,10 @@ def run_core(stream, cache_config: SchemaCacheConfig, cut_times: list[float]):
         parts.append((records[lo:], None))
         for part, cut in parts:
             if part:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 _, new_alerts = core.on_batch(part)
                 spent += time.perf_counter() - t0
+                cpu += time.process_time() - c0
                 n += len(part)
                 alerts += new_alerts
             if cut is not None:
@@ -117,14 +129,16 @@ def run_core(stream, cache_config: SchemaCacheConfig, cut_times: list[float]):
         if batches % 30 == 0:
             peak_bytes = max(peak_bytes, core.cache.nbytes)
     peak_bytes = max(peak_bytes, core.cache.nbytes)
-    return core, alerts, rankings, {"records": n, "seconds_in_core": spent, "nbytes": peak_bytes}
+    return core, alerts, rankings, {"records": n, "seconds_in_core": spent, "cpu_seconds_in_core": cpu,
+                                    "nbytes": peak_bytes}
 
 
 def _matches(features: dict, where: dict[str, str]) -> bool:
     return all(features.get(k) == v for k, v in where.items())
 
 
-def evaluate_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def prepare(seed: int, args: argparse.Namespace):
+    """The seed's faulty log, its ground truth, and the slow model fitted on its warm-up part."""
     n_total = args.warmup_requests + args.requests
     warm_frac = args.warmup_requests / n_total
     faults = make_faults(seed, warm_frac, args.fault_frac)
@@ -135,7 +149,12 @@ def evaluate_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings().with_overrides(train={"epochs": args.epochs})
     t0 = time.perf_counter()
     fitted = fit_initial_model(log[:n_warm], settings, version="v1")
-    fit_s = time.perf_counter() - t0
+    return sim, truth, log, n_warm, fitted, time.perf_counter() - t0
+
+
+def evaluate_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    n_total = args.warmup_requests + args.requests
+    sim, truth, log, n_warm, fitted, fit_s = prepare(seed, args)
     scoring = ScoringCore(fitted.scorer)
     memory = ErrorMemory(fitted.scorer.hidden_dim, ErrorMemoryConfig(tables=8, bits=8))
     cache_config = SchemaCacheConfig(**({"half_life_s": args.half_life} if args.half_life else {}))
@@ -200,6 +219,7 @@ def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     false = sum(s["control_run"]["false_alerts"] for s in seeds)
     recs = sum(s["fault_run"]["records"] + s["control_run"]["records"] for s in seeds)
     secs = sum(s["fault_run"]["seconds_in_core"] + s["control_run"]["seconds_in_core"] for s in seeds)
+    cpu = sum(s["fault_run"]["cpu_seconds_in_core"] + s["control_run"]["cpu_seconds_in_core"] for s in seeds)
     by_kind: dict[str, dict[str, Any]] = {}
     for f in faults:
         k = by_kind.setdefault(f["kind"] + ("_pair" if len(f["signature"]) > 1 else ""), {"n": 0, "detected": 0,
@@ -223,6 +243,7 @@ def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         "stray_alerts_in_fault_runs": sum(len(s["stray_alerts"]) for s in seeds),
         "cache_bytes_max": max(max(s["fault_run"]["nbytes"], s["control_run"]["nbytes"]) for s in seeds),
         "records_per_s_in_core": recs / secs if secs else None,
+        "records_per_cpu_s_in_core": recs / cpu if cpu else None,
         "by_kind": {k: {"n": v["n"], "detected": v["detected"], "top1": v["top1"],
                         "events_to_detect_median": float(np.median(v["etd"])) if v["etd"] else None}
                     for k, v in by_kind.items()},
@@ -246,6 +267,109 @@ def print_table(seeds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         print(f"  {kind:22} {v}")
 
 
+# --------------------------------------------------------------------------- schema bias (--bias)
+
+VARIANTS = ("base", "compensated", "compensated+schema", "compensated+schema(ev<10)", "compensated+schema(all)",
+            "base+schema")
+
+
+def bias_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Prequential quality of the four variants on one seed's faulty stream (same model).
+
+    Per 1-second chunk: score (base, error-memory compensated with evidence, and both with the
+    schema bias applied where the evidence is cold), then apply the chunk's error records to
+    the error memory and the schema cache (a chunk is scored before its feedback applies).
+    """
+    sim, truth, log, n_warm, fitted, _ = prepare(seed, args)
+    settings = Settings().with_overrides(error_memory={"half_life_s": args.em_half_life})
+    comp = ErrorMemoryCompensation(ErrorMemory(fitted.scorer.hidden_dim, settings.error_memory), fitted.scorer,
+                                   rekey_window=0)
+    cfg = msgspec.structs.replace(SchemaCacheConfig(**({"half_life_s": args.half_life} if args.half_life else {})),
+                                  bias_when_cold=True, cold_evidence=args.cold_evidence)
+    schemas = SchemaCore(cfg)
+    scoring = ScoringCore(fitted.scorer, comp, schemas=schemas)
+    rows = log[n_warm:]
+    ts = np.fromiter((r.ts for r in rows), np.float64, len(rows))
+    edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + 1.0, 1.0), side="left").tolist() + [len(rows)]
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (*VARIANTS, "evidence")}
+    request_us: list[float] = []
+    n_matched = 0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi <= lo:
+            continue
+        batch = rows[lo:hi]
+        triples = [(r.user_id, r.item_id, r.features) for r in batch]
+        base, (scores, evidence, codes), _ = scoring.score_rows(triples, float(ts[hi - 1]))
+        t0 = time.perf_counter()  # the added cost of one 100-candidate request (schemata active)
+        scoring.apply_schemas(triples[:100], "v1", scores[:100], evidence[:100], codes[:100])
+        if len(schemas.cache.matcher):
+            request_us.append((time.perf_counter() - t0) * 1e6)
+        matched, with_schema = scoring.apply_schemas(triples, "v1", scores, evidence, codes)
+        _, ev10 = scoring.apply_schemas(triples, "v1", scores, np.where(evidence < 10.0, 0.0, np.inf), codes)
+        _, every = scoring.apply_schemas(triples, "v1", scores, np.zeros_like(evidence), codes)
+        n_matched += sum(bool(m) for m in matched)
+        _, base_schema = scoring.apply_schemas(triples, "v1", base, np.zeros_like(evidence), codes)
+        for k, v in zip((*VARIANTS, "evidence"), (base, scores, with_schema, ev10, every, base_schema, evidence)):
+            cols[k].append(np.asarray(v, np.float64))
+        records = [ErrorRecord(error_id=f"log-{lo + j}", user_id=r.user_id, item_id=r.item_id, ts=r.ts, label=r.label,
+                               base_pred=float(b), comp_pred=float(c), model_version="v1", codes=k,
+                               features=r.features)
+                   for j, (r, b, c, k) in enumerate(zip(batch, base.tolist(), scores.tolist(), codes.tolist()))]
+        comp.apply_errors(records)
+        schemas.on_batch(records)
+    pred = {k: np.concatenate(v) for k, v in cols.items()}
+    y = np.fromiter((r.label for r in rows), np.float64, len(rows))
+
+    def quality(mask: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": int(mask.sum()), "cold": int((mask & (pred["evidence"] < args.cold_evidence)).sum())}
+        for k in VARIANTS:
+            out[k] = {"auc": auc(y[mask], pred[k][mask]), "logloss": logloss(y[mask], pred[k][mask])}
+        return out
+
+    per_fault = []
+    for f in truth:
+        in_slice = np.array([_matches(r.features, f["where"]) for r in rows]) & (ts >= f["start_ts"])
+        in_slice &= ts < f["end_ts"]
+        first = np.flatnonzero(in_slice)[: args.bias_first]
+        head = np.zeros(len(rows), bool)
+        head[first] = True
+        window = (ts >= f["start_ts"]) & (ts < f["end_ts"])
+        per_fault.append({"kind": f["kind"], "signature": f["signature"], "slice_first": quality(head),
+                          "slice_all": quality(in_slice), "window_all": quality(window)})
+    return {"seed": seed, "overall": quality(np.ones(len(rows), bool)), "faults": per_fault,
+            "match_us_per_request": request_us, "rows": len(rows), "rows_matched": n_matched}
+
+
+def summarise_bias(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds (and faults) of each variant's AUC / log loss per evaluation set."""
+    def mean(sets: list[dict[str, Any]]) -> dict[str, Any]:
+        return {k: {m: float(np.nanmean([q[k][m] for q in sets])) for m in ("auc", "logloss")} for k in VARIANTS}
+
+    out = {"overall": mean([s["overall"] for s in seeds])}
+    for part in ("slice_first", "slice_all", "window_all"):
+        out[part] = mean([f[part] for s in seeds for f in s["faults"]])
+        out[part + "_cold_fraction"] = float(np.mean([f[part]["cold"] / max(1, f[part]["n"])
+                                                      for s in seeds for f in s["faults"]]))
+    us = [t for s in seeds for t in s["match_us_per_request"]]
+    out["match_us_per_100_candidate_request"] = {"median": float(np.median(us)) if us else None,
+                                                 "p90": float(np.percentile(us, 90)) if us else None}
+    out["rows_matched_fraction"] = sum(s["rows_matched"] for s in seeds) / sum(s["rows"] for s in seeds)
+    return out
+
+
+def bias_main(args: argparse.Namespace) -> int:
+    seeds = [bias_seed(seed, args) for seed in range(args.seeds)]
+    summary = summarise_bias(seeds)
+    for part in ("overall", "slice_first", "slice_all", "window_all"):
+        for k, v in summary[part].items():
+            print(f"{part:12} {k:26} AUC {v['auc']:.4f}  log loss {v['logloss']:.4f}")
+    print({k: v for k, v in summary.items() if k not in ("overall", "slice_first", "slice_all", "window_all")})
+    out = {"summary": summary, "seeds": seeds, "args": vars(args)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(msgspec.json.decode(msgspec.json.encode(out)), indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="write the results here")
@@ -256,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace-s", type=float, default=60.0, help="alerts this long after a fault still count for it")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--half-life", type=float, default=None, help="override SchemaCacheConfig.half_life_s")
+    ap.add_argument("--bias", action="store_true", help="measure the schema bias instead (AUC / log loss)")
+    ap.add_argument("--bias-first", type=int, default=1000, help="--bias: first affected events of each fault")
+    ap.add_argument("--cold-evidence", type=float, default=SchemaCacheConfig().cold_evidence)
+    ap.add_argument("--em-half-life", type=float, default=30.0, help="--bias: error-memory half-life, s")
     args = ap.parse_args(argv)
+    if args.bias:
+        return bias_main(args)
     seeds = [evaluate_seed(seed, args) for seed in range(args.seeds)]
     summary = summarise(seeds)
     print_table(seeds, summary)

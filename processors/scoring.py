@@ -3,6 +3,13 @@
 Batch-first: all candidates of all requests in a batch are encoded, scored by onnxruntime and
 compensated in one call each; the batch is then split back per request and ranked. Pure and
 synchronous: no Kafka, no clocks (event time comes from the requests).
+
+With an error-schema cache (``schemas``), every candidate is matched against the active
+schemata in one column-wise pass per batch (:class:`state.schema_match.SchemaMatcher`): the
+ids of the schemata it matches go into ``ScoredItem.schemas``, and when its error-memory
+evidence is cold (``evidence < cold_evidence``) and ``bias_when_cold`` is on, the schemata's
+shrunk logit shift is added to its compensated score (``sigmoid(logit(score) + beta)``).
+The pending prediction keeps the compensated score the ranking used.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from models.scorer import OnnxScorer
 from processors.compensation import Compensation, NoCompensation
 from processors.media import MediaCore
 from processors.pending import Pending
+from processors.schemas import SchemaCore
+from state.schema_match import logit, sigmoid
 from streams.events import Recommendation, RecommendationRequest, ScoredItem
 
 
@@ -27,12 +36,15 @@ class ScoringCore:
         compensation: correction applied to base scores (identity by default).
         media: the user's media memory, whose features are merged into each candidate's
             (used by the model when it was trained with them).
+        schemas: the error-schema cache (read only here): matching schema ids on every
+            item, and the schema-level bias on cold candidates (see the module docstring).
     """
 
     def __init__(self, scorer: OnnxScorer, compensation: Compensation | None = None,
-                 media: MediaCore | None = None) -> None:
+                 media: MediaCore | None = None, *, schemas: SchemaCore | None = None) -> None:
         self.compensation: Compensation = compensation or NoCompensation()
         self.media = media
+        self.schemas = schemas
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
 
@@ -55,6 +67,35 @@ class ScoringCore:
         base, hidden = self.scorer.score(tokens, dense)
         return base, self.compensation.compensate(base, hidden, now), hidden
 
+    def apply_schemas(self, rows: Sequence[tuple[str, str, dict]], version: str, scores: np.ndarray,
+                      evidence: np.ndarray, codes: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
+        """Match rows against the active schemata; bias the cold ones' scores.
+
+        Args:
+            rows: (user_id, item_id, features) per candidate; version: serving model version.
+            scores, evidence: (n,) float64 compensated scores and error-memory evidence.
+            codes: (n, K) int32 error-memory codes (``code[k]`` predicates).
+
+        Returns:
+            (schema ids per row, (n,) float64 scores, biased where cold; ``scores`` itself
+            when nothing matched or the bias is off).
+        """
+        n = len(rows)
+        if self.schemas is None:
+            return [[] for _ in range(n)], scores
+        cache = self.schemas.cache
+        matcher = cache.matcher
+        if not len(matcher):
+            return [[] for _ in range(n)], scores
+        matched, shift = matcher.match_rows([r[2] for r in rows], version, codes)
+        cfg = cache.config
+        if cfg.bias_when_cold:
+            cold = (evidence < cfg.cold_evidence) & (shift != 0.0)
+            if cold.any():
+                scores = scores.copy()
+                scores[cold] = sigmoid(logit(scores[cold]) + shift[cold])
+        return matched, scores
+
     def score(self, requests: Sequence[RecommendationRequest]) -> tuple[list[Recommendation], list[Pending]]:
         """Rank each request's candidates by compensated score (ties: base score, then order).
 
@@ -74,15 +115,16 @@ class ScoringCore:
         now = max(r.ts for r in requests)
         base, comp, _ = self.score_rows(rows, now)
         scores, evidence, codes = comp
-        base_l, score_l, ev_l, codes_l = base.tolist(), scores.tolist(), evidence.tolist(), codes.tolist()
         version = self.scorer.version
+        matched, scores = self.apply_schemas(rows, version, scores, evidence, codes)
+        base_l, score_l, ev_l, codes_l = base.tolist(), scores.tolist(), evidence.tolist(), codes.tolist()
         recs: list[Recommendation] = []
         pending: list[Pending] = []
         for j, r in enumerate(requests):
             lo, hi = bounds[j], bounds[j + 1]
             order = (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()
-            items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i])
-                     for i in order]
+            items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i],
+                                schemas=matched[i]) for i in order]
             recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
                                        model_version=version, items=items))
             pending.extend(Pending(r.request_id, rows[i][1], r.user_id, r.ts, base_l[i], score_l[i],

@@ -30,185 +30,46 @@ while it passes the looser retire thresholds (``retire_support``, ``z_retire``, 
 effect), and has passed the promotion ones within ``hold_s``: hysteresis. A schema not
 chosen is *resolved* (reason ``support``, ``significance``, ``weak``, ``untracked``, ``evicted``
 or ``explained by ...``) and cannot come back for ``cooldown_s``. At most ``max_schemata``
-are active; schemata rank by impact ``|gap| * support``.
+are active; schemata rank by impact ``|gap| * support``. A second, short *shift* window
+(``shift_half_life_s``) feeds the prediction-shift screen (:mod:`state._schema_shift`): a
+pattern whose predictions jumped while its residual moved the other way (a broken input) is
+promoted on that window's residual test before the main window catches up.
+
+Reads: :meth:`SchemaCache.match` / :attr:`SchemaCache.matcher` (:mod:`state.schema_match`)
+for the scoring path; persistence in :mod:`state.schema_snapshot`.
 
 Not thread-safe: one writer; reads between writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
-from typing import Literal
 
 import msgspec
 import numpy as np
 
-from state._schema_kernels import (FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
-                                   PredicateVocab, RecentRecords, Thresholds, index_size, lookup_slots,
-                                   rebuild_index, select_schemata, space_saving_update, split_key)
+from state._schema_kernels import (FAST, FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
+                                   index_size, lookup_slots, rebuild_index, space_saving_update, split_key)
+from state._schema_recent import RecentRecords
+from state._schema_select import Thresholds, select_schemata
+from state._schema_shift import shift_screen
+from state._schema_vocab import PredicateVocab
+from state.schema_config import SchemaCacheConfig
+from state.schema_match import SchemaMatcher
+from state.schema_snapshot import config_of, restore_into, snapshot_of
+from state.schema_types import Schema, SchemaChange, schema_id_of
 from state.snapshots import read_npz, write_npz_atomic
 from streams.events import ErrorRecord
 
-__all__ = ["Schema", "SchemaCache", "SchemaCacheConfig", "SchemaChange", "schema_id_of"]
+__all__ = ["Schema", "SchemaCache", "SchemaCacheConfig", "SchemaChange", "SchemaMatcher", "schema_id_of"]
 
 log = logging.getLogger("reloop.schemas")
-SNAPSHOT_FORMAT = 1
 _LANDMARK_SPAN = 100.0  # landmark grid step, in units of T
-
-
-class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Configuration of a :class:`SchemaCache` (validated on construction and decode).
-
-    Attributes:
-        capacity: candidate patterns tracked (Space-Saving slots, >= 2), ~90 bytes each.
-        max_schemata: most active schemata at once (>= 1); weakest beyond are dropped.
-        min_support: decayed records a pattern needs to be promoted.
-        retire_support: below this decayed support an active schema is resolved
-            (``<= min_support``: hysteresis).
-        alpha: family-wise probability of a false promotion per evaluation; the promotion
-            threshold is Bonferroni over the patterns tested, ``Phi^-1(1 - alpha / 2m)``.
-        z_min: floor of the promotion threshold (guards small ``m`` and non-normal tails).
-        z_retire: an active schema is resolved when ``|z|`` falls below this (< promotion).
-        min_effect: ``|calibration_gap|`` and same-signed slice mean error (probability units)
-            needed to promote; half of it to stay active.
-        half_life_s: event-time seconds after which a record weighs half. Shorter windows
-            detect faster (fewer affected events before the old, clean history is outweighed)
-            and resolve faster, but need ``rate * half_life_s / ln 2 >= min_support``.
-        eval_every_s: event-time seconds between evaluation ticks.
-        features: names of the categorical features used as predicates; None = every
-            ``str``-valued feature seen (up to ``max_features`` names). Dense features never
-            are predicates.
-        model_version_predicate: use ``model_version=<v>`` as a predicate.
-        code_tables: error-memory codes used as predicates ``code[k]=<bucket>``, k < this.
-        pairs: also track conjunctions of two predicates.
-        pair_codes: let code predicates take part in pairs (many more candidates).
-        max_features: feature-name columns when ``features`` is None.
-        max_predicates: live ``name=value`` predicates at most (>= 2 capacity + 8); when full,
-            those no tracked pattern or schema uses are freed, and if none is, new values are
-            ignored until the next batch.
-        residual: ``base`` (slow model, ``y - base_pred``) or ``compensated`` (``comp_pred``).
-        max_examples: example error ids kept per schema.
-        recent_window: recent records kept (predicate ids, residual, time, error id; ~150
-            bytes each) for examples, model versions and the overlap check.
-        explained_fraction: a pattern overlapping chosen schemata of other columns is
-            explained when, without their records, less than this fraction of its recent
-            excess error is left; a single is explained by its chosen child pairs when less
-            than half of it (and no significant rest) is left. Active schemata: half of these.
-        publish_every_s: an active schema yields an ``updated`` change at most this often.
-        cooldown_s: a resolved schema cannot be promoted again for this many event seconds
-            (stops flapping while a fault's statistics decay).
-        hold_s: an active schema that has not passed the promotion thresholds (only the
-            retire ones) for this many event seconds is resolved (reason ``weak``).
-        bias_prior: shrinkage of :meth:`SchemaCache.bias_for`: weight ``n / (n + prior)``.
-        var_floor: lower bound of residual variances in the z statistic.
-    """
-
-    capacity: int = 4096
-    max_schemata: int = 32
-    min_support: float = 200.0
-    retire_support: float = 50.0
-    alpha: float = 1e-3
-    z_min: float = 4.0
-    z_retire: float = 2.5
-    min_effect: float = 0.02
-    half_life_s: float = 10.0
-    eval_every_s: float = 0.25
-    features: tuple[str, ...] | None = None
-    model_version_predicate: bool = True
-    code_tables: int = 0
-    pairs: bool = True
-    pair_codes: bool = False
-    max_features: int = 16
-    max_predicates: int = 65536
-    residual: Literal["base", "compensated"] = "base"
-    max_examples: int = 8
-    recent_window: int = 16384
-    explained_fraction: float = 0.5
-    publish_every_s: float = 30.0
-    cooldown_s: float = 30.0
-    hold_s: float = 15.0
-    bias_prior: float = 100.0
-    var_floor: float = 1e-4
-
-    def __post_init__(self) -> None:
-        pos = ("half_life_s", "eval_every_s", "alpha", "z_min", "var_floor")
-        checks = [(self.capacity >= 2, "capacity must be >= 2"),
-                  (self.max_schemata >= 1, "max_schemata must be >= 1"),
-                  (0.0 <= self.retire_support <= self.min_support, "need 0 <= retire_support <= min_support"),
-                  (self.alpha < 1.0, "alpha must be < 1"),
-                  (0.0 <= self.z_retire <= self.z_min, "need 0 <= z_retire <= z_min"),
-                  (self.min_effect >= 0.0 and self.bias_prior >= 0.0, "min_effect, bias_prior must be >= 0"),
-                  (self.code_tables >= 0 and self.max_features >= 1, "code_tables >= 0, max_features >= 1"),
-                  (self.max_predicates >= 2 * self.capacity + 8, "max_predicates must be >= 2 capacity + 8"),
-                  (self.max_examples >= 0 and self.recent_window >= 1, "bad example settings"),
-                  (0.0 <= self.explained_fraction <= 1.0, "explained_fraction must be in [0, 1]"),
-                  (min(self.publish_every_s, self.cooldown_s, self.hold_s) >= 0.0, "negative publish/cooldown/hold"),
-                  *((math.isfinite(getattr(self, a)) and getattr(self, a) > 0, f"{a} must be > 0") for a in pos)]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-class Schema(msgspec.Struct, frozen=True, kw_only=True):
-    """One error schema (immutable; every change is a new object).
-
-    Attributes:
-        schema_id: 16 hex chars of blake2b of the signature (stable across runs/replicas).
-        signature: sorted predicates ``name=value``, one or two.
-        direction: ``over`` (the model predicts too high here) or ``under``.
-        mean_error: decayed mean of ``y - p`` in the slice (probability units).
-        calibration_gap: ``mean_error`` minus the mean error of comparable traffic (a
-            single: the other values of its column; a pair: the rest of a parent).
-        observed_rate / predicted_rate: decayed means of ``y`` and ``p`` in the slice.
-        support: decayed number of error records in the slice.
-        z: Welch z of the gap (single: against its column's other values; pair: the weaker
-            of the tests against each parent's rest).
-        impact: ``|calibration_gap| * support``, the decayed number of excess errors; the
-            ranking of schemata (largest first).
-        first_seen: event time (s) it was promoted; last_seen: time of its latest record;
-        tracked_since: time from which its statistics are exact (candidate slot taken).
-        model_versions: model versions seen among its recent records.
-        example_error_ids: recent error ids in the slice that err in ``direction``.
-        state: ``active`` or ``resolved``; reason: why it was resolved.
-    """
-
-    schema_id: str
-    signature: list[str]
-    direction: Literal["over", "under"]
-    mean_error: float
-    calibration_gap: float
-    observed_rate: float
-    predicted_rate: float
-    support: float
-    z: float
-    impact: float
-    first_seen: float
-    last_seen: float
-    tracked_since: float
-    model_versions: list[str] = []
-    example_error_ids: list[str] = []
-    state: Literal["active", "resolved"] = "active"
-    reason: str = ""
-
-
-class SchemaChange(msgspec.Struct, frozen=True, kw_only=True):
-    """A decision taken at evaluation tick ``ts`` (event time, s)."""
-
-    kind: Literal["promoted", "updated", "resolved"]
-    ts: float
-    schema: Schema
-
-
-def schema_id_of(signature: Sequence[str]) -> str:
-    """Stable id of a signature: blake2b (8 bytes) of the sorted predicates joined by `` & ``."""
-    text = " & ".join(sorted(signature)).encode("utf-8")
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 class SchemaCache:
@@ -217,6 +78,8 @@ class SchemaCache:
     def __init__(self, config: SchemaCacheConfig | None = None) -> None:
         self.config = cfg = config or SchemaCacheConfig()
         self._decay_time_s = cfg.half_life_s / math.log(2.0)
+        self._fast_time_s = cfg.shift_half_life_s / math.log(2.0) if cfg.shift_half_life_s > 0 else 0.0
+        self.landmark_fast: float | None = None  # t0f of the shift window, event-time s
         size = index_size(cfg.capacity)
         self._shift = 64 - (size.bit_length() - 1)
         self._keys = np.full(cfg.capacity, -1, np.int64)
@@ -242,7 +105,7 @@ class SchemaCache:
         self._published: dict[str, float] = {}  # schema id -> last change time
         self._cooling: dict[int, float] = {}  # pattern key -> event time it was resolved
         self._strong: dict[int, float] = {}  # active pattern key -> last time it passed promotion
-        self._by_pred: dict[str, list[Schema]] = {}
+        self._matcher = SchemaMatcher([], cfg.bias_prior, cfg.max_logit_bias)
         self.rejected = 0  # records with non-finite or out-of-range fields
 
     # ------------------------------------------------------------------ writes
@@ -298,7 +161,8 @@ class SchemaCache:
             return
         self._move_landmark(float(ts.max()))
         w = np.exp((ts - self.landmark) / self._decay_time_s)
-        space_saving_update(np.ascontiguousarray(pids[:, self._first_col:]), self._pairable, w, y - p,
+        wf = np.exp((ts - self.landmark_fast) / self._fast_time_s) if self._fast_time_s else np.zeros_like(w)
+        space_saving_update(np.ascontiguousarray(pids[:, self._first_col:]), self._pairable, w, wf, y - p,
                             y, p, ts, self._keys, self._stats, self._times, self._heap, self._heap_pos,
                             self._index, self._meta, self._glob, self._shift)
         self._recent.append(pids, y - p, ts, ids)
@@ -314,6 +178,13 @@ class SchemaCache:
             self._rebuild()
         if self.landmark is None or new > self.landmark:
             self.landmark = new
+        if self._fast_time_s:  # the shift window's landmark, on its own (finer) grid
+            span_f = _LANDMARK_SPAN * self._fast_time_s
+            new_f = math.floor(self.max_ts / span_f) * span_f
+            if self.landmark_fast is not None and new_f > self.landmark_fast:
+                self._stats[:, FAST] *= math.exp(-(new_f - self.landmark_fast) / self._fast_time_s)
+            if self.landmark_fast is None or new_f > self.landmark_fast:
+                self.landmark_fast = new_f
 
     def _rebuild(self) -> None:
         rebuild_index(self._keys, self._stats, int(self._meta[0]), self._index, self._heap, self._heap_pos,
@@ -354,9 +225,18 @@ class SchemaCache:
                                         self._decay_time_s, memo)
             return slot_of.get(by, -1)
 
-        chosen, why = select_schemata(stats[:, [OWN, SUM_R, SUM_R2]], keys, self.vocab.col_arr,
-                                      lambda q: lookup_slots(q, self._keys, self._index, self._shift),
-                                      scale, active, th, explained, blocked)
+        def lookup(q: np.ndarray) -> np.ndarray:
+            return lookup_slots(q, self._keys, self._index, self._shift)
+
+        screen = None
+        if self._fast_time_s and self.landmark_fast is not None:
+            scale_f = math.exp(min(-(now - self.landmark_fast) / self._fast_time_s, 300.0))
+            screen = shift_screen(stats, keys, self.vocab.col_arr, lookup, scale_f, active,
+                                  min_support=cfg.min_support, retire_support=cfg.retire_support,
+                                  min_effect=cfg.min_effect, shift_z=cfg.shift_z, shift_alpha=cfg.shift_alpha,
+                                  shift_z_min=cfg.shift_z_min, z_retire=cfg.z_retire, var_floor=cfg.var_floor)
+        chosen, why = select_schemata(stats[:, [OWN, SUM_R, SUM_R2]], keys, self.vocab.col_arr, lookup,
+                                      scale, active, th, explained, blocked, screen)
         reasons = {int(keys[s]): (r if isinstance(r, str) else "explained by " + " & ".join(
             self._signature(int(keys[r])))) for s, r in why.items()}
         changes: list[SchemaChange] = []
@@ -390,7 +270,7 @@ class SchemaCache:
                 changes.append(SchemaChange(kind="updated" if old else "promoted", ts=now, schema=schema))
                 if old is None:
                     log.info("schema_promoted", extra={"schema_id": schema.schema_id, "signature": signature,
-                                                       "z": z, "gap": gap, "ts": now})
+                                                       "z": z, "gap": gap, "event_ts": now})
             kept[key] = schema
         for key, old in self._active.items():
             if key in kept:
@@ -402,7 +282,7 @@ class SchemaCache:
             self._history = [*self._history, schema][-cfg.max_schemata:]
             changes.append(SchemaChange(kind="resolved", ts=now, schema=schema))
             log.info("schema_resolved", extra={"schema_id": old.schema_id, "signature": old.signature,
-                                               "reason": schema.reason, "ts": now})
+                                               "reason": schema.reason, "event_ts": now})
         self._active = kept
         self._reindex()
         return changes
@@ -411,10 +291,7 @@ class SchemaCache:
         return sorted(self.vocab.strings[pid] for pid in split_key(key))
 
     def _reindex(self) -> None:
-        self._by_pred = {}
-        for schema in self._active.values():
-            for pred in schema.signature:
-                self._by_pred.setdefault(pred, []).append(schema)
+        self._matcher = SchemaMatcher(self.schemas(), self.config.bias_prior, self.config.max_logit_bias)
 
     # ------------------------------------------------------------------ reads
 
@@ -423,32 +300,27 @@ class SchemaCache:
         active = sorted(self._active.values(), key=lambda s: (-s.impact, s.schema_id))
         return active + (self._history[::-1] if include_resolved else [])
 
+    @property
+    def matcher(self) -> SchemaMatcher:
+        """Column-wise matcher over the active schemata (rebuilt at every decision tick)."""
+        return self._matcher
+
     def match(self, features: Mapping[str, str | float], model_version: str,
               codes: Sequence[int] = ()) -> list[Schema]:
         """Active schemata whose every predicate holds for this sample, by decreasing impact."""
-        preds = [f"model_version={model_version}", *(f"{k}={v}" for k, v in features.items() if isinstance(v, str)),
-                 *(f"code[{k}]={c}" for k, c in enumerate(codes[: self.config.code_tables]))]
-        hits: dict[str, int] = {}
-        found: dict[str, Schema] = {}
-        for pred in preds:
-            for schema in self._by_pred.get(pred, ()):
-                hits[schema.schema_id] = hits.get(schema.schema_id, 0) + 1
-                found[schema.schema_id] = schema
-        out = [s for sid, s in found.items() if hits[sid] == len(s.signature)]
-        return sorted(out, key=lambda s: (-s.impact, s.schema_id))
+        c = np.asarray([list(codes)], dtype=np.int64) if len(codes) else None
+        hit = self._matcher.matrix([features], model_version, c)[0]
+        return [s for s, h in zip(self._matcher.schemata, hit.tolist()) if h]
 
     def bias_for(self, features: Mapping[str, str | float], model_version: str, codes: Sequence[int] = ()) -> float:
         """Additive correction to ``p`` (probability units) from the matching schemata.
 
         ``sum_j calibration_gap_j * n_j / (n_j + bias_prior)`` over matching schemata, skipping
         one whose signature is contained in another matching one (the more specific wins);
-        clipped to [-1, 1]. Meant for samples whose error-memory buckets are cold.
+        clipped to [-1, 1]. The scorer applies the logit form instead
+        (:class:`state.schema_match.SchemaMatcher`).
         """
-        matched = self.match(features, model_version, codes)
-        sets = [set(s.signature) for s in matched]
-        total = sum(s.calibration_gap * s.support / (s.support + self.config.bias_prior)
-                    for s, sig in zip(matched, sets) if not any(sig < other for other in sets))
-        return float(min(1.0, max(-1.0, total)))
+        return self._matcher.prob_bias(features, model_version, codes)
 
     @property
     def nbytes(self) -> int:
@@ -463,50 +335,13 @@ class SchemaCache:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """Plain arrays (text as 0-d str arrays of JSON); no pickle. See :meth:`restore`."""
-        n_used = int(self._meta[0])
-        text = {"config": self.config, "vocab": self.vocab.state(), "ring_ids": self._recent.ids,
-                "active": list(self._active.items()), "history": self._history, "published": self._published,
-                "cooling": list(self._cooling.items()), "strong": list(self._strong.items())}
-        arrays = {"keys": self._keys[:n_used], "stats": self._stats[:n_used], "times": self._times[:n_used],
-                  "meta": self._meta, "glob": self._glob, **self._recent.arrays()}
-        scalars = [SNAPSHOT_FORMAT, math.nan if self.landmark is None else self.landmark, self.max_ts,
-                   self._recent.count, self.rejected]
-        return {"scalars": np.array(scalars, np.float64), **{k: v.copy() for k, v in arrays.items()},
-                **{k: np.array(msgspec.json.encode(v).decode()) for k, v in text.items()}}
+        """Plain arrays (text as 0-d str arrays of JSON); no pickle. See :mod:`state.schema_snapshot`."""
+        return snapshot_of(self)
 
     @classmethod
     def restore(cls, snap: Mapping[str, np.ndarray]) -> SchemaCache:
         """Rebuild a cache from :meth:`snapshot` output; ValueError if it is malformed."""
-        try:
-            fmt, landmark, max_ts, ring_n, rejected = np.asarray(snap["scalars"], np.float64).tolist()
-            if int(fmt) != SNAPSHOT_FORMAT:
-                raise ValueError(f"unsupported schema-cache snapshot format {fmt}")
-            text = {k: msgspec.json.decode(str(np.asarray(snap[k])[()]))
-                    for k in ("vocab", "ring_ids", "active", "history", "published", "cooling", "strong")}
-            cache = cls(msgspec.json.decode(str(np.asarray(snap["config"])[()]), type=SchemaCacheConfig))
-            n_used = int(np.asarray(snap["meta"])[0])
-            for name in ("keys", "stats", "times"):
-                getattr(cache, f"_{name}")[:n_used] = snap[name]
-            for name in ("meta", "glob"):
-                getattr(cache, f"_{name}")[...] = snap[name]
-            for name, arr in cache._recent.arrays().items():
-                arr[...] = snap[name]
-            cache.vocab.load_state(text["vocab"])
-            cache._active = {int(k): msgspec.convert(v, Schema) for k, v in text["active"]}
-            cache._history = [msgspec.convert(v, Schema) for v in text["history"]]
-        except (KeyError, TypeError, ValueError, IndexError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ValueError(f"bad schema-cache snapshot: {exc}") from exc
-        if len(text["ring_ids"]) != cache.config.recent_window:
-            raise ValueError("bad schema-cache snapshot: example ring has the wrong size")
-        cache._recent.ids, cache._published = list(text["ring_ids"]), dict(text["published"])
-        cache._cooling = {int(k): float(t) for k, t in text["cooling"]}
-        cache._strong = {int(k): float(t) for k, t in text["strong"]}
-        cache.landmark = None if math.isnan(landmark) else landmark
-        cache.max_ts, cache._recent.count, cache.rejected = max_ts, int(ring_n), int(rejected)
-        cache._rebuild()
-        cache._reindex()
-        return cache
+        return restore_into(cls(config_of(snap)), snap)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`state.snapshots`)."""

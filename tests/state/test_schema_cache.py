@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import state._schema_kernels as kernels
+from state._schema_reference import space_saving_update_ref
+from state._schema_select import two_sample_z
 from state.schema_cache import Schema, SchemaCache, SchemaCacheConfig, schema_id_of
 from streams.events import ErrorRecord
 
@@ -68,6 +70,7 @@ def test_space_saving_kernel_equals_reference(n: int, width: int, capacity: int,
     pids = np.where(rng.random((n, width)) < 0.8, rng.integers(1, vocab + 1, (n, width)), 0).astype(np.int32)
     pairable = rng.random(width) < 0.7
     w = rng.integers(1, 4, n).astype(np.float64)  # small integers: many priority ties
+    wf = rng.random(n) * 3.0
     y = (rng.random(n) < 0.3).astype(np.float64)
     p = rng.random(n)
     r, ts = y - p, np.sort(rng.random(n) * 100.0)
@@ -81,9 +84,9 @@ def test_space_saving_kernel_equals_reference(n: int, width: int, capacity: int,
     bounds = np.linspace(0, n, chunks + 1).astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         sl = slice(lo, hi)
-        kernels.space_saving_update(np.ascontiguousarray(pids[sl]), pairable, w[sl], r[sl], y[sl], p[sl], ts[sl],
+        kernels.space_saving_update(np.ascontiguousarray(pids[sl]), pairable, w[sl], wf[sl], r[sl], y[sl], p[sl], ts[sl],
                                     *k_state, heap, heap_pos, index, k_meta, k_glob, shift)
-        kernels.space_saving_update_ref(pids[sl], pairable, w[sl], r[sl], y[sl], p[sl], ts[sl], *r_state, r_meta,
+        space_saving_update_ref(pids[sl], pairable, w[sl], wf[sl], r[sl], y[sl], p[sl], ts[sl], *r_state, r_meta,
                                         r_glob)
     for a, b in zip(k_state, r_state):
         np.testing.assert_array_equal(a, b)
@@ -106,22 +109,22 @@ def test_rebuild_index_after_rescale_keeps_agreement() -> None:
     w, y, p = np.ones(n), (rng.random(n) < 0.2).astype(float), rng.random(n)
     size = kernels.index_size(capacity)
     shift = 64 - (size.bit_length() - 1)
-    keys, stats, times = np.full(capacity, -1, np.int64), np.zeros((capacity, 6)), np.zeros((capacity, 2))
+    keys, stats, times = np.full(capacity, -1, np.int64), np.zeros((capacity, kernels.N_STATS)), np.zeros((capacity, 2))
     heap, heap_pos, index = np.zeros(capacity, np.int32), np.zeros(capacity, np.int32), np.full(size, -1, np.int32)
     meta, glob = np.zeros(2, np.int64), np.zeros(5)
     ref = [keys.copy(), stats.copy(), times.copy(), meta.copy(), glob.copy()]
     half = n // 2
-    kernels.space_saving_update(pids[:half], pairable, w[:half], y[:half] - p[:half], y[:half], p[:half],
+    kernels.space_saving_update(pids[:half], pairable, w[:half], w[:half] * 0.5, y[:half] - p[:half], y[:half], p[:half],
                                 np.zeros(half), keys, stats, times, heap, heap_pos, index, meta, glob, shift)
-    kernels.space_saving_update_ref(pids[:half], pairable, w[:half], y[:half] - p[:half], y[:half], p[:half],
+    space_saving_update_ref(pids[:half], pairable, w[:half], w[:half] * 0.5, y[:half] - p[:half], y[:half], p[:half],
                                     np.zeros(half), *ref)
     for arr in (stats, glob, ref[1], ref[4]):
         arr *= 0.37  # a landmark move: scale everything, then rebuild index and heap
     index[:] = 12345  # garbage: rebuild must not depend on it
     kernels.rebuild_index(keys, stats, int(meta[0]), index, heap, heap_pos, shift)
-    kernels.space_saving_update(pids[half:], pairable, w[half:], y[half:] - p[half:], y[half:], p[half:],
+    kernels.space_saving_update(pids[half:], pairable, w[half:], w[half:] * 0.5, y[half:] - p[half:], y[half:], p[half:],
                                 np.ones(n - half), keys, stats, times, heap, heap_pos, index, meta, glob, shift)
-    kernels.space_saving_update_ref(pids[half:], pairable, w[half:], y[half:] - p[half:], y[half:], p[half:],
+    space_saving_update_ref(pids[half:], pairable, w[half:], w[half:] * 0.5, y[half:] - p[half:], y[half:], p[half:],
                                     np.ones(n - half), *ref)
     for a, b in zip((keys, stats, times, meta, glob), ref):
         np.testing.assert_array_equal(a, b)
@@ -130,11 +133,11 @@ def test_rebuild_index_after_rescale_keeps_agreement() -> None:
 def test_two_sample_z_matches_hand_computation() -> None:
     a = np.array([100.0, -10.0, 30.0])  # mean -0.1, var 0.29
     b = np.array([400.0, 8.0, 100.0])  # mean 0.02, var 0.2496
-    z, diff = kernels.two_sample_z(a, b, 0.5, 1e-4)
+    z, diff = two_sample_z(a, b, 0.5, 1e-4)
     se = math.sqrt(0.29 / 50.0 + 0.2496 / 200.0)
     assert float(diff) == pytest.approx(-0.12)
     assert float(z) == pytest.approx(-0.12 / se)
-    z0, _ = kernels.two_sample_z(a, np.array([1.0, 0.5, 0.5]), 1.0, 1e-4)  # rest below min_count
+    z0, _ = two_sample_z(a, np.array([1.0, 0.5, 0.5]), 1.0, 1e-4)  # rest below min_count
     assert float(z0) == 0.0
 
 
