@@ -25,6 +25,7 @@ import numpy as np
 
 from processors.journal import InputJournal, JournalEntry
 from processors.media import MediaCore
+from processors.outputs import Output
 from processors.tasks import FeedbackTasks
 from state.snapshots import read_npz
 from streams.codec import decode_event
@@ -33,7 +34,6 @@ from streams.validation import Limits
 
 log = logging.getLogger("reloop.checkpoint")
 
-Output = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
 class RecentIds:

@@ -122,7 +122,8 @@ class ScoringCore:
         pending: list[Pending] = []
         for j, r in enumerate(requests):
             lo, hi = bounds[j], bounds[j + 1]
-            order = (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()
+            order = ([lo] if hi - lo == 1 else  # one candidate (e.g. a replayed interaction): no sort
+                     (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist())
             items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i],
                                 schemas=matched[i]) for i in order]
             recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
