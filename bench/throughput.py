@@ -1,160 +1,434 @@
-"""Throughput of the worker's prequential path next to raw aiokafka consumption, same run.
+"""Throughput of one worker's feedback and scoring paths next to raw aiokafka and a plain
+Faust agent reading the same topics in the same run, plus end-to-end latency at a fixed load.
 
-    python bench/throughput.py --json reports/throughput.json [--events 40000] [--raw-trials 3]
+    python bench/throughput.py --json reports/throughput.json [--trials 3] [--events 40000]
+        [--requests 1500] [--candidates 100] [--rate 100] [--latency-candidates 20] [--duration 20]
 
-Both read the same pre-filled ``requests`` + ``interactions`` topics of the embedded broker:
+Per trial, on fresh topics of the embedded broker (unique prefix per path and trial):
 
-- **raw**: one aiokafka consumer, ``getmany`` + msgspec decode of every record, nothing else;
-  the ceiling for any consumer of these topics on this machine (median of ``--raw-trials``);
-- **worker**: one ``reloop worker`` process (real CLI, Faust app, hot-path batch consumer),
-  scoring each one-candidate request (onnxruntime + error memory), joining its interaction,
-  producing recommendations and error records, applying the records to its error memory,
-  committing offsets. Timed from its first labelled prediction to its last (so the consumer
-  group join, ~3 s on the embedded broker, is excluded), read from ``/status``.
+- **feedback path**: ``--events`` logged interactions, each as a one-candidate request plus
+  its interaction (2 records), pre-filled into ``requests`` + ``interactions``. One
+  ``reloop worker`` process scores each request, joins its interaction, produces the
+  recommendation and the error record, reads ``errors`` back and applies every record to its
+  error memory (and schema cache). Timed from its first labelled prediction until all error
+  records are applied (``/status``: ``summary.labelled``, ``errors_applied``), so the group
+  join (~3 s on this broker) is excluded; events/s = records (requests + interactions) after
+  the pairs already labelled at the first poll (conservative: some of their error records are
+  applied inside the timed span).
+- **scoring path**: ``--requests`` requests with ``--candidates`` candidates pre-filled into
+  ``requests``; the worker scores (onnxruntime, error memory, media features), ranks and
+  produces one recommendation each. Timed from the first recommendation read back to the
+  last (a concurrent consumer counts them, without decoding).
+- **raw**: one aiokafka consumer (manual assignment, ``getmany``) + msgspec decode and
+  validation (``decode_event`` with the deployment limits, as the worker does) of every record of the same
+  topics; the ceiling for any consumer on this machine.
+- **faust**: a minimal ``faust.App`` (memory store, 6 s session/rebalance timeouts as the
+  worker's) in its own process (``bench/faust_take.py``), one agent per topic doing ``async
+  for batch in stream.take(5000, within=0.5)`` + the same decode of every value.
+- **latency**: a third worker, on empty topics, gets ``--rate`` requests/s with
+  ``--latency-candidates`` candidates for ``--duration`` s (the later part of the same
+  simulated traffic; no interactions, so attribution windows close as event time advances,
+  as they would in steady state); latency = time from send until a concurrent consumer reads
+  the recommendation back (as ``reloop run`` measures it).
 
-The ratio worker/raw is the figure to quote (the machine is shared and noisy).
+Faust is timed from the arrival of its first value to its last decode; raw from its first
+fetch (it joins no group; a pre-filled topic may fit in one of its batches). The figures are
+medians over ``--trials``; quote the ratios (the 2-core machine is shared). Every rate is
+also given per CPU-second of the consuming process (user + system time of the worker or the
+Faust process, of this process for raw; the broker's excluded): steadier than wall-clock
+events/s when other jobs compete for the cores. The latency reader polls with
+``fetch_max_wait_ms=10`` so that it does not add a fetch wait of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
+import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from models.registry import ModelRegistry  # noqa: E402
-from ops.broker import EmbeddedBroker  # noqa: E402
 from ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
-from ops.replay import fit_initial_model  # noqa: E402
 from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from ops.webclient import get_json, wait_ready  # noqa: E402
-from processors.prequential import as_feedback, as_request  # noqa: E402
 from streams.codec import decode_event, encode  # noqa: E402
-from streams.events import Interaction  # noqa: E402
+from streams.events import Interaction, RecommendationRequest  # noqa: E402
+
+KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction}
+TAKE = 5000  # records per getmany of the raw baseline (the worker's fetch_max_records)
 
 
-async def fill_topics(settings: Settings, log: list[Interaction], first_seq: int) -> int:
-    """Produce one-candidate requests and their interactions (interleaved in log order)."""
+class _RequestId(msgspec.Struct):
+    request_id: str
+
+
+_rid_decoder = msgspec.json.Decoder(_RequestId)
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+async def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> None:
+    """Produce ``(logical topic, value, key)`` records and wait for all acks."""
     p = make_producer(settings.kafka)
     await p.start()
-    n = 0
     try:
-        futs = []
-        for j, it in enumerate(log):
-            key = it.user_id.encode()
-            futs.append(await p.send(topic_name(settings.kafka, "requests"), encode(as_request(it, first_seq + j)), key=key))
-            futs.append(await p.send(topic_name(settings.kafka, "interactions"), encode(as_feedback(it, first_seq + j)), key=key))
-            n += 2
+        futs = [await p.send(topic_name(settings.kafka, t), v, key=k) for t, v, k in records]
         await asyncio.gather(*futs)
     finally:
         await p.stop()
-    return n
 
 
-async def raw_consume(settings: Settings, expected: int) -> float:
-    """Seconds for one aiokafka consumer to read and decode ``expected`` records."""
+async def assigned_consumer(settings: Settings, topics: list[str], **kw: Any) -> AIOKafkaConsumer:
+    """A group-less consumer manually assigned every partition of the logical ``topics``."""
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False,
-                         max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
+                         max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20, **kw)
     await c.start()
     tps = []
-    for t in ("requests", "interactions"):
+    for t in topics:
         name = topic_name(settings.kafka, t)
-        parts = c.partitions_for_topic(name)
-        if not parts:
+        if not c.partitions_for_topic(name):
             await c._client.force_metadata_update()  # noqa: SLF001
-            parts = c.partitions_for_topic(name)
-        tps += [TopicPartition(name, p) for p in sorted(parts)]
+        tps += [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or {0})]
     c.assign(tps)
-    await c.seek_to_beginning(*tps)
+    return c
+
+
+def rate(n_total: int, n_first: int, seconds: float) -> float:
+    """Records/s after the first batch (``n_first`` records at t=0, the rest in ``seconds``)."""
+    return (n_total - n_first) / seconds if seconds > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------- baselines
+
+async def raw_consume(settings: Settings, topics: list[str], expected: int) -> tuple[float, float]:
+    """(records/s, records per CPU-second) of one aiokafka consumer reading and decoding
+    ``expected`` records."""
+    c = await assigned_consumer(settings, topics)
+    await c.seek_to_beginning()
+    kinds = {topic_name(settings.kafka, t): KINDS[t] for t in topics}
+    limits = settings.limits
     n = 0
-    t0 = time.perf_counter()
-    while n < expected:
-        batch = await c.getmany(timeout_ms=500, max_records=5000)
-        for msgs in batch.values():
-            for m in msgs:
-                decode_event(m.value)
-            n += sum(len(m) for m in batch.values())
-    dt = time.perf_counter() - t0
-    await c.stop()
-    return dt
+    t0, c0 = time.perf_counter(), time.process_time()  # from the first fetch (no group join here)
+    try:
+        while n < expected:
+            batch = await c.getmany(timeout_ms=500, max_records=TAKE)
+            for tp, msgs in batch.items():
+                kind = kinds[tp.topic]
+                for m in msgs:
+                    decode_event(m.value, kind, limits)
+                n += len(msgs)
+        return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+    finally:
+        await c.stop()
 
 
-async def worker_run(settings: Settings, n_labelled: int, tmp: Path) -> dict:
-    from tests.conftest import WorkerProcess  # the same subprocess wrapper the tests use
+async def faust_consume(settings: Settings, topics: list[str], expected: int, tmp: Path,
+                        tag: str) -> tuple[float, float]:
+    """(records/s, records per CPU-second) of the Faust baseline (a child process) over ``topics``."""
+    out = tmp / f"faust-{tag}.json"
+    spec = ",".join(f"{topic_name(settings.kafka, t)}={t}" for t in topics)
+    cmd = [sys.executable, str(Path(__file__).with_name("faust_take.py")), "--topics", spec,
+           "--broker", settings.kafka.broker, "--expect", str(expected), "--out", str(out), "--group", f"faust-{tag}"]
+    proc = subprocess.Popen(cmd, stdout=open(tmp / f"faust-{tag}.log", "ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Faust baseline failed (see {tmp / f'faust-{tag}.log'})")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)  # the file is written in one call; let it land
+        res = json.loads(out.read_text())
+        return float(res["events_per_s"]), float(res["events_per_cpu_s"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
-    w = WorkerProcess(settings, tmp / "worker.log")
+
+# ---------------------------------------------------------------------------- the worker
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, fitted: Any, tmp: Path) -> AsyncIterator[Any]:
+    """A ``reloop worker`` process serving ``fitted`` on ``settings``' topics, once ready."""
+    from models.registry import ModelRegistry
+    from ops.webclient import wait_ready
+    from tests.conftest import WorkerProcess  # the subprocess wrapper the tests use
+
+    ModelRegistry(Path(settings.worker.data_dir) / "models").register(fitted)
+    w = WorkerProcess(settings, tmp / f"worker-{settings.kafka.group_id}.log")
     try:
         await wait_ready(w.port, timeout_s=120.0, proc=w.proc)
-        t_first = t_last = None
-        first_count = 0
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            st = await get_json(w.port, "/status")
-            n = st["summary"]["labelled"]
-            now = time.perf_counter()
-            if t_first is None and n > 0:
-                t_first, first_count = now, n
-            if n >= n_labelled:
-                t_last = now
-                break
-            await asyncio.sleep(0.2)
-        if t_last is None or t_first is None:
-            raise RuntimeError(f"worker labelled only {n} of {n_labelled}")
-        return {"seconds": t_last - t_first, "labelled_timed": n_labelled - first_count, "status": st}
+        yield w
     finally:
         w.stop()
 
 
-async def main(args: argparse.Namespace) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def feedback_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tuple[float, float]:
+    """(records/s, records per CPU-second) of the worker (requests + interactions) until all n
+    error records are applied to its memory."""
+    from ops.webclient import get_json
+
+    async with running_worker(settings, fitted, tmp) as w:
+        t_first, c_first, first, done = None, 0.0, 0, 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            st = await get_json(w.port, "/status")
+            now = time.perf_counter()
+            done = sum(st["errors_applied"].values())
+            if t_first is None and st["summary"]["labelled"] > 0:  # the pairs labelled so far
+                t_first, c_first, first = now, cpu_seconds(w.proc.pid), st["summary"]["labelled"]
+            if done >= n:
+                return (rate(2 * n, 2 * first, now - t_first),  # type: ignore[operator]
+                        rate(2 * n, 2 * first, cpu_seconds(w.proc.pid) - c_first))
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"worker applied only {done} of {n} error records")
+
+
+async def scoring_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tuple[float, float]:
+    """(requests/s, requests per CPU-second) of the worker over a pre-filled backlog of n requests."""
+    c = await assigned_consumer(settings, ["recommendations"], fetch_max_wait_ms=10)
+    await c.seek_to_beginning()
+    try:
+        async with running_worker(settings, fitted, tmp) as w:
+            got, got_first, t_first, c_first = 0, 0, None, 0.0
+            deadline = time.monotonic() + 600
+            while got < n and time.monotonic() < deadline:
+                batch = await c.getmany(timeout_ms=100, max_records=10_000)
+                got += sum(len(m) for m in batch.values())
+                if t_first is None and got:
+                    t_first, c_first, got_first = time.perf_counter(), cpu_seconds(w.proc.pid), got
+            if got < n:
+                raise RuntimeError(f"worker answered only {got} of {n} requests")
+            return (rate(got, got_first, time.perf_counter() - t_first),  # type: ignore[operator]
+                    rate(got, got_first, cpu_seconds(w.proc.pid) - c_first))
+    finally:
+        await c.stop()
+
+
+async def latency_run(settings: Settings, fitted: Any, live: list[RecommendationRequest], rps: float,
+                      tmp: Path) -> dict[str, float]:
+    """Latency of a fresh worker (no backlog) offered ``live`` at ``rps`` requests/s."""
+    c = await assigned_consumer(settings, ["recommendations"], fetch_max_wait_ms=10)
+    await c.seek_to_beginning()  # fresh topics: nothing before our requests
+    try:
+        async with running_worker(settings, fitted, tmp):
+            return await latency(settings, c, live, rps)
+    finally:
+        await c.stop()
+
+
+async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[RecommendationRequest],
+                  rps: float) -> dict[str, float]:
+    """Send ``live`` at ``rps`` while ``c`` reads the recommendations; send-to-read latency.
+
+    The clock starts once a warm-up request is answered: ``/ready`` turns true before the
+    worker's consumer group has its partitions (~3 s on this broker)."""
+    p = make_producer(settings.kafka)
+    await p.start()
+    topic = topic_name(settings.kafka, "requests")
+    deadline = time.monotonic() + 60.0
+    for k in itertools.count():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker answered no warm-up request within 60 s")
+        warm = msgspec.structs.replace(live[0], request_id=f"warmup-{k}")
+        await p.send_and_wait(topic, encode(warm), key=warm.user_id.encode())
+        if any((await c.getmany(timeout_ms=500)).values()):
+            break
+    sent_at: dict[str, float] = {}
+    lat: list[float] = []
+    sending_done = asyncio.Event()
+
+    async def collect() -> None:
+        deadline = None
+        while True:
+            batch = await c.getmany(timeout_ms=50, max_records=10_000)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                for m in msgs:
+                    t = sent_at.pop(_rid_decoder.decode(m.value).request_id, None)
+                    if t is not None:
+                        lat.append(now - t)
+            if sending_done.is_set():
+                deadline = deadline or time.monotonic() + 60.0
+                if not sent_at or time.monotonic() > deadline:
+                    return
+
+    collector = asyncio.create_task(collect())
+    t0 = time.perf_counter()
+    for i, r in enumerate(live):
+        if (delay := t0 + i / rps - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)  # pacing the offered load
+        sent_at[r.request_id] = time.perf_counter()
+        await p.send(topic, encode(r), key=r.user_id.encode())
+    await p.flush()
+    sending_done.set()
+    await collector
+    await p.stop()
+    ms = np.array(lat) * 1000.0
+    return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p99_ms": float(np.percentile(ms, 99)),
+            "answered": len(lat), "unanswered": len(sent_at)}
+
+
+# ---------------------------------------------------------------------------- the run
+
+def trial_settings(base: Settings, tmp: Path, tag: str) -> Settings:
+    """``base`` on fresh topics (prefix), a fresh group and data dir for one path of one trial."""
+    d = tmp / tag
+    d.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    return base.with_overrides(kafka={"topic_prefix": f"b{pid}{tag}.", "group_id": f"bench-{pid}-{tag}"},
+                               worker={"data_dir": str(d)})
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from ops.broker import EmbeddedBroker
+    from ops.replay import fit_initial_model
+    from ops.simulator import SimConfig, Simulator
+    from processors.prequential import as_feedback, as_request
     from tests.conftest import SMALL
 
     tmp = Path(tempfile.mkdtemp(prefix="reloop-bench-"))
     broker = await EmbeddedBroker().astart()
     try:
-        settings = Settings().with_overrides(**{**SMALL, "worker": {**SMALL["worker"], "data_dir": str(tmp)}},
-                                             kafka={"broker": broker.url, "topic_prefix": "bench."})
-        await create_topics(settings.kafka)
-        sim = Simulator(SimConfig(seed=5))
-        n_req = (args.events * 2) // 20 + 1
-        log = [e for e in sim.labelled_log(n_req) if isinstance(e, Interaction)]
+        base = Settings().with_overrides(**{**SMALL, "worker": {**SMALL["worker"], "data_dir": str(tmp)}},
+                                         kafka={"broker": broker.url})
+        log = [e for e in Simulator(SimConfig(seed=5)).labelled_log((args.events + 4000) // 20 + 1)
+               if isinstance(e, Interaction)]
         warm, live = log[:4000], log[4000:4000 + args.events]
-        fitted = fit_initial_model(warm, settings)
-        ModelRegistry(tmp / "models").register(fitted)
-        records = await fill_topics(settings, live, len(warm))
-        raw = [await raw_consume(settings, records) for _ in range(args.raw_trials)]
-        raw_s = statistics.median(raw)
-        wk = await worker_run(settings, len(live), tmp)
-        worker_eps = 2 * wk["labelled_timed"] / wk["seconds"]
-        raw_eps = records / raw_s
+        fitted = fit_initial_model(warm, base)
+        fb_records = []
+        for j, it in enumerate(live):
+            key = it.user_id.encode()
+            fb_records += [("requests", encode(as_request(it, len(warm) + j)), key),
+                           ("interactions", encode(as_feedback(it, len(warm) + j)), key)]
+        n_lat = int(args.rate * args.duration)
+        sim = Simulator(SimConfig(seed=5, candidates_per_request=args.candidates))
+        reqs = [e for e in sim.events(args.requests + n_lat) if isinstance(e, RecommendationRequest)]
+        sc_records = [("requests", encode(r), r.user_id.encode()) for r in reqs[:args.requests]]
+        lat_reqs = [msgspec.structs.replace(r, candidates=r.candidates[:args.latency_candidates])
+                    for r in reqs[args.requests:]]
+        sizes = {"feedback": statistics.mean(len(v) for _, v, _ in fb_records),
+                 "scoring": statistics.mean(len(v) for _, v, _ in sc_records)}
+        trials: list[dict[str, float]] = []
+        paths = set(args.paths.split(","))
+        for t in range(args.trials):
+            res: dict[str, float] = {}
+            if "feedback" in paths:
+                fb = trial_settings(base, tmp, f"t{t}f")
+                await create_topics(fb.kafka)
+                await produce(fb, fb_records)
+                n = len(fb_records)
+                res["raw_feedback"], res["raw_feedback_cpu"] = await raw_consume(fb, ["requests", "interactions"], n)
+                res["faust_feedback"], res["faust_feedback_cpu"] = await faust_consume(
+                    fb, ["requests", "interactions"], n, tmp, f"t{t}f")
+                res["worker_feedback"], res["worker_feedback_cpu"] = await feedback_run(fb, fitted, len(live), tmp)
+            if "scoring" in paths:
+                sc = trial_settings(base, tmp, f"t{t}s")
+                await create_topics(sc.kafka)
+                await produce(sc, sc_records)
+                n = len(sc_records)
+                res["raw_scoring"], res["raw_scoring_cpu"] = await raw_consume(sc, ["requests"], n)
+                res["faust_scoring"], res["faust_scoring_cpu"] = await faust_consume(sc, ["requests"], n, tmp, f"t{t}s")
+                res["worker_scoring"], res["worker_scoring_cpu"] = await scoring_run(sc, fitted, n, tmp)
+            if "latency" in paths:
+                la = trial_settings(base, tmp, f"t{t}l")
+                await create_topics(la.kafka)
+                lat = await latency_run(la, fitted, lat_reqs, args.rate, tmp)
+                res.update(latency_p50_ms=lat["latency_p50_ms"], latency_p99_ms=lat["latency_p99_ms"],
+                           latency_unanswered=lat["unanswered"])
+            trials.append(res)
+            print(f"[trial {t + 1}/{args.trials}] " + ", ".join(f"{k} {v:,.1f}" for k, v in res.items()), flush=True)
+        med = {k: statistics.median(tr[k] for tr in trials) for k in trials[0]}
+        shutil.rmtree(tmp, ignore_errors=True)  # ~100 MB of snapshots per worker; kept on failure
         return {
-            "events": records, "raw_trials_s": raw, "raw_events_per_s": raw_eps,
-            "worker_events_per_s": worker_eps, "worker_over_raw": worker_eps / raw_eps,
-            "worker_seconds": wk["seconds"], "path": "one-candidate request + its interaction -> "
-            "recommendation + error record -> error memory", "compensation": settings.worker.compensation,
+            "config": {**vars(args), "record_bytes_mean": sizes, "fetch_max_records": base.kafka.fetch_max_records,
+                       "compensation": base.worker.compensation, "media_features": base.worker.media_features,
+                       "schema_cache": base.worker.schema_cache, "cpus": os.cpu_count()},
+            "paths": {
+                "feedback": "one-candidate request + its interaction (2 records) -> recommendation + error "
+                            "record -> errors replica -> error memory + schema cache",
+                "scoring": f"request with {args.candidates} candidates -> recommendation",
+                "latency": f"{args.rate:g} req/s x {args.latency_candidates} candidates for {args.duration:g} s, "
+                           "send -> recommendation read back",
+            },
+            "median": med, "trials": trials,
+            "ratios": {f"{p}{c}": {"worker_over_raw": med[f"worker_{p}{c}"] / med[f"raw_{p}{c}"],
+                                   "worker_over_faust": med[f"worker_{p}{c}"] / med[f"faust_{p}{c}"],
+                                   "faust_over_raw": med[f"faust_{p}{c}"] / med[f"raw_{p}{c}"]}
+                       for p in ("feedback", "scoring") if p in paths for c in ("", "_cpu")},
         }
     finally:
         broker.stop()
 
 
+def print_table(out: dict[str, Any]) -> None:
+    """The figures as a table (medians over trials)."""
+    med, rat, cfg = out["median"], out["ratios"], out["config"]
+    print(f"\nmedians of {cfg['trials']} trial(s); events = records read from the input topics; "
+          "per CPU-s = events per CPU-second of the consuming process (broker excluded):")
+    print(f"{'path':<18}{'worker':>10}{'raw aiokafka':>14}{'Faust take':>12}{'worker/raw':>12}"
+          f"{'worker/Faust':>14}{'Faust/raw':>11}")
+    for p in ("feedback", "scoring"):
+        for c, unit in (("", "ev/s"), ("_cpu", "ev/CPU-s")):
+            k = f"{p}{c}"
+            if k in rat:
+                print(f"{p + ' ' + unit:<18}{med[f'worker_{k}']:>10,.0f}{med[f'raw_{k}']:>14,.0f}"
+                      f"{med[f'faust_{k}']:>12,.0f}{rat[k]['worker_over_raw']:>12.3f}"
+                      f"{rat[k]['worker_over_faust']:>14.2f}{rat[k]['faust_over_raw']:>11.3f}")
+    if "worker_scoring" in med:
+        print(f"scoring path: {med['worker_scoring'] * cfg['candidates']:,.0f} candidates/s "
+              f"({cfg['candidates']} per request)")
+    if "latency_p50_ms" in med:
+        print(f"end-to-end latency at {out['paths']['latency']}: p50 {med['latency_p50_ms']:.1f} ms, "
+              f"p99 {med['latency_p99_ms']:.1f} ms")
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write results here")
-    ap.add_argument("--events", type=int, default=40000, help="logged interactions (x2 records)")
-    ap.add_argument("--raw-trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=3, help="medians over this many trials")
+    ap.add_argument("--events", type=int, default=40000, help="feedback path: logged interactions (x2 records)")
+    ap.add_argument("--requests", type=int, default=1500, help="scoring path: pre-filled requests (>= 1000: the first batch is not timed)")
+    ap.add_argument("--candidates", type=int, default=100, help="scoring path: candidates per request")
+    ap.add_argument("--rate", type=float, default=100.0, help="latency: offered requests/s")
+    ap.add_argument("--latency-candidates", type=int, default=20, help="latency: candidates per request")
+    ap.add_argument("--duration", type=float, default=20.0, help="latency: seconds of offered load")
+    ap.add_argument("--paths", default="feedback,scoring,latency",
+                    help="comma-separated subset of feedback,scoring,latency to run")
     a = ap.parse_args()
-    out = asyncio.run(main(a))
-    print(f"records {out['events']}: raw aiokafka {out['raw_events_per_s']:,.0f} ev/s (median of "
-          f"{len(out['raw_trials_s'])}), worker {out['worker_events_per_s']:,.0f} ev/s, "
-          f"ratio {out['worker_over_raw']:.3f}")
+    for name in ("trials", "events", "requests", "candidates", "latency_candidates"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.rate <= 0 or a.duration <= 0:
+        ap.error("--rate and --duration must be > 0")
+    if not a.paths or not set(a.paths.split(",")) <= {"feedback", "scoring", "latency"}:
+        ap.error("--paths takes a comma-separated subset of feedback,scoring,latency")
+    result = asyncio.run(main(a))
+    print_table(result)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=2))
+        Path(a.json).write_text(json.dumps(result, indent=2))
+

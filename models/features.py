@@ -101,31 +101,48 @@ def token_id(token: str, n_buckets: int) -> int:
 class FeatureEncoder:
     """Turns rows into ``(tokens, dense)`` arrays for :class:`models.ctr.CTRModel`.
 
-    Token ids of ``(name, value)`` pairs are memoised in a dict bounded to ``cache_size``
-    entries (cleared when full), so re-encoding the same users/items/features is a dict lookup.
-    Not thread-safe (the cache is mutated); use one encoder per thread.
+    Token ids are memoised: ``user_id`` and ``item_id`` values in one dict each (keyed by the
+    id string), other categoricals in a dict keyed by the ``(name, value)`` pair; together they
+    are bounded to ``cache_size`` entries (all cleared when full), so re-encoding the same
+    users/items/features is a dict lookup. Not thread-safe (the caches are mutated); use one
+    encoder per thread.
     """
 
     def __init__(self, spec: FeatureSpec, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.spec = spec
         self._cache_size = int(cache_size)
         self._cache: dict[tuple[str, str], int] = {}
+        self._users: dict[str, int] = {}
+        self._items: dict[str, int] = {}
         self._dense_index: dict[str, int] = {name: j for j, name in enumerate(spec.dense_names)}
 
     @property
     def cache_len(self) -> int:
         """Number of memoised token ids."""
-        return len(self._cache)
+        return len(self._cache) + len(self._users) + len(self._items)
+
+    def _hash(self, name: str, value: str) -> int:
+        return zlib.crc32(f"{name}={value}".encode("utf-8")) % (self.spec.n_buckets - 1) + 1
 
     def _id(self, name: str, value: str) -> int:
         key = (name, value)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        tid = zlib.crc32(f"{name}={value}".encode("utf-8")) % (self.spec.n_buckets - 1) + 1
-        self._cache[key] = tid
+        self._make_room()
+        tid = self._cache[key] = self._hash(name, value)
+        return tid
+
+    def _make_room(self) -> None:
+        """Clear every cache when together they hold ``cache_size`` entries."""
+        if self.cache_len >= self._cache_size:
+            for c in (self._cache, self._users, self._items):
+                c.clear()
+
+    def _id_of(self, cache: dict[str, int], name: str, value: str) -> int:
+        """Id of ``name=value`` memoised in the per-field ``cache`` (user or item ids)."""
+        self._make_room()
+        tid = cache[value] = self._hash(name, value)
         return tid
 
     def encode(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,33 +159,45 @@ class FeatureEncoder:
         width = spec.max_tokens
         n_dense = spec.n_dense
         dense_index = self._dense_index
-        cache = self._cache
-        lookup = self._id
-        flat_tokens: list[int] = []
-        flat_dense: list[float] = [0.0] * (len(rows) * n_dense)
-        pad = [0] * width
+        cache, users, items = self._cache, self._users, self._items
+        lookup, lookup_of = self._id, self._id_of
+        n = len(rows)
+        flat_tokens: list[int] = [0] * (n * width)
+        flat_dense: list[float] = [0.0] * (n * n_dense)
         for r, (user_id, item_id, features) in enumerate(rows):
-            ids = [
-                cache.get(("user_id", user_id)) or lookup("user_id", user_id),
-                cache.get(("item_id", item_id)) or lookup("item_id", item_id),
-            ]
+            ids = [users.get(user_id) or lookup_of(users, "user_id", user_id),
+                   items.get(item_id) or lookup_of(items, "item_id", item_id)]
             if features:
+                # One pass over the dict: dense values go straight to their column, the
+                # (name, value) pairs of categoricals are collected and only they are sorted
+                # (names are unique, so sorting the pairs sorts by name); the pair is the
+                # cache key as is.
                 base = r * n_dense
-                for name in sorted(features):
-                    value = features[name]
-                    if type(value) is str or isinstance(value, str):
-                        ids.append(cache.get((name, value)) or lookup(name, value))
+                cats = []
+                for pair in features.items():
+                    value = pair[1]
+                    vt = type(value)
+                    if vt is float:
+                        if n_dense:
+                            j = dense_index.get(pair[0])
+                            if j is not None:
+                                flat_dense[base + j] = value
+                    elif vt is str or isinstance(value, str):
+                        cats.append(pair)
                     elif value is not None and n_dense:
-                        j = dense_index.get(name)
+                        j = dense_index.get(pair[0])
                         if j is not None:
                             flat_dense[base + j] = float(value)
+                if cats:
+                    cats.sort()
+                    for pair in cats:
+                        ids.append(cache.get(pair) or lookup(pair[0], pair[1]))
+            off = r * width
             if len(ids) >= width:
-                flat_tokens.extend(ids[:width])
+                flat_tokens[off:off + width] = ids[:width]
             else:
-                flat_tokens.extend(ids)
-                flat_tokens.extend(pad[: width - len(ids)])
-        n = len(rows)
-        tokens = np.fromiter(flat_tokens, dtype=np.int64, count=n * width).reshape(n, width)
+                flat_tokens[off:off + len(ids)] = ids
+        tokens = np.array(flat_tokens, dtype=np.int64).reshape(n, width)
         dense = np.array(flat_dense, dtype=np.float32).reshape(n, n_dense)
         return tokens, dense
 

@@ -15,6 +15,7 @@ re-keyed the same way as they come in, so a replica's state does not depend on w
 from __future__ import annotations
 
 from collections import deque
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -53,18 +54,37 @@ class ErrorMemoryCompensation:
         return Compensated(scores, evidence, codes)
 
     def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
-        """Write records; those keyed by another model version are re-keyed first."""
+        """Write records; those keyed by another model version are re-keyed first.
+
+        A record of the current version whose codes are not ``K`` values in ``[0, 2**L)``
+        (e.g. from a foreign producer) is re-keyed from its features too, rather than
+        failing the batch.
+        """
         if not records:
             return 0
         self.window.extend(records)
         k = self.memory.config.tables
-        fresh = [r for r in records if r.model_version == self.model_version and len(r.codes) == k]
-        stale = [r for r in records if r.model_version != self.model_version or len(r.codes) != k]
+        version = self.model_version
+        fresh: list[ErrorRecord] = []
+        stale: list[ErrorRecord] = []
+        for r in records:
+            (fresh if r.model_version == version and len(r.codes) == k else stale).append(r)
         written = 0
         if fresh:
             n = len(fresh)
-            codes = np.array([r.codes for r in fresh], dtype=np.int32).reshape(n, k)
-            written += self._write(codes, fresh, np.fromiter((r.base_pred for r in fresh), np.float64, n))
+            try:  # one flat pass over the code lists (int64: nothing overflows before the check)
+                codes = np.fromiter(chain.from_iterable(r.codes for r in fresh), np.int64, n * k).reshape(n, k)
+            except OverflowError:  # a code beyond int64: check the records one by one
+                codes = np.array([r.codes if all(-1 < c < self.memory.n_buckets for c in r.codes) else [-1] * k
+                                  for r in fresh], dtype=np.int64).reshape(n, k)
+            ok = ((codes >= 0) & (codes < self.memory.n_buckets)).all(axis=1)
+            if not ok.all():
+                stale += [r for r, good in zip(fresh, ok.tolist()) if not good]
+                fresh = [r for r, good in zip(fresh, ok.tolist()) if good]
+                codes = codes[ok]
+            if fresh:
+                p = np.fromiter((r.base_pred for r in fresh), np.float64, len(fresh))
+                written += self._write(codes.astype(np.int32), fresh, p)
         if stale and self.window.maxlen:
             written += self._rekey(stale)
         return written

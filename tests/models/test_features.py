@@ -115,3 +115,39 @@ def test_spec_validation() -> None:
         FeatureSpec(n_buckets=1)
     with pytest.raises(ValueError):
         FeatureSpec(dense_names=("a", "a"))
+
+
+def _reference_encode(rows: list, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The module docstring's rule, written plainly (one token string at a time, no caches)."""
+    tokens = np.zeros((len(rows), spec.max_tokens), np.int64)
+    dense = np.zeros((len(rows), spec.n_dense), np.float32)
+    for r, (user, item, feats) in enumerate(rows):
+        names = [f"user_id={user}", f"item_id={item}"]
+        names += [f"{k}={feats[k]}" for k in sorted(feats) if isinstance(feats[k], str)]
+        ids = [token_id(t, spec.n_buckets) for t in names][: spec.max_tokens]
+        tokens[r, : len(ids)] = ids
+        for j, name in enumerate(spec.dense_names):
+            v = feats.get(name)
+            if v is not None and not isinstance(v, str):
+                dense[r, j] = float(v)
+    return tokens, dense
+
+
+@pytest.mark.parametrize("cache_size", [3, 1000])
+def test_encoder_equals_the_plain_reference_on_mixed_rows(cache_size: int) -> None:
+    rng = np.random.default_rng(11)
+    spec = FeatureSpec(n_buckets=5000, max_tokens=5, dense_names=("d1", "d0", "cat_or_num"))
+    kinds = [lambda: f"s{rng.integers(4)}", lambda: float(rng.normal()), lambda: int(rng.integers(9)),
+             lambda: bool(rng.integers(2)), lambda: np.float64(rng.normal())]
+    rows = []
+    for _ in range(300):
+        names = rng.choice(["d0", "d1", "cat_or_num", "z", "a", "m", "b2", "c"], size=rng.integers(0, 8), replace=False)
+        rows.append((f"u{rng.integers(20)}", f"i{rng.integers(30)}",
+                     {str(n): kinds[rng.integers(len(kinds))]() for n in names}))
+    encoder = FeatureEncoder(spec, cache_size=cache_size)
+    for _ in range(2):  # cold and warm caches
+        tokens, dense = encoder.encode(rows)
+        ref_tokens, ref_dense = _reference_encode(rows, spec)
+        np.testing.assert_array_equal(tokens, ref_tokens)
+        np.testing.assert_array_equal(dense, ref_dense)
+        assert encoder.cache_len <= cache_size
