@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,43 +42,49 @@ def worker_env() -> dict[str, str]:
     return {**env, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.3", "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40"}
 
 
-async def main(args: argparse.Namespace) -> dict:
+def main(args: argparse.Namespace) -> dict:
     sim_config = SimConfig(seed=3, n_users=300, n_items=200)
     base = Settings().with_overrides(**OVERRIDES)
     warm = [e for e in Simulator(sim_config).labelled_log(200) if isinstance(e, Interaction)]
     model = fit_initial_model(warm, base, version="v1")
     broker = EmbeddedBroker()
-    broker.start()
-    trials = []
+    broker.start()  # runs its own event loop: before ours
     try:
-        for t in range(args.trials):
-            seed = args.seed + t
-            with tempfile.TemporaryDirectory(prefix="reloop-chaos-") as tmp:
-                root = Path(tmp)
-                a, b = (base.with_overrides(kafka={"broker": broker.url, "topic_prefix": f"c{seed}{w}.",
-                                                   "group_id": f"chaos-{seed}-{w}"},
-                                            worker={"data_dir": str(root / w)}) for w in "ab")
-                for s in (a, b):
-                    ModelRegistry(Path(s.worker.data_dir) / "models").register(model)
-                t0 = time.monotonic()
-                try:
-                    r = await run_trial(a, b, seed, root, worker_env(), sim_config=sim_config,
-                                        requests=args.requests, kills=args.kills)
-                    row = {"seed": seed, "passed": r.passed, "checks": r.checks, "details": r.details}
-                except Exception as exc:  # a hung or crashed trial is a failed trial, reported
-                    row = {"seed": seed, "passed": False, "error": f"{type(exc).__name__}: {exc}"}
-                row["seconds"] = round(time.monotonic() - t0, 1)
-                failed = [k for k, ok in row.get("checks", {}).items() if not ok]
-                print(f"trial {t + 1}/{args.trials} seed {seed}: {'PASS' if row['passed'] else 'FAIL'} "
-                      f"({row['seconds']} s){' ' + str(failed or row.get('error')) if not row['passed'] else ''}",
-                      flush=True)
-                trials.append(row)
+        trials = asyncio.run(run_trials(args, broker, base, model, sim_config))
     finally:
         broker.stop()
     out = {"command": " ".join(sys.argv), "trials": len(trials), "passed": sum(r["passed"] for r in trials),
            "kills_per_trial": args.kills, "requests_per_trial": args.requests, "results": trials}
     print(f"passed {out['passed']}/{out['trials']} trials ({args.kills} SIGKILLs each)")
     return out
+
+
+async def run_trials(args: argparse.Namespace, broker: EmbeddedBroker, base: Settings, model: Any,
+                     sim_config: SimConfig) -> list[dict]:
+    trials: list[dict] = []
+    for t in range(args.trials):
+        seed = args.seed + t
+        with tempfile.TemporaryDirectory(prefix="reloop-chaos-") as tmp:
+            root = Path(tmp)
+            a, b = (base.with_overrides(kafka={"broker": broker.url, "topic_prefix": f"c{seed}{w}.",
+                                               "group_id": f"chaos-{seed}-{w}"},
+                                        worker={"data_dir": str(root / w)}) for w in "ab")
+            for s in (a, b):
+                ModelRegistry(Path(s.worker.data_dir) / "models").register(model)
+            t0 = time.monotonic()
+            try:
+                r = await run_trial(a, b, seed, root, worker_env(), sim_config=sim_config,
+                                    requests=args.requests, kills=args.kills)
+                row = {"seed": seed, "passed": r.passed, "checks": r.checks, "details": r.details}
+            except Exception as exc:  # a hung or crashed trial is a failed trial, reported
+                row = {"seed": seed, "passed": False, "error": f"{type(exc).__name__}: {exc}"}
+            row["seconds"] = round(time.monotonic() - t0, 1)
+            failed = [k for k, ok in row.get("checks", {}).items() if not ok]
+            print(f"trial {t + 1}/{args.trials} seed {seed}: {'PASS' if row['passed'] else 'FAIL'} "
+                  f"({row['seconds']} s){' ' + str(failed or row.get('error')) if not row['passed'] else ''}",
+                  flush=True)
+            trials.append(row)
+    return trials
 
 
 if __name__ == "__main__":
@@ -88,7 +95,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    result = asyncio.run(main(args))
+    result = main(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
