@@ -248,7 +248,10 @@ def pending_view(tasks: FeedbackTasks) -> dict[int, tuple]:
         st = core.pending
         out[p] = (sorted((rid, r.deadline, sorted(r.items.items()), sorted(r.labels.items()))
                          for rid, r in st._requests.items()),  # noqa: SLF001
-                  sorted(st._orphans), st.watermark, core.unattributed, core.duplicates,  # noqa: SLF001
+                  sorted(st._orphans), st.watermark,  # noqa: SLF001
+                  # clicks not attributed: how each is named (duplicate, late, unattributed)
+                  # can depend on when its request was forgotten, their number cannot
+                  core.unattributed + core.duplicates + core.late,
                   tasks.max_ts.get(p))
     return out
 

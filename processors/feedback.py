@@ -40,6 +40,7 @@ class FeedbackCore:
         self.metrics = metrics
         self.unattributed = 0
         self.duplicates = 0
+        self.late = 0  # clicks after their request's attribution window
 
     def on_scored(self, scored: Iterable[Pending]) -> list[ErrorRecord]:
         """Register newly scored candidates; applies orphans that were waiting for them."""
@@ -50,7 +51,9 @@ class FeedbackCore:
         for p in scored:
             orphan = self.pending.claim_orphan(p.request_id, p.item_id)
             if orphan is not None:
-                resolved += self.pending.label(p.request_id, p.item_id, orphan.label, orphan.ts)[1]
+                status, done = self.pending.label(p.request_id, p.item_id, orphan.label, orphan.ts)
+                self.late += status == "late"
+                resolved += done
         return self._emit(resolved)
 
     def on_batch(self, interactions: Sequence[Interaction]) -> list[ErrorRecord]:
@@ -66,6 +69,8 @@ class FeedbackCore:
                 self.pending.park_orphan(it)
             elif status == "duplicate":
                 self.duplicates += 1
+            elif status == "late":
+                self.late += 1
             resolved += done
         return self._emit(resolved)
 

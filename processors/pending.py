@@ -74,7 +74,7 @@ class PendingStore:
         self._requests: dict[str, _Request] = {}
         self._orphans: dict[tuple[str, str], Interaction] = {}
         self._resolved: dict[str, float] = {}  # request ids resolved -> deadline (dedupe)
-        self._deadlines: list[tuple[float, int, str]] = []  # (deadline, kind 0=req 1=orphan, id)
+        self._deadlines: list[tuple[float, int, str]] = []  # (time, kind 0=req 1=orphan 2=forget, id)
         self._size = 0
         self.watermark = 0.0
 
@@ -101,13 +101,18 @@ class PendingStore:
 
     def label(self, request_id: str, item_id: str, label: int, ts: float) -> tuple[str, list[Resolved]]:
         """Record a label. Returns (status, resolved) where status is ``joined``,
-        ``duplicate`` (already labelled or resolved) or ``unknown`` (no such prediction), and
+        ``duplicate`` (already labelled or resolved), ``late`` (event time past the request's
+        window: not attributed, so the label never depends on when the window happened to be
+        closed) or ``unknown`` (no such prediction), and
         ``resolved`` holds the request's predictions if this label completed it."""
-        if request_id in self._resolved:
-            return "duplicate", []
+        resolved_deadline = self._resolved.get(request_id)
+        if resolved_deadline is not None:
+            return ("late" if ts > resolved_deadline else "duplicate"), []
         req = self._requests.get(request_id)
         if req is None or item_id not in req.items:
             return "unknown", []
+        if ts > req.deadline:  # outside the attribution window, whether or not it has closed yet
+            return "late", []
         if item_id in req.labels:
             return "duplicate", []
         req.labels[item_id] = (label, ts)
@@ -118,6 +123,9 @@ class PendingStore:
     def _resolve(self, request_id: str) -> list[Resolved]:
         req = self._requests.pop(request_id)
         self._resolved[request_id] = req.deadline
+        # remembered for one more window (a redelivery or late click is recognised), then
+        # forgotten, so the store stays bounded
+        heapq.heappush(self._deadlines, (req.deadline + self.window_s, 2, request_id))
         self._size -= len(req.items)
         out = []
         for item_id, p in req.items.items():
@@ -146,8 +154,8 @@ class PendingStore:
             if kind == 0:
                 if ident in self._requests:
                     yield from self._resolve(ident)
-                elif self._resolved.get(ident) == deadline:
-                    del self._resolved[ident]  # past its window a redelivery is stale anyway
+            elif kind == 2:
+                self._resolved.pop(ident, None)
             else:
                 rid, _, iid = ident.partition("\x00")
                 orphan = self._orphans.pop((rid, iid), None)

@@ -96,7 +96,7 @@ class FeedbackTasks:
         """Every task (pending store, counters, stream times) and the metrics, as msgpack."""
         return msgspec.msgpack.encode({
             "window_s": self.window_s, "limit": self.limit, "metrics": self.metrics.to_state(),
-            "tasks": [[p, c.pending.to_state(), c.unattributed, c.duplicates, self.max_ts.get(p, {})]
+            "tasks": [[p, c.pending.to_state(), c.unattributed, c.duplicates, c.late, self.max_ts.get(p, {})]
                       for p, c in sorted(self.tasks.items())]})
 
     @classmethod
@@ -104,8 +104,8 @@ class FeedbackTasks:
         """Rebuild tasks written by :meth:`to_state`."""
         st = msgspec.msgpack.decode(raw)
         out = cls(st["window_s"], st["limit"], OnlineMetrics.from_state(st["metrics"]))
-        for p, store, unattributed, duplicates, times in st["tasks"]:
+        for p, store, unattributed, duplicates, late, times in st["tasks"]:
             core = out.tasks[p] = FeedbackCore(PendingStore.from_state(store), out.metrics)
-            core.unattributed, core.duplicates = unattributed, duplicates
+            core.unattributed, core.duplicates, core.late = unattributed, duplicates, late
             out.max_ts[p] = times
         return out

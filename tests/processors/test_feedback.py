@@ -67,3 +67,31 @@ def test_interaction_without_request_id_is_unattributed() -> None:
     fc = core()
     fc.on_batch([Interaction(user_id="u", item_id="i", ts=1.0, label=1)])
     assert fc.unattributed == 1
+
+
+def test_click_past_the_window_is_late_whether_or_not_the_window_was_closed() -> None:
+    # the same log, with the window closed before and after the late click is read: same labels
+    early, lazy = core(), core()
+    for fc in (early, lazy):
+        fc.on_scored([pending("r1", "a"), pending("r1", "b")])
+    closed_first = early.advance(111.0) + early.on_batch([click("r1", "a", ts=110.5)])
+    read_first = lazy.on_batch([click("r1", "a", ts=110.5)]) + lazy.advance(111.0)
+    assert sorted((r.item_id, r.label) for r in closed_first) == [("a", 0), ("b", 0)]
+    assert sorted((r.item_id, r.label) for r in read_first) == [("a", 0), ("b", 0)]
+    assert lazy.late == early.late == 1  # named by event time, not by when it was read
+
+
+def test_late_orphan_is_not_attributed_when_its_request_arrives() -> None:
+    fc = core()
+    fc.on_batch([click("r1", "a", ts=120.0)])  # read before its request; 20 s after it
+    fc.on_scored([pending("r1", "a", ts=100.0)])
+    assert fc.late == 1
+    assert [(r.item_id, r.label) for r in fc.advance(110.0)] == [("a", 0)]
+
+
+def test_resolved_requests_are_forgotten_one_window_later() -> None:
+    s = PendingStore(window_s=10.0)
+    for r in range(50):
+        s.add(Pending(f"r{r}", "a", "u", 100.0 + r, 0.1, 0.1, "v1", (), {}))
+    list(s.advance(200.0))
+    assert len(s._resolved) == 0 and len(s._deadlines) == 0  # bounded: nothing kept  # noqa: SLF001
