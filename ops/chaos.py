@@ -307,5 +307,9 @@ async def compare(a: Settings, b: Settings, requests: list[RecommendationRequest
 
         qa, qb = SchemaCore.restore(sa["schema_cache.npz"]), SchemaCore.restore(sb["schema_cache.npz"])
         c["schema_cache_same_records"] = qa.records_in == qb.records_in == len(ra)
-        c["schema_cache_same_schemata"] = ({str(s.signature) for s in qa.schemas(include_resolved=True)}
-                                           == {str(s.signature) for s in qb.schemas(include_resolved=True)})
+        # reported, not checked: which schemata the cache has promoted at a given moment follows
+        # the arrival order across `errors` partitions (its clock is the newest event time seen),
+        # which differs between two runs of one log even without a crash (docs/guarantees.md)
+        result.details["schema_cache_same_schemata"] = (
+            {str(s.signature) for s in qa.schemas(include_resolved=True)}
+            == {str(s.signature) for s in qb.schemas(include_resolved=True)})
