@@ -10,6 +10,7 @@ offsets and the id filter they include, atomically; a restart resumes after thos
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -107,14 +108,10 @@ class ErrorsReplica:
             wanted["error_memory"] = path
         if self.schema_core is not None:
             wanted["schema_cache"] = path.with_name("schema_cache.npz")
-        if not wanted or not any(p.exists() for p in wanted.values()):
+        if not wanted or not any(p.exists() or previous(p).exists() for p in wanted.values()):
             return
         try:
-            snaps = {name: read_npz(p) for name, p in wanted.items()}
-            offsets = {name: dict(zip(s["errors_partitions"].tolist(), s["errors_offsets"].tolist()))
-                       for name, s in snaps.items()}
-            if len({tuple(sorted(o.items())) for o in offsets.values()}) != 1:
-                raise ValueError(f"snapshots at different errors offsets: {offsets}")
+            snaps = _matching_snapshots(wanted)
             if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
                 raise ValueError("error memory keyed by another model version")
             if "schema_cache" in snaps:
@@ -126,16 +123,51 @@ class ErrorsReplica:
                 self.schema_core = SchemaCore(self.schema_core.cache.config)
             self.applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
             return
-        self.applied = next(iter(offsets.values()))
-        self.recent_ids.restore(next(iter(snaps.values())))
+        first = next(iter(snaps.values()))
+        self.applied = dict(zip(first["errors_partitions"].tolist(), first["errors_offsets"].tolist()))
+        self.recent_ids.restore(first)
         log.info("snapshot_restored", extra={"offsets": self.applied, "replicas": sorted(snaps)})
         if self.schema_core is not None:
             log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
 
 
+def previous(path: Path) -> Path:
+    """Where the generation before ``path`` is kept (``x.npz`` -> ``x.prev.npz``)."""
+    return path.with_name(path.stem + ".prev.npz")
+
+
+def _offsets(snap: dict[str, np.ndarray]) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted(zip(snap["errors_partitions"].tolist(), snap["errors_offsets"].tolist())))
+
+
+def _matching_snapshots(wanted: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]:
+    """One snapshot per replica, all at the same offsets: the newest such set among the
+    current and previous generations (the replicas' files are renamed one after the other, so
+    a crash between two renames leaves one replica a generation ahead)."""
+    options: dict[str, dict[tuple, dict[str, np.ndarray]]] = {}
+    for name, path in wanted.items():
+        for candidate in (path, previous(path)):
+            if candidate.exists():
+                try:
+                    snap = read_npz(candidate)
+                    options.setdefault(name, {}).setdefault(_offsets(snap), snap)
+                except (OSError, ValueError, KeyError) as exc:
+                    log.warning("snapshot_unreadable", extra={"path": str(candidate), "reason": str(exc)[:200]})
+    if set(options) != set(wanted):
+        raise ValueError(f"no readable snapshot for {sorted(set(wanted) - set(options))}")
+    common = set.intersection(*(set(o) for o in options.values()))
+    if not common:
+        raise ValueError(f"no generation common to {sorted(wanted)}")
+    best = max(common, key=lambda offs: sum(o for _, o in offs))
+    return {name: options[name][best] for name in wanted}
+
+
 def write_files(files: dict[Path, dict[str, np.ndarray]]) -> None:
-    """Write collected snapshot files atomically (safe to run in a thread)."""
+    """Write collected snapshot files atomically, keeping each file's previous generation
+    (see :func:`_matching_snapshots`); safe to run in a thread."""
     for path, arrays in files.items():
+        if path.exists():
+            os.replace(path, previous(path))
         write_npz_atomic(path, arrays)
     if files:
         log.info("snapshot_saved", extra={"files": [str(p) for p in files]})
