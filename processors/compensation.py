@@ -47,8 +47,9 @@ class Compensation(Protocol):
         """The slow model changed to ``scorer``: hidden keys change meaning."""
         ...
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Plain arrays of the replica's state (for atomic snapshot files)."""
+    def snapshot(self, reuse_buffers: bool = False) -> dict[str, np.ndarray]:
+        """Plain arrays of the replica's state (for atomic snapshot files); ``reuse_buffers``:
+        may overwrite the arrays the previous ``reuse_buffers`` call returned."""
         ...
 
     def restore(self, snap: dict[str, np.ndarray]) -> bool:
@@ -63,7 +64,7 @@ class Compensation(Protocol):
 class NoCompensation:
     """The identity: compensated score = base score, no evidence, no codes."""
 
-    def snapshot(self) -> dict[str, np.ndarray]:
+    def snapshot(self, reuse_buffers: bool = False) -> dict[str, np.ndarray]:
         return {}
 
     def restore(self, snap: dict[str, np.ndarray]) -> bool:

@@ -15,7 +15,6 @@ re-keyed the same way as they come in, so a replica's state does not depend on w
 from __future__ import annotations
 
 from collections import deque
-from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +24,7 @@ from models.scorer import OnnxScorer
 from processors.compensation import Compensated
 from state.error_memory import ErrorMemory, stable_keys
 from state.knn_memory import ExactKnnMemory
-from streams.events import ErrorRecord
+from streams.events import CODE_DTYPE, ErrorRecord
 
 
 class ErrorMemoryCompensation:
@@ -43,6 +42,7 @@ class ErrorMemoryCompensation:
         self.encoder = FeatureEncoder(scorer.spec)
         self.window: deque[ErrorRecord] = deque(maxlen=rekey_window) if rekey_window > 0 else deque(maxlen=0)
         self.rekeyed = 0
+        self._snapshot_buffers: dict[str, np.ndarray] | None = None  # see snapshot(reuse_buffers)
 
     @property
     def model_version(self) -> str:
@@ -68,14 +68,15 @@ class ErrorMemoryCompensation:
         fresh: list[ErrorRecord] = []
         stale: list[ErrorRecord] = []
         for r in records:
-            (fresh if r.model_version == version and len(r.codes) == k else stale).append(r)
+            (fresh if r.model_version == version and r.n_codes == k else stale).append(r)
         written = 0
         if fresh:
             n = len(fresh)
-            try:  # one flat pass over the code lists (int64: nothing overflows before the check)
-                codes = np.fromiter(chain.from_iterable(r.codes for r in fresh), np.int64, n * k).reshape(n, k)
-            except OverflowError:  # a code beyond int64: check the records one by one
-                codes = np.array([r.codes if all(-1 < c < self.memory.n_buckets for c in r.codes) else [-1] * k
+            if all(r.codes.__class__ is bytes for r in fresh):  # the packed wire form: one buffer
+                codes = np.frombuffer(b"".join([r.codes for r in fresh]), CODE_DTYPE).reshape(n, k).astype(np.int64)
+            else:  # lists of ints (older producers); a code beyond int64 marks its record bad
+                codes = np.array([r.code_array() if r.codes.__class__ is bytes else
+                                  (r.codes if all(-1 < c < self.memory.n_buckets for c in r.codes) else [-1] * k)
                                   for r in fresh], dtype=np.int64).reshape(n, k)
             ok = ((codes >= 0) & (codes < self.memory.n_buckets)).all(axis=1)
             if not ok.all():
@@ -103,9 +104,13 @@ class ErrorMemoryCompensation:
         self.rekeyed += len(recs)
         return self._write(self.memory.codes(hidden), recs, p)
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """The memory's arrays plus the model version they are keyed by."""
-        return {**self.memory.snapshot(), "model_version": np.array(self.model_version)}
+    def snapshot(self, reuse_buffers: bool = False) -> dict[str, np.ndarray]:
+        """The memory's arrays plus the model version they are keyed by (``reuse_buffers``:
+        into the arrays of the previous such snapshot, see :meth:`ErrorMemory.snapshot`)."""
+        arrays = self.memory.snapshot(into=self._snapshot_buffers if reuse_buffers else None)
+        if reuse_buffers:
+            self._snapshot_buffers = arrays
+        return {**arrays, "model_version": np.array(self.model_version)}
 
     def restore(self, snap: dict[str, np.ndarray]) -> bool:
         """Adopt a snapshot if it was keyed by the current model; returns whether it was."""

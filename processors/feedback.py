@@ -21,7 +21,7 @@ import numpy as np
 
 from processors.metrics import OnlineMetrics
 from processors.pending import Pending, PendingStore, Resolved
-from streams.events import ErrorRecord, Interaction
+from streams.events import ErrorRecord, Interaction, pack_codes
 
 
 def error_record(r: Resolved) -> ErrorRecord:
@@ -29,7 +29,7 @@ def error_record(r: Resolved) -> ErrorRecord:
     p = r.pending
     return ErrorRecord(error_id=f"{p.request_id}:{p.item_id}", user_id=p.user_id, item_id=p.item_id,
                        ts=r.ts, label=r.label, base_pred=p.base_pred, comp_pred=p.comp_pred,
-                       model_version=p.model_version, codes=list(p.codes), features=p.features)
+                       model_version=p.model_version, codes=pack_codes(p.codes), features=p.features)
 
 
 class FeedbackCore:

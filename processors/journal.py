@@ -94,7 +94,8 @@ class InputJournal:
         if self._file is None:
             self._file = open(self._path(self.seq), "ab")
         payload = _encoder.encode(entry)
-        self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)))
+        self._file.write(payload)  # not concatenated: payloads are megabytes
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())

@@ -59,18 +59,29 @@ class MediaCore:
 
         Counts as a retrieval (usage counts, last use) like scoring does.
         """
-        blocks = [self.memory.features_for_items(r.user_id, [c.item_id for c in r.candidates], r.ts)
-                  for r in requests]
-        if not blocks:
-            return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
-        return np.concatenate(blocks)
+        flat = [c.item_id for r in requests for c in r.candidates]
+        out = np.zeros((len(flat), len(FEATURE_NAMES)), dtype=np.float32)
+        if not flat:
+            return out
+        # one content lookup for the batch (same LRU touches, in the same order, as one per
+        # request); users without a memory keep zero rows, as features() would give them
+        emb, _known = self.memory.items.lookup(flat)
+        users = self.memory.users
+        lo = 0
+        for r in requests:
+            hi = lo + len(r.candidates)
+            if r.user_id in users:
+                out[lo:hi] = self.memory.features(r.user_id, emb[lo:hi], r.ts)
+            lo = hi
+        return out
 
     def merge_into_rows(self, requests: Sequence[RecommendationRequest], rows: list[Row]) -> list[Row]:
         """``rows`` (one per flattened candidate) with the media features added to each dict."""
         values = self.features_for_requests(requests).tolist()
         if len(values) != len(rows):
             raise ValueError(f"{len(rows)} rows for {len(values)} candidates")
-        return [(u, i, {**f, **dict(zip(FEATURE_NAMES, v))}) for (u, i, f), v in zip(rows, values)]
+        names = FEATURE_NAMES
+        return [(u, i, {**f, **dict(zip(names, v))}) for (u, i, f), v in zip(rows, values)]
 
     def annotate(self, interactions: Sequence[Interaction]) -> list[Interaction]:
         """Interactions with the media features of their (user, item, ts) merged into ``features``.

@@ -26,8 +26,9 @@ from streams.events import Features, Interaction
 class Pending(NamedTuple):
     """One scored candidate awaiting feedback.
 
-    ``codes`` are the error-memory bucket indices (K ints; empty without error memory),
-    kept so that feedback writes need no re-hashing.
+    ``codes`` are the error-memory bucket indices (K, packed as in
+    :func:`streams.events.pack_codes`; empty without error memory), kept so that feedback
+    writes need no re-hashing. Checkpoints written before 2026-11-29 hold a tuple of ints.
     """
 
     request_id: str
@@ -37,7 +38,7 @@ class Pending(NamedTuple):
     base_pred: float
     comp_pred: float
     model_version: str
-    codes: tuple[int, ...]
+    codes: bytes | tuple[int, ...]
     features: Features
 
 

@@ -25,7 +25,7 @@ from processors.media import MediaCore
 from processors.pending import Pending
 from processors.schemas import SchemaCore
 from state.schema_match import logit, sigmoid
-from streams.events import Recommendation, RecommendationRequest, ScoredItem
+from streams.events import CODE_DTYPE, Recommendation, RecommendationRequest, ScoredItem
 
 
 class ScoringCore:
@@ -117,7 +117,8 @@ class ScoringCore:
         scores, evidence, codes = comp
         version = self.scorer.version
         matched, scores = self.apply_schemas(rows, version, scores, evidence, codes)
-        base_l, score_l, ev_l, codes_l = base.tolist(), scores.tolist(), evidence.tolist(), codes.tolist()
+        base_l, score_l, ev_l = base.tolist(), scores.tolist(), evidence.tolist()
+        codes_l = packed_rows(codes)
         recs: list[Recommendation] = []
         pending: list[Pending] = []
         for j, r in enumerate(requests):
@@ -129,5 +130,18 @@ class ScoringCore:
             recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
                                        model_version=version, items=items))
             pending.extend(Pending(r.request_id, rows[i][1], r.user_id, r.ts, base_l[i], score_l[i],
-                                   version, tuple(codes_l[i]), rows[i][2]) for i in range(lo, hi))
+                                   version, codes_l[i], rows[i][2]) for i in range(lo, hi))
         return recs, pending
+
+
+def packed_rows(codes: np.ndarray) -> list[bytes]:
+    """``(n, K)`` codes -> n wire-form rows (:func:`streams.events.pack_codes` of each row).
+
+    >>> from streams.events import pack_codes
+    >>> packed_rows(np.array([[1, 2], [3, 4]], dtype=np.int32))[1] == pack_codes([3, 4])
+    True
+    """
+    n = codes.shape[0]
+    width = 4 * (codes.shape[1] if codes.ndim == 2 else 0)
+    buf = np.ascontiguousarray(codes, dtype=CODE_DTYPE).tobytes() if width else b""
+    return [buf[i * width:(i + 1) * width] for i in range(n)]

@@ -357,8 +357,24 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------ persistence
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Plain arrays (no objects): config as JSON in a 0-d str array, state, planes."""
+    def snapshot(self, into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Plain arrays (no objects): config as JSON in a 0-d str array, state, planes.
+
+        ``into``: a previous snapshot whose arrays are overwritten and returned instead of new
+        copies (same shapes). Allocating the ~100 MB of a default sketch page-faults for
+        ~250 ms on the development machine, a copy into warm buffers takes ~13 ms: the
+        worker's periodic snapshot reuses its buffers so that the copy, taken between batches
+        on the event loop, does not stall serving. The caller must not reuse a snapshot
+        that is still being written.
+        """
+
+        def copy(name: str, arr: np.ndarray) -> np.ndarray:
+            old = into.get(name) if into is not None else None
+            if old is not None and old.shape == arr.shape and old.dtype == arr.dtype:
+                np.copyto(old, arr)
+                return old
+            return arr.copy()
+
         landmark = math.nan if self.landmark is None else self.landmark
         return {
             "format": np.array(SNAPSHOT_FORMAT, dtype=np.int64),
@@ -366,10 +382,10 @@ class ErrorMemory:
             "dim": np.array(self.dim, dtype=np.int64),
             "landmark": np.array(landmark, dtype=np.float64),
             "max_ts": np.array(self.max_ts, dtype=np.float64),
-            "planes": self.planes.copy(),
-            "counts": self.counts.copy(),
-            "sum_y": self.sum_y.copy(),
-            "sum_p": self.sum_p.copy(),
+            "planes": copy("planes", self.planes),
+            "counts": copy("counts", self.counts),
+            "sum_y": copy("sum_y", self.sum_y),
+            "sum_p": copy("sum_p", self.sum_p),
         }
 
     @classmethod

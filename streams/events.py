@@ -21,6 +21,7 @@ import math
 from typing import Annotated, Literal, Union
 
 import msgspec
+import numpy as np
 
 #: Wire schema version written by this code. Decoders accept versions <= this.
 SCHEMA_VERSION = 1
@@ -35,6 +36,29 @@ Features = Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=64
 Version = Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION, description="event schema version")]
 Modality = Literal["video", "audio"]
 InteractionKind = Literal["impression", "click", "rating", "dwell"]
+
+
+#: Wire form of error-memory codes: one little-endian uint32 per hash table.
+CODE_DTYPE = np.dtype("<u4")
+
+
+def pack_codes(codes: bytes | np.ndarray | tuple[int, ...] | list[int]) -> bytes:
+    """Codes in their wire form (:data:`CODE_DTYPE` bytes); bytes pass through unchanged.
+
+    Raises:
+        ValueError: a code outside ``[0, 2**32)``.
+
+    >>> rec = ErrorRecord(error_id="r1:i1", user_id="u", item_id="i1", ts=1.0, label=1,
+    ...                   base_pred=0.5, comp_pred=0.5, model_version="v", codes=pack_codes([3, 70000]))
+    >>> rec.code_array().tolist(), rec.n_codes
+    ([3, 70000], 2)
+    """
+    if codes.__class__ is bytes:
+        return codes  # type: ignore[return-value]
+    arr = np.asarray(codes, dtype=np.int64).ravel()
+    if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+        raise ValueError("codes must lie in [0, 2**32)")
+    return arr.astype(CODE_DTYPE).tobytes()
 
 
 def _check_features(features: dict[str, str | float], where: str) -> None:
@@ -141,8 +165,10 @@ class ErrorRecord(_Event, tag="error"):
     """A scored-and-labelled sample, written to ``errors`` and applied by every replica.
 
     ``codes`` are the error-memory bucket indices of the sample (one per hash table, empty
-    when no error memory is configured); ``error_id`` is unique per (request, item) so a
-    replica can tell a redelivery from a new record.
+    when no error memory is configured), packed as little-endian uint32 (base64 in JSON:
+    decoding 64 JSON integers cost ~2 us per record, the packed form ~0.2 us); a list of
+    ints (the form before 2026-11-29) is still read. Use :meth:`code_array`. ``error_id`` is
+    unique per (request, item) so a replica can tell a redelivery from a new record.
     """
 
     error_id: Id
@@ -153,8 +179,23 @@ class ErrorRecord(_Event, tag="error"):
     base_pred: Prob
     comp_pred: Prob
     model_version: str
-    codes: list[int] = []
+    codes: bytes | list[int] = b""
     features: Features = {}
+
+    def __post_init__(self) -> None:
+        if self.codes.__class__ is bytes and len(self.codes) % 4:
+            raise ValueError(f"codes: {len(self.codes)} packed bytes is not a whole number of uint32")
+
+    def code_array(self) -> np.ndarray:
+        """``(K,) int64`` codes (either wire form)."""
+        if self.codes.__class__ is bytes:
+            return np.frombuffer(self.codes, CODE_DTYPE).astype(np.int64)
+        return np.array(self.codes, dtype=np.int64)
+
+    @property
+    def n_codes(self) -> int:
+        """``K``, the number of codes (either wire form)."""
+        return len(self.codes) // 4 if self.codes.__class__ is bytes else len(self.codes)
 
 
 class ModelAnnouncement(_Event, tag="model"):

@@ -90,7 +90,7 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
         clicked = {f"{c.request_id}:{c.item_id}" for c in clicks}
         assert len(records) == n_candidates
         assert {r.error_id for r in records if r.label == 1} == clicked
-        assert all(len(r.codes) == s.error_memory.tables for r in records)
+        assert all(r.n_codes == s.error_memory.tables for r in records)
         status = await poll_until(lambda: get_json(w.port, "/status"),
                                   lambda st: st["summary"]["labelled"] >= n_candidates, what="metrics")
         assert status["summary"]["labelled"] == n_candidates

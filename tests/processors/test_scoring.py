@@ -41,8 +41,13 @@ def test_batching_does_not_change_base_scores(small_model) -> None:
 def test_error_memory_codes_travel_with_pending(small_model) -> None:
     s = Settings()
     core = ScoringCore(small_model.scorer, make_compensation(s, small_model.scorer))
-    _, pend = core.score(requests(2, 3))
-    assert all(len(p.codes) == s.error_memory.tables for p in pend)
+    reqs = requests(2, 3)
+    _, pend = core.score(reqs)
+    rows = [(r.user_id, c.item_id, {**r.features, **c.features}) for r in reqs for c in r.candidates]
+    _, comp, _ = core.score_rows(rows, max(r.ts for r in reqs))
+    packed = np.array([np.frombuffer(p.codes, "<u4") for p in pend])
+    assert packed.shape == (len(rows), s.error_memory.tables)
+    np.testing.assert_array_equal(packed, comp.codes)  # the codes the compensation looked up
 
 
 def test_lambda_zero_error_memory_is_the_identity(small_model) -> None:

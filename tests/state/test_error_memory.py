@@ -390,3 +390,19 @@ def test_docstring_examples() -> None:
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0
     assert doctest.testmod(error_memory_module).attempted >= 8
+
+
+def test_snapshot_into_previous_buffers_equals_a_fresh_copy() -> None:
+    memory = ErrorMemory(3, ErrorMemoryConfig(tables=4, bits=6, lam=1.0, min_evidence=0.0))
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((50, 3)).astype(np.float32)
+    memory.write(memory.codes(hidden), rng.integers(0, 2, 50).astype(float), np.full(50, 0.4), np.arange(50.0))
+    first = memory.snapshot()
+    memory.write(memory.codes(hidden), np.ones(50), np.full(50, 0.2), np.arange(50.0, 100.0))
+    reused = memory.snapshot(into=first)
+    assert reused["counts"] is first["counts"]  # the buffers were overwritten, not reallocated
+    fresh = memory.snapshot()
+    for name in ("counts", "sum_y", "sum_p", "planes"):
+        np.testing.assert_array_equal(reused[name], fresh[name])
+    assert ErrorMemory.restore(reused).compensate(np.full(5, 0.3), memory.codes(hidden[:5]), 100.0)[0].tolist() == \
+        memory.compensate(np.full(5, 0.3), memory.codes(hidden[:5]), 100.0)[0].tolist()

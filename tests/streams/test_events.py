@@ -78,3 +78,32 @@ def test_catalog_co_partitions_user_keyed_topics() -> None:
     assert {t.name for t in CATALOG if t.compacted} == {"schemas", "models"}
     assert TOPICS["models"].config()["cleanup.policy"] == "compact"
     assert msgspec.json.decode(msgspec.json.encode(TOPICS["dlq"])) ["retention_ms"] > TOPICS["requests"].retention_ms
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import processors.scoring
+    import streams.events
+
+    for module in (streams.events, processors.scoring):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
+
+
+def test_codes_travel_packed_and_lists_are_still_read() -> None:
+    from streams.events import pack_codes
+
+    packed = ErrorRecord(error_id="r:i", user_id="u", item_id="i", ts=1.0, label=0, base_pred=0.2,
+                         comp_pred=0.3, model_version="v1", codes=pack_codes([5, 65535, 2**24]))
+    raw = encode(packed)
+    assert b"[5," not in raw  # base64, not a JSON array
+    back = decode_event(raw, ErrorRecord)
+    assert back.code_array().tolist() == [5, 65535, 2**24] and back.n_codes == 3
+    doc = json.loads(raw)
+    legacy = decode_event(json.dumps({**doc, "codes": [5, 65535, 2**24]}).encode(), ErrorRecord)
+    assert legacy.code_array().tolist() == [5, 65535, 2**24] and legacy.n_codes == 3
+    with pytest.raises(InvalidEvent, match="whole number of uint32"):
+        decode_event(json.dumps({**doc, "codes": "AAAAAAAA"}).encode(), ErrorRecord)  # 6 bytes
+    with pytest.raises(ValueError):
+        pack_codes([-1])
