@@ -4,8 +4,9 @@ that is SIGKILLed at points chosen by a seed, then their outputs and state compa
 One trial (:func:`run_trial`):
 
 1. the simulator's live traffic (requests with candidates, clicks, media) for ``requests``
-   requests, plus one *flush* request and click per partition far in the future (so every
-   attribution window of the log closes), is produced to two topic prefixes, A and B;
+   requests, plus a two-step *flush* per partition far in the future (so every attribution
+   window of the log closes, and the ``errors`` partitions move on; :func:`traffic`), is
+   produced to two topic prefixes, A and B;
 2. worker A consumes A's topics uninterrupted; worker B consumes B's topics in chunks, and is
    killed with SIGKILL while processing at ``kills`` points (seeded: a fraction of the
    requests answered), then restarted on the same data dir;
@@ -37,7 +38,7 @@ from ops.webclient import get_json, wait_ready
 from ops.worker_process import WorkerProcess
 from processors.tasks import FeedbackTasks
 from state.snapshots import read_npz
-from streams.codec import encode
+from streams.codec import decode_event, encode
 from streams.events import Candidate, ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
 from streams.topics import USER_PARTITIONS
 
@@ -57,15 +58,46 @@ class TrialResult:
         return bool(self.checks) and all(self.checks.values())
 
 
+#: Error records the flush adds per partition (its first request's two candidates).
+FLUSH_ERRORS = 2
+#: Event seconds from the log's end to the first flush, and between the two flushes: longer
+#: than any attribution window used here, shorter than half the reorder buffer's ``idle_s``
+#: (300 s), so no ``errors`` partition is ever left behind as idle.
+FLUSH_GAP_S = 120.0
+
+
+def flush_user(partition: int) -> str:
+    """A user id (``flush-<partition>-<k>``) that Kafka's default partitioner puts in
+    ``partition``: the flush's error records (keyed by user) then land in the ``errors``
+    partition of the same number, so every ``errors`` partition is written by one task only
+    (co-partitioning), as with real users."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    parts = list(range(USER_PARTITIONS))
+    return next(u for k in range(10_000) if DefaultPartitioner()((u := f"flush-{partition}-{k}").encode(), parts,
+                                                                  parts) == partition)
+
+
 def traffic(sim_config: SimConfig, requests: int) -> list[Any]:
-    """The log: simulator traffic (time-ordered) plus one flush request + click per partition."""
+    """The log: simulator traffic (time-ordered) plus, per partition, two flush requests
+    :data:`FLUSH_GAP_S` apart, each with two candidates of which one is clicked at once.
+
+    The first flush moves the partition's stream time past every window of the log, which
+    closes them (in deadline order); the second closes the first's window, so every ``errors``
+    partition then has records past the log and the schema cache's reorder buffer releases
+    the whole log. A flush request is never resolved by its click alone (one candidate stays
+    unlabelled): a request resolved by a click is emitted *before* the windows the same batch
+    closes, so which closes follow it would depend on how the worker batched (and they would
+    be a flush gap late on their ``errors`` partition: see docs/guarantees.md).
+    """
     events = list(Simulator(sim_config).events(requests))
-    end = max(e.ts for e in events) + 3600.0
-    for p in range(USER_PARTITIONS):
-        events.append(RecommendationRequest(request_id=f"flush-{p}", user_id=f"flush-{p}", ts=end,
-                                            candidates=[Candidate(item_id="flush")]))
-        events.append(Interaction(user_id=f"flush-{p}", item_id="flush", ts=end, label=1,
-                                  request_id=f"flush-{p}"))
+    end = max(e.ts for e in events) + FLUSH_GAP_S
+    for step, suffix in ((0, ""), (1, "-b")):
+        for p in range(USER_PARTITIONS):
+            rid, ts = f"flush-{p}{suffix}", end + FLUSH_GAP_S * step
+            events.append(RecommendationRequest(request_id=rid, user_id=flush_user(p), ts=ts,
+                                                candidates=[Candidate(item_id="flush"), Candidate(item_id="flush2")]))
+            events.append(Interaction(user_id=flush_user(p), item_id="flush", ts=ts, label=1, request_id=rid))
     return events
 
 
@@ -147,7 +179,9 @@ async def run_trial(a: Settings, b: Settings, seed: int, workdir: Path, env: dic
     rng = random.Random(seed)
     events = traffic(sim_config, requests)
     reqs = [e for e in events if isinstance(e, RecommendationRequest)]
-    n_req, n_err = len(reqs), sum(len(r.candidates) for r in reqs if not r.request_id.startswith("flush-"))
+    n_req = len(reqs)
+    n_err = sum(len(r.candidates) for r in reqs if not r.request_id.startswith("flush-")) + \
+        FLUSH_ERRORS * USER_PARTITIONS
     for s in (a, b):
         await create_topics(s.kafka)
     # B's log goes in as kills+1 chunks with equal numbers of requests; kill i lands while the
@@ -242,11 +276,14 @@ def media_equal(ia: dict[str, np.ndarray], ib: dict[str, np.ndarray]) -> tuple[b
 
 def pending_view(tasks: FeedbackTasks) -> dict[int, tuple]:
     """What a task's pending store holds, independent of insertion order: the pending
-    predictions and their labels, the orphans, the stream time and the counters."""
+    predictions (but their compensated score) and their labels, the orphans, the stream time
+    and the counters."""
     out = {}
     for p, core in tasks.tasks.items():
         st = core.pending
-        out[p] = (sorted((rid, r.deadline, sorted(r.items.items()), sorted(r.labels.items()))
+        # comp_pred: what the asynchronous error-memory replica said at scoring (not compared)
+        out[p] = (sorted((rid, r.deadline, sorted((i, x._replace(comp_pred=0.0)) for i, x in r.items.items()),
+                          sorted(r.labels.items()))
                          for rid, r in st._requests.items()),  # noqa: SLF001
                   sorted(st._orphans), st.watermark,  # noqa: SLF001
                   # clicks not attributed: how each is named (duplicate, late, unattributed)
@@ -303,13 +340,46 @@ async def compare(a: Settings, b: Settings, requests: list[RecommendationRequest
         result.details["error_memory_max_abs_diff"] = max(float(np.abs(ea[n] - eb[n]).max())
                                                           for n in ("counts", "sum_y", "sum_p"))
     if "schema_cache.npz" in sa:
-        from processors.schemas import SchemaCore
+        compare_schema_caches(sa["schema_cache.npz"], sb["schema_cache.npz"], len(ra), result)
 
-        qa, qb = SchemaCore.restore(sa["schema_cache.npz"]), SchemaCore.restore(sb["schema_cache.npz"])
-        c["schema_cache_same_records"] = qa.records_in == qb.records_in == len(ra)
-        # reported, not checked: which schemata the cache has promoted at a given moment follows
-        # the arrival order across `errors` partitions (its clock is the newest event time seen),
-        # which differs between two runs of one log even without a crash (docs/guarantees.md)
-        result.details["schema_cache_same_schemata"] = (
-            {str(s.signature) for s in qa.schemas(include_resolved=True)}
-            == {str(s.signature) for s in qb.schemas(include_resolved=True)})
+
+#: Arrays of a schema-cache snapshot not compared bit for bit: the replica's input position
+#: (B's ``errors`` log holds duplicates at other offsets) and the wire bytes of the records
+#: held in the reorder buffer (they carry ``comp_pred``, which depends on the asynchronous
+#: error-memory replica at scoring time; the held records are compared by id, key and
+#: partition instead).
+_NOT_BITWISE = frozenset({"errors_partitions", "errors_offsets", "recent_partitions", "recent_ids",
+                          "reorder_data", "reorder_lengths"})
+
+
+def _held_ids(snap: dict[str, np.ndarray]) -> list[str]:
+    data, out, pos = np.asarray(snap.get("reorder_data", np.zeros(0, np.uint8))).tobytes(), [], 0
+    for n in np.asarray(snap.get("reorder_lengths", np.zeros(0, np.int64))).tolist():
+        out.append(decode_event(data[pos:pos + n], ErrorRecord).error_id)
+        pos += n
+    return out
+
+
+def compare_schema_caches(qa_snap: dict[str, np.ndarray], qb_snap: dict[str, np.ndarray], n_records: int,
+                          result: TrialResult) -> None:
+    """The schema cache is fed through an event-time reorder buffer (processors/reorder.py), so
+    A and B, which read the same records, must hold the same cache and the same buffer, bit
+    for bit, and so the same schemata (docs/guarantees.md)."""
+    from processors.schemas import SchemaCore
+
+    c = result.checks
+    qa, qb = SchemaCore.restore(qa_snap), SchemaCore.restore(qb_snap)
+    held_a, held_b = len(qa_snap.get("reorder_keys", ())), len(qb_snap.get("reorder_keys", ()))
+    c["schema_cache_same_records"] = qa.records_in + held_a == qb.records_in + held_b == n_records
+    c["schema_cache_same_schemata"] = (msgspec.json.encode(qa.schemas(include_resolved=True))
+                                       == msgspec.json.encode(qb.schemas(include_resolved=True)))
+    diff = _same({k: v for k, v in qa_snap.items() if k not in _NOT_BITWISE},
+                 {k: v for k, v in qb_snap.items() if k not in _NOT_BITWISE}, "schema_cache")
+    if diff is None and _held_ids(qa_snap) != _held_ids(qb_snap):
+        diff = "held record ids"
+    c["schema_cache_bit_identical"] = diff is None
+    result.details.update(schema_cache_difference=diff, schema_cache_records_in=[qa.records_in, qb.records_in],
+                          schema_cache_held=[held_a, held_b],
+                          schema_reorder_clamped=[int(q["reorder_scalars"][5]) if "reorder_scalars" in q else None
+                                                  for q in (qa_snap, qb_snap)],
+                          schemata=[len(qa.schemas(include_resolved=True)), len(qb.schemas(include_resolved=True))])

@@ -5,6 +5,12 @@ to its compensation (the error-memory sketch) and its schema cache. Per-partitio
 a redelivered record a no-op, and :class:`~processors.checkpoint.RecentIds` drops the
 byte-identical copies a crashed worker produced twice. Both replicas are snapshotted with the
 offsets and the id filter they include, atomically; a restart resumes after those offsets.
+
+The error memory gets every record at once (additive: order does not matter, and serving
+wants it fresh). The schema cache is order-sensitive, so its records pass through an
+:class:`~processors.reorder.EventTimeReorder` first, which releases them in an order that does
+not depend on how polls interleave the partitions; the held records are part of the
+schema-cache snapshot (an older snapshot without them restores with an empty buffer).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import numpy as np
 from models.scorer import OnnxScorer
 from processors.checkpoint import RecentIds
 from processors.compensation import Compensation, NoCompensation
+from processors.reorder import EventTimeReorder
 from processors.schemas import SchemaCore
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
 from streams.codec import InvalidEvent, decode_event
 from streams.events import ErrorRecord
+from streams.topics import TOPICS
 from streams.validation import Limits
 
 log = logging.getLogger("reloop.replica")
@@ -40,6 +48,9 @@ class ErrorsReplica:
         limits: validation limits for error records.
         telemetry: Prometheus metrics.
         recent_ids: size of the duplicate filter per ``errors`` partition.
+
+    The reorder buffer in front of the schema cache (:attr:`reorder`) takes its parameters
+    from the cache's configuration (``reorder_*`` fields of :class:`SchemaCacheConfig`).
     """
 
     def __init__(self, compensation: Compensation, schema_core: SchemaCore | None, limits: Limits,
@@ -52,6 +63,17 @@ class ErrorsReplica:
         self.recent_ids = RecentIds(recent_ids)
         self.duplicates_skipped = 0
         self.outbox: list[tuple[str, Any]] = []
+        self.reorder = self._new_reorder() if schema_core is not None else None
+
+    def _new_reorder(self) -> EventTimeReorder:
+        assert self.schema_core is not None
+        cfg = self.schema_core.cache.config
+        return EventTimeReorder(range(cfg.reorder_partitions or TOPICS["errors"].partitions),
+                                lateness_s=cfg.reorder_lateness_s, idle_s=cfg.reorder_idle_s,
+                                max_held=cfg.reorder_max_held)
+
+    def _decode(self, raw: bytes) -> ErrorRecord:
+        return decode_event(raw, ErrorRecord, self.limits)
 
     def apply_batch(self, batch: dict[Any, Sequence[Any]]) -> int:
         """Apply a polled batch (TopicPartition -> messages), skipping offsets already applied
@@ -60,6 +82,7 @@ class ErrorsReplica:
         records: list[ErrorRecord] = []
         for tp, msgs in batch.items():
             start = self.applied.get(tp.partition, 0)
+            fresh: list[ErrorRecord] = []
             for m in msgs:
                 if m.offset < start:
                     continue
@@ -69,21 +92,26 @@ class ErrorsReplica:
                     log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
                     continue
                 if self.recent_ids.first_time(tp.partition, rec.error_id):
-                    records.append(rec)
+                    fresh.append(rec)
                 else:
                     self.duplicates_skipped += 1
             if msgs:
                 self.applied[tp.partition] = max(start, msgs[-1].offset + 1)
+            if self.reorder is not None:
+                self.reorder.push(tp.partition, fresh)
+            records += fresh
         self.telemetry.events_in.labels("errors").inc(len(records))
         stored = self.compensation.apply_errors(records)
-        if self.schema_core is not None and records:
-            updates, alerts = self.schema_core.on_batch(records)
-            self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
+        if self.schema_core is not None and self.reorder is not None:
+            ready = self.reorder.pop_ready()
+            if ready:
+                updates, alerts = self.schema_core.on_batch(ready)
+                self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
 
     # ---- snapshots ---------------------------------------------------------------------------
-    def collect_snapshot(self, path: Path) -> dict[Path, dict[str, np.ndarray]]:
+    def collect_snapshot(self, path: Path, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
         """Copies of the sketch (``path``) and the schema cache (beside it), each with the
         offsets and id filter it includes; taken between batches, written by :func:`write_files`."""
         parts = sorted(self.applied)
@@ -91,9 +119,10 @@ class ErrorsReplica:
                    "errors_offsets": np.array([self.applied[p] for p in parts], dtype=np.int64),
                    **self.recent_ids.to_arrays()}
         files: dict[Path, dict[str, np.ndarray]] = {}
-        if self.schema_core is not None:
-            files[path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **offsets}
-        arrays = self.compensation.snapshot()
+        if self.schema_core is not None and self.reorder is not None:
+            files[path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **self.reorder.to_arrays(),
+                                                         **offsets}
+        arrays = self.compensation.snapshot(reuse_buffers)
         if arrays:
             files[path] = {**arrays, **offsets}
         return files
@@ -115,20 +144,26 @@ class ErrorsReplica:
             if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
                 raise ValueError("error memory keyed by another model version")
             if "schema_cache" in snaps:
-                self.schema_core = SchemaCore.restore(snaps["schema_cache"])
-        except (OSError, ValueError, KeyError) as exc:
+                snap = snaps["schema_cache"]
+                self.schema_core = SchemaCore.restore(snap)
+                # format without the buffer: the cache includes every record up to the offsets
+                self.reorder = (EventTimeReorder.from_arrays(snap, self._decode) if "reorder_scalars" in snap
+                                else self._new_reorder())
+        except (OSError, ValueError, KeyError, InvalidEvent) as exc:
             log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
             self.compensation = compensation_factory(scorer) or NoCompensation()
             if self.schema_core is not None:
                 self.schema_core = SchemaCore(self.schema_core.cache.config)
+                self.reorder = self._new_reorder()
             self.applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
             return
         first = next(iter(snaps.values()))
         self.applied = dict(zip(first["errors_partitions"].tolist(), first["errors_offsets"].tolist()))
         self.recent_ids.restore(first)
         log.info("snapshot_restored", extra={"offsets": self.applied, "replicas": sorted(snaps)})
-        if self.schema_core is not None:
-            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas())})
+        if self.schema_core is not None and self.reorder is not None:
+            log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas()),
+                                                        "reorder_held": self.reorder.held})
 
 
 def previous(path: Path) -> Path:

@@ -3,12 +3,14 @@
 A record becomes a row of ``F`` predicate ids, one per *column* (``model_version``,
 ``code[k]``, then one per categorical feature name), ``0`` = absent (see
 :mod:`state._schema_kernels`). The vocabulary is bounded (``max_predicates``) and recycles ids
-that no tracked pattern uses.
+that no tracked pattern uses; the owner decides when (:meth:`PredicateVocab.collect`, at the
+cache's event-time ticks), so which values are dropped depends on the record sequence only,
+never on how it is cut into batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,8 @@ class PredicateVocab:
 
     Columns: ``model_version``, ``code[0] .. code[code_tables-1]``, then feature names, either
     the configured ones or (``features is None``) up to ``max_features`` names as first seen.
-    At most ``max_predicates`` ids are live: when full, :meth:`encode` calls
-    ``referenced()`` (ids still used by the cache) and frees the others for reuse (listed in
-    ``freed`` until the next call, so the owner can forget them); when that frees nothing, the
-    new values of the rest of the call are dropped (id 0) and counted in ``dropped``.
+    At most ``max_predicates`` ids are live: when full, :meth:`encode` drops new values (id 0)
+    and counts them in ``dropped`` until the owner frees unused ids with :meth:`collect`.
     """
 
     def __init__(self, *, code_tables: int, features: Sequence[str] | None, max_features: int,
@@ -42,9 +42,7 @@ class PredicateVocab:
         self.cols: list[int] = [-1]  # id -> column
         self.by_col: list[dict[Any, int]] = [{} for _ in range(self.width)]
         self.free: list[int] = []
-        self.freed: list[int] = []
         self.dropped = 0
-        self._blocked = False
         self.col_arr = np.full(64, -1, dtype=np.int32)  # id -> column, as an array
 
     def _add_column(self, name: str) -> int | None:
@@ -59,14 +57,10 @@ class PredicateVocab:
         """Number of ids in use."""
         return len(self.strings) - 1 - len(self.free)
 
-    def _new(self, col: int, value: Any, referenced: Callable[[], np.ndarray]) -> int:
+    def _new(self, col: int, value: Any) -> int:
         if self.live >= self.max_predicates:
-            if not self._blocked:
-                self.freed += self.collect(referenced())
-            if self.live >= self.max_predicates:
-                self._blocked = True
-                self.dropped += 1
-                return 0
+            self.dropped += 1
+            return 0
         text = f"{self.columns[col]}={value}"
         if self.free:
             pid = self.free.pop()
@@ -100,30 +94,24 @@ class PredicateVocab:
                 freed.append(pid)
         return freed
 
-    def encode(self, records: Sequence[Any], referenced: Callable[[], np.ndarray]) -> np.ndarray:
+    def encode(self, records: Sequence[Any]) -> np.ndarray:
         """``(n, width) int32`` predicate ids of error records (0 where absent or dropped).
 
         Only ``str`` feature values become predicates; dense (float) features are ignored.
         """
-        width, fb, n_codes = self.width, self.feature_base, self.code_tables
+        width, n_codes = self.width, self.code_tables
         by_col, col_of, fixed = self.by_col, self.col_of, self.fixed_features
         flat = [0] * (len(records) * width)
-        done = 0
-        self.freed, self._blocked = [], False
-
-        def ref() -> np.ndarray:  # ids referenced by the cache and by the rows encoded so far
-            return np.concatenate((referenced(), np.asarray(flat[:done], dtype=np.int64)))
-
         versions = by_col[0]
         for i, rec in enumerate(records):
             base = i * width
             v = rec.model_version
-            flat[base] = versions.get(v) or self._new(0, v, ref)
+            flat[base] = versions.get(v) or self._new(0, v)
             if n_codes:
                 codes = rec.code_array().tolist() if rec.codes.__class__ is bytes else rec.codes
                 for k in range(min(n_codes, len(codes))):
                     c = codes[k]
-                    flat[base + 1 + k] = by_col[1 + k].get(c) or self._new(1 + k, c, ref)
+                    flat[base + 1 + k] = by_col[1 + k].get(c) or self._new(1 + k, c)
             for name, v in rec.features.items():
                 if v.__class__ is not str:
                     continue
@@ -134,8 +122,7 @@ class PredicateVocab:
                     col = self._add_column(name)
                     if col is None:
                         continue
-                flat[base + col] = by_col[col].get(v) or self._new(col, v, ref)
-            done = base + width
+                flat[base + col] = by_col[col].get(v) or self._new(col, v)
         return np.array(flat, dtype=np.int32).reshape(len(records), width)
 
     def state(self) -> dict[str, Any]:

@@ -16,8 +16,11 @@ model versions, overlap checks).
 
 Decisions are taken at *ticks*, event-time grid points ``k * eval_every_s``: just before the
 first record that moves the clock (largest event time seen) past one, and on ``advance``.
-State and decisions therefore do not depend on how the stream is cut into batches (up to
-float rounding when a landmark move falls inside a batch). At a tick
+State and decisions therefore do not depend on how the stream is cut into batches: records
+are applied in segments between ticks and landmark moves, and unused predicate ids are freed
+at ticks only, so a sequence gives bit-identical state however it is split (tested). The
+order of the sequence does matter (Space-Saving eviction, which records a tick sees): the
+worker feeds it in event-time order (:mod:`processors.reorder`). At a tick
 (:func:`state._schema_kernels.select_schemata`), a single is tested (Welch z) against the
 other values of its column, a pair against the rest of each parent; patterns are chosen
 greedily, and a pattern is promoted when it has ``min_support``, ``|z| >=`` the Bonferroni
@@ -111,26 +114,29 @@ class SchemaCache:
     # ------------------------------------------------------------------ writes
 
     def on_batch(self, records: Sequence[ErrorRecord]) -> list[SchemaChange]:
-        """Apply error records (in order); returns the changes of the ticks they crossed."""
+        """Apply error records (in order); returns the changes of the ticks they crossed.
+
+        The records are applied in segments cut where the clock (largest event time seen)
+        crosses a tick or a landmark grid line, each segment encoded, weighted and applied
+        with the same landmark whatever the batch it came in: the state after a sequence is
+        bit-identical however the sequence is split into calls (tested).
+        """
         if not records:
             return []
         n = len(records)
-        pids = self.vocab.encode(records, self._referenced)
-        self._recent.forget(self.vocab.freed)  # recent records must not match a recycled id
         y = np.fromiter((r.label for r in records), np.float64, n)
         if self.config.residual == "base":
             p = np.fromiter((r.base_pred for r in records), np.float64, n)
         else:
             p = np.fromiter((r.comp_pred for r in records), np.float64, n)
         ts = np.fromiter((r.ts for r in records), np.float64, n)
-        ids = [r.error_id for r in records]
         ok = np.isfinite(ts) & (p >= 0.0) & (p <= 1.0) & ((y == 0.0) | (y == 1.0))
         if not ok.all():
             self.rejected += int(n - ok.sum())
             log.warning("schema_records_rejected", extra={"count": int(n - ok.sum())})
-            pids, y, p, ts = pids[ok], y[ok], p[ok], ts[ok]
-            ids = [e for e, keep in zip(ids, ok.tolist()) if keep]
-            if not ids:
+            records = [r for r, keep in zip(records, ok.tolist()) if keep]
+            y, p, ts = y[ok], p[ok], ts[ok]
+            if not records:
                 return []
         step = self.config.eval_every_s
         clock = np.maximum.accumulate(ts)
@@ -138,14 +144,31 @@ class SchemaCache:
             clock = np.maximum(clock, self.max_ts)
         ticks = np.floor(clock / step)
         first = math.floor(self.max_ts / step) if math.isfinite(self.max_ts) else ticks[0]
-        cuts = np.flatnonzero(ticks > np.concatenate(([first], ticks[:-1]))).tolist()
+        tick_at = set(np.flatnonzero(ticks > np.concatenate(([first], ticks[:-1]))).tolist())
+        cuts = set(tick_at)
+        spans = [_LANDMARK_SPAN * self._decay_time_s] + ([_LANDMARK_SPAN * self._fast_time_s]
+                                                         if self._fast_time_s else [])
+        for span in spans:  # landmark moves: weights of a segment all use the same landmark
+            cells = np.floor(clock / span)
+            before = math.floor(self.max_ts / span) if math.isfinite(self.max_ts) else cells[0]
+            cuts.update(np.flatnonzero(cells > np.concatenate(([before], cells[:-1]))).tolist())
         changes: list[SchemaChange] = []
         start = 0
-        for j in cuts:
-            self._apply(pids[start:j], y[start:j], p[start:j], ts[start:j], ids[start:j])
-            changes += self._evaluate(float(ticks[j]) * step)
+        for j in sorted(cuts):
+            self._apply(records[start:j], y[start:j], p[start:j], ts[start:j])
+            if j in tick_at:
+                changes += self._tick(float(ticks[j]) * step)
             start = j
-        self._apply(pids[start:], y[start:], p[start:], ts[start:], ids[start:])
+        self._apply(records[start:], y[start:], p[start:], ts[start:])
+        return changes
+
+    def _tick(self, now: float) -> list[SchemaChange]:
+        """Decide at tick ``now`` (event time, s), then free predicate ids nothing uses any
+        more when the vocabulary is half full (at ticks only: batching must not matter)."""
+        changes = self._evaluate(now)
+        if self.vocab.live >= self.vocab.max_predicates // 2:
+            freed = self.vocab.collect(self._referenced())
+            self._recent.forget(freed)  # recent records must not match a recycled id
         return changes
 
     def advance(self, now: float) -> list[SchemaChange]:
@@ -154,11 +177,13 @@ class SchemaCache:
         if not math.isfinite(self.max_ts) or math.floor(now / step) <= math.floor(self.max_ts / step):
             return []
         self._move_landmark(now)
-        return self._evaluate(math.floor(now / step) * step)
+        return self._tick(math.floor(now / step) * step)
 
-    def _apply(self, pids: np.ndarray, y: np.ndarray, p: np.ndarray, ts: np.ndarray, ids: list[str]) -> None:
-        if not ids:
+    def _apply(self, records: Sequence[ErrorRecord], y: np.ndarray, p: np.ndarray, ts: np.ndarray) -> None:
+        if not records:
             return
+        pids = self.vocab.encode(records)
+        ids = [r.error_id for r in records]
         self._move_landmark(float(ts.max()))
         w = np.exp((ts - self.landmark) / self._decay_time_s)
         wf = np.exp((ts - self.landmark_fast) / self._fast_time_s) if self._fast_time_s else np.zeros_like(w)

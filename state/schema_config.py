@@ -45,9 +45,9 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         pairs: also track conjunctions of two predicates.
         pair_codes: let code predicates take part in pairs (many more candidates).
         max_features: feature-name columns when ``features`` is None.
-        max_predicates: live ``name=value`` predicates at most (>= 2 capacity + 8); when full,
-            those no tracked pattern or schema uses are freed, and if none is, new values are
-            ignored until the next batch.
+        max_predicates: live ``name=value`` predicates at most (>= 2 capacity + 8); at an
+            evaluation tick with at least half of them live, those no tracked pattern or
+            schema uses are freed; when full, new values are ignored until then.
         residual: ``base`` (slow model, ``y - base_pred``) or ``compensated`` (``comp_pred``).
         max_examples: example error ids kept per schema.
         recent_window: recent records kept (predicate ids, residual, time, error id; ~150
@@ -70,6 +70,18 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
             ``ScoredItem.evidence``) below which a candidate is cold (>= 0).
         max_logit_bias: bound of one candidate's total schema logit shift (> 0).
         var_floor: lower bound of residual variances in the z statistic.
+        reorder_lateness_s: the worker feeds the cache through an event-time reorder buffer
+            (:mod:`processors.reorder`): records up to this many event seconds behind their
+            ``errors`` partition's newest are ordered by their own time, later ones where their
+            partition's order puts them; also the delay added before release (>= 0). Set it
+            to ``worker.attribution_window_s`` (+ one batch) to make the order a function of
+            the set of records alone (positives of a closed window are that late).
+        reorder_idle_s: an ``errors`` partition lagging the leading one by more than this
+            many event seconds is not waited for (0 = always wait; then the order never
+            depends on arrival, but a dead partition stops the cache until ``reorder_max_held``).
+        reorder_max_held: most records the reorder buffer holds; beyond, the oldest are
+            released (~1-2 KB each).
+        reorder_partitions: ``errors`` partitions to wait for (0 = the topic catalog's count).
     """
 
     capacity: int = 4096
@@ -105,6 +117,10 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
     cold_evidence: float = 1.0
     max_logit_bias: float = 3.0
     var_floor: float = 1e-4
+    reorder_lateness_s: float = 0.0
+    reorder_idle_s: float = 300.0
+    reorder_max_held: int = 100_000
+    reorder_partitions: int = 0
 
     def __post_init__(self) -> None:
         pos = ("half_life_s", "eval_every_s", "alpha", "z_min", "var_floor", "max_logit_bias")
@@ -124,6 +140,9 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
                   (0.0 < self.shift_alpha < 1.0 and self.shift_z > 0.0 and self.shift_z_min >= 0.0,
                    "need 0 < shift_alpha < 1, shift_z > 0, shift_z_min >= 0"),
                   (min(self.publish_every_s, self.cooldown_s, self.hold_s) >= 0.0, "negative publish/cooldown/hold"),
+                  (min(self.reorder_lateness_s, self.reorder_idle_s) >= 0.0 and self.reorder_max_held >= 1
+                   and self.reorder_partitions >= 0,
+                   "need reorder_lateness_s, reorder_idle_s, reorder_partitions >= 0, reorder_max_held >= 1"),
                   *((math.isfinite(getattr(self, a)) and getattr(self, a) > 0, f"{a} must be > 0") for a in pos)]
         for ok, message in checks:
             if not ok:

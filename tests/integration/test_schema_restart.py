@@ -32,14 +32,16 @@ from tests.processors.test_schema_core import _oracle_records
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 N_REQUESTS = 3000  # x 20 candidates, 50 requests/s: 60 s of event time
-ENV = {"RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.5", "RELOOP_SCHEMAS__HALF_LIFE_S": "5.0",
+ENV = {"RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.5", "RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S": "0.5",
+       "RELOOP_SCHEMAS__HALF_LIFE_S": "5.0",
        "RELOOP_ERROR_MEMORY__TABLES": "8", "RELOOP_ERROR_MEMORY__BITS": "8"}
 
 
-def _snapshot(data_dir: str) -> tuple[SchemaCore, int] | None:
-    """The worker's schema-cache snapshot: (core, errors records its offsets include), once the
-    error-memory snapshot beside it is at the same offsets (the worker restores the two
-    together only then; otherwise it rebuilds both from the log)."""
+def _snapshot(data_dir: str) -> tuple[SchemaCore, int, int] | None:
+    """The worker's schema-cache snapshot: (core, errors records its offsets include, records
+    held in its reorder buffer), once the error-memory snapshot beside it is at the same
+    offsets (the worker restores the two together only then; otherwise it rebuilds both from
+    the log)."""
     snaps = Path(data_dir) / "snapshots"
     try:
         cache, sketch = read_npz(snaps / "schema_cache.npz"), read_npz(snaps / "error_memory.npz")
@@ -48,29 +50,25 @@ def _snapshot(data_dir: str) -> tuple[SchemaCore, int] | None:
     offsets = [dict(zip(s["errors_partitions"].tolist(), s["errors_offsets"].tolist())) for s in (cache, sketch)]
     if offsets[0] != offsets[1]:
         return None
-    return SchemaCore.restore(cache), sum(offsets[0].values())
+    return SchemaCore.restore(cache), sum(offsets[0].values()), len(cache["reorder_keys"])
 
 
-async def _until_snapshot_includes(data_dir: str, n: int) -> SchemaCore:
+async def _until_snapshot_includes(data_dir: str, n: int) -> tuple[SchemaCore, int]:
     async def fetch():
         return _snapshot(data_dir)
 
     got = await poll_until(fetch, lambda s: s is not None and s[1] >= n, timeout_s=120.0,
                            what=f"a schema-cache snapshot that includes {n} errors records")
-    return got[0]
+    return got[0], got[2]
 
 
-async def _feed(s, records: list, done_before: int, chunk: int = 4000) -> SchemaCore:
-    """Produce ``records`` to ``errors`` in event-time chunks, each once the worker has applied
-    the previous one (the cache decides at event-time ticks: a whole stream produced at once
-    reaches the worker one partition ahead of the others, and ticks would pass before the
-    other partitions' records arrive). Returns the cache snapshot that includes them all."""
-    core = None
-    for lo in range(0, len(records), chunk):
-        await produce(s, "errors", records[lo:lo + chunk])
-        core = await _until_snapshot_includes(s.worker.data_dir, done_before + min(len(records), lo + chunk))
-    assert core is not None
-    return core
+async def _feed(s, records: list, done_before: int) -> tuple[SchemaCore, int]:
+    """Produce ``records`` to ``errors`` at once (a whole stream reaches the worker one
+    partition ahead of the others; the reorder buffer in front of the cache puts it back in
+    event-time order). Returns the cache snapshot that includes them all and the number of
+    records its reorder buffer holds (the newest: not yet behind every partition)."""
+    await produce(s, "errors", records)
+    return await _until_snapshot_includes(s.worker.data_dir, done_before + len(records))
 
 
 async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_model, tmp_path):
@@ -87,28 +85,30 @@ async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_m
     w1 = WorkerProcess(s, tmp_path / "w1.log", ENV)
     try:
         await wait_ready(w1.port, 120.0, w1.proc)
-        before = await _feed(s, first, 0)
+        before, held_before = await _feed(s, first, 0)
         alerts = [decode_event(m.value, SchemaAlert) for m in await consume_until(
             s, "alerts", lambda m: len(m) >= 1, timeout_s=120)]
     finally:
         assert w1.stop(signal.SIGKILL) == -signal.SIGKILL
     new = alerts[0]
     assert new.kind == "new" and new.signature == ["genre=comedy"], new.description
-    assert before.records_in == len(first)
+    # held: the newest requests, not yet behind every partition (20 records per request)
+    assert before.records_in + held_before == len(first) and 0 < held_before <= 20 * 20
     active = {x.schema_id: x for x in before.schemas()}
     assert new.schema_id in active and active[new.schema_id].first_seen == new.since
 
     w2 = WorkerProcess(s, tmp_path / "w2.log", ENV)
     try:
         await wait_ready(w2.port, 120.0, w2.proc)
-        after = await _feed(s, rest, len(first))
+        after, held_after = await _feed(s, rest, len(first))
         resolved = [decode_event(m.value, SchemaAlert) for m in await consume_until(
             s, "alerts", lambda m: any(decode_event(x.value, SchemaAlert).kind == "resolved" for x in m),
             timeout_s=120)]
     finally:
         assert w2.stop() == 0
     assert "schema_snapshot_restored" in w2.log_text()
-    assert after.records_in == len(records)  # resumed after the snapshot: nothing twice, nothing lost
+    # resumed after the snapshot (and its held records): nothing twice, nothing lost
+    assert after.records_in + held_after == len(records)
     gone = [a for a in resolved if a.kind == "resolved"]
     assert [a.schema_id for a in gone] == [new.schema_id]
     assert gone[0].since == new.since and gone[0].ts >= fault_end  # the restored schema, not a new one

@@ -113,6 +113,20 @@ def test_snapshot_restore_and_batching_do_not_change_the_output(faulty) -> None:
     tail = _run(resumed, records[30_000:], batch=3000)
     enc = msgspec.json.encode
     assert enc(head[0] + tail[0]) == enc(whole[0]) and enc(head[1] + tail[1]) == enc(whole[1])
+    # not only the messages: the state is bit-identical however the sequence was split
+    other = SchemaCore(cfg)
+    _run(other, records, batch=777)
+    for core in (resumed, other):
+        a, b = whole_core_snapshot(cfg, records), core.snapshot()
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def whole_core_snapshot(cfg: SchemaCacheConfig, records: list[ErrorRecord]) -> dict[str, np.ndarray]:
+    core = SchemaCore(cfg)
+    core.on_batch(records)
+    return core.snapshot()
 
 
 def test_describe_resolved_and_idle_advance(faulty) -> None:

@@ -263,3 +263,50 @@ def test_config_validation_and_bad_records() -> None:
 def test_schema_round_trips_as_json(horror_run) -> None:
     schema = horror_run[0].schemas()[0]
     assert msgspec.json.decode(msgspec.json.encode(schema), type=Schema) == schema
+
+
+# short windows: the landmark grids (100 T) are crossed several times; a small vocabulary is
+# recycled at ticks; a small capacity evicts
+_SPLIT_CFG = SchemaCacheConfig(capacity=48, max_predicates=104, min_support=4.0, retire_support=1.0,
+                               half_life_s=0.02, shift_half_life_s=0.008, eval_every_s=0.03, recent_window=32,
+                               publish_every_s=0.1, cooldown_s=0.2, hold_s=0.2, z_min=2.0, z_retire=1.5)
+
+
+def _split_stream(seed: int, n: int) -> list[ErrorRecord]:
+    span = 100 * _SPLIT_CFG.half_life_s / math.log(2.0)  # the main landmark grid
+    start = math.ceil(T0 / span) * span - 0.4  # both grids are crossed within the stream
+    recs = _stream(seed, n, start, rate=10_000.0, fault={"device": "phone"}, lift=-0.25)
+    rng = np.random.default_rng(seed)
+    jitter = rng.uniform(-0.002, 0.0, n) * (rng.random(n) < 0.2)  # some records a little out of order
+    return [msgspec.structs.replace(r, ts=r.ts + float(j), features={**r.features, "x": f"x{i % 211}"})
+            for i, (r, j) in enumerate(zip(recs, jitter.tolist()))]
+
+
+_SPLIT_RECORDS = _split_stream(5, 10_000)  # 1 s
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(_SPLIT_RECORDS)), max_size=40))
+def test_state_is_bit_identical_however_the_sequence_is_split(cuts) -> None:
+    whole = SchemaCache(_SPLIT_CFG)
+    changes_whole = whole.on_batch(_SPLIT_RECORDS)
+    split = SchemaCache(_SPLIT_CFG)
+    changes_split = []
+    bounds = sorted({0, len(_SPLIT_RECORDS), *cuts})
+    for lo, hi in zip(bounds, bounds[1:]):
+        changes_split += split.on_batch(_SPLIT_RECORDS[lo:hi])
+    assert msgspec.json.encode(changes_split) == msgspec.json.encode(changes_whole)
+    a, b = whole.snapshot(), split.snapshot()
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_split_fixture_exercises_landmarks_vocabulary_and_eviction() -> None:
+    cache = SchemaCache(_SPLIT_CFG)
+    changes = cache.on_batch(_SPLIT_RECORDS)
+    first = SchemaCache(_SPLIT_CFG)
+    first.on_batch(_SPLIT_RECORDS[:1])
+    assert cache.landmark > first.landmark and cache.landmark_fast > first.landmark_fast  # grids crossed
+    assert cache.vocab.dropped and int(cache._meta[1]) > 0  # vocabulary full (ids freed at ticks), evictions
+    assert any(c.kind == "promoted" for c in changes)
