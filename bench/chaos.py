@@ -40,7 +40,8 @@ OVERRIDES = {"features": {"n_buckets": 1 << 14, "max_tokens": 12}, "train": {"ep
 def worker_env() -> dict[str, str]:
     env = {f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in OVERRIDES.items() for k, v in kv.items()}
     # 3 s attribution window: windows close mid-stream, so kills also hit error-record resends
-    return {**env, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.3", "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40",
+    return {**env, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.3", "RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S": "0.3",
+            "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40",
             "RELOOP_WORKER__ATTRIBUTION_WINDOW_S": "3"}
 
 

@@ -87,8 +87,13 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         attribution_window_s: event-time seconds after a request during which feedback is
             joined to it; unlabelled impressions become negatives when it closes.
         pending_limit: most pending predictions kept per worker (oldest expire first).
-        snapshot_every_s: wall-clock seconds between state snapshots (input checkpoint, error
-            memory, schema cache); the input journal holds the batches in between.
+        snapshot_every_s: wall-clock seconds between input checkpoints (pending predictions,
+            media memory, positions); the input journal holds the batches in between, so
+            this bounds the journal replayed at a restart.
+        replica_snapshot_every_s: wall-clock seconds between snapshots of the ``errors``
+            replica (error memory, ~100 MB at the default sketch size, and schema cache); a
+            restart re-reads ``errors`` after the snapshot's offsets, so this bounds that
+            replay (docs/operations.md: why it is longer than ``snapshot_every_s``).
         journal_fsync: fsync every input-journal entry (survives a machine crash, not only a
             process crash, at one disk sync per batch).
         ort_threads: onnxruntime intra-op threads per scorer.
@@ -105,6 +110,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     attribution_window_s: float = 60.0
     pending_limit: int = 1_000_000
     snapshot_every_s: float = 10.0
+    replica_snapshot_every_s: float = 60.0
     journal_fsync: bool = False
     ort_threads: int = 1
     metrics_window: int = 1000

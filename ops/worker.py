@@ -91,6 +91,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
+                  replica_snapshot_every_s=settings.worker.replica_snapshot_every_s,
                   journal_fsync=settings.worker.journal_fsync,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)

@@ -81,7 +81,8 @@ class HotPath(mode.Service):
         snapshot_path: where the error-memory replica is snapshotted with the ``errors``
             offsets it includes; its directory also holds ``inputs.npz`` and the input
             journal (None = no snapshots and no journal: a restart loses the input-side state).
-        snapshot_every_s: seconds between snapshots (and one at stop).
+        snapshot_every_s: seconds between input checkpoints (and one at stop).
+        replica_snapshot_every_s: seconds between ``errors`` replica snapshots (and one at stop).
         journal_fsync: fsync each journal entry (machine-crash safe; process crashes are safe
             without it; ``worker.journal_fsync``).
         recent_ids: size of the replica's duplicate filter per ``errors`` partition.
@@ -96,6 +97,7 @@ class HotPath(mode.Service):
                  telemetry: WorkerTelemetry, fetch_max_records: int = 5000,
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
+                 replica_snapshot_every_s: float = 60.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -113,6 +115,7 @@ class HotPath(mode.Service):
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
+        self.replica_snapshot_every_s = replica_snapshot_every_s
         self.scoring: ScoringCore | None = None
         self._next_scorer: OnnxScorer | None = None
         self._model_ready = asyncio.Event()
@@ -340,9 +343,9 @@ class HotPath(mode.Service):
         self.telemetry.events_out.labels("alerts").inc(sum(t == "alerts" for t, _ in out))
 
     # ---- snapshots -----------------------------------------------------------------------
-    def collect_snapshot(self) -> dict[Path, dict[str, np.ndarray]]:
+    def collect_snapshot(self, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
         """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
-        return {} if self.snapshot_path is None else self.replica.collect_snapshot(self.snapshot_path)
+        return {} if self.snapshot_path is None else self.replica.collect_snapshot(self.snapshot_path, reuse_buffers)
 
     def save_snapshot(self) -> None:
         """Collect and write the replica side now (blocking)."""
@@ -390,9 +393,11 @@ class HotPath(mode.Service):
     async def _snapshot_periodically(self) -> None:
         await self._model_ready.wait()
         while not self.should_stop:
-            await self.sleep(self.snapshot_every_s)
+            await self.sleep(self.replica_snapshot_every_s)
             if not self.should_stop:
-                files = self.collect_snapshot()  # consistent copy, between batches
+                # consistent copy, between batches, into the buffers of the previous one (its
+                # write below has finished): no fresh 100 MB allocation stalling the loop
+                files = self.collect_snapshot(reuse_buffers=True)
                 # the write (100 MB at the default sketch size) runs off the event loop
                 await asyncio.get_running_loop().run_in_executor(None, write_files, files)
 

@@ -28,7 +28,8 @@ def worker_env() -> dict[str, str]:
     small = {f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in SMALL.items() for k, v in kv.items()}
     # a 3 s attribution window (the log spans ~6 s of event time) closes windows mid-stream, so
     # kills also land while error records are being produced and re-sent
-    return {**small, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.3", "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40",
+    return {**small, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.3", "RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S": "0.3",
+            "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40",
             "RELOOP_WORKER__ATTRIBUTION_WINDOW_S": "3",
             "RELOOP_WORKER__SCHEMA_CACHE": "true"}
 

@@ -55,7 +55,7 @@ async def test_replica_survives_sigkill_without_loss_or_double_apply(kafka_setti
     s = kafka_settings
     await create_topics(s.kafka)
     ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
-    env = {"RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.2"}
+    env = {"RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.2", "RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S": "0.2"}
     records = error_records(small_model, [e for e in small_log if isinstance(e, Interaction)][5000:5600])
     snap = Path(s.worker.data_dir) / "snapshots" / "error_memory.npz"
     w1 = WorkerProcess(s, tmp_path / "w1.log", env)
