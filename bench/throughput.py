@@ -22,6 +22,12 @@ Per trial, on fresh topics of the embedded broker (unique prefix per path and tr
 - **raw**: one aiokafka consumer (manual assignment, ``getmany``) + msgspec decode and
   validation (``decode_event`` with the deployment limits, as the worker does) of every record of the same
   topics; the ceiling for any consumer on this machine.
+- **floor**: the feedback path's Kafka I/O alone (``bench/feedback_floor.py``): read both
+  inputs, write a recommendation and an error record per pair, read the error records back,
+  with decoding/encoding but no processing, in this process; the ceiling for this path on
+  aiokafka in one process (``worker / floor`` is what the processing costs); and the same
+  without reading the error records back (the I/O of a design where a worker applied its own
+  error records locally).
 - **faust**: a minimal ``faust.App`` (memory store, 6 s session/rebalance timeouts as the
   worker's) in its own process (``bench/faust_take.py``), one agent per topic doing ``async
   for batch in stream.take(5000, within=0.5)`` + the same decode of every value.
@@ -64,6 +70,8 @@ import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
+from bench.feedback_floor import io_floor  # noqa: E402
+from ops.main_job import collect_latencies  # noqa: E402
 from ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
 from ops.settings import Settings  # noqa: E402
 from streams.codec import decode_event, encode  # noqa: E402
@@ -262,22 +270,8 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
     lat: list[float] = []
     sending_done = asyncio.Event()
 
-    async def collect() -> None:
-        deadline = None
-        while True:
-            batch = await c.getmany(timeout_ms=50, max_records=10_000)
-            now = time.perf_counter()
-            for msgs in batch.values():
-                for m in msgs:
-                    t = sent_at.pop(_rid_decoder.decode(m.value).request_id, None)
-                    if t is not None:
-                        lat.append(now - t)
-            if sending_done.is_set():
-                deadline = deadline or time.monotonic() + 60.0
-                if not sent_at or time.monotonic() > deadline:
-                    return
-
-    collector = asyncio.create_task(collect())
+    collector = asyncio.create_task(collect_latencies(
+        c, sent_at, sending_done, lambda v: _rid_decoder.decode(v).request_id, lat, poll_ms=50))
     t0 = time.perf_counter()
     for i, r in enumerate(live):
         if (delay := t0 + i / rps - time.perf_counter()) > 0:
@@ -343,6 +337,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await produce(fb, fb_records)
                 n = len(fb_records)
                 res["raw_feedback"], res["raw_feedback_cpu"] = await raw_consume(fb, ["requests", "interactions"], n)
+                fl = trial_settings(base, tmp, f"t{t}o")  # the floor's own output topics
+                await create_topics(fl.kafka)
+                res["floor_feedback"], res["floor_feedback_cpu"] = await io_floor(
+                    fb, fl, len(live), base.error_memory.tables, assigned_consumer)
+                fl2 = trial_settings(base, tmp, f"t{t}p")
+                await create_topics(fl2.kafka)
+                res["floor_noreadback_feedback"], res["floor_noreadback_feedback_cpu"] = await io_floor(
+                    fb, fl2, len(live), base.error_memory.tables, assigned_consumer, read_back=False)
                 res["faust_feedback"], res["faust_feedback_cpu"] = await faust_consume(
                     fb, ["requests", "interactions"], n, tmp, f"t{t}f")
                 res["worker_feedback"], res["worker_feedback_cpu"] = await feedback_run(fb, fitted, len(live), tmp)
@@ -378,7 +380,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "median": med, "trials": trials,
             "ratios": {f"{p}{c}": {"worker_over_raw": med[f"worker_{p}{c}"] / med[f"raw_{p}{c}"],
                                    "worker_over_faust": med[f"worker_{p}{c}"] / med[f"faust_{p}{c}"],
-                                   "faust_over_raw": med[f"faust_{p}{c}"] / med[f"raw_{p}{c}"]}
+                                   "faust_over_raw": med[f"faust_{p}{c}"] / med[f"raw_{p}{c}"],
+                                   **({"floor_over_raw": med[f"floor_{p}{c}"] / med[f"raw_{p}{c}"],
+                                       "worker_over_floor": med[f"worker_{p}{c}"] / med[f"floor_{p}{c}"]}
+                                      if f"floor_{p}{c}" in med else {})}
                        for p in ("feedback", "scoring") if p in paths for c in ("", "_cpu")},
         }
     finally:
@@ -399,6 +404,12 @@ def print_table(out: dict[str, Any]) -> None:
                 print(f"{p + ' ' + unit:<18}{med[f'worker_{k}']:>10,.0f}{med[f'raw_{k}']:>14,.0f}"
                       f"{med[f'faust_{k}']:>12,.0f}{rat[k]['worker_over_raw']:>12.3f}"
                       f"{rat[k]['worker_over_faust']:>14.2f}{rat[k]['faust_over_raw']:>11.3f}")
+    for c, unit in (("", "ev/s"), ("_cpu", "ev/CPU-s")):
+        r = rat.get(f"feedback{c}", {})
+        if "floor_over_raw" in r:
+            print(f"feedback I/O floor {unit}: {med[f'floor_feedback{c}']:,.0f} = {r['floor_over_raw']:.3f} of raw; "
+                  f"worker = {r['worker_over_floor']:.3f} of the floor; without reading errors back "
+                  f"{med[f'floor_noreadback_feedback{c}'] / med[f'raw_feedback{c}']:.3f} of raw")
     if "worker_scoring" in med:
         print(f"scoring path: {med['worker_scoring'] * cfg['candidates']:,.0f} candidates/s "
               f"({cfg['candidates']} per request)")

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
@@ -34,7 +34,7 @@ from ops.webclient import get_json, wait_ready
 from models.registry import ModelRegistry
 from processors.media import MediaCore, annotate_log
 from streams.codec import decode_event, encode
-from streams.events import Interaction, MediaEvent, ModelAnnouncement, Recommendation, RecommendationRequest
+from streams.events import Interaction, MediaEvent, Recommendation, RecommendationRequest
 
 
 @dataclass
@@ -116,6 +116,31 @@ async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
             broker.stop()
 
 
+async def collect_latencies(consumer: AIOKafkaConsumer, sent_at: dict[str, float], sending_done: asyncio.Event,
+                            request_id_of: Callable[[bytes], str], latencies: list[float], *,
+                            poll_ms: int = 100, drain_s: float = 60.0) -> None:
+    """Read recommendations concurrently with a sender; append receive - send seconds.
+
+    ``sent_at`` maps request id -> ``time.perf_counter()`` at send (the sender fills it; answered
+    ids are popped, so what is left at the end is unanswered). Returns once ``sending_done`` is
+    set and every sent request was answered, or ``drain_s`` after ``sending_done``.
+    ``request_id_of`` decodes a recommendation's value to its request id (and may count it).
+    """
+    deadline: float | None = None
+    while True:
+        batch = await consumer.getmany(timeout_ms=poll_ms, max_records=10_000)
+        now = time.perf_counter()
+        for msgs in batch.values():
+            for m in msgs:
+                t = sent_at.pop(request_id_of(m.value), None)
+                if t is not None:
+                    latencies.append(now - t)
+        if sending_done.is_set():
+            deadline = deadline or time.monotonic() + drain_s
+            if not sent_at or time.monotonic() > deadline:
+                return
+
+
 async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int,
                 opts: MainJobOptions) -> dict[str, Any]:
     """Produce the live part of the simulator's traffic and collect the recommendations."""
@@ -137,25 +162,12 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
 
     sending_done = asyncio.Event()
 
-    async def collect() -> None:
-        """Read recommendations concurrently with sending (latency = receive - send time)."""
-        deadline: float | None = None
-        while True:
-            batch = await consumer.getmany(timeout_ms=100, max_records=10000)
-            now = time.perf_counter()
-            for msgs in batch.values():
-                for m in msgs:
-                    rec = decode_event(m.value, Recommendation)
-                    t = sent_at.pop(rec.request_id, None)
-                    if t is not None:
-                        latencies.append(now - t)
-                    versions[rec.model_version] = versions.get(rec.model_version, 0) + 1
-            if sending_done.is_set():
-                deadline = deadline or time.monotonic() + 60.0
-                if not sent_at or time.monotonic() > deadline:
-                    return
+    def on_record(value: bytes) -> str:
+        rec = decode_event(value, Recommendation)
+        versions[rec.model_version] = versions.get(rec.model_version, 0) + 1
+        return rec.request_id
 
-    collector = asyncio.create_task(collect())
+    collector = asyncio.create_task(collect_latencies(consumer, sent_at, sending_done, on_record, latencies))
     t0 = time.perf_counter()
     interval = 1.0 / opts.offered_rps
     seq = 0
