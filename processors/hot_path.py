@@ -166,7 +166,8 @@ class HotPath(mode.Service):
         await self.producer.start()
         self.errors_consumer = AIOKafkaConsumer(**self.client, group_id=None, enable_auto_commit=False,
                                                 auto_offset_reset="earliest",
-                                                max_partition_fetch_bytes=8 << 20)
+                                                max_partition_fetch_bytes=8 << 20,
+                                                fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
         parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or set()
         if not parts:
