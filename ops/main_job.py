@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,11 +57,49 @@ def _worker_cmd(settings: Settings, broker_url: str, data_dir: str, web_port: in
             "--data-dir", data_dir, "--web-port", str(web_port)]
 
 
+#: What a run leaves in the data directory (besides reports).
+RUN_STATE = ("models", "snapshots", "faust", "worker.log", "broker.log")
+
+
+def set_aside_previous_run(data_dir: Path) -> Path | None:
+    """Move a previous run's state out of ``data_dir`` into ``data_dir/previous-run``
+    (replacing the one kept before); returns that directory, or None if there was nothing.
+
+    An embedded-broker run starts from nothing: the topics die with the broker, so a previous
+    run's model registry, snapshots and journal (offsets into those topics) cannot be resumed.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "snapshots").mkdir()
+    >>> set_aside_previous_run(d).name, (d / "previous-run" / "snapshots").is_dir(), set_aside_previous_run(d)
+    ('previous-run', True, None)
+    """
+    present = [name for name in RUN_STATE if (data_dir / name).exists()]
+    if not present:
+        return None
+    kept = data_dir / "previous-run"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for name in present:
+        os.replace(data_dir / name, kept / name)
+    return kept
+
+
 async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
     """Run the main job; returns the process exit code."""
     n_requests = opts.events or 20000
     broker: EmbeddedBroker | None = None
-    Path(settings.worker.data_dir).mkdir(parents=True, exist_ok=True)
+    data = Path(settings.worker.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    if settings.kafka.broker == "embedded":
+        kept = set_aside_previous_run(data)
+        if kept is not None:
+            print(f"[reloop] the previous embedded run's state was moved to {kept} (its topics died with its "
+                  "broker)", flush=True)
+    elif (data / "models" / "v1").exists():
+        print(f"error: {data} already holds the model registry of an earlier `reloop run`; give this run "
+              "its own --data-dir (or remove that directory)", file=sys.stderr, flush=True)
+        return 2
     if settings.kafka.broker == "embedded":
         broker = await EmbeddedBroker(log_path=str(Path(settings.worker.data_dir) / "broker.log")).astart()
         settings = settings.with_overrides(kafka={"broker": broker.url})
