@@ -209,7 +209,7 @@ def compression_and_size(core: MediaCore) -> dict:
 
 def retrieval_agreement(core: MediaCore, segments: list, n_queries: int, seed: int) -> dict:
     """Recall@5 of the full-history best-matching items among the compressed memory's retrieval."""
-    memory, cfg = core.memory, core.config
+    memory = core.memory
     frames: dict[str, list[np.ndarray]] = defaultdict(list)
     items: dict[str, list[str]] = defaultdict(list)
     for media, _ in segments:

@@ -31,7 +31,7 @@ from models.bundle import CorruptModelError
 from models.registry import ModelRegistry, VersionInfo
 from ops.settings import Settings, load_settings
 
-__all__ = ["add_models_commands", "add_train_command", "build_parser", "run", "main"]
+__all__ = ["add_models_commands", "add_train_command", "run", "main"]
 
 log = logging.getLogger("reloop.models_cli")
 

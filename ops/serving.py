@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from models.fit import FittedModel
 from models.scorer import OnnxScorer
 from ops.replay import CompensationFactory
 from ops.settings import Settings
