@@ -11,14 +11,11 @@ replica's CPU throughput, decode included.
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
 from ops.simulator import FaultSpec, SimConfig, Simulator  # noqa: E402
 from processors.compensation import NoCompensation  # noqa: E402
@@ -26,13 +23,10 @@ from processors.replica import ErrorsReplica  # noqa: E402
 from processors.schemas import SchemaCore  # noqa: E402
 from processors.telemetry import WorkerTelemetry  # noqa: E402
 from state.schema_cache import SchemaCacheConfig  # noqa: E402
-from streams.codec import encode  # noqa: E402
 from streams.validation import Limits  # noqa: E402
 from tests.processors.test_schema_core import _oracle_records  # noqa: E402
 
-TopicPart = collections.namedtuple("TopicPart", "topic partition")
-Message = collections.namedtuple("Message", "offset value")
-PARTITIONS = list(range(4))
+from bench.replica_speed import PARTITIONS, partition_logs, poll  # noqa: E402
 
 
 def main() -> None:
@@ -55,25 +49,17 @@ def main() -> None:
         if alerts and direct is None:
             direct = (i + a.poll, alerts[0].ts)
 
-    partitioner = DefaultPartitioner()
-    logs: dict[int, list[bytes]] = collections.defaultdict(list)
-    for r in records:
-        logs[partitioner(r.user_id.encode(), PARTITIONS, PARTITIONS)].append(encode(r))
+    logs = partition_logs(records)
     replica = ErrorsReplica(NoCompensation(), SchemaCore(cfg), Limits(), WorkerTelemetry())
     assert replica.reorder is not None
     pos, seen, got, cpu = dict.fromkeys(PARTITIONS, 0), 0, None, 0.0
     per_part = a.poll // len(PARTITIONS)
     while any(pos[p] < len(logs[p]) for p in PARTITIONS):
-        batch = {}
-        for p in PARTITIONS:
-            limit = pos[p] + per_part
-            if p == 0:  # partition 0 runs --skew records ahead of the others
-                limit = max(limit, min(pos[q] for q in PARTITIONS[1:]) + a.skew)
-            take = logs[p][pos[p]:limit]
-            if take:
-                batch[TopicPart("errors", p)] = [Message(pos[p] + j, v) for j, v in enumerate(take)]
-                pos[p] += len(take)
-                seen += len(take)
+        # partition 0 runs --skew records ahead of the others
+        ahead = min(pos[q] for q in PARTITIONS[1:]) + a.skew
+        batch = poll(logs, pos, {p: max(pos[p] + per_part, ahead) if p == 0 else pos[p] + per_part
+                                 for p in PARTITIONS})
+        seen += sum(len(m) for m in batch.values())
         t0 = time.process_time()
         replica.apply_batch(batch)
         cpu += time.process_time() - t0

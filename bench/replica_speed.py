@@ -33,6 +33,28 @@ from tests.processors.test_schema_core import _oracle_records  # noqa: E402
 
 TopicPart = collections.namedtuple("TopicPart", "topic partition")
 Message = collections.namedtuple("Message", "offset value")
+PARTITIONS = list(range(4))
+
+
+def partition_logs(records: list) -> dict[int, list[bytes]]:
+    """Wire bytes of ``records`` per ``errors`` partition, keyed by user as the worker's producer does."""
+    partitioner = DefaultPartitioner()
+    logs: dict[int, list[bytes]] = collections.defaultdict(list)
+    for r in records:
+        logs[partitioner(r.user_id.encode(), PARTITIONS, PARTITIONS)].append(encode(r))
+    return logs
+
+
+def poll(logs: dict[int, list[bytes]], pos: dict[int, int], limits: dict[int, int]) -> dict:
+    """One poll: each partition's records from ``pos[p]`` up to ``limits[p]``, as aiokafka's
+    ``getmany`` shapes them (TopicPartition -> messages); advances ``pos``."""
+    batch = {}
+    for p in PARTITIONS:
+        take = logs[p][pos[p]:limits[p]]
+        if take:
+            batch[TopicPart("errors", p)] = [Message(pos[p] + j, v) for j, v in enumerate(take)]
+            pos[p] += len(take)
+    return batch
 
 
 def main() -> None:
@@ -42,22 +64,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     a = ap.parse_args()
     records = _oracle_records(Simulator(SimConfig(seed=4, shift_at=None)), a.requests)
-    parts = list(range(4))
-    partitioner = DefaultPartitioner()
-    logs: dict[int, list[bytes]] = collections.defaultdict(list)
-    for r in records:
-        logs[partitioner(r.user_id.encode(), parts, parts)].append(encode(r))
+    logs = partition_logs(records)
     rates = []
     for _ in range(a.trials):
         replica = ErrorsReplica(NoCompensation(), SchemaCore(SchemaCacheConfig()), Limits(), WorkerTelemetry())
-        pos, cpu = dict.fromkeys(parts, 0), 0.0
-        while any(pos[p] < len(logs[p]) for p in parts):
-            batch = {}
-            for p in parts:
-                take = logs[p][pos[p]:pos[p] + a.poll // len(parts)]
-                if take:
-                    batch[TopicPart("errors", p)] = [Message(pos[p] + j, v) for j, v in enumerate(take)]
-                    pos[p] += len(take)
+        pos, cpu = dict.fromkeys(PARTITIONS, 0), 0.0
+        while any(pos[p] < len(logs[p]) for p in PARTITIONS):
+            batch = poll(logs, pos, {p: pos[p] + a.poll // len(PARTITIONS) for p in PARTITIONS})
             t0 = time.process_time()
             replica.apply_batch(batch)
             cpu += time.process_time() - t0

@@ -36,6 +36,7 @@ from ops.settings import Settings
 from ops.simulator import SimConfig, Simulator
 from ops.webclient import get_json, wait_ready
 from ops.worker_process import WorkerProcess
+from processors.reorder import EventTimeReorder
 from processors.tasks import FeedbackTasks
 from state.snapshots import read_npz
 from streams.codec import decode_event, encode
@@ -352,12 +353,11 @@ _NOT_BITWISE = frozenset({"errors_partitions", "errors_offsets", "recent_partiti
                           "reorder_data", "reorder_lengths"})
 
 
-def _held_ids(snap: dict[str, np.ndarray]) -> list[str]:
-    data, out, pos = np.asarray(snap.get("reorder_data", np.zeros(0, np.uint8))).tobytes(), [], 0
-    for n in np.asarray(snap.get("reorder_lengths", np.zeros(0, np.int64))).tolist():
-        out.append(decode_event(data[pos:pos + n], ErrorRecord).error_id)
-        pos += n
-    return out
+def _reorder(snap: dict[str, np.ndarray]) -> EventTimeReorder | None:
+    """The reorder buffer saved in a schema-cache snapshot (None for the format without one)."""
+    if "reorder_scalars" not in snap:
+        return None
+    return EventTimeReorder.from_arrays(snap, lambda raw: decode_event(raw, ErrorRecord))
 
 
 def compare_schema_caches(qa_snap: dict[str, np.ndarray], qb_snap: dict[str, np.ndarray], n_records: int,
@@ -369,17 +369,17 @@ def compare_schema_caches(qa_snap: dict[str, np.ndarray], qb_snap: dict[str, np.
 
     c = result.checks
     qa, qb = SchemaCore.restore(qa_snap), SchemaCore.restore(qb_snap)
-    held_a, held_b = len(qa_snap.get("reorder_keys", ())), len(qb_snap.get("reorder_keys", ()))
+    ra, rb = _reorder(qa_snap), _reorder(qb_snap)
+    held_a, held_b = (ra.held if ra else 0), (rb.held if rb else 0)
     c["schema_cache_same_records"] = qa.records_in + held_a == qb.records_in + held_b == n_records
     c["schema_cache_same_schemata"] = (msgspec.json.encode(qa.schemas(include_resolved=True))
                                        == msgspec.json.encode(qb.schemas(include_resolved=True)))
     diff = _same({k: v for k, v in qa_snap.items() if k not in _NOT_BITWISE},
                  {k: v for k, v in qb_snap.items() if k not in _NOT_BITWISE}, "schema_cache")
-    if diff is None and _held_ids(qa_snap) != _held_ids(qb_snap):
+    if diff is None and (ra.held_ids() if ra else []) != (rb.held_ids() if rb else []):
         diff = "held record ids"
     c["schema_cache_bit_identical"] = diff is None
     result.details.update(schema_cache_difference=diff, schema_cache_records_in=[qa.records_in, qb.records_in],
                           schema_cache_held=[held_a, held_b],
-                          schema_reorder_clamped=[int(q["reorder_scalars"][5]) if "reorder_scalars" in q else None
-                                                  for q in (qa_snap, qb_snap)],
+                          schema_reorder_clamped=[r.clamped if r else None for r in (ra, rb)],
                           schemata=[len(qa.schemas(include_resolved=True)), len(qb.schemas(include_resolved=True))])

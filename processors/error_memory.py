@@ -74,10 +74,11 @@ class ErrorMemoryCompensation:
             n = len(fresh)
             if all(r.codes.__class__ is bytes for r in fresh):  # the packed wire form: one buffer
                 codes = np.frombuffer(b"".join([r.codes for r in fresh]), CODE_DTYPE).reshape(n, k).astype(np.int64)
-            else:  # lists of ints (older producers); a code beyond int64 marks its record bad
-                codes = np.array([r.code_array() if r.codes.__class__ is bytes else
-                                  (r.codes if all(-1 < c < self.memory.n_buckets for c in r.codes) else [-1] * k)
-                                  for r in fresh], dtype=np.int64).reshape(n, k)
+            else:  # lists of ints (older producers): range-checked before the int64 cast
+                nb = self.memory.n_buckets
+                rows = [r.code_list() for r in fresh]
+                codes = np.array([c if all(-1 < x < nb for x in c) else [-1] * k for c in rows],
+                                 dtype=np.int64).reshape(n, k)
             ok = ((codes >= 0) & (codes < self.memory.n_buckets)).all(axis=1)
             if not ok.all():
                 stale += [r for r, good in zip(fresh, ok.tolist()) if not good]

@@ -146,6 +146,10 @@ class EventTimeReorder:
             self.released = max(self.released, out[-1][0])
         return [e[5] for e in out]
 
+    def held_ids(self) -> list[str]:
+        """Error ids of the held records, in release order (key, ts, id, partition)."""
+        return [e[2] for e in sorted(self._heap, key=lambda e: e[:4])]
+
     # ---- snapshots ---------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (prefix ``reorder_``): parameters, watermarks, counters and the held

@@ -108,7 +108,7 @@ class PredicateVocab:
             v = rec.model_version
             flat[base] = versions.get(v) or self._new(0, v)
             if n_codes:
-                codes = rec.code_array().tolist() if rec.codes.__class__ is bytes else rec.codes
+                codes = rec.code_list()
                 for k in range(min(n_codes, len(codes))):
                     c = codes[k]
                     flat[base + 1 + k] = by_col[1 + k].get(c) or self._new(1 + k, c)

@@ -186,6 +186,12 @@ class ErrorRecord(_Event, tag="error"):
         if self.codes.__class__ is bytes and len(self.codes) % 4:
             raise ValueError(f"codes: {len(self.codes)} packed bytes is not a whole number of uint32")
 
+    def code_list(self) -> list[int]:
+        """The codes as Python ints (either wire form; a list is returned as is, unchecked)."""
+        if self.codes.__class__ is bytes:
+            return np.frombuffer(self.codes, CODE_DTYPE).tolist()
+        return self.codes  # type: ignore[return-value]
+
     def code_array(self) -> np.ndarray:
         """``(K,) int64`` codes (either wire form)."""
         if self.codes.__class__ is bytes:
