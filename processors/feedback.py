@@ -10,7 +10,10 @@ Rules (shared by the worker and the replay engine):
   error memory never sees the early clicks without the late negatives;
 - an interaction that arrives before its request waits (orphan) until the request is scored
   or its window closes (then it counts as ``unattributed``);
-- every resolved prediction yields one :class:`ErrorRecord` and one metrics update.
+- every resolved prediction yields one :class:`ErrorRecord` and one metrics update, at the
+  prediction's event time (the request's ``ts``): a request's positives and negatives share one
+  clock, so anything that windows or orders error records by time (schema cache, reorder
+  buffer, online metrics, training window, error-memory decay) sees them together.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from streams.events import ErrorRecord, Interaction, pack_codes
 
 
 def error_record(r: Resolved) -> ErrorRecord:
-    """The error record of a resolved prediction."""
+    """The error record of a resolved prediction: its event time is the prediction's (the
+    request's), whatever the label's own time (kept as ``label_ts``)."""
     p = r.pending
     return ErrorRecord(error_id=f"{p.request_id}:{p.item_id}", user_id=p.user_id, item_id=p.item_id,
-                       ts=r.ts, label=r.label, base_pred=p.base_pred, comp_pred=p.comp_pred,
+                       ts=p.ts, label_ts=r.label_ts, label=r.label, base_pred=p.base_pred, comp_pred=p.comp_pred,
                        model_version=p.model_version, codes=pack_codes(p.codes), features=p.features)
 
 

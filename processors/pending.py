@@ -43,11 +43,17 @@ class Pending(NamedTuple):
 
 
 class Resolved(NamedTuple):
-    """A prediction with its final label and the event time the label became final."""
+    """A prediction with its final label.
+
+    Its event time is the prediction's (``pending.ts``, the request's time): every record of
+    one resolved request carries that one clock (docs/guarantees.md, "Event time").
+    ``label_ts`` is when the label became final: the click's own time for a positive, the
+    window's end (``request ts + window``) for a negative.
+    """
 
     pending: Pending
     label: int
-    ts: float
+    label_ts: float
 
 
 @dataclass
@@ -131,7 +137,7 @@ class PendingStore:
         out = []
         for item_id, p in req.items.items():
             label, ts = req.labels.get(item_id, (0, req.deadline))
-            out.append(Resolved(p, label, max(ts, p.ts)))
+            out.append(Resolved(p, label, max(ts, p.ts)))  # label_ts
         return out
 
     def park_orphan(self, it: Interaction) -> None:

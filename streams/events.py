@@ -25,6 +25,9 @@ import numpy as np
 
 #: Wire schema version written by this code. Decoders accept versions <= this.
 SCHEMA_VERSION = 1
+#: Error records' own version: 2 since 2026-12-07 (``ts`` is the prediction's time for every
+#: label, the label's time moved to ``label_ts``); version 1 records are still read.
+ERROR_SCHEMA_VERSION = 2
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="opaque identifier")]
 Ts = Annotated[float, msgspec.Meta(ge=0.0, le=1e11, description="event time, unix seconds")]
@@ -161,8 +164,13 @@ class MediaEvent(_Event, tag="media"):
             raise ValueError("embedding values must be finite")
 
 
-class ErrorRecord(_Event, tag="error"):
+class ErrorRecord(_Event, tag="error", kw_only=True):
     """A scored-and-labelled sample, written to ``errors`` and applied by every replica.
+
+    ``ts`` is the prediction's event time (the request's ``ts``), for positives and negatives
+    alike: one clock per resolved prediction (docs/guarantees.md). ``label_ts`` is when the
+    label became final: the click's time for a positive, the attribution window's end for a
+    negative (``None`` in version 1 records, whose ``ts`` was that time).
 
     ``codes`` are the error-memory bucket indices of the sample (one per hash table, empty
     when no error memory is configured), packed as little-endian uint32 (base64 in JSON:
@@ -171,6 +179,7 @@ class ErrorRecord(_Event, tag="error"):
     unique per (request, item) so a replica can tell a redelivery from a new record.
     """
 
+    schema_version: Annotated[int, msgspec.Meta(ge=1, le=ERROR_SCHEMA_VERSION)] = ERROR_SCHEMA_VERSION
     error_id: Id
     user_id: Id
     item_id: Id
@@ -181,6 +190,7 @@ class ErrorRecord(_Event, tag="error"):
     model_version: str
     codes: bytes | list[int] = b""
     features: Features = {}
+    label_ts: Ts | None = None
 
     def __post_init__(self) -> None:
         if self.codes.__class__ is bytes and len(self.codes) % 4:
