@@ -92,7 +92,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
                   replica_snapshot_every_s=settings.worker.replica_snapshot_every_s,
-                  journal_fsync=settings.worker.journal_fsync,
+                  journal_fsync=settings.worker.journal_fsync, crash_threshold=settings.worker.crash_threshold,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
@@ -107,8 +107,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                                         f"from the announced {expected_sha256[:12]}")
             scorer = await loop.run_in_executor(
                 None, lambda: bundle.load_scorer(intra_op_num_threads=settings.worker.ort_threads))
-        except (CorruptModelError, FileNotFoundError, ValueError) as exc:
-            log.error("model_refused", extra={"version": version, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - poison-pill rule: a bad model is refused, never fatal
+            log.error("model_refused", extra={"version": version, "reason": f"{type(exc).__name__}: {str(exc)[:300]}"})
             return
         hot.install_model(scorer)
         log.info("model_loaded", extra={"version": version})
@@ -210,6 +210,8 @@ def memory_sizes(hot: HotPath) -> dict[str, int]:
         out["media_memory"] = sum(mem.nbytes_user(u) for u in mem.users) + int(mem.items.table.nbytes)
     if hot.schema_core is not None:
         out["schema_cache"] = size(hot.schema_core.cache)
+    # pending predictions, orphan clicks, resolved ids (sampled, approximate: Python objects)
+    out["pending"] = hot.tasks.approx_nbytes()
     return out
 
 

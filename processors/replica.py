@@ -30,7 +30,7 @@ from processors.reorder import EventTimeReorder
 from processors.schemas import SchemaCore
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
-from streams.codec import InvalidEvent, decode_event
+from streams.codec import InvalidEvent, dead_letter, decode_event
 from streams.events import ErrorRecord
 from streams.topics import TOPICS
 from streams.validation import Limits
@@ -89,7 +89,7 @@ class ErrorsReplica:
                 try:
                     rec = decode_event(m.value or b"", ErrorRecord, self.limits)
                 except InvalidEvent as exc:
-                    log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
+                    self._reject(m, str(exc))
                     continue
                 if self.recent_ids.first_time(tp.partition, rec.error_id):
                     fresh.append(rec)
@@ -101,14 +101,47 @@ class ErrorsReplica:
                 self.reorder.push(tp.partition, fresh)
             records += fresh
         self.telemetry.events_in.labels("errors").inc(len(records))
-        stored = self.compensation.apply_errors(records)
+        stored = self._isolated(self.compensation.apply_errors, records, "error_memory")
         if self.schema_core is not None and self.reorder is not None:
             ready = self.reorder.pop_ready()
             if ready:
-                updates, alerts = self.schema_core.on_batch(ready)
-                self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
+                out = self._isolated(self.schema_core.on_batch, ready, "schema_cache")
+                if out:
+                    updates, alerts = out
+                    self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
+
+    def _reject(self, msg: Any, reason: str) -> None:
+        """A record no replica can apply: logged, counted, and queued as a dead letter (only the
+        leader publishes the outbox, so the cluster writes one copy)."""
+        log.warning("bad_error_record", extra={"partition": msg.partition, "offset": msg.offset,
+                                               "reason": reason[:200]})
+        self.telemetry.dead_letters.labels("errors").inc()
+        letter = dead_letter(msg.value, reason, topic=msg.topic, partition=msg.partition,
+                             offset=msg.offset, key=msg.key)
+        self.outbox.append(("dlq", letter))
+
+    def _isolated(self, apply: Callable[[list[ErrorRecord]], Any], records: list[ErrorRecord], what: str) -> Any:
+        """``apply(records)``; if it raises, apply them one at a time and drop (log, count) the
+        ones that raise, so one record never stops the replica (poison-pill rule). Returns the
+        first result, or the sum of the per-record ones for counts."""
+        try:
+            return apply(records)
+        except Exception as exc:  # noqa: BLE001
+            log.error("replica_batch_failed_isolating", extra={"replica": what, "records": len(records),
+                                                               "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        results = []
+        for rec in records:
+            try:
+                results.append(apply([rec]))
+            except Exception as exc:  # noqa: BLE001
+                self.telemetry.dead_letters.labels("errors").inc()
+                log.error("error_record_failed", extra={"replica": what, "error_id": rec.error_id[:100],
+                                                        "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        if results and isinstance(results[0], tuple):
+            return tuple(sum((list(r[i]) for r in results), []) for i in range(len(results[0])))
+        return sum(r or 0 for r in results)
 
     # ---- snapshots ---------------------------------------------------------------------------
     def collect_snapshot(self, path: Path, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:

@@ -38,7 +38,7 @@ from typing import Annotated, BinaryIO, Iterable, Sequence
 
 import msgspec
 
-from streams.events import ErrorRecord, Features
+from streams.events import DerivedFeatures, ErrorRecord
 
 __all__ = ["Sample", "SampleWindow", "sample_from_error"]
 
@@ -63,10 +63,10 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     item_id: Annotated[str, msgspec.Meta(min_length=1)]
     ts: Annotated[float, msgspec.Meta(ge=0.0)]
     label: Annotated[int, msgspec.Meta(ge=0, le=1)]
-    features: Features = {}
+    features: DerivedFeatures = {}
 
     @property
-    def row(self) -> tuple[str, str, Features]:
+    def row(self) -> tuple[str, str, DerivedFeatures]:
         """``(user_id, item_id, features)``: the model's input row."""
         return (self.user_id, self.item_id, self.features)
 

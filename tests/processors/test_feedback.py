@@ -27,7 +27,7 @@ def test_request_resolves_when_window_closes_with_unclicked_as_negatives() -> No
     assert fc.advance(109.9) == []
     recs = fc.advance(110.0)
     assert sorted((r.item_id, r.label) for r in recs) == [("a", 0), ("b", 1), ("c", 0)]
-    assert all(r.code_array().tolist() == [1, 2] and r.error_id.startswith("r1:") for r in recs)
+    assert all(r.code_array().tolist() == [1, 2] and r.error_id.startswith("2:r1:") for r in recs)
     assert fc.metrics.count == 3 and fc.metrics.positives == 1
 
 
