@@ -42,6 +42,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from models.scorer import OnnxScorer
 from processors.checkpoint import InputCheckpoint
 from processors.compensation import Compensation, NoCompensation
+from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
 from processors.journal import JournalEntry, TaskDelta
 from processors.media import MediaCore
@@ -169,11 +170,16 @@ class HotPath(mode.Service):
                                                 max_partition_fetch_bytes=8 << 20,
                                                 fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
-        parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or set()
-        if not parts:
-            await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or {0}
-        self.errors_consumer.assign([TopicPartition(self.topics["errors"], p) for p in sorted(parts)])
+        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) only the schema cache
+        wanted = ["memory"] + (["errors"] if self.replica.schema_core is not None else [])
+        assigned = []
+        for logical in wanted:
+            parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
+            if not parts:
+                await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
+            assigned += [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        self.errors_consumer.assign(assigned)
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
@@ -273,7 +279,9 @@ class HotPath(mode.Service):
         for part in sorted(set(by_part) | set(inter)):
             raws, evs = inter.get(part, ([], []))
             times = self.tasks.stream_times(part, req_ts.get(part, []), [e.ts for e in evs])
-            errors += self.tasks.apply(part, by_part.get(part, []), evs, times)
+            part_errors = self.tasks.apply(part, by_part.get(part, []), evs, times)
+            errors += part_errors
+            outputs += self._memory_outputs(part, part_errors)
             deltas.append(TaskDelta(part, by_part.get(part, []), raws, times))
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
         outputs += [(out_recs, rec.user_id.encode(), encode(rec)) for rec in recs]
@@ -299,6 +307,16 @@ class HotPath(mode.Service):
         self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
 
+    def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
+        """The binary ``memory`` records of one partition's error records (keyed by the input
+        partition; journaled with the other outputs, so a resend is byte-identical)."""
+        comp = self.compensation
+        if not errors or not isinstance(comp, ErrorMemoryCompensation):
+            return []
+        cfg = comp.memory.config
+        key = str(part).encode()
+        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
+
     async def _produce(self, outputs: Sequence[Output]) -> None:
         """Produce ``outputs`` and wait until every one is acknowledged."""
         assert self.producer is not None
@@ -318,8 +336,9 @@ class HotPath(mode.Service):
         await self._model_ready.wait()  # the replica exists once the first model is known
         assert self.errors_consumer is not None
         for tp in self.errors_consumer.assignment():
-            if tp.partition in self.errors_applied:  # restored: resume after the snapshot
-                self.errors_consumer.seek(tp, self.errors_applied[tp.partition])
+            applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+            if tp.partition in applied:  # restored: resume after the snapshot
+                self.errors_consumer.seek(tp, applied[tp.partition])
             else:
                 await self.errors_consumer.seek_to_beginning(tp)
         while not self.should_stop:
@@ -403,8 +422,12 @@ class HotPath(mode.Service):
                 await asyncio.get_running_loop().run_in_executor(None, write_files, files)
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
-        """Apply error records to the local replica (see :meth:`ErrorsReplica.apply_batch`)."""
-        return self.replica.apply_batch(batch)
+        """Apply a poll of ``errors`` (schema cache, :meth:`ErrorsReplica.apply_batch`) and
+        ``memory`` (error memory, :meth:`ErrorsReplica.apply_memory`) to the local replicas."""
+        memory = self.topics["memory"]
+        written = self.replica.apply_memory({tp: m for tp, m in batch.items() if tp.topic == memory})
+        errors = {tp: m for tp, m in batch.items() if tp.topic != memory}
+        return written + (self.replica.apply_batch(errors) if errors else 0)
 
     # ---- replica state, read by the web pages ---------------------------------------------
     @property
@@ -418,6 +441,10 @@ class HotPath(mode.Service):
     @property
     def errors_applied(self) -> dict[int, int]:
         return self.replica.applied
+
+    @property
+    def memory_applied(self) -> dict[int, int]:
+        return self.replica.memory_applied
 
     @property
     def duplicates_skipped(self) -> int:
