@@ -146,6 +146,7 @@ class ErrorsReplica:
                     self.duplicates_skipped += 1
                     continue
                 self.memory_rows += b.n
+                self.telemetry.events_in.labels("memory").inc(b.n)  # rows, not records
                 stored += self.compensation.apply_memory_batch(b)
             if msgs:
                 self.memory_applied[tp.partition] = max(start, msgs[-1].offset + 1)
