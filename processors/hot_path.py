@@ -49,7 +49,7 @@ from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
 from processors.pending import Pending
 from processors.replica import ErrorsReplica, write_files
-from processors.schemas import SchemaCore, topic_key
+from processors.schemas import PublishedSchemas, SchemaCore, SchemaUpdate, topic_key
 from processors.scoring import ScoringCore
 from processors.tasks import FeedbackTasks
 from processors.telemetry import WorkerTelemetry
@@ -114,6 +114,9 @@ class HotPath(mode.Service):
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
+        # schema distillation runs on the elected worker only (the leader); the others match
+        # against what it publishes on ``schemas`` (None: no schema cache configured)
+        self.published = PublishedSchemas(schema_core.cache.config) if schema_core is not None else None
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.replica_snapshot_every_s = replica_snapshot_every_s
@@ -170,16 +173,17 @@ class HotPath(mode.Service):
                                                 max_partition_fetch_bytes=8 << 20,
                                                 fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
-        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) only the schema cache
-        wanted = ["memory"] + (["errors"] if self.replica.schema_core is not None else [])
-        assigned = []
-        for logical in wanted:
+        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) the schema cache of the
+        # elected worker only (added by _sync_replica_topics once the group has elected it),
+        # ``schemas`` the matcher of the others
+        self._replica_parts: dict[str, list[TopicPartition]] = {}
+        for logical in ("memory", "errors", "schemas"):
             parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
             if not parts:
                 await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
                 parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
-            assigned += [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
-        self.errors_consumer.assign(assigned)
+            self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        self.errors_consumer.assign(self._replica_parts["memory"])
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
@@ -342,11 +346,38 @@ class HotPath(mode.Service):
             else:
                 await self.errors_consumer.seek_to_beginning(tp)
         while not self.should_stop:
+            await self._sync_replica_topics()
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
             if self.replica.outbox:
                 await self._publish_schema_outbox()
+
+    async def _sync_replica_topics(self) -> None:
+        """Read ``errors`` (and distil) while this worker is the leader, ``schemas`` while it is
+        not; scoring matches against the distilled cache or the published one accordingly. A
+        worker that stops distilling keeps its cache at the offsets it includes and resumes
+        from them if it is elected again."""
+        consumer = self.errors_consumer
+        if self.published is None or self.is_leader is None or consumer is None:
+            return
+        want = set(self._replica_parts["memory"]) | set(
+            self._replica_parts["errors" if self.is_leader else "schemas"])
+        have = set(consumer.assignment())
+        if want != have:
+            consumer.assign(sorted(want, key=lambda tp: (tp.topic, tp.partition)))
+            for tp in want:  # a new assignment forgets positions: every partition is placed again
+                applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+                if tp.topic == self.topics["schemas"]:
+                    self.published = PublishedSchemas(self.published.config)  # the whole topic again
+                    await consumer.seek_to_beginning(tp)
+                elif tp.partition in applied:
+                    consumer.seek(tp, applied[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            log.info("schema_role", extra={"distils": self.is_leader})
+        if self.scoring is not None:
+            self.scoring.schemas = self.schema_core if self.is_leader else self.published  # type: ignore[assignment]
 
     async def _publish_schema_outbox(self) -> None:
         """Publish schema updates and alerts; only the leader does (every worker keeps the same
@@ -424,9 +455,11 @@ class HotPath(mode.Service):
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
         """Apply a poll of ``errors`` (schema cache, :meth:`ErrorsReplica.apply_batch`) and
         ``memory`` (error memory, :meth:`ErrorsReplica.apply_memory`) to the local replicas."""
-        memory = self.topics["memory"]
+        memory, schemas = self.topics["memory"], self.topics["schemas"]
         written = self.replica.apply_memory({tp: m for tp, m in batch.items() if tp.topic == memory})
-        errors = {tp: m for tp, m in batch.items() if tp.topic != memory}
+        if self.published is not None:
+            self.published.apply(_schema_updates(m for tp, msgs in batch.items() if tp.topic == schemas for m in msgs))
+        errors = {tp: m for tp, m in batch.items() if tp.topic == self.topics["errors"]}
         return written + (self.replica.apply_batch(errors) if errors else 0)
 
     # ---- replica state, read by the web pages ---------------------------------------------
@@ -449,6 +482,19 @@ class HotPath(mode.Service):
     @property
     def duplicates_skipped(self) -> int:
         return self.replica.duplicates_skipped
+
+
+def _schema_updates(msgs: Any) -> list[SchemaUpdate]:
+    """The valid :class:`SchemaUpdate` values among ``schemas`` messages (others are skipped)."""
+    import msgspec
+
+    out = []
+    for m in msgs:
+        try:
+            out.append(msgspec.json.decode(m.value or b"", type=SchemaUpdate))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("bad_schema_update", extra={"offset": m.offset, "reason": str(exc)[:200]})
+    return out
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
