@@ -16,9 +16,12 @@ Per polled batch, in this order (the rule the replay engine shares):
 4. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
    produced and flushed, then its input offsets are committed (at-least-once).
 
-Error records come back through the ``errors`` consumer and are applied to the local
-compensation replica (and schema cache); per-partition offsets make a redelivered record a
-no-op, and a filter of recent error ids drops the copies a crashed worker produced twice.
+Error-memory writes also go out as binary ``memory`` batches (one per scored batch and input
+partition, :mod:`streams.memory_batch`), which every worker reads back into its error-memory
+replica; only the elected worker (partition 0 of ``requests``) reads ``errors`` back, into the
+schema cache, and the others match against ``schemas``. Per-partition offsets make a
+redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
+worker produced twice.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`processors.checkpoint`), seeking each input partition to the offset its state includes;
