@@ -176,7 +176,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     @app.page("/state")
     async def state_digest(web: Any, request: Any) -> Any:
         """Fingerprint of the replica (sha256 over the sketch arrays: ~0.2 s at 100 MB)."""
-        return web.json({"errors_applied": hot.errors_applied, "error_memory_digest": hot.compensation.digest()})
+        return web.json({"errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
+                         "error_memory_digest": hot.compensation.digest()})
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
@@ -187,7 +188,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
             "model_version": hot.scoring.model_version if hot.scoring else None,
             "pending": hot.tasks.pending_count, "unattributed": hot.tasks.unattributed,
             "duplicates_skipped": hot.duplicates_skipped,
-            "errors_applied": hot.errors_applied, "summary": summary, "series": series,
+            "errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
+            "summary": summary, "series": series,
             "error_memory": {"rekeyed": getattr(hot.compensation, "rekeyed", 0)},
             "counters": _counter_totals(telemetry),
         })

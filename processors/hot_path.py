@@ -18,9 +18,12 @@ Per polled batch, in this order (the rule the replay engine shares):
 3. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
    produced and flushed, then its input offsets are committed (at-least-once).
 
-Error records come back through the ``errors`` consumer and are applied to the local
-compensation replica (and schema cache); per-partition offsets make a redelivered record a
-no-op, and a filter of recent error ids drops the copies a crashed worker produced twice.
+Error-memory writes also go out as binary ``memory`` batches (one per scored batch and input
+partition, :mod:`streams.memory_batch`), which every worker reads back into its error-memory
+replica; only the elected worker (partition 0 of ``requests``) reads ``errors`` back, into the
+schema cache, and the others match against ``schemas``. Per-partition offsets make a
+redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
+worker produced twice.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`processors.checkpoint`), seeking each input partition to the offset its state includes;
@@ -45,19 +48,20 @@ from processors.admission import DUPLICATE, Admission
 from processors.checkpoint import InputCheckpoint
 from processors.compensation import Compensation, NoCompensation
 from processors.crash_guard import CrashGuard, fault_point
+from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
 from processors.hot_state import HotPathState, SeekToCheckpoint
 from processors.journal import JournalEntry
 from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
 from processors.replica import ErrorsReplica, write_files
-from processors.schemas import SchemaCore, topic_key
+from processors.schemas import PublishedSchemas, SchemaCore, SchemaUpdate, topic_key
 from processors.scoring import ScoringCore
 from processors.step import Admitted, run_one_by_one, run_step
 from processors.tasks import FeedbackTasks
 from processors.telemetry import WorkerTelemetry
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
-from streams.events import Interaction, MediaEvent, RecommendationRequest
+from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 from streams.validation import Limits
 
 log = logging.getLogger("reloop.hot_path")
@@ -121,6 +125,9 @@ class HotPath(HotPathState, mode.Service):
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
+        # schema distillation runs on the elected worker only (the leader); the others match
+        # against what it publishes on ``schemas`` (None: no schema cache configured)
+        self.published = PublishedSchemas(schema_core.cache.config) if schema_core is not None else None
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.replica_snapshot_every_s = replica_snapshot_every_s
@@ -178,11 +185,17 @@ class HotPath(HotPathState, mode.Service):
                                                 max_partition_fetch_bytes=8 << 20,
                                                 fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
-        parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or set()
-        if not parts:
-            await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or {0}
-        self.errors_consumer.assign([TopicPartition(self.topics["errors"], p) for p in sorted(parts)])
+        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) the schema cache of the
+        # elected worker only (added by _sync_replica_topics once the group has elected it),
+        # ``schemas`` the matcher of the others
+        self._replica_parts: dict[str, list[TopicPartition]] = {}
+        for logical in ("memory", "errors", "schemas"):
+            parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
+            if not parts:
+                await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
+            self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        self.errors_consumer.assign(self._replica_parts["memory"])
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
@@ -247,17 +260,19 @@ class HotPath(HotPathState, mode.Service):
         cores = (self.scoring, self.tasks, self.media)
         if guard is not None and isolate:
             log.warning("batch_isolated_after_crashes", extra={"records": len(inputs)})
-            recs, errors, deltas = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
+            recs, errors, deltas, per_part = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
         else:
             try:
                 fault_point(inputs)
-                recs, errors, deltas = run_step(inputs, *cores)
+                recs, errors, deltas, per_part = run_step(inputs, *cores)
             except Exception as exc:  # noqa: BLE001 - poison-pill rule: isolate the record, never crash
                 log.error("batch_failed_isolating", extra={"reason": f"{type(exc).__name__}: {str(exc)[:200]}",
                                                             "records": len(inputs)})
-                recs, errors, deltas = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
+                recs, errors, deltas, per_part = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
         if guard is not None:
             guard.end()
+        for part, part_errors in per_part:
+            outputs += self._memory_outputs(part, part_errors)
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
         outputs += [(out_recs, rec.user_id.encode(), encode(rec)) for rec in recs]
         outputs += [(out_err, err.user_id.encode(), encode(err)) for err in errors]
@@ -329,6 +344,16 @@ class HotPath(HotPathState, mode.Service):
                 admitted.append(Admitted(logical, tp.partition, raw, ev, m))
         return admitted
 
+    def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
+        """The binary ``memory`` records of one partition's error records (keyed by the input
+        partition; journaled with the other outputs, so a resend is byte-identical)."""
+        comp = self.compensation
+        if not errors or not isinstance(comp, ErrorMemoryCompensation):
+            return []
+        cfg = comp.memory.config
+        key = str(part).encode()
+        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
+
     async def _produce(self, outputs: Sequence[Output]) -> None:
         """Produce ``outputs`` and wait until every one is acknowledged."""
         assert self.producer is not None
@@ -348,16 +373,44 @@ class HotPath(HotPathState, mode.Service):
         await self._model_ready.wait()  # the replica exists once the first model is known
         assert self.errors_consumer is not None
         for tp in self.errors_consumer.assignment():
-            if tp.partition in self.errors_applied:  # restored: resume after the snapshot
-                self.errors_consumer.seek(tp, self.errors_applied[tp.partition])
+            applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+            if tp.partition in applied:  # restored: resume after the snapshot
+                self.errors_consumer.seek(tp, applied[tp.partition])
             else:
                 await self.errors_consumer.seek_to_beginning(tp)
         while not self.should_stop:
+            await self._sync_replica_topics()
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
             if self.replica.outbox:
                 await self._publish_schema_outbox()
+
+    async def _sync_replica_topics(self) -> None:
+        """Read ``errors`` (and distil) while this worker is the leader, ``schemas`` while it is
+        not; scoring matches against the distilled cache or the published one accordingly. A
+        worker that stops distilling keeps its cache at the offsets it includes and resumes
+        from them if it is elected again."""
+        consumer = self.errors_consumer
+        if self.published is None or self.is_leader is None or consumer is None:
+            return
+        want = set(self._replica_parts["memory"]) | set(
+            self._replica_parts["errors" if self.is_leader else "schemas"])
+        have = set(consumer.assignment())
+        if want != have:
+            consumer.assign(sorted(want, key=lambda tp: (tp.topic, tp.partition)))
+            for tp in want:  # a new assignment forgets positions: every partition is placed again
+                applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+                if tp.topic == self.topics["schemas"]:
+                    self.published = PublishedSchemas(self.published.config)  # the whole topic again
+                    await consumer.seek_to_beginning(tp)
+                elif tp.partition in applied:
+                    consumer.seek(tp, applied[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            log.info("schema_role", extra={"distils": self.is_leader})
+        if self.scoring is not None:
+            self.scoring.schemas = self.schema_core if self.is_leader else self.published  # type: ignore[assignment]
 
     async def _publish_schema_outbox(self) -> None:
         """Publish schema updates, alerts and the replica's dead letters; only the leader does
@@ -390,8 +443,14 @@ class HotPath(HotPathState, mode.Service):
                 await asyncio.get_running_loop().run_in_executor(None, write_files, files)
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
-        """Apply error records to the local replica (see :meth:`ErrorsReplica.apply_batch`)."""
-        return self.replica.apply_batch(batch)
+        """Apply a poll of ``errors`` (schema cache, :meth:`ErrorsReplica.apply_batch`) and
+        ``memory`` (error memory, :meth:`ErrorsReplica.apply_memory`) to the local replicas."""
+        memory, schemas = self.topics["memory"], self.topics["schemas"]
+        written = self.replica.apply_memory({tp: m for tp, m in batch.items() if tp.topic == memory})
+        if self.published is not None:
+            self.published.apply(_schema_updates(m for tp, msgs in batch.items() if tp.topic == schemas for m in msgs))
+        errors = {tp: m for tp, m in batch.items() if tp.topic == self.topics["errors"]}
+        return written + (self.replica.apply_batch(errors) if errors else 0)
 
     # ---- replica state, read by the web pages ---------------------------------------------
     @property
@@ -407,6 +466,10 @@ class HotPath(HotPathState, mode.Service):
         return self.replica.applied
 
     @property
+    def memory_applied(self) -> dict[int, int]:
+        return self.replica.memory_applied
+
+    @property
     def duplicates_skipped(self) -> int:
         return self.replica.duplicates_skipped
 
@@ -416,3 +479,16 @@ def _outbox_key(topic: str, msg: Any) -> bytes | None:
     if topic == "dlq":
         return msg.key.encode("utf-8") if msg.key else None
     return topic_key(msg)
+
+
+def _schema_updates(msgs: Any) -> list[SchemaUpdate]:
+    """The valid :class:`SchemaUpdate` values among ``schemas`` messages (others are skipped)."""
+    import msgspec
+
+    out = []
+    for m in msgs:
+        try:
+            out.append(msgspec.json.decode(m.value or b"", type=SchemaUpdate))
+        except Exception as exc:  # noqa: BLE001 - poison-pill rule: skip it, never stop the replica
+            log.warning("bad_schema_update", extra={"offset": m.offset, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    return out

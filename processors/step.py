@@ -40,11 +40,13 @@ class Admitted(NamedTuple):
 
 class StepResult(NamedTuple):
     """A step's outputs: recommendations (one per scored request, in input order), error
-    records (requests resolved), and what it did to each partition (journaled)."""
+    records (requests resolved), what it did to each partition (journaled), and the error
+    records of each partition (``(partition, records)``, for the binary ``memory`` batches)."""
 
     recommendations: list[Recommendation]
     errors: list[ErrorRecord]
     deltas: list[TaskDelta]
+    partition_errors: list[tuple[int, list[ErrorRecord]]]
 
 
 def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTasks,
@@ -72,12 +74,15 @@ def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTa
         i += n
     errors: list[ErrorRecord] = []
     deltas: list[TaskDelta] = []
+    per_part: list[tuple[int, list[ErrorRecord]]] = []
     for part in sorted(set(by_part) | set(inter)):
         raws, evs = inter.get(part, ([], []))
         times = tasks.stream_times(part, req_ts.get(part, []), [e.ts for e in evs])
-        errors += tasks.apply(part, by_part.get(part, []), evs, times)
+        part_errors = tasks.apply(part, by_part.get(part, []), evs, times)
+        errors += part_errors
+        per_part.append((part, part_errors))
         deltas.append(TaskDelta(part, by_part.get(part, []), raws, times))
-    return StepResult(recs, errors, deltas)
+    return StepResult(recs, errors, deltas, per_part)
 
 
 def run_one_by_one(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTasks,
@@ -90,7 +95,7 @@ def run_one_by_one(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: Feed
     is idempotent, so the re-run gives the same pending predictions; media frames applied
     before the failure are applied again (the one stage that is not idempotent).
     """
-    out = StepResult([], [], [])
+    out = StepResult([], [], [], [])
     for one in inputs:
         if before is not None:
             before(one)
@@ -102,4 +107,5 @@ def run_one_by_one(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: Feed
         out.recommendations.extend(res.recommendations)
         out.errors.extend(res.errors)
         out.deltas.extend(res.deltas)
+        out.partition_errors.extend(res.partition_errors)
     return out

@@ -190,8 +190,25 @@ class _Boom(NoCompensation):
 
 
 def test_replica_isolates_a_record_its_memory_cannot_apply():
-    rep = ErrorsReplica(_Boom(), None, Limits(), WorkerTelemetry())
+    rep = ErrorsReplica(_Boom(), None, Limits(), WorkerTelemetry(), memory_topic=False)
     recs = [ErrorRecord(error_id=f"1:r:{i}", user_id="u", item_id=i, ts=NOW, label=1, base_pred=0.5,
                         comp_pred=0.5, model_version="v1") for i in ("a", "poison", "b")]
     stored = rep.apply_batch({TP("errors", 0): [Msg("errors", 0, k, b"u", encode(r)) for k, r in enumerate(recs)]})
     assert stored == 2 and rep.applied == {0: 3}
+
+
+def test_memory_batches_with_hostile_values_are_rejected():
+    """A producer writing the ``memory`` topic directly cannot push far-future times, labels
+    outside 0/1 or predictions outside [0, 1] into every replica's error memory."""
+    import numpy as np
+
+    from streams.memory_batch import InvalidMemoryBatch, decode_batch, encode_rows
+
+    def raw(y=(0.0, 1.0), p=(0.2, 0.3), ts=(NOW, NOW)) -> bytes:
+        return encode_rows(error_ids=["a", "b"], codes=np.zeros((2, 4), np.uint32), y=np.array(y), p=np.array(p),
+                           ts=np.array(ts), versions=["v1", "v1"], rows=[("u", "i", {}), ("u", "j", {})])
+
+    assert decode_batch(raw(), max_ts=NOW + 3600).n == 2
+    for bad in (dict(ts=(NOW, 3.25e10)), dict(y=(0.0, 7.0)), dict(p=(0.2, 1e300)), dict(ts=(-5.0, NOW))):
+        with pytest.raises(InvalidMemoryBatch):
+            decode_batch(raw(**bad), max_ts=NOW + 3600)
