@@ -82,10 +82,11 @@ class CalibratedScorer:
 
 
 def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *, warmup: float = 0.2,
-                 batch_s: float = 0.5, stats: dict[str, Any]) -> Iterator[list[ErrorRecord]]:
+                 batch_s: float = 0.5, stats: dict[str, Any], drain: bool = False) -> Iterator[list[ErrorRecord]]:
     """Error records as the worker's feedback path emits them, per batch of ``batch_s`` event seconds,
-    in (errors partition, emission) order. ``stats`` receives the shift time, the true probability
-    of each record (``truth``: error id -> p) and the feedback counters at the end."""
+    in (errors partition, emission) order; ``drain``: close the open windows at the end (the
+    log is finite). ``stats`` receives the shift time, the true probability of each record
+    (``truth``: error id -> p) and the feedback counters at the end."""
     sim = Simulator(SimConfig(seed=seed, media_weight=1.5, shift_at=0.6 if shift else None))
     shift_ts = sim.shift_ts(n_requests)
     stats["shift_ts"] = shift_ts
@@ -133,6 +134,8 @@ def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *,
             batch_int[part].append(ev)
             batch_ts[part][1].append(ev.ts)
     yield flush()
+    if drain:  # as the tasks' windows would close as time goes on: in event-time order
+        yield sorted((r for _, core in sorted(tasks.tasks.items()) for r in core.drain()), key=lambda r: r.ts)
     stats["feedback"] = {"late": sum(c.late for c in tasks.tasks.values()), "unattributed": tasks.unattributed,
                          "duplicates": tasks.duplicates, "pending_at_end": tasks.pending_count}
 
