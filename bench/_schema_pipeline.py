@@ -81,8 +81,31 @@ class CalibratedScorer:
         return p, q
 
 
+class ModelScorer:
+    """A slow model fitted like the main job's on the warm-up requests' labelled log (without
+    media features), in place of the calibrated scores; the truth stays the simulator's."""
+
+    def __init__(self, sim: Simulator, shift_ts: float | None, n_warm: int, settings: Settings) -> None:
+        from ops.replay import fit_initial_model
+        from processors.scoring import ScoringCore
+
+        self.truth = CalibratedScorer(sim, shift_ts)
+        warm = [e for e in sim.labelled_log(n_warm) if isinstance(e, Interaction)]
+        self.fitted = fit_initial_model(warm, settings, version="v1")
+        self.core = ScoringCore(self.fitted.scorer)
+
+    def watch(self, ev: MediaEvent) -> None:
+        self.truth.watch(ev)
+
+    def score(self, req: RecommendationRequest) -> tuple[np.ndarray, np.ndarray]:
+        rows = [(req.user_id, c.item_id, {**req.features, **c.features}) for c in req.candidates]
+        base, _, _ = self.core.score_rows(rows, req.ts)
+        return np.asarray(base, np.float64), self.truth.score(req)[1]
+
+
 def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *, warmup: float = 0.2,
-                 batch_s: float = 0.5, stats: dict[str, Any], drain: bool = False) -> Iterator[list[ErrorRecord]]:
+                 batch_s: float = 0.5, stats: dict[str, Any], drain: bool = False,
+                 scores: str = "calibrated") -> Iterator[list[ErrorRecord]]:
     """Error records as the worker's feedback path emits them, per batch of ``batch_s`` event seconds,
     in (errors partition, emission) order; ``drain``: close the open windows at the end (the
     log is finite). ``stats`` receives the shift time, the true probability of each record
@@ -90,12 +113,14 @@ def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *,
     sim = Simulator(SimConfig(seed=seed, media_weight=1.5, shift_at=0.6 if shift else None))
     shift_ts = sim.shift_ts(n_requests)
     stats["shift_ts"] = shift_ts
-    scorer = CalibratedScorer(sim, shift_ts)
+    n_warm = int(n_requests * warmup)
+    scorer = (CalibratedScorer(sim, shift_ts) if scores == "calibrated"
+              else ModelScorer(sim, shift_ts, n_warm, settings.with_overrides(worker={"media_features": False})))
     parts = TOPICS["requests"].partitions
     tasks = FeedbackTasks(settings.worker.attribution_window_s, settings.worker.pending_limit,
                           OnlineMetrics(window=settings.worker.metrics_window))
     truth: dict[str, float] = stats.setdefault("truth", {})
-    n_warm, seq, live = int(n_requests * warmup), 0, set()
+    seq, live = 0, set()
     batch_req: dict[int, list[Pending]] = defaultdict(list)
     batch_int: dict[int, list[Interaction]] = defaultdict(list)
     batch_ts: dict[int, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
@@ -141,7 +166,8 @@ def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *,
 
 
 def run(seed: int, n_requests: int, shift: bool, settings: Settings, cache_config: SchemaCacheConfig, *,
-        event_time: str = "prediction", top1_after_s: float = 60.0, batch_s: float = 0.5) -> dict[str, Any]:
+        event_time: str = "prediction", top1_after_s: float = 60.0, batch_s: float = 0.5,
+        scores: str = "calibrated") -> dict[str, Any]:
     """One stream through feedback, the reorder buffer and the schema core; alerts and counts.
 
     ``event_time="label"`` rewrites each record's ``ts`` to its ``label_ts`` (the clock of
@@ -161,7 +187,7 @@ def run(seed: int, n_requests: int, shift: bool, settings: Settings, cache_confi
     t0, c0 = time.perf_counter(), time.process_time()
     core_s = 0.0
     early = 0
-    for batch in error_stream(seed, n_requests, shift, settings, batch_s=batch_s, stats=stats):
+    for batch in error_stream(seed, n_requests, shift, settings, batch_s=batch_s, stats=stats, scores=scores):
         if not batch:
             continue
         by_part: dict[int, list[ErrorRecord]] = defaultdict(list)
@@ -189,7 +215,7 @@ def run(seed: int, n_requests: int, shift: bool, settings: Settings, cache_confi
         if ranking is None and shift_ts is not None and core.cache.max_ts >= shift_ts + top1_after_s:
             ranking = [{"signature": s.signature, "direction": s.direction, "impact": s.impact,
                         "first_seen": s.first_seen} for s in core.schemas() if s.first_seen >= shift_ts]
-    return {"seed": seed, "shift": shift, "event_time": event_time, "alerts": alerts, "records": fed,
+    return {"seed": seed, "shift": shift, "event_time": event_time, "scores": scores, "alerts": alerts, "records": fed,
             "ranking": ranking, "shift_ts": stats["shift_ts"], "truth": stats["truth"],
             "feedback": stats["feedback"], "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
             "core_s": core_s, "early_negatives": early,
@@ -224,11 +250,17 @@ def summarise_run(res: dict[str, Any]) -> dict[str, Any]:
     clean_records = sum(r.ts < cut for r in recs)
     new = [a for a in res["alerts"] if a.kind == "new"]
     false = [a for a in new if a.ts < cut]
+    judged = []  # each alert before the shift against the truth on its slice (records it had seen)
+    for a in false:
+        direction, gap = truth_direction({**res, "shift_ts": -math.inf}, a.signature, a.ts)
+        judged.append({"description": a.description, "true_gap": gap,
+                       "true": direction == a.direction and abs(gap) >= 0.01})
     out: dict[str, Any] = {
         "seed": res["seed"], "stream": "main_job" if res["shift"] else "clean", "event_time": res["event_time"],
         "records": len(recs), "clean_records": clean_records, "false_alerts": len(false),
         "false_alerts_per_100k": len(false) / clean_records * 1e5 if clean_records else None,
-        "false_alert_descriptions": [a.description for a in false[:20]],
+        "false_alert_descriptions": [a.description for a in false[:20]], "alerts_before_shift_judged": judged,
+        "alerts_before_shift_true": sum(j["true"] for j in judged), "scores": res["scores"],
         "label_rate": float(np.mean([r.label for r in recs])) if recs else None,
         "mean_prediction": float(np.mean([r.base_pred for r in recs])) if recs else None,
         "reorder": res["reorder"], "feedback": res["feedback"], "early_negatives": res["early_negatives"],
@@ -275,6 +307,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         recs, false = sum(r["clean_records"] for r in rs), sum(r["false_alerts"] for r in rs)
         out[stream] = {"seeds": len(rs), "clean_records": recs, "false_alerts": false,
+                       "of_which_true_per_simulator": sum(r["alerts_before_shift_true"] for r in rs),
                        "false_alerts_per_100k": false / recs * 1e5 if recs else None,
                        "reorder_clamped": sum(r["reorder"]["clamped"] for r in rs),
                        "reorder_max_behind_s": max(r["reorder"]["max_behind_s"] for r in rs),
@@ -306,7 +339,8 @@ def evaluate(args: Any) -> dict[str, Any]:
           f"{'top1':5}  {'dir_ok':>6}  {'stray':>5}  {'clamped':>7}  first alert")
     for k in range(args.pipeline_seeds):
         for shift in (False, True):
-            res = run(7 + k, args.pipeline_requests, shift, settings, cfg, event_time=args.event_time)
+            res = run(7 + k, args.pipeline_requests, shift, settings, cfg, event_time=args.event_time,
+                      scores=args.scores)
             s = summarise_run(res)
             runs.append(s)
             etd = "-" if s.get("events_to_detect") is None else str(s["events_to_detect"])
@@ -319,5 +353,5 @@ def evaluate(args: Any) -> dict[str, Any]:
     for key, value in summary.items():
         print(f"{key:10} {value}")
     return {"summary": summary, "runs": runs, "cache_config": msgspec.to_builtins(cfg),
-            "scores": "simulator's pre-shift click probabilities (calibrated before the shift)",
+            "scores": args.scores,
             "requests_per_run": args.pipeline_requests, "event_time": args.event_time}

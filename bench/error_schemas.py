@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline-requests", type=int, default=20_000, help="pipeline: requests per run (20%% warm-up)")
     ap.add_argument("--event-time", choices=("prediction", "label"), default="prediction",
                     help="pipeline: error records' clock (label = before schema version 2, for comparison)")
+    ap.add_argument("--scores", choices=("calibrated", "model"), default="calibrated",
+                    help="pipeline: the simulator's pre-shift probabilities, or a slow model fitted on the "
+                         "warm-up requests (alerts before the shift then judged against the truth)")
     args = ap.parse_args(argv)
     if args.bias:
         return bias_main(args)
