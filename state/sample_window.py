@@ -53,7 +53,10 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     Attributes:
         sample_id: unique id (the error record's ``error_id``: request id + item id).
         user_id, item_id: the pair that was scored.
-        ts: event time the label became final, unix seconds.
+        ts: the prediction's event time (the error record's ``ts``: the request's time, for
+            positives and negatives alike since error-record schema version 2; version 1
+            records carried the label's time), unix seconds. Retention and the trainer's
+            event-time order use it, so one request's samples stay together.
         label: 0 or 1.
         features: request + candidate features (str = categorical, float = dense).
     """
