@@ -200,7 +200,8 @@ class ErrorRecord(_Event, tag="error", kw_only=True):
     request's, a candidate's and the media-memory features (:data:`DerivedFeatures`).
     """
 
-    schema_version: Annotated[int, msgspec.Meta(ge=1, le=ERROR_SCHEMA_VERSION)] = ERROR_SCHEMA_VERSION
+    schema_version: Annotated[int, msgspec.Meta(ge=1, le=ERROR_SCHEMA_VERSION,
+                                                description="event schema version")] = ERROR_SCHEMA_VERSION
     error_id: ErrorId
     user_id: Id
     item_id: Id
