@@ -367,7 +367,19 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``reloop``; returns the exit code. Never ends in a traceback unless --log-level DEBUG."""
+    """Run ``reloop``; returns the exit code. Never ends in a traceback unless --log-level DEBUG:
+    errors are one line on stderr, Ctrl-C exits 130 with a one-line note, a closed stdout pipe
+    (``reloop topics list | head``) exits 141 quietly."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while parsing or importing, before a command's own handler
+        print("reloop: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from ops.logging_setup import setup_logging
 
@@ -414,17 +426,5 @@ def _quiet_broken_pipe() -> int:
     return 141
 
 
-def entry() -> None:
-    """Console-script entry point (``reloop``)."""
-    try:
-        code = main()
-    except KeyboardInterrupt:  # during argument parsing or logging setup
-        print("reloop: interrupted", file=sys.stderr)
-        code = 130
-    except BrokenPipeError:
-        code = _quiet_broken_pipe()
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

@@ -23,8 +23,8 @@ async def read_dead_letters(settings: Settings, idle_s: float = 1.0) -> list[Dea
     """Every dead letter on the ``dlq`` topic, oldest first (stops after ``idle_s`` of silence)."""
     name = topic_name(settings.kafka, "dlq")
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False)
-    await c.start()
     try:
+        await c.start()  # inside the try: a failed start is stopped too (no "Unclosed" warning)
         parts = c.partitions_for_topic(name)
         if not parts:
             await c._client.force_metadata_update()  # noqa: SLF001
@@ -85,9 +85,9 @@ async def redrive(settings: Settings, letters: list[DeadLetter], only_topic: str
     """
     letters = only_from(letters, settings, only_topic)
     p = make_producer(settings.kafka)
-    await p.start()
     n = 0
     try:
+        await p.start()
         for dl in letters:
             await p.send_and_wait(dl.source_topic, original_bytes(dl), key=dl.key.encode() if dl.key else None)
             n += 1

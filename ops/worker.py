@@ -329,10 +329,9 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     try:
         loop.run_until_complete(wait_for_broker(settings.kafka))
     except BrokerUnreachable as exc:
-        log.error("broker_give_up", extra={"reason": str(exc)})
+        log.info("broker_give_up", extra={"reason": str(exc)})  # the one-line exit message says it on stderr
         raise SystemExit(f"reloop worker: {exc}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    # KeyboardInterrupt while waiting propagates: `reloop` prints one line and exits 130
     port = app.conf.reloop_web_port  # type: ignore[attr-defined]
     print(f"reloop worker: web on {settings.worker.web_bind}:{port}, status page "
           f"{status_url(settings.worker.web_bind, port)}", file=sys.stderr, flush=True)

@@ -26,8 +26,8 @@ def documents() -> list[tuple[str, dict]]:
 
 
 def containers(doc: dict) -> list[dict]:
-    spec = doc.get("spec", {})
-    return spec.get("template", {}).get("spec", {}).get("containers", [])
+    pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return pod.get("initContainers", []) + pod.get("containers", [])
 
 
 def test_every_manifest_parses_and_names_its_kind():
@@ -62,3 +62,46 @@ def test_settings_in_manifests_are_real_fields():
 def test_commands_in_manifests_parse(name, argv):
     args = build_parser().parse_args(argv)
     assert args.command == argv[0], name
+
+
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+
+
+def k8s(kind: str, name: str) -> dict:
+    return next(d for _, d in documents() if d.get("kind") == kind and d["metadata"]["name"] == name)
+
+
+def test_workers_listen_on_every_interface_for_probes():
+    services = compose()["services"]
+    for name in ("worker-1", "worker-2"):
+        assert services[name]["environment"]["RELOOP_WORKER__WEB_BIND"] == "0.0.0.0", name
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), "publish on the host's loopback"
+    assert k8s("ConfigMap", "reloop-config")["data"]["RELOOP_WORKER__WEB_BIND"] == "0.0.0.0"
+    assert load_settings(env={}).worker.web_bind == "127.0.0.1"  # `reloop run` / dev default
+
+
+def test_cold_start_runs_before_workers_and_trainer():
+    services = compose()["services"]
+    boot = services["bootstrap"]["command"]
+    assert boot[:2] == ["train", "--from-log"]
+    assert services["bootstrap"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    for name in ("worker-1", "worker-2", "trainer"):
+        assert services[name]["depends_on"] == {"bootstrap": {"condition": "service_completed_successfully"}}, name
+    job = k8s("Job", "reloop-bootstrap")["spec"]["template"]["spec"]
+    assert [c["args"][:2] for c in job["initContainers"]] == [["topics", "create"]]
+    assert [c["args"][:2] for c in job["containers"]] == [["train", "--from-log"]]
+    log_path = job["containers"][0]["args"][2]
+    mounts = {m["mountPath"] for m in job["containers"][0]["volumeMounts"]}
+    assert any(log_path.startswith(m + "/") for m in mounts), "the log must be on a mounted volume"
+    assert "/var/lib/reloop/models" in mounts
+
+
+def test_infra_readme_commands_parse():
+    """Every `reloop ...` line of infra/README.md's steps is a command the CLI accepts."""
+    lines = [ln.strip() for ln in (INFRA / "README.md").read_text().splitlines() if ln.strip().startswith("reloop ")]
+    assert len(lines) >= 3
+    for line in lines:
+        argv = line.split("#")[0].split()[1:]
+        args = build_parser().parse_args(argv)
+        assert args.command == argv[0] or argv[0].startswith("-"), line
