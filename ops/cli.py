@@ -24,6 +24,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from ops.cli_support import (CliError, ReloopParser, VersionAction, expected_errors, one_line,
+                              quiet_broken_pipe)
+
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the commands
     from ops.settings import Settings
 
@@ -32,14 +35,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Catalog topics whose dead letters can be re-driven (streams/topics.py; kept literal so that
 #: ``reloop --help`` imports nothing; tests/ops/test_cli_errors.py checks it against the catalog).
 SOURCE_TOPICS = ("requests", "interactions", "media", "errors", "recommendations", "schemas", "alerts", "models")
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as ``reloop CMD: message`` with exit ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _settings(args: argparse.Namespace) -> "Settings":
@@ -101,13 +96,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ops.kafka import create_topics
-    from streams.topics import markdown_table
+    if args.action == "list":  # the catalog itself: no settings, no torch
+        from streams.topics import markdown_table
 
-    settings = _settings(args)
-    if args.action == "list":
         print(markdown_table())
         return 0
+    from ops.kafka import create_topics
+
+    settings = _settings(args)
     _need_broker(settings, "topics create")
     created = asyncio.run(create_topics(settings.kafka))
     print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
@@ -306,37 +302,12 @@ def add_simulate(sub: Any) -> None:
     s.set_defaults(func=cmd_simulate)
 
 
-class ReloopParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors: ``reloop CMD: error: ... (see reloop CMD --help)``."""
-
-    def error(self, message: str) -> Any:  # argparse's signature: never returns
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("reloop")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-class _VersionAction(argparse.Action):
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
-
-    def __call__(self, parser: argparse.ArgumentParser, *a: Any, **k: Any) -> None:
-        print(f"reloop {_version()}")
-        parser.exit()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``reloop`` parser (cheap: nothing heavy is imported until a command runs)."""
     from ops.models_cli import add_models_commands, add_train_command
 
     p = ReloopParser(prog="reloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    p.add_argument("--version", action=VersionAction, help="print the version and exit")
     p.add_argument("--config", help="TOML settings file (default: $RELOOP_CONFIG)")
     p.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
                    help="log level of the JSON log lines on stderr (default: WARNING)")
@@ -349,23 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures that are the user's input or environment (exit 2 or 1, one line)."""
-    import asyncio
-
-    errs: list[type[BaseException]] = [ValueError, OSError, asyncio.TimeoutError, CliError]
-    for mod, name in (("models.bundle", "CorruptModelError"), ("aiokafka.errors", "KafkaError")):
-        module = sys.modules.get(mod)  # only if a command imported it: never import torch here
-        if module is not None:
-            errs.append(getattr(module, name))
-    return tuple(errs)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``reloop``; returns the exit code. Never ends in a traceback unless --log-level DEBUG:
     errors are one line on stderr, Ctrl-C exits 130 with a one-line note, a closed stdout pipe
@@ -376,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print("reloop: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return quiet_broken_pipe()
 
 
 def _main(argv: list[str] | None) -> int:
@@ -398,32 +352,20 @@ def _main(argv: list[str] | None) -> int:
         print(f"reloop {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return quiet_broken_pipe()
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place where errors become one line
         if args.log_level == "DEBUG":
             raise
-        if isinstance(exc, _expected_errors()):
+        if isinstance(exc, expected_errors()):
             code = (exc.code if isinstance(exc, CliError)
                     else 2 if isinstance(exc, (ValueError, FileNotFoundError)) else 1)
-            print(f"reloop {args.command}: {_one_line(exc)}", file=sys.stderr)
+            print(f"reloop {args.command}: {one_line(exc)}", file=sys.stderr)
             return code
-        print(f"reloop {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
+        print(f"reloop {args.command}: unexpected {type(exc).__name__}: {one_line(exc)} "
               "(run with --log-level DEBUG for the traceback)", file=sys.stderr)
         return 1
-
-
-def _quiet_broken_pipe() -> int:
-    """The reader of stdout went away (``reloop ... | head``): exit quietly, 141 like SIGPIPE."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
-    except (OSError, ValueError):
-        pass
-    return 141
 
 
 if __name__ == "__main__":

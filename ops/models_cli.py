@@ -20,11 +20,9 @@ start). ``--no-announce`` skips the announcement on purpose.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # imported inside the commands: torch is too slow for `reloop --help`
@@ -86,6 +84,8 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
     import msgspec
 
     infos = _registry(settings).list_versions(verify=args.verify)
@@ -105,6 +105,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
     import msgspec
 
     registry = _registry(settings)
@@ -140,6 +142,8 @@ def _promoted(args: argparse.Namespace, settings: Settings, registry: ModelRegis
         print(f"{version} is current; NOT announced: no broker configured (use --broker kafka://host:port); "
               "workers load it when they restart", file=sys.stderr)
     else:
+        import asyncio
+
         topic = asyncio.run(_announce(settings, registry, version))
         print(f"{version} is current and announced on {topic}")
     return 0

@@ -13,7 +13,9 @@ The worker's listening socket is read from /proc/net/tcp{,6} for ``worker.web_bi
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +24,14 @@ import aiohttp
 import pytest
 
 from models.registry import ModelRegistry
+from ops.cold_start import cold_start
 from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator
+from ops.simulator import SimConfig, Simulator, write_jsonl
 from ops.webclient import get_json, get_text, wait_ready
 from streams.codec import decode_event
 from streams.events import Recommendation, RecommendationRequest
-from tests.conftest import SMALL, WorkerProcess
+from tests.conftest import SMALL
+from tests.conftest import WorkerProcess as _SmallWorker
 from tests.integration.helpers import consume_until, poll_until, produce
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -71,6 +75,27 @@ def small_env(settings) -> dict[str, str]:
             "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id}
 
 
+class WorkerProcess(_SmallWorker):
+    """The test worker; with ``web_port=0`` the real ``--web-port 0`` (port read from its output)."""
+
+    def __init__(self, settings, log_path: Path, extra_env: dict[str, str] | None = None,
+                 web_port: int | None = None) -> None:
+        if web_port is None:
+            super().__init__(settings, log_path, extra_env)
+            return
+        self.port, self.log_path = web_port, log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
+             "--data-dir", settings.worker.data_dir, "--web-port", str(web_port)],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env={**small_env(settings), **(extra_env or {})})
+
+
+async def _printed_web_line(w: WorkerProcess) -> str | None:
+    if w.proc.poll() is not None:
+        raise AssertionError("worker exited:\n" + w.log_text()[-4000:])
+    return next((ln for ln in w.log_text().splitlines() if ln.startswith("reloop worker: web on ")), None)
+
+
 async def wait_alive(w: WorkerProcess) -> None:
     await poll_until(lambda: _health(w), lambda ok: ok, timeout_s=120.0, what="worker /health")
 
@@ -88,9 +113,8 @@ async def test_empty_cluster_to_serving_and_web_exposure(kafka_settings, tmp_pat
     s = kafka_settings
     await create_topics(s.kafka)
     assert ModelRegistry(Path(s.worker.data_dir) / "models").current() is None
-    log = tmp_path / "recorded.jsonl"
-    subprocess.run([sys.executable, "-m", "ops.cli", "simulate", "--labelled", "--requests", "300", "--seed", "5",
-                    "--out", str(log)], check=True, capture_output=True, env=small_env(s))
+    log = tmp_path / "recorded.jsonl"  # what `reloop simulate --labelled` writes
+    write_jsonl(Simulator(SimConfig(seed=5, media_dim=s.limits.media_dim)).labelled_log(200), log)
 
     w = WorkerProcess(s, tmp_path / "w1.log", {"RELOOP_WORKER__WEB_TOKEN": TOKEN})
     try:
@@ -134,15 +158,17 @@ async def test_empty_cluster_to_serving_and_web_exposure(kafka_settings, tmp_pat
         assert w.stop() == 0
 
     # a second run of the bootstrap is a no-op (a retried Job), and announces the current version
-    again = subprocess.run([sys.executable, "-m", "ops.cli", "train", "--from-log", str(log), "--broker",
-                            s.kafka.broker, "--data-dir", s.worker.data_dir],
-                           capture_output=True, text=True, env=small_env(s), timeout=300)
-    assert again.returncode == 0 and "already serves v1" in again.stdout, again.stdout + again.stderr
+    again = await asyncio.to_thread(cold_start, s, str(log))
+    assert (again.version, again.trained, again.announced_on) == ("v1", False, f"{s.kafka.topic_prefix}models")
 
-    # every interface (what infra/ sets): still answered on 127.0.0.1; internals when enabled
+    # every interface (what infra/ sets), port 0: the worker prints the port it picked; still
+    # answered on 127.0.0.1; Faust's internals when enabled
     w2 = WorkerProcess(s, tmp_path / "w2.log", {"RELOOP_WORKER__WEB_BIND": "0.0.0.0",
-                                                "RELOOP_WORKER__WEB_FAUST_INTERNALS": "true"})
+                                                "RELOOP_WORKER__WEB_FAUST_INTERNALS": "true"}, web_port=0)
     try:
+        line = await poll_until(lambda: _printed_web_line(w2), lambda ln: ln is not None, timeout_s=120.0,
+                                what="the worker's 'web on' line")
+        w2.port = int(re.search(r"web on 0\.0\.0\.0:(\d+), status page http://127\.0\.0\.1:\1/", line).group(1))
         await wait_ready(w2.port, timeout_s=120.0, proc=w2.proc)
         assert listening_addresses(w2.port) == {"0.0.0.0"}
         assert (await get_json(w2.port, "/health"))["status"] == "ok"
