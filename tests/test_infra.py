@@ -97,11 +97,46 @@ def test_cold_start_runs_before_workers_and_trainer():
     assert "/var/lib/reloop/models" in mounts
 
 
-def test_infra_readme_commands_parse():
-    """Every `reloop ...` line of infra/README.md's steps is a command the CLI accepts."""
-    lines = [ln.strip() for ln in (INFRA / "README.md").read_text().splitlines() if ln.strip().startswith("reloop ")]
-    assert len(lines) >= 3
-    for line in lines:
-        argv = line.split("#")[0].split()[1:]
-        args = build_parser().parse_args(argv)
-        assert args.command == argv[0] or argv[0].startswith("-"), line
+def readme_steps() -> list[tuple[dict[str, str], list[str]]]:
+    """``(env, argv)`` of each ``reloop`` line in infra/README.md's code blocks (``VAR=x`` prefixes
+    and ``export VAR=x`` lines go to env; comments dropped)."""
+    steps, env, in_block = [], {}, False
+    for line in (INFRA / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        words = line.split("#")[0].split()
+        if not in_block or not words:
+            continue
+        if words[0] == "export":
+            env.update(w.split("=", 1) for w in words[1:])
+            continue
+        prefix = {}
+        while words and "=" in words[0]:
+            k, v = words.pop(0).split("=", 1)
+            prefix[k] = v
+        if words and words[0] == "reloop":
+            steps.append(({**env, **prefix}, words[1:]))
+    return steps
+
+
+def test_infra_readme_steps_are_the_compose_services_in_order():
+    """The README's steps (also the top README's "Production cluster") match docker-compose.yml
+    line for line: same commands, same order, same settings; every one parses."""
+    services = compose()["services"]
+    order = ["topics", "bootstrap-log", "bootstrap", "worker-1", "trainer"]
+    steps = readme_steps()
+    assert [argv for _, argv in steps] == [services[name]["command"] for name in order]
+    for (env, argv), name in zip(steps, order):
+        assert build_parser().parse_args(argv).command == argv[0]
+        want = {**image_env(), **{k: str(v) for k, v in (services[name].get("environment") or {}).items()}}
+        assert {k: v for k, v in env.items() if k.startswith("RELOOP_")} == want, name
+
+
+def image_env() -> dict[str, str]:
+    """``ENV K=V`` settings of infra/Dockerfile (every container starts with them)."""
+    out = {}
+    for line in (INFRA / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            out.update(w.split("=", 1) for w in line.split()[1:])
+    return out
