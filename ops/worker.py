@@ -83,7 +83,6 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
         broker_credentials=_faust_credentials(settings), datadir=str(Path(settings.worker.data_dir) / "faust"),
     )
     log.info("web_port", extra={"port": web_port, "bind": ws.web_bind, "status_page": status_url(ws.web_bind, web_port)})
-    app.conf.reloop_web_port = web_port  # type: ignore[attr-defined]  # read by run_worker to print it
     telemetry = WorkerTelemetry()
     metrics = OnlineMetrics(window=settings.worker.metrics_window)
     feedback = FeedbackCore(PendingStore(settings.worker.attribution_window_s, settings.worker.pending_limit),
@@ -332,7 +331,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
         log.info("broker_give_up", extra={"reason": str(exc)})  # the one-line exit message says it on stderr
         raise SystemExit(f"reloop worker: {exc}") from None
     # KeyboardInterrupt while waiting propagates: `reloop` prints one line and exits 130
-    port = app.conf.reloop_web_port  # type: ignore[attr-defined]
+    port = app.conf.web_port  # the port picked when worker.web_port is 0
     print(f"reloop worker: web on {settings.worker.web_bind}:{port}, status page "
           f"{status_url(settings.worker.web_bind, port)}", file=sys.stderr, flush=True)
     # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
