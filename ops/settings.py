@@ -7,9 +7,14 @@ environment variables ``RELOOP_<SECTION>__<FIELD>`` (e.g. ``RELOOP_KAFKA__BROKER
 field is type- and range-checked at load; a rejected value raises :class:`SettingsError`
 whose message names where the value came from (the env var, or the file, line and key).
 
->>> s = load_settings(env={"RELOOP_KAFKA__BROKER": "kafka://k1:9092", "RELOOP_LIMITS__MEDIA_DIM": "16"})
->>> s.kafka.broker, s.limits.media_dim
-('kafka://k1:9092', 16)
+>>> s = load_settings(env={"RELOOP_KAFKA__BROKER": "kafka://k1:9092", "RELOOP_ERROR_MEMORY__TABLES": "96"})
+>>> s.kafka.broker, s.error_memory.tables
+('kafka://k1:9092', 96)
+>>> try:
+...     load_settings(env={"RELOOP_WORKER__WEB_PORT": "99999"})
+... except ValueError as exc:
+...     print(exc)
+invalid setting from RELOOP_WORKER__WEB_PORT=99999: web_port must be in 0..65535, got 99999
 """
 
 from __future__ import annotations
@@ -249,9 +254,12 @@ def _source_of(message: str, sources: Mapping[tuple[str, str], str]) -> tuple[st
         unknown = re.search(r"unknown field `([^`]+)`", msg)
         first = unknown.group(1) if unknown else re.split(r"[\s(]", msg.strip(), maxsplit=1)[0]
         field = first if (section, first) in sources else None
-    else:
+    else:  # a check across sections names its fields as section.field
         unknown = re.search(r"unknown field `([^`]+)`", msg)
         section = unknown.group(1) if unknown else ""
+        named = [v for (sec, f), v in sources.items() if f"{sec}.{f}" in msg]
+        if named and not unknown:
+            return ", ".join(named), msg
     where = [v for (sec, f), v in sources.items() if sec == section and (field is None or f == field)]
     name = f"{section}.{field}" if field else section or "settings"
     if not where:

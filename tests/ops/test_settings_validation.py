@@ -82,3 +82,8 @@ def test_overrides_are_checked_and_named():
         Settings().with_overrides(worker={"web_port": 70000})
     with pytest.raises(SettingsError, match="kafka.broker='http://h:1'"):
         Settings().with_overrides(kafka={"broker": "http://h:1"})
+
+
+def test_cross_section_check_names_the_sources_it_mentions():
+    with pytest.raises(SettingsError, match=r"from RELOOP_LIMITS__MEDIA_DIM=16: media\.dim \(32\) must equal"):
+        load_settings(env={"RELOOP_LIMITS__MEDIA_DIM": "16"})
