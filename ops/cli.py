@@ -49,7 +49,14 @@ def _settings(args: argparse.Namespace) -> "Settings":
         over["worker"] = {"data_dir": args.data_dir}
     if getattr(args, "web_port", None) is not None:
         over.setdefault("worker", {})["web_port"] = args.web_port
-    return s.with_overrides(**over) if over else s
+    try:
+        return s.with_overrides(**over) if over else s
+    except ValueError as exc:  # name the option, not the field it sets
+        text = str(exc)
+        for field, flag in (("kafka.broker=", "--broker "), ("worker.data_dir=", "--data-dir "),
+                            ("worker.web_port=", "--web-port ")):
+            text = text.replace(field, flag)
+        raise CliError(text) from None
 
 
 def _need_broker(settings: "Settings", what: str) -> None:
