@@ -39,7 +39,7 @@ from processors.reorder import EventTimeReorder
 from processors.schemas import SchemaAlert, SchemaCore
 from processors.tasks import FeedbackTasks
 from state.schema_cache import SchemaCacheConfig
-from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest, error_id_for
 from streams.topics import TOPICS
 
 SHIFT_PREDICATE = "segment=s1"
@@ -152,7 +152,7 @@ def error_stream(seed: int, n_requests: int, shift: bool, settings: Settings, *,
             for c, pm, pt in zip(ev.candidates, p_model.tolist(), p_true.tolist()):
                 batch_req[part].append(Pending(ev.request_id, c.item_id, ev.user_id, ev.ts, pm, pm, "v1", b"",
                                                {**ev.features, **c.features}))
-                truth[f"{ev.request_id}:{c.item_id}"] = pt
+                truth[error_id_for(ev.request_id, c.item_id)] = pt
             batch_ts[part][0].append(ev.ts)
         elif ev.request_id in live:
             part = partition_of(ev.user_id, parts)

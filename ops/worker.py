@@ -232,6 +232,9 @@ def memory_sizes(hot: HotPath) -> dict[str, int]:
         out["schema_cache"] = size(hot.schema_core.cache)
     # pending predictions, orphan clicks, resolved ids (sampled, approximate: Python objects)
     out["pending"] = hot.tasks.approx_nbytes()
+    reorder = hot.replica.reorder
+    if reorder is not None:  # error records held for the schema cache's event-time order
+        out["schema_reorder"] = reorder.approx_nbytes()
     return out
 
 

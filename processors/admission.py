@@ -12,7 +12,7 @@ it is decided here, per partition, before scoring (docs/guarantees.md, "Event ti
   own ``requests`` log, so the decision depends on that log alone, never on where batches
   were cut or how the topics interleaved;
 * a request id already scored on the partition (pending, or resolved within the last
-  window) with the same content (:func:`processors.pending.request_digest`) is a
+  window) with the same bytes (:func:`processors.pending.request_digest`) is a
   **duplicate**: no second recommendation, nothing registered twice;
 * the same id with other content is **reused**: a dead letter (its recommendation would share
   an id with another, and consumers drop copies by id).
@@ -41,10 +41,11 @@ class Admission:
     >>> tasks = FeedbackTasks(window_s=10.0, limit=100, metrics=OnlineMetrics(window=10))
     >>> adm = Admission(tasks)
     >>> r = RecommendationRequest(request_id="r1", user_id="u", ts=5.0, candidates=[Candidate(item_id="a")])
-    >>> adm.request(0, r)[1], adm.request(0, r)[1]
+    >>> from streams.codec import encode
+    >>> adm.request(0, r, encode(r))[1], adm.request(0, r, encode(r))[1]
     (None, 'duplicate')
-    >>> adm.request(0, RecommendationRequest(request_id="r1", user_id="v", ts=5.0,
-    ...                                      candidates=[Candidate(item_id="a")]))[1][:22]
+    >>> other = RecommendationRequest(request_id="r1", user_id="v", ts=5.0, candidates=[Candidate(item_id="a")])
+    >>> adm.request(0, other, encode(other))[1][:22]
     'request id reused with'
     """
 
@@ -62,13 +63,25 @@ class Admission:
         self._batch.clear()
         self._newest.clear()
 
-    def request(self, partition: int, r: RecommendationRequest) -> tuple[RecommendationRequest | None, str | None]:
-        """Admit ``r`` (read from ``partition``).
+    def request(self, partition: int, r: RecommendationRequest, raw: bytes) -> tuple[RecommendationRequest | None,
+                                                                                    str | None]:
+        """Admit ``r`` (read from ``partition``, ``raw`` its bytes on the wire).
 
         Returns:
             ``(request, None)`` to score (duplicate candidates collapsed), ``(None, DUPLICATE)``
             for a copy of a request already scored, ``(None, reason)`` for a dead letter.
         """
+        digest = request_digest(raw)
+        key = (partition, r.request_id)
+        known = self._batch.get(key)
+        if known is None:
+            known = self.tasks.digest_of(partition, r.request_id)
+        if known is not None:  # a copy or a reuse, whenever it arrives
+            if known == digest:
+                self.duplicates += 1
+                return None, DUPLICATE
+            self.reused += 1
+            return None, f"request id reused with different content: {r.request_id[:80]!r}"
         newest = self._newest.get(partition)
         if newest is None:
             newest = self.tasks.max_ts.get(partition, {}).get("requests")
@@ -77,18 +90,6 @@ class Admission:
             self.late += 1
             return None, (f"late request: its attribution window closed at {r.ts + window:.3f}, before "
                           f"the newest request of its partition ({newest:.3f})")
-        r = unique_candidates(r)
-        digest = request_digest(r.user_id, r.ts, [c.item_id for c in r.candidates])
-        key = (partition, r.request_id)
-        known = self._batch.get(key)
-        if known is None:
-            known = self.tasks.digest_of(partition, r.request_id)
-        if known is None:
-            self._batch[key] = digest
-            self._newest[partition] = r.ts if newest is None else max(newest, r.ts)
-            return r, None
-        if known == digest:
-            self.duplicates += 1
-            return None, DUPLICATE
-        self.reused += 1
-        return None, f"request id reused with different content: {r.request_id[:80]!r}"
+        self._batch[key] = digest
+        self._newest[partition] = r.ts if newest is None else max(newest, r.ts)
+        return unique_candidates(r), None

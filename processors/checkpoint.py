@@ -154,6 +154,7 @@ class InputCheckpoint:
                     [decode_event(raw, RecommendationRequest, self.limits) for raw in entry.requests])
         for d in entry.tasks:
             into.tasks.apply(d.partition, d.pending,
-                             [decode_event(raw, Interaction, self.limits) for raw in d.interactions], d.max_ts)
+                             [decode_event(raw, Interaction, self.limits) for raw in d.interactions], d.max_ts,
+                             d.digests)
         for topic, partition, offset in entry.offsets:
             into.positions[(topic, partition)] = offset

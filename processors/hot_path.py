@@ -60,6 +60,7 @@ from processors.schemas import PublishedSchemas, SchemaCore
 from processors.scoring import ScoringCore
 from processors.step import Admitted, run_one_by_one, run_step
 from processors.tasks import FeedbackTasks
+from processors.warmup import warm_up
 from processors.telemetry import WorkerTelemetry
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
 from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
@@ -178,6 +179,11 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def on_start(self) -> None:
+        # compile the numba kernels in a thread now, not on the loop inside the first batch
+        secs = await asyncio.get_running_loop().run_in_executor(
+            None, warm_up, self.media.config if self.media is not None else None,
+            self.schema_core.cache.config if self.schema_core is not None else None)
+        log.info("kernels_warm", extra={"seconds": round(secs, 3)})
         self.producer = AIOKafkaProducer(**self.client, acks="all", linger_ms=2,
                                          max_batch_size=1 << 20, max_request_size=8 << 20)
         await self.producer.start()
@@ -335,7 +341,7 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                     outputs.append(self._dead_letter(m, logical, str(exc)))
                     continue
                 if logical == "requests":
-                    ev, reason = admission.request(tp.partition, ev)
+                    ev, reason = admission.request(tp.partition, ev, raw)
                     if ev is None:
                         if reason == DUPLICATE:
                             self.telemetry.duplicates.labels(logical).inc()

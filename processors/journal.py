@@ -47,6 +47,7 @@ class TaskDelta(msgspec.Struct, array_like=True, gc=False):
     pending: list[Pending]
     interactions: list[bytes]  # raw values of the valid interactions, in partition order
     max_ts: dict[str, float]  # stream time of the partition after the batch (s)
+    digests: list[tuple[str, int]] = []  # (request id, content digest) of the requests scored
 
 
 class JournalEntry(msgspec.Struct, array_like=True, gc=False):

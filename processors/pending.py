@@ -18,7 +18,7 @@ import hashlib
 import heapq
 import sys
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple
 
 import msgspec
 
@@ -116,14 +116,14 @@ class PendingStore:
         n_req = len(self._requests)
         per_req, k = 0, 0
         for req in self._requests.values():
-            per_req += _deep_size(req.items) + _deep_size(req.labels)
+            per_req += deep_size(req.items) + deep_size(req.labels)
             k += 1
             if k >= sample:
                 break
         total = (per_req // max(k, 1)) * n_req
         orphans = list(self._orphans.values())[:sample]
         if orphans:
-            total += sum(_deep_size(o) for o in orphans) // len(orphans) * len(self._orphans)
+            total += sum(deep_size(o) for o in orphans) // len(orphans) * len(self._orphans)
         total += (sys.getsizeof(self._requests) + sys.getsizeof(self._orphans) + sys.getsizeof(self._resolved)
                   + sys.getsizeof(self._digests) + 80 * (len(self._resolved) + len(self._digests))
                   + sys.getsizeof(self._deadlines) + 90 * len(self._deadlines))
@@ -262,20 +262,15 @@ class PendingStore:
         return store
 
 
-def request_digest(user_id: str, ts: float, item_ids: Sequence[str]) -> int:
-    """A request's content as the store remembers it: user, event time and candidate ids
-    (a copy with the same digest is a duplicate; the same id with another digest is a reuse).
+def request_digest(raw: bytes) -> int:
+    """A request as the store remembers it: a 64-bit hash of its bytes on the wire (a
+    byte-identical copy has the same digest and is a duplicate; the same id with any other
+    content is a reuse).
 
-    >>> request_digest("u", 1.0, ["a", "b"]) == request_digest("u", 1.0, ["a", "b"])
-    True
-    >>> request_digest("u", 1.0, ["a", "b"]) == request_digest("u", 1.0, ["ab"])
-    False
+    >>> request_digest(b'{"a":1}') == request_digest(b'{"a":1}'), request_digest(b'{"a":1}') == request_digest(b'{"a":2}')
+    (True, False)
     """
-    h = hashlib.blake2b(digest_size=8)
-    h.update(f"{len(user_id)}:{user_id}:{ts!r}".encode())
-    for i in item_ids:
-        h.update(f"{len(i)}:{i}".encode())
-    return int.from_bytes(h.digest(), "little", signed=True)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
 
 
 def _join_pair(request_id: str, item_id: str) -> str:
@@ -289,15 +284,15 @@ def _split_pair(ident: str) -> tuple[str, str]:
     return rest[:k], rest[k:]
 
 
-def _deep_size(obj: object) -> int:
+def deep_size(obj: object) -> int:
     """Bytes of ``obj`` and what it holds (tuples, dicts, lists, structs, str, numbers)."""
     size = sys.getsizeof(obj)
     if isinstance(obj, dict):
-        return size + sum(_deep_size(k) + _deep_size(v) for k, v in obj.items())
+        return size + sum(deep_size(k) + deep_size(v) for k, v in obj.items())
     if isinstance(obj, (tuple, list)):
-        return size + sum(_deep_size(x) for x in obj)
+        return size + sum(deep_size(x) for x in obj)
     if isinstance(obj, msgspec.Struct):
-        return size + sum(_deep_size(getattr(obj, f)) for f in obj.__struct_fields__)
+        return size + sum(deep_size(getattr(obj, f)) for f in obj.__struct_fields__)
     return size
 
 

@@ -81,6 +81,16 @@ class EventTimeReorder:
         self._seq = 0
         self._skipped: set[int] = set()
 
+    def approx_nbytes(self, sample: int = 32) -> int:
+        """Approximate bytes of the held records (measured on up to ``sample``, scaled)."""
+        from processors.pending import deep_size
+
+        heap = self._heap
+        if not heap:
+            return 0
+        k = min(sample, len(heap))
+        return sum(deep_size(e) for e in heap[:k]) * len(heap) // k
+
     @property
     def held(self) -> int:
         """Records waiting."""

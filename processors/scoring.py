@@ -26,7 +26,7 @@ from processors.media import MediaCore
 from processors.pending import Pending
 from processors.schemas import SchemaCore
 from state.schema_match import logit, sigmoid
-from streams.events import CODE_DTYPE, Candidate, Recommendation, RecommendationRequest, ScoredItem
+from streams.events import CODE_DTYPE, Recommendation, RecommendationRequest, ScoredItem
 
 
 class ScoringCore:
@@ -142,6 +142,7 @@ def unique_candidates(r: RecommendationRequest) -> RecommendationRequest:
     """``r`` with repeated candidate item ids collapsed (the first one kept), so 1,000 copies
     of one item are scored and ranked once (docs/guarantees.md); ``r`` itself if none repeat.
 
+    >>> from streams.events import Candidate
     >>> r = RecommendationRequest(request_id="r", user_id="u", ts=1.0,
     ...     candidates=[Candidate(item_id="a"), Candidate(item_id="b"), Candidate(item_id="a")])
     >>> [c.item_id for c in unique_candidates(r).candidates]

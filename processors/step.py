@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from processors.journal import TaskDelta
 from processors.media import MediaCore
-from processors.pending import Pending
+from processors.pending import Pending, request_digest
 from processors.scoring import ScoringCore
 from processors.tasks import FeedbackTasks
 from streams.events import ErrorRecord, Interaction, Recommendation
@@ -66,11 +66,13 @@ def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTa
     recs, pending = scoring.score([x.event for x in requests])
     by_part: dict[int, list[Pending]] = {}
     req_ts: dict[int, list[float]] = {}
+    digests: dict[int, list[tuple[str, int]]] = {}
     i = 0
     for x in requests:
         n = len(x.event.candidates)
         by_part.setdefault(x.partition, []).extend(pending[i:i + n])
         req_ts.setdefault(x.partition, []).append(x.event.ts)
+        digests.setdefault(x.partition, []).append((x.event.request_id, request_digest(x.raw)))
         i += n
     errors: list[ErrorRecord] = []
     deltas: list[TaskDelta] = []
@@ -78,10 +80,11 @@ def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTa
     for part in sorted(set(by_part) | set(inter)):
         raws, evs = inter.get(part, ([], []))
         times = tasks.stream_times(part, req_ts.get(part, []), [e.ts for e in evs])
-        part_errors = tasks.apply(part, by_part.get(part, []), evs, times)
+        scored = digests.get(part, [])
+        part_errors = tasks.apply(part, by_part.get(part, []), evs, times, scored)
         errors += part_errors
         per_part.append((part, part_errors))
-        deltas.append(TaskDelta(part, by_part.get(part, []), raws, times))
+        deltas.append(TaskDelta(part, by_part.get(part, []), raws, times, scored))
     return StepResult(recs, errors, deltas, per_part)
 
 

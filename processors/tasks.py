@@ -22,7 +22,7 @@ import msgspec
 
 from processors.feedback import FeedbackCore
 from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore, request_digest
+from processors.pending import Pending, PendingStore
 from streams.events import ErrorRecord, Interaction
 
 
@@ -67,12 +67,14 @@ class FeedbackTasks:
         return times
 
     def apply(self, partition: int, pending: Sequence[Pending], interactions: Sequence[Interaction],
-              stream_times: dict[str, float]) -> list[ErrorRecord]:
-        """One batch's effect on one task: register scored candidates, label them, move the
-        task's stream time to ``stream_times`` and close the windows it passed."""
+              stream_times: dict[str, float], digests: Sequence[tuple[str, int]] = ()) -> list[ErrorRecord]:
+        """One batch's effect on one task: remember the scored requests' content digests
+        (``(request id, digest)``, :func:`processors.pending.request_digest`), register scored
+        candidates, label them, move the task's stream time to ``stream_times`` and close the
+        windows it passed."""
         core = self.task(partition)
-        for rid, (user, ts, items) in _requests_of(pending).items():
-            core.pending.remember(rid, request_digest(user, ts, items))
+        for rid, digest in digests:
+            core.pending.remember(rid, digest)
         errors = core.on_scored(pending)
         errors += core.on_batch(interactions)
         self.max_ts[partition] = stream_times
@@ -154,13 +156,3 @@ class FeedbackTasks:
             out.max_ts[p] = times
         return out
 
-
-def _requests_of(pending: Sequence[Pending]) -> dict[str, tuple[str, float, list[str]]]:
-    """request id -> (user, ts, candidate item ids) of a batch's scored candidates."""
-    out: dict[str, tuple[str, float, list[str]]] = {}
-    for p in pending:
-        entry = out.get(p.request_id)
-        if entry is None:
-            entry = out[p.request_id] = (p.user_id, p.ts, [])
-        entry[2].append(p.item_id)
-    return out

@@ -14,7 +14,7 @@ from processors.admission import DUPLICATE, Admission
 from processors.compensation import NoCompensation
 from processors.feedback import error_record
 from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore, Resolved
+from processors.pending import Pending, PendingStore, Resolved, request_digest
 from processors.replica import ErrorsReplica
 from processors.scoring import model_features, unique_candidates
 from processors.tasks import FeedbackTasks
@@ -90,6 +90,10 @@ def request(rid: str, user: str, ts: float, items: list[str]) -> RecommendationR
     return RecommendationRequest(request_id=rid, user_id=user, ts=ts, candidates=[Candidate(item_id=i) for i in items])
 
 
+def admit(adm: Admission, partition: int, r: RecommendationRequest):
+    return adm.request(partition, r, encode(r))
+
+
 def pendings(r: RecommendationRequest) -> list[Pending]:
     return [Pending(r.request_id, c.item_id, r.user_id, r.ts, 0.2, 0.2, "v1", b"", {}) for c in r.candidates]
 
@@ -98,30 +102,33 @@ def test_request_ids_reused_with_other_content_are_rejected_and_copies_are_dupli
     t = tasks()
     adm = Admission(t)
     r = request("r1", "u1", NOW, ["a", "b"])
-    got, why = adm.request(0, r)
+    got, why = admit(adm, 0, r)
     assert got is r and why is None
-    t.apply(0, pendings(r), [], {"requests": NOW})
+    t.apply(0, pendings(r), [], {"requests": NOW}, [("r1", request_digest(encode(r)))])
     adm.begin_batch(t)
-    assert adm.request(0, r) == (None, DUPLICATE)
-    _, why = adm.request(0, request("r1", "u2", NOW, ["c"]))
+    assert admit(adm, 0, r) == (None, DUPLICATE)
+    # the same id, user, time and candidates with other features: not a copy
+    changed = msgspec.structs.replace(r, features={"hx": "changed"})
+    assert admit(adm, 0, changed)[1].startswith("request id reused")
+    _, why = admit(adm, 0, request("r1", "u2", NOW, ["c"]))
     assert why.startswith("request id reused")
-    assert adm.request(1, request("r1", "u2", NOW, ["c"]))[1] is None  # another partition's ids
+    assert admit(adm, 1, request("r1", "u2", NOW, ["c"]))[1] is None  # another partition's ids
 
 
 def test_a_request_older_than_a_window_behind_its_partitions_newest_is_late():
     t = tasks(window=60.0)
     t.apply(0, [], [], {"requests": NOW})
     adm = Admission(t)
-    assert adm.request(0, request("old", "u", NOW - 61, ["a"]))[1].startswith("late request")
-    assert adm.request(0, request("ts0", "u", 0.0, ["a"]))[1].startswith("late request")
-    assert adm.request(0, request("ok", "u", NOW - 30, ["a"]))[1] is None
-    assert adm.request(1, request("other", "u", 0.0, ["a"]))[1] is None  # partition 1 has no time yet
+    assert admit(adm, 0, request("old", "u", NOW - 61, ["a"]))[1].startswith("late request")
+    assert admit(adm, 0, request("ts0", "u", 0.0, ["a"]))[1].startswith("late request")
+    assert admit(adm, 0, request("ok", "u", NOW - 30, ["a"]))[1] is None
+    assert admit(adm, 1, request("other", "u", 0.0, ["a"]))[1] is None  # partition 1 has no time yet
 
 
 def test_lateness_does_not_depend_on_where_batches_are_cut():
     """The running maximum covers requests admitted earlier in the same batch."""
     one = Admission(tasks(window=60.0))
-    got = [one.request(0, request(rid, "u", ts, ["a"]))[1] for rid, ts in [("a", NOW), ("b", 0.0), ("c", NOW + 1)]]
+    got = [admit(one, 0, request(rid, "u", ts, ["a"]))[1] for rid, ts in [("a", NOW), ("b", 0.0), ("c", NOW + 1)]]
     assert got[0] is None and got[1].startswith("late request") and got[2] is None
 
 
