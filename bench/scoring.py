@@ -19,12 +19,13 @@ hits every variant alike), per model:
 - ``ort_default``: onnxruntime with default ``SessionOptions`` (threads = cores, spinning on).
 
 ``per_candidate_us`` = ``ort`` median / batch size. Threading table (new model, batches 1 to
-1024): median wall ms and process CPU ms per call with 1 and 2 intra-op threads (tuned options,
-no spinning) and ORT's defaults; it is what :data:`models.scorer.LARGE_BATCH_THREADS` is set from.
+2048): median wall ms and process CPU ms per call with 1 and 2 intra-op threads (tuned options,
+no spinning); it is what :data:`models.scorer.LARGE_BATCH_THREADS` and ``LARGE_BATCH_ROWS`` are
+set from.
 
 Quality: ML-100K prequential AUC (frozen v1 and retrained every 10k ratings) of each
-architecture, from :func:`bench.retrain.movielens_prequential` (the same protocol as
-``bench/retrain.py``; ~2 min per model on this machine).
+architecture: ``bench/retrain.py --skip-cycle --model <config>`` in one child process per
+architecture, run side by side after the timings (2-8 min depending on the machine's load).
 
 CPU while idle, measured in child processes (``resource.getrusage(RUSAGE_SELF)``, user + sys)
 that each hold one session of the new model: ``idle`` = no request at all for
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 BATCHES = (1, 32, 256)
-THREAD_BATCHES = (1, 32, 256, 1024)
+THREAD_BATCHES = (1, 32, 256, 512, 1024, 2048)
 DEFAULT_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
 
@@ -202,15 +203,18 @@ def latency(models: dict[str, tuple], iters: int) -> dict[str, dict]:
 
 
 def threading(onnx_bytes: bytes, tokens: np.ndarray, dense: np.ndarray, iters: int) -> dict[str, Any]:
-    """Wall and CPU per call with 1 vs 2 intra-op threads (tuned) and ORT defaults, per batch size."""
-    sessions = {"tuned_1": _session(onnx_bytes, True, 1), "tuned_2": _session(onnx_bytes, True, 2),
-                "default": _session(onnx_bytes, False)}
-    reps = -(-1024 // len(tokens))
+    """Wall and process CPU per call with 1 vs 2 intra-op threads (tuned options), per batch size.
+
+    ORT's default options are left out here: their spinning threads keep burning CPU after a
+    call, which the next variant's CPU figure would absorb (the latency table has them).
+    """
+    sessions = {"tuned_1": _session(onnx_bytes, True, 1), "tuned_2": _session(onnx_bytes, True, 2)}
+    reps = -(-max(THREAD_BATCHES) // len(tokens))
     tokens, dense = np.tile(tokens, (reps, 1)), np.tile(dense, (reps, 1))
     out: dict[str, Any] = {}
     for b in THREAD_BATCHES:
         feed = {"tokens": np.ascontiguousarray(tokens[:b]), "dense": np.ascontiguousarray(dense[:b])}
-        n = max(40, iters // max(1, b // 8)) // 4
+        n = max(50, iters // max(1, b // 4) // 4)
         walls: dict[str, list[float]] = {k: [] for k in sessions}
         cpus: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(4):
@@ -218,31 +222,43 @@ def threading(onnx_bytes: bytes, tokens: np.ndarray, dense: np.ndarray, iters: i
                 w, c = time_wall_cpu(lambda s=s: s.run(None, feed), n)
                 walls[k] += w
                 cpus[k].append(c)
-        row = {k: {"wall_ms": statistics.median(walls[k]) * 1e3, "cpu_ms": statistics.median(cpus[k]) * 1e3}
-               for k in sessions}
+        row: dict[str, Any] = {k: {"wall_ms": statistics.median(walls[k]) * 1e3,
+                                   "cpu_ms": statistics.median(cpus[k]) * 1e3} for k in sessions}
         row["two_threads_wall_speedup"] = row["tuned_1"]["wall_ms"] / row["tuned_2"]["wall_ms"]
+        row["two_threads_cpu_ratio"] = row["tuned_2"]["cpu_ms"] / row["tuned_1"]["cpu_ms"]
         out[f"batch_{b}"] = row
         print(f"threads, batch {b:>4}: 1 thread {row['tuned_1']['wall_ms']:.3f} ms (cpu {row['tuned_1']['cpu_ms']:.3f})"
               f"  2 threads {row['tuned_2']['wall_ms']:.3f} ms (cpu {row['tuned_2']['cpu_ms']:.3f})"
-              f"  ort default {row['default']['wall_ms']:.3f} ms (cpu {row['default']['cpu_ms']:.3f})"
-              f"  2-thread speed-up {row['two_threads_wall_speedup']:.2f}x", flush=True)
+              f"  2-thread wall speed-up {row['two_threads_wall_speedup']:.2f}x, cpu x{row['two_threads_cpu_ratio']:.2f}",
+              flush=True)
     return out
 
 
-def movielens_auc(path: Path, config: Any) -> dict[str, Any]:
-    """ML-100K prequential AUC of one architecture, frozen and retrained every 10k ratings."""
-    from bench.retrain import movielens_prequential
-    from ops.settings import Settings
-    from processors.trainer import TrainerConfig
+def movielens_auc(path: Path, configs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """ML-100K prequential AUC per architecture, frozen and retrained every 10k ratings.
 
+    Each architecture runs ``bench/retrain.py --skip-cycle --model <config>`` (the same
+    protocol and code) in its own child process, all at once, after the timings are done.
+    """
     import msgspec
 
-    settings = msgspec.structs.replace(Settings(), model=config)
+    out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        r = movielens_prequential(path, settings, TrainerConfig(), 10_000, False, Path(tmp))
-    return {"frozen_auc": r["frozen"]["auc"], "retrained_auc": r["retrained"]["auc"],
-            "frozen_logloss": r["frozen"]["logloss"], "retrained_logloss": r["retrained"]["logloss"],
-            "retrains_served": sum(x["accepted"] for x in r["retrains"]), "retrains": len(r["retrains"])}
+        procs = {}
+        for name, cfg in configs.items():
+            target = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, str(Path(__file__).with_name("retrain.py")), "--skip-cycle", "--movielens", str(path),
+                   "--model", msgspec.json.encode(cfg).decode(), "--json", str(target)]
+            procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), target)
+        for name, (proc, target) in procs.items():
+            _, err = proc.communicate(timeout=3600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench/retrain.py for {name} failed: {err[-2000:]}")
+            r = json.loads(target.read_text())["movielens"]
+            out[name] = {"frozen_auc": r["frozen"]["auc"], "retrained_auc": r["retrained"]["auc"],
+                         "frozen_logloss": r["frozen"]["logloss"], "retrained_logloss": r["retrained"]["logloss"],
+                         "retrains_served": sum(x["accepted"] for x in r["retrains"]), "retrains": len(r["retrains"])}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quality: dict[str, Any] = {}
     if not args.skip_auc:
-        for name, cfg in configs.items():
-            quality[name] = movielens_auc(Path(args.movielens), cfg)
-            print(f"ml-100k {name}: frozen AUC {quality[name]['frozen_auc']:.4f}, retrained "
-                  f"{quality[name]['retrained_auc']:.4f}", flush=True)
+        quality = movielens_auc(Path(args.movielens), configs)
+        for name, q in quality.items():
+            print(f"ml-100k {name}: prequential AUC frozen {q['frozen_auc']:.4f}, retrained every 10k "
+                  f"{q['retrained_auc']:.4f} ({q['retrains_served']}/{q['retrains']} retrains served)", flush=True)
 
     b256 = results["batch_256"]["new"]
     targets: dict[str, Any] = {

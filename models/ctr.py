@@ -10,7 +10,9 @@ Architecture (``T = max_tokens``, ``E = emb_dim``, ``W = dense_width = max(1, D)
             cross="lowrank": W_l = U_l V_l, U_l (d, r), V_l (r, d) -- 2 d r per row (DCN-v2's
                              low-rank cross, one expert; r = cross_rank)
     deep:   Linear -> ReLU for each size in deep_sizes
-    hidden = ReLU(Linear(concat(cross, deep)))         (n, hidden_dim)
+    structure="parallel": deep(x0) next to the cross stack; hidden = ReLU(Linear(concat(cross, deep)))
+    structure="stacked":  deep(cross) on top of the cross stack; hidden = ReLU(Linear(deep))
+                                                       (n, hidden_dim)
     logit  = Linear(hidden) [+ sum_t wide[tokens_t]]   (n,)  (wide: a per-token scalar, if cfg.wide)
     prob   = sigmoid(logit)
 
@@ -47,6 +49,9 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
         cross: ``"full"`` (``(d, d)`` weight per layer, the architecture before issue 14) or
             ``"lowrank"`` (``U V`` with inner rank ``cross_rank``).
         cross_rank: inner rank ``r`` of a low-rank cross layer (ignored for ``"full"``).
+        structure: ``"parallel"`` (deep tower on ``x0`` beside the cross stack, both feeding
+            the hidden layer) or ``"stacked"`` (deep tower on the cross stack's output, DCN-v2's
+            stacked form; the hidden layer sees only the deep output, so it is much cheaper).
         wide: add a first-order term to the logit: one learned scalar per hashed token
             (``Embedding(n_buckets, 1)``, padding row 0 zero, initialised to zero), summed
             over the row's tokens, as in wide & deep models.
@@ -58,16 +63,19 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     emb_dim: int = 16
     hidden_dim: int = 64
     cross_layers: int = 2
-    deep_sizes: tuple[int, ...] = (128, 64)
+    deep_sizes: tuple[int, ...] = (32,)
     dense_clip: float = 8.0
     seed: int = 0
     cross: CrossKind = "lowrank"
     cross_rank: int = 16
-    wide: bool = False
+    wide: bool = True
+    structure: Literal["parallel", "stacked"] = "parallel"
 
     def __post_init__(self) -> None:
         if self.cross not in ("full", "lowrank"):
             raise ValueError(f"cross must be 'full' or 'lowrank', got {self.cross!r}")
+        if self.structure not in ("parallel", "stacked"):
+            raise ValueError(f"structure must be 'parallel' or 'stacked', got {self.structure!r}")
         if self.cross_rank < 1 or self.emb_dim < 1 or self.hidden_dim < 1 or self.cross_layers < 0:
             raise ValueError("cross_rank, emb_dim and hidden_dim must be >= 1 and cross_layers >= 0")
 
@@ -75,7 +83,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
 #: The architecture every model had before issue 14: two full-rank cross layers. Bundles whose
 #: ``model_config`` has no ``cross`` key were written with it (:func:`config_from_meta`).
 LEGACY_MODEL_CONFIG = ModelConfig(emb_dim=16, hidden_dim=64, cross_layers=2, deep_sizes=(128, 64), cross="full",
-                                  wide=False)
+                                  wide=False, structure="parallel")
 
 
 def same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
@@ -87,12 +95,13 @@ def config_from_meta(data: dict) -> ModelConfig:
     """The :class:`ModelConfig` of a stored model from its JSON object (bundle or ONNX metadata).
 
     Metadata written before the ``cross`` field existed describes full-rank cross layers, so a
-    missing ``cross`` key means ``"full"`` and a missing ``wide`` key no wide term (not today's
-    defaults). Raises ``msgspec.ValidationError``.
+    missing ``cross`` key means ``"full"``, a missing ``wide`` key no wide term and a missing
+    ``structure`` key ``"parallel"`` (not today's defaults). Raises ``msgspec.ValidationError``.
     """
     data = dict(data)
     data.setdefault("cross", "full")
     data.setdefault("wide", False)
+    data.setdefault("structure", "parallel")
     return msgspec.convert(data, type=ModelConfig)
 
 
@@ -153,7 +162,7 @@ class CTRModel(nn.Module):
                 deep += [nn.Linear(prev, size), nn.ReLU()]
                 prev = size
             self.deep = nn.Sequential(*deep)
-            self.hidden_layer = nn.Linear(in_dim + prev, cfg.hidden_dim)
+            self.hidden_layer = nn.Linear(prev if cfg.structure == "stacked" else in_dim + prev, cfg.hidden_dim)
             self.output = nn.Linear(cfg.hidden_dim, 1)
             self.wide: nn.Embedding | None = None
             if cfg.wide:
@@ -232,8 +241,10 @@ class CTRModel(nn.Module):
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        deep = self.deep(x0)
-        hidden = torch.relu(self.hidden_layer(torch.cat([x, deep], dim=1)))
+        if self.config.structure == "stacked":
+            hidden = torch.relu(self.hidden_layer(self.deep(x)))
+        else:
+            hidden = torch.relu(self.hidden_layer(torch.cat([x, self.deep(x0)], dim=1)))
         logits = self.output(hidden).squeeze(-1)
         if self.wide is not None:
             logits = logits + self.wide(tokens).sum(dim=(1, 2))

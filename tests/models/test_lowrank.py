@@ -22,7 +22,9 @@ from models.train import TrainConfig, predict, train_model
 
 from .synthetic import FAST_TRAIN, SMALL_MODEL, Dataset
 
-FULL_SMALL = msgspec.structs.replace(SMALL_MODEL, cross="full")
+FULL_SMALL = msgspec.structs.replace(SMALL_MODEL, cross="full", wide=False, structure="parallel")
+#: ``model_config`` keys that bundles written before issue 14 hold.
+OLD_KEYS = {"emb_dim", "hidden_dim", "cross_layers", "deep_sizes", "dense_clip", "seed"}
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +62,39 @@ def test_lowrank_model_is_smaller_and_selectable() -> None:
 
 
 def test_old_metadata_means_full_rank() -> None:
-    old = msgspec.to_builtins(LEGACY_MODEL_CONFIG)
-    del old["cross"], old["cross_rank"]  # what bundles written before issue 14 hold
+    old = {k: v for k, v in msgspec.to_builtins(LEGACY_MODEL_CONFIG).items() if k in OLD_KEYS}
     assert config_from_meta(old) == LEGACY_MODEL_CONFIG
     assert config_from_meta(msgspec.to_builtins(ModelConfig())) == ModelConfig()
     assert same_architecture(ModelConfig(seed=1), ModelConfig(seed=2))
     assert not same_architecture(ModelConfig(), LEGACY_MODEL_CONFIG)
 
 
-@pytest.mark.parametrize("cross", ["lowrank", "full"])
-def test_export_parity_and_scorer(cross: str, trained: tuple[CTRModel, dict],
+VARIANTS = {
+    "fixture": None,
+    "full": FULL_SMALL,
+    "lowrank_parallel_plain": msgspec.structs.replace(SMALL_MODEL, wide=False, structure="parallel"),
+    "lowrank_stacked_wide": msgspec.structs.replace(SMALL_MODEL, wide=True, structure="stacked"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_export_parity_and_scorer(variant: str, trained: tuple[CTRModel, dict],
                                   full_trained: tuple[CTRModel, dict], dataset: Dataset) -> None:
-    model, metrics = trained if cross == "lowrank" else full_trained
-    assert model.config.cross == cross and metrics["holdout_auc"] > 0.7
+    config = VARIANTS[variant]
+    if config is None:
+        model, metrics = trained
+    elif config == FULL_SMALL:
+        model, metrics = full_trained
+    else:
+        model, metrics = train_model(dataset.tokens, dataset.dense, dataset.labels, dataset.spec,
+                                     config=FAST_TRAIN, model_config=config)
+    assert metrics["holdout_auc"] > 0.7
+    if model.config.wide:
+        assert model.wide is not None and model.wide.weight.abs().max() > 0 and not model.wide.weight[0].any()
     blob = export_onnx(model)
     for batch in (1, 7, 256):
         assert check_parity(model, blob, dataset.tokens[:batch], dataset.dense[:batch], atol=1e-5) <= 1e-5
-    scorer = OnnxScorer(blob, version=cross)
+    scorer = OnnxScorer(blob, version=variant)
     prob, hidden = scorer.score(dataset.tokens[:300], dataset.dense[:300])
     prob_t, hidden_t = predict(model, dataset.tokens[:300], dataset.dense[:300])
     np.testing.assert_allclose(prob, prob_t, atol=1e-5, rtol=0)
@@ -103,6 +121,7 @@ def test_lowrank_bundle_round_trip(tmp_path: Path, trained: tuple[CTRModel, dict
     bundle = save_bundle(tmp_path / "v1", onnx_bytes, model.spec, version="v1", model=model, metrics=metrics)
     raw = msgspec.json.decode((bundle.path / "meta.json").read_bytes())
     assert raw["model_config"]["cross"] == "lowrank" and raw["model_config"]["cross_rank"] == SMALL_MODEL.cross_rank
+    assert {"wide", "structure"} <= set(raw["model_config"])
     restored = load_bundle(bundle.path).load_torch_model()
     assert restored.config == model.config and isinstance(restored.cross[0], LowRankCrossLayer)
     for name, value in model.state_dict().items():
@@ -114,7 +133,7 @@ def test_lowrank_bundle_round_trip(tmp_path: Path, trained: tuple[CTRModel, dict
 def _as_old_bundle(path: Path) -> None:
     """Rewrite meta.json as code before issue 14 wrote it: no ``cross``/``cross_rank`` keys."""
     meta = msgspec.json.decode((path / "meta.json").read_bytes())
-    del meta["model_config"]["cross"], meta["model_config"]["cross_rank"]
+    meta["model_config"] = {k: v for k, v in meta["model_config"].items() if k in OLD_KEYS}
     (path / "meta.json").write_bytes(msgspec.json.encode(meta))
 
 
