@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--movielens", default=str(DEFAULT_ML100K), help="ML-100K directory (read in place)")
     ap.add_argument("--drift", action="store_true", help="ML-100K: also retrain on drift alarms")
     ap.add_argument("--skip-movielens", action="store_true")
+    ap.add_argument("--skip-cycle", action="store_true", help="only the ML-100K part")
+    ap.add_argument("--model", default="{}", help='JSON overrides of Settings().model, e.g. \'{"cross": "full"}\'')
     args = ap.parse_args(argv)
 
     import torch
@@ -180,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     from ops.logging_setup import setup_logging
 
     setup_logging("ERROR")  # the bench prints its own lines; rejections are in the report
-    settings, config = Settings(), TrainerConfig()
+    settings, config = Settings().with_overrides(model=json.loads(args.model)), TrainerConfig()
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                           "torch": str(torch.__version__), "platform": platform.platform()},
-                              "trainer_config": msgspec.to_builtins(config)}
+                              "trainer_config": msgspec.to_builtins(config),
+                              "model_config": msgspec.to_builtins(settings.model)}
     with tempfile.TemporaryDirectory() as tmp:
-        report["cycle"] = retrain_cycle(args.window, settings, config, Path(tmp))
+        if not args.skip_cycle:
+            report["cycle"] = retrain_cycle(args.window, settings, config, Path(tmp))
         if not args.skip_movielens:
             report["movielens"] = movielens_prequential(Path(args.movielens), settings, config, args.retrain_every,
                                                         args.drift, Path(tmp))

@@ -71,7 +71,9 @@ class BundleMeta(msgspec.Struct, frozen=True, kw_only=True):
         version: model version label (unique per bundle).
         feature_spec: the spec the model's inputs are encoded with.
         model_config: :class:`~models.ctr.ModelConfig` as a JSON object (kept untyped here so
-            reading metadata does not import torch).
+            reading metadata does not import torch). Its ``cross`` key names the architecture
+            (``"full"`` or ``"lowrank"``); bundles written before that key existed have none and
+            hold full-rank models (:func:`models.ctr.config_from_meta`).
         metrics: training/holdout metrics (``nan`` is stored as ``null``).
         onnx_sha256, onnx_size: hex digest and byte size of ``model.onnx``.
         state_sha256, state_size: the same for ``model.pt`` (``None`` if not saved).
@@ -171,10 +173,10 @@ class ModelBundle:
 
     def load_torch_model(self) -> CTRModel:
         """Rebuild the :class:`~models.ctr.CTRModel` (eval mode) to warm-start a retrain."""
-        from models.ctr import CTRModel, ModelConfig
+        from models.ctr import CTRModel, config_from_meta
 
         try:
-            config = msgspec.convert(self.meta.model_config, type=ModelConfig)
+            config = config_from_meta(self.meta.model_config)  # no "cross" key: a full-rank model
         except msgspec.ValidationError as exc:
             raise CorruptModelError(f"{self.path / META_FILE}: bad model_config: {exc}") from exc
         model = CTRModel(self.meta.feature_spec, config)

@@ -101,11 +101,14 @@ def export_onnx(model: CTRModel, spec: FeatureSpec | None = None, *, exporter: E
         exporter: ``"dynamo"`` (default) or ``"torchscript"``.
 
     Raises:
-        ValueError: if ``spec`` differs from ``model.spec``.
+        ValueError: if ``spec`` differs from ``model.spec``, or the padding row 0 of the
+            embedding is not zero (the graph relies on it instead of masking padding).
     """
     if spec is not None and spec != model.spec:
         raise ValueError(f"spec {spec} does not match the model's {model.spec}")
     spec = model.spec
+    if any(table.weight[0].detach().abs().max() != 0 for table in model.sparse_tables()):
+        raise ValueError("embedding row 0 (padding) must be zero: the graph has no padding mask")
     frozen = copy.deepcopy(model).eval()
     for param in frozen.parameters():
         param.requires_grad_(False)

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import msgspec
 import numpy as np
 
-from models.ctr import CTRModel, ModelConfig
+from models.ctr import CTRModel, ModelConfig, same_architecture
 from models.export import check_parity, export_onnx
 from models.features import FeatureEncoder, FeatureSpec, Row
 from models.scorer import OnnxScorer
@@ -49,14 +50,28 @@ def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: Feat
     """Train on time-ordered ``rows`` with ``labels`` (n,) {0,1} and return the served form.
 
     Dense feature names are inferred from the rows (numeric values) unless ``init`` is given,
-    in which case its spec is kept so the warm start stays shape-compatible.
+    in which case its spec is kept so the warm start stays shape-compatible. If ``init`` has
+    another architecture than ``model_config`` (seed aside), the candidate is trained from
+    scratch instead of warm-started (``architecture_changed`` log), for at least
+    ``TrainConfig().epochs`` passes.
 
     Raises:
         models.export.ParityError: torch and onnxruntime disagree by more than 1e-5.
     """
     t0 = time.perf_counter()
+    architecture_changed = False
     spec = init.spec if init is not None else FeatureSpec.infer(
         rows, n_buckets=feature_defaults.n_buckets, max_tokens=feature_defaults.max_tokens)
+    if init is not None and not same_architecture(init.config, model_config):
+        # The settings name another architecture than the parent's (e.g. a registry of
+        # full-rank models after the low-rank default): weights cannot carry over, so the
+        # configured architecture is trained from scratch on the window, with the parent's
+        # feature spec and at least a cold start's epochs. The gates still compare it with the
+        # serving model, which keeps serving if the candidate is worse.
+        log.info("architecture_changed", extra={"version": version, "parent_config": msgspec.to_builtins(init.config),
+                                                "config": msgspec.to_builtins(model_config)})
+        init, architecture_changed = None, True
+        train_config = msgspec.structs.replace(train_config, epochs=max(train_config.epochs, TrainConfig().epochs))
     tokens, dense = FeatureEncoder(spec).encode(rows)
     model, metrics = train_model(tokens, dense, np.asarray(labels, np.float32), spec,
                                  config=train_config, model_config=model_config, init=init)
@@ -67,7 +82,8 @@ def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: Feat
     diff = check_parity(model, onnx_bytes, tokens[probe], dense[probe])
     scorer = OnnxScorer(onnx_bytes, version=version, spec=spec, intra_op_num_threads=ort_threads)
     metrics = {**metrics, "parity_max_abs_diff": float(diff), "train_seconds": t_train,
-               "fit_seconds": time.perf_counter() - t0, "train_rows": len(rows)}
+               "fit_seconds": time.perf_counter() - t0, "train_rows": len(rows),
+               "architecture_changed": architecture_changed}
     log.info("model_fitted", extra={"version": version, **{k: v for k, v in metrics.items()
                                                             if isinstance(v, (int, float))}})
     return FittedModel(version, spec, model, onnx_bytes, scorer, metrics)

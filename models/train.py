@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.ctr import CTRModel, ModelConfig
+from models.ctr import CTRModel, ModelConfig, same_architecture
 from models.features import FeatureSpec, check_inputs
 from models.metrics import auc, logloss
 
@@ -136,7 +136,7 @@ def train_model(
         if init.spec != spec:
             raise ValueError(f"warm start needs the parent's spec: {init.spec} != {spec}")
         model_config = model_config if model_config is not None else init.config
-        if msgspec.structs.replace(model_config, seed=0) != msgspec.structs.replace(init.config, seed=0):
+        if not same_architecture(model_config, init.config):
             raise ValueError(f"warm start needs the parent's architecture: {model_config} != {init.config}")
     model_config = model_config if model_config is not None else ModelConfig()
 
@@ -152,8 +152,10 @@ def train_model(
         hold_tokens, hold_dense, hold_y = tokens[n_train:], dense[n_train:], y[n_train:]
         initial = _holdout_metrics(model, hold_tokens, hold_dense, hold_y)
 
-        embedding_params = [model.embedding.weight]
-        other_params = [p for name, p in model.named_parameters() if not name.startswith("embedding.")]
+        tables = model.sparse_tables()
+        embedding_params = [table.weight for table in tables]
+        sparse_ids = {id(p) for p in embedding_params}
+        other_params = [p for p in model.parameters() if id(p) not in sparse_ids]
         sparse_opt = torch.optim.SparseAdam(embedding_params, lr=config.lr)
         dense_opt = torch.optim.Adam(other_params, lr=config.lr, weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(config.seed)
@@ -161,7 +163,8 @@ def train_model(
         train_dense = torch.from_numpy(dense[:n_train])
         train_y = torch.from_numpy(y[:n_train])
 
-        model.embedding.sparse = True
+        for table in tables:
+            table.sparse = True
         model.train()
         epoch_losses: list[float] = []
         steps = 0
@@ -184,7 +187,8 @@ def train_model(
                 epoch_losses.append(total / max(seen, 1))
                 logger.debug("epoch %d: train logloss %.5f", epoch, epoch_losses[-1])
         finally:
-            model.embedding.sparse = False
+            for table in tables:
+                table.sparse = False
             model.eval()
         final = _holdout_metrics(model, hold_tokens, hold_dense, hold_y)
     finally:
