@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -51,6 +52,7 @@ from models.registry import ModelRegistry, RegistryLock, RegistryLocked
 from models.scorer import OnnxScorer
 from ops.kafka import client_kwargs, make_producer, topic_name
 from ops.settings import Settings
+from ops.worker_process import in_daemon_thread, quiet_onnx_exporter
 from processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
 from state.sample_window import Sample, SampleWindow, sample_from_error
 from streams.codec import InvalidEvent, decode_event, encode
@@ -60,6 +62,10 @@ __all__ = ["RetrainOutcome", "trainer_config", "registry_root", "window_root", "
            "fit_candidate", "gate_and_register", "retrain_once", "Trainer", "run_trainer"]
 
 log = logging.getLogger("reloop.trainer")
+
+
+class _Abandoned(Exception):
+    """A stop arrived while a retrain was running; the retrain is left to die with the process."""
 
 
 def trainer_config(settings: Settings) -> TrainerConfig:
@@ -232,6 +238,7 @@ class Trainer:
         self.window: SampleWindow | None = None
         self.core: TrainerCore | None = None
         self.merge = EventTimeMerge(self.config.merge_max_buffered)
+        self.abandoned = False  # a stop arrived during a retrain (see _in_daemon_thread)
 
     async def run(self, stop: asyncio.Event, progress: Callable[[Trainer], None] | None = None) -> None:
         """Consume, window, decide, retrain, announce until ``stop`` is set.
@@ -258,7 +265,9 @@ class Trainer:
                 decision = core.on_batch([])
                 while not stop.is_set():
                     if decision is not None:
-                        await self._retrain(decision, producer)
+                        await self._retrain(decision, producer, stop)
+                        if self.abandoned:
+                            break
                     decision = await self._poll(consumer)
                     if progress is not None:
                         progress(self)
@@ -306,15 +315,39 @@ class Trainer:
             self.core.on_model_change(current)
         return self.core.on_batch([r for r in records if r.error_id in accepted])
 
-    async def _retrain(self, decision: RetrainDecision, producer: Any) -> None:
+    @staticmethod
+    async def _in_daemon_thread(fn: Callable[[], RetrainOutcome], stop: asyncio.Event) -> RetrainOutcome:
+        """Run ``fn`` in a daemon thread; raise :class:`_Abandoned` if ``stop`` is set first.
+
+        A retrain takes seconds to minutes of torch work that cannot be interrupted; a stop
+        must not wait for it (``reloop run`` stops everything within 10 s of Ctrl-C). The
+        thread is a daemon and :func:`run_trainer` exits without joining it. Registration is
+        atomic, so at worst a version registered just before the exit is current but not yet
+        announced; the next trainer re-announces ``CURRENT`` when it starts.
+        """
+        work = asyncio.ensure_future(in_daemon_thread(fn))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not work.done():
+            work.cancel()
+            raise _Abandoned
+        return work.result()
+
+    async def _retrain(self, decision: RetrainDecision, producer: Any, stop: asyncio.Event) -> None:
         assert self.window is not None and self.core is not None
         log.info("retrain_due", extra={"reason": decision.reason, "new_samples": decision.new_samples,
                                        "event_ts": decision.event_ts, **decision.detail})
         samples = self.window.samples()
-        loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(None, lambda: retrain_once(
-                samples, self.registry, self.settings, self.config, trigger=decision.reason))
+            outcome = await self._in_daemon_thread(lambda: retrain_once(
+                samples, self.registry, self.settings, self.config, trigger=decision.reason), stop)
+        except _Abandoned:
+            self.abandoned = True
+            log.info("retrain_abandoned", extra={"reason": decision.reason, "why": "stop requested"})
+            return
         except Exception:  # noqa: BLE001 - a failed retrain must not stop the trainer
             log.exception("retrain_failed", extra={"reason": decision.reason})
             self.core.on_retrain_failed()
@@ -377,6 +410,7 @@ def run_trainer(settings: Settings, *, progress: bool | None = None) -> int:
     """
     config = trainer_config(settings)
     show = sys.stderr.isatty() if progress is None else progress
+    quiet_onnx_exporter()
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -385,7 +419,7 @@ def run_trainer(settings: Settings, *, progress: bool | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         view = _Progress(config) if show else None
         try:
-            await Trainer(settings, config).run(stop, progress=view)
+            await trainer.run(stop, progress=view)
         except RegistryLocked as exc:
             print(f"reloop train: {exc}", file=sys.stderr)
             return 3
@@ -394,4 +428,11 @@ def run_trainer(settings: Settings, *, progress: bool | None = None) -> int:
                 view.stop()
         return 0
 
-    return asyncio.run(main())
+    trainer = Trainer(settings, config)
+    code = asyncio.run(main())
+    if trainer.abandoned:  # do not wait for the retrain's daemon thread (interpreter shutdown would)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
