@@ -50,6 +50,10 @@ from streams.events import Interaction
 
 log = logging.getLogger("reloop.main_job")
 
+#: The trainer runs at a lower CPU priority than the worker: a retrain (tens of CPU seconds)
+#: must not take a core from serving on a small machine.
+TRAINER_NICENESS = 10
+
 #: Seconds the children get to stop after Ctrl-C before they are killed (the broker goes after).
 STOP_CHILDREN_S = 7.0
 
@@ -159,45 +163,55 @@ class _Run:
     broker: EmbeddedBroker | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    async def shutdown(self) -> dict[str, int | None]:
+    async def shutdown(self, timeout_s: float = STOP_CHILDREN_S) -> dict[str, int | None]:
         """Worker and trainer first (SIGTERM; they write their final snapshots while the broker
-        still answers), then the broker. Returns the children's exit codes."""
-        codes = await stop_children(self.children, STOP_CHILDREN_S) if self.children else {}
+        still answers; SIGKILL after ``timeout_s``), then the broker. Returns the children's
+        exit codes."""
+        codes = await stop_children(self.children, timeout_s) if self.children else {}
         if self.broker is not None:
             self.broker.stop(timeout_s=2.0)
         return codes
 
 
 async def run_main_job(settings: Settings, opts: MainJobOptions) -> int:
-    """Run the main job; returns the process exit code (128 + signal number if interrupted)."""
+    """Run the main job; returns the process exit code. Interrupted (SIGINT/SIGTERM), it stops
+    everything, prints a one-line note and ends the process with ``os._exit(128 + signal)``."""
     loop = asyncio.get_running_loop()
     run = _Run()
     job = asyncio.create_task(_job(settings, opts, run))
     caught: list[int] = []
 
+    t_signal = 0.0
+
     def on_signal(sig: int) -> None:
+        nonlocal t_signal
         if not caught:
             caught.append(sig)
+            t_signal = time.monotonic()
             job.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    t_stop = None
     try:
         code = await job
     except asyncio.CancelledError:
         if not caught:
             raise
-        t_stop = time.monotonic()
         code = 128 + caught[0]
     finally:
-        codes = await run.shutdown()
+        # Ctrl-C has a 10 s budget; a run that ended by itself gives its children longer
+        codes = await run.shutdown(STOP_CHILDREN_S if caught else STOP_CHILDREN_S * 4)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    if t_stop is not None:
+    if caught:
         stopped = ", ".join(f"{k} (exit {v})" for k, v in codes.items()) or "nothing started yet"
         print(f"[reloop] interrupted by {signal.Signals(caught[0]).name}: stopped {stopped}"
-              f"{' and the broker' if run.broker else ''} in {time.monotonic() - t_stop:.1f} s", flush=True)
+              f"{' and the broker' if run.broker else ''} in {time.monotonic() - t_signal:.1f} s", flush=True)
+        # Everything is stopped and written; skip the interpreter's teardown of torch & co
+        # (seconds, measured), so Ctrl-C ends the run within 10 s.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
@@ -261,7 +275,7 @@ async def _loop(settings: Settings, opts: MainJobOptions, run: _Run, data: Path,
     run.children["worker"] = worker
     if opts.trainer:
         run.children["trainer"] = spawn_child(reloop_cmd("train", settings, "--no-progress"),
-                                              data / "trainer.log", settings)
+                                              data / "trainer.log", settings, niceness=TRAINER_NICENESS)
     print(f"[reloop] worker pid {worker.pid}{' and trainer pid ' + str(run.children['trainer'].pid) if opts.trainer else ''}"
           f"; status page http://127.0.0.1:{web_port}/ (logs in {data})", flush=True)
     await wait_ready(web_port, timeout_s=120.0, proc=worker)

@@ -31,6 +31,8 @@ def print_run_report(report: dict[str, Any], console: Console | None = None) -> 
     """Print the main job's report: traffic and latency, versions per window with the swaps,
     quality before/after the shift and the swap, the alerts raised, media memory, events/s."""
     c = console or Console()
+    if console is None and not c.is_terminal:
+        c = Console(width=140)  # a log file or a pipe: rich would wrap at 80 columns
     w = report.get("worker", {}) or {}
     summ = w.get("summary", {}) or {}
     t = Table(title="ReLoop run", show_header=False)
@@ -220,7 +222,7 @@ def run_summary(report: dict[str, Any], alerts: list[dict[str, Any]], updates: l
             media[f"{labels.removeprefix('memory=')}_bytes"] = value
     labelled = (w.get("summary") or {}).get("labelled") or 0
     live_from = report.get("live_from_ts")
-    span = (max(a[0] for a in answered) - live_from) if answered and live_from else 0.0
+    span = (max(a[0] for a in answered) - live_from) if answered and live_from is not None else 0.0
     window = report.get("attribution_window_s")
     notes = []
     if not labelled:

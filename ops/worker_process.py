@@ -115,12 +115,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return out
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
-    """Die with the parent (Linux ``PR_SET_PDEATHSIG``: SIGTERM when the parent exits)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
+def _child_setup(niceness: int) -> Callable[[], None]:
+    def setup() -> None:  # runs in the child between fork and exec
+        """Die with the parent (Linux ``PR_SET_PDEATHSIG``: SIGTERM when the parent exits)."""
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        except OSError:
+            pass
+        if niceness:
+            os.nice(niceness)
+    return setup
 
 
 def reloop_cmd(command: str, settings: Settings, *extra: str) -> list[str]:
@@ -129,19 +133,20 @@ def reloop_cmd(command: str, settings: Settings, *extra: str) -> list[str]:
             "--data-dir", settings.worker.data_dir, *extra]
 
 
-def spawn_child(cmd: list[str], log_path: Path, settings: Settings) -> subprocess.Popen[bytes]:
+def spawn_child(cmd: list[str], log_path: Path, settings: Settings, niceness: int = 0) -> subprocess.Popen[bytes]:
     """Start a child of the main job with the effective settings in its environment.
 
     The child gets its own process group, so a terminal's Ctrl-C (SIGINT to the foreground
     group) reaches only the main job, which stops its children in order (worker and trainer
     before the broker they need to shut down cleanly); it dies with the main job (SIGTERM on
-    the parent's death). Output goes to ``log_path``. Call from the main thread: the death
-    signal follows the thread that forked.
+    the parent's death). Output goes to ``log_path``; ``niceness`` lowers its CPU priority
+    (the trainer's, so a retrain does not take cores from serving). Call from the main thread:
+    the death signal follows the thread that forked.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings_env(settings)}
     with open(log_path, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                process_group=0, preexec_fn=_child_setup)
+                                process_group=0, preexec_fn=_child_setup(niceness))
 
 
 async def stop_children(children: dict[str, subprocess.Popen[bytes]], timeout_s: float,
