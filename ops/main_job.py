@@ -50,9 +50,10 @@ from streams.events import Interaction
 
 log = logging.getLogger("reloop.main_job")
 
-#: The trainer runs at a lower CPU priority than the worker: a retrain (tens of CPU seconds)
-#: must not take a core from serving on a small machine.
-TRAINER_NICENESS = 10
+#: The trainer's CPU priority (``nice``). 0: at 10 on a loaded 2-core machine the trainer fell
+#: so far behind the ``errors`` topic that its post-shift retrain began 10 s before the traffic
+#: ended and was abandoned (measured); serving latency pays for the retrain instead.
+TRAINER_NICENESS = 0
 
 #: Seconds the children get to stop after Ctrl-C before they are killed (the broker goes after).
 STOP_CHILDREN_S = 7.0
@@ -107,22 +108,27 @@ def set_aside_previous_run(data_dir: Path) -> Path | None:
 #: A default run labels ~260k predictions, ~100k of them after the shift, and those arrive in
 #: the last ~35 s of traffic (a label waits for its 60 s attribution window, 20 s of wall time
 #: at the default rates): no count schedule (the default, every 20k samples, would retrain every
-#: ~7 s), a small window so a retrain takes seconds, and a drift retrain once half of the
-#: window is past the alarm.
-RUN_TRAINER = {"window_max_samples": 20_000, "retrain_every_samples": 0, "min_samples_between": 10_000,
+#: ~7 s), a small window so a retrain takes seconds on a loaded machine, and a drift retrain
+#: once half of the window is past the alarm.
+RUN_TRAINER = {"window_max_samples": 10_000, "retrain_every_samples": 0, "min_samples_between": 10_000,
                "drift_settle_samples": 5_000}
+
+#: Event-time seconds after the shift at which the backstop schedule retrains (the window of
+#: 10k samples then spans ~10 s of event time, all after the shift).
+RETRAIN_AFTER_SHIFT_S = 15.0
 
 
 def run_settings(settings: Settings, sim: Simulator, n_requests: int, n_warm: int) -> Settings:
     """``settings`` with the main job's trainer choices (:data:`RUN_TRAINER`) for fields left at
     their defaults, plus an event-time schedule as the backstop of the drift detector: one
-    scheduled retrain 30 event-seconds after the shift (``retrain_every_s`` counted from the
-    first labelled prediction), none before it."""
+    scheduled retrain :data:`RETRAIN_AFTER_SHIFT_S` event-seconds after the shift
+    (``retrain_every_s`` counted from the first labelled prediction), none before it. In the
+    runs measured the drift detector did not alarm within the run; the schedule did the work."""
     defaults, current = TrainerConfig(), settings.trainer
     over: dict[str, Any] = {k: v for k, v in RUN_TRAINER.items() if getattr(current, k) == getattr(defaults, k)}
     shift = sim.shift_ts(n_requests)
     if shift is not None and current.retrain_every_s == defaults.retrain_every_s:
-        over["retrain_every_s"] = round(shift - sim._request_ts(n_warm) + 30.0, 3)  # noqa: SLF001
+        over["retrain_every_s"] = round(shift - sim._request_ts(n_warm) + RETRAIN_AFTER_SHIFT_S, 3)  # noqa: SLF001
     return settings.with_overrides(trainer=over) if over else settings
 
 

@@ -52,7 +52,7 @@ from models.registry import ModelRegistry, RegistryLock, RegistryLocked
 from models.scorer import OnnxScorer
 from ops.kafka import client_kwargs, make_producer, topic_name
 from ops.settings import Settings
-from ops.worker_process import in_daemon_thread, quiet_onnx_exporter
+from ops.worker_process import Abandoned, in_daemon_thread, quiet_onnx_exporter
 from processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
 from state.sample_window import Sample, SampleWindow, sample_from_error
 from streams.codec import InvalidEvent, decode_event, encode
@@ -62,10 +62,6 @@ __all__ = ["RetrainOutcome", "trainer_config", "registry_root", "window_root", "
            "fit_candidate", "gate_and_register", "retrain_once", "Trainer", "run_trainer"]
 
 log = logging.getLogger("reloop.trainer")
-
-
-class _Abandoned(Exception):
-    """A stop arrived while a retrain was running; the retrain is left to die with the process."""
 
 
 def trainer_config(settings: Settings) -> TrainerConfig:
@@ -238,7 +234,7 @@ class Trainer:
         self.window: SampleWindow | None = None
         self.core: TrainerCore | None = None
         self.merge = EventTimeMerge(self.config.merge_max_buffered)
-        self.abandoned = False  # a stop arrived during a retrain (see _in_daemon_thread)
+        self.abandoned = False  # a stop arrived during a retrain (left to die with the process)
 
     async def run(self, stop: asyncio.Event, progress: Callable[[Trainer], None] | None = None) -> None:
         """Consume, window, decide, retrain, announce until ``stop`` is set.
@@ -315,36 +311,19 @@ class Trainer:
             self.core.on_model_change(current)
         return self.core.on_batch([r for r in records if r.error_id in accepted])
 
-    @staticmethod
-    async def _in_daemon_thread(fn: Callable[[], RetrainOutcome], stop: asyncio.Event) -> RetrainOutcome:
-        """Run ``fn`` in a daemon thread; raise :class:`_Abandoned` if ``stop`` is set first.
-
-        A retrain takes seconds to minutes of torch work that cannot be interrupted; a stop
-        must not wait for it (``reloop run`` stops everything within 10 s of Ctrl-C). The
-        thread is a daemon and :func:`run_trainer` exits without joining it. Registration is
-        atomic, so at worst a version registered just before the exit is current but not yet
-        announced; the next trainer re-announces ``CURRENT`` when it starts.
-        """
-        work = asyncio.ensure_future(in_daemon_thread(fn))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not work.done():
-            work.cancel()
-            raise _Abandoned
-        return work.result()
-
     async def _retrain(self, decision: RetrainDecision, producer: Any, stop: asyncio.Event) -> None:
         assert self.window is not None and self.core is not None
         log.info("retrain_due", extra={"reason": decision.reason, "new_samples": decision.new_samples,
                                        "event_ts": decision.event_ts, **decision.detail})
         samples = self.window.samples()
         try:
-            outcome = await self._in_daemon_thread(lambda: retrain_once(
+            # torch work that cannot be interrupted: a stop must not wait for it (reloop run stops
+            # within 10 s of Ctrl-C); run_trainer exits without joining the thread. Registration
+            # is atomic: at worst a version registered just before the exit is current but not
+            # announced, and the next trainer re-announces CURRENT when it starts.
+            outcome = await in_daemon_thread(lambda: retrain_once(
                 samples, self.registry, self.settings, self.config, trigger=decision.reason), stop)
-        except _Abandoned:
+        except Abandoned:
             self.abandoned = True
             log.info("retrain_abandoned", extra={"reason": decision.reason, "why": "stop requested"})
             return

@@ -176,9 +176,17 @@ def quiet_onnx_exporter() -> None:
         lambda record: "torchvision" not in record.getMessage())
 
 
-async def in_daemon_thread(fn: Callable[[], Any]) -> Any:
+class Abandoned(Exception):
+    """``stop`` was set before the work in :func:`in_daemon_thread` finished."""
+
+
+async def in_daemon_thread(fn: Callable[[], Any], stop: asyncio.Event | None = None) -> Any:
     """Await ``fn()`` run in a new daemon thread (torch training that cannot be interrupted);
-    unlike ``asyncio.to_thread``, an interrupted program does not wait for it at exit."""
+    unlike ``asyncio.to_thread``, an interrupted program does not wait for it at exit.
+
+    Raises:
+        Abandoned: ``stop`` was set first (the thread runs on, to die with the process).
+    """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
 
@@ -191,4 +199,14 @@ async def in_daemon_thread(fn: Callable[[], Any]) -> Any:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
 
     threading.Thread(target=target, name=getattr(fn, "__name__", "work"), daemon=True).start()
-    return await fut
+    if stop is None:
+        return await fut
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({fut, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not fut.done():
+        fut.cancel()
+        raise Abandoned
+    return fut.result()

@@ -56,7 +56,7 @@ def test_children_load_the_parents_effective_settings() -> None:
 
 
 def test_run_settings_keep_what_the_user_set_and_schedule_a_retrain_after_the_shift() -> None:
-    from ops.main_job import RUN_TRAINER, run_settings
+    from ops.main_job import RETRAIN_AFTER_SHIFT_S, RUN_TRAINER, run_settings
     from ops.settings import Settings
     from ops.simulator import SimConfig, Simulator
 
@@ -64,7 +64,7 @@ def test_run_settings_keep_what_the_user_set_and_schedule_a_retrain_after_the_sh
     s = run_settings(Settings(), sim, 2000, 400)
     assert all(getattr(s.trainer, k) == v for k, v in RUN_TRAINER.items())
     first_live, shift = sim._request_ts(400), sim.shift_ts(2000)  # noqa: SLF001
-    assert first_live + s.trainer.retrain_every_s == pytest.approx(shift + 30.0, abs=1e-3)
+    assert first_live + s.trainer.retrain_every_s == pytest.approx(shift + RETRAIN_AFTER_SHIFT_S, abs=1e-3)
     mine = Settings().with_overrides(trainer={"window_max_samples": 777, "retrain_every_s": 5.0})
     s = run_settings(mine, sim, 2000, 400)
     assert s.trainer.window_max_samples == 777 and s.trainer.retrain_every_s == 5.0
@@ -101,3 +101,22 @@ def test_run_summary_splits_quality_at_the_shift_and_the_swap_and_joins_alert_ra
                          "elapsed_seconds": 1.0, "attribution_window_s": 60.0, "worker": {"summary": {}}}, [], [], "")
     assert len(quiet["notes"]) == 1 and "attribution window (60 s of event time)" in quiet["notes"][0]
     assert "20 s of event time" in quiet["notes"][0]
+
+
+def test_a_busy_web_port_is_refused_not_replaced(tmp_path: Path, capsys) -> None:
+    import asyncio
+    import socket
+
+    from ops.main_job import MainJobOptions, run_main_job
+    from ops.settings import Settings
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        s = Settings().with_overrides(worker={"data_dir": str(tmp_path), "web_port": port})
+        code = asyncio.run(run_main_job(s, MainJobOptions(events=100, report_path=str(tmp_path / "r.json"))))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {port} (worker.web_port) is in use" in err and "--web-port 0" in err
+    assert not (tmp_path / "broker.log").exists()  # nothing was started

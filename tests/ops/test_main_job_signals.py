@@ -93,6 +93,8 @@ def test_ctrl_c_stops_everything_within_10_s(tmp_path: Path, target: str) -> Non
     notes = [ln for ln in text.splitlines() if ln.startswith("[reloop] interrupted by SIGINT")]
     assert len(notes) == 1 and "worker (exit 0)" in notes[0] and "trainer (exit 0)" in notes[0], text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+    # a healthy start: no log line on the console (library noise and warnings go to run.log)
+    assert not [ln for ln in text.splitlines() if ln.startswith("{")], text[-3000:]
     for name, pid in pids.items():
         assert _gone(pid), f"{name} (pid {pid}) still there after the run exited"
     for name in ("error_memory.npz", "inputs.npz"):
