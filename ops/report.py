@@ -229,6 +229,11 @@ def run_summary(report: dict[str, Any], alerts: list[dict[str, Any]], updates: l
         notes.append(f"no prediction was labelled: a request's negatives are labelled when its attribution window "
                      f"({window:g} s of event time) closes, and this run's traffic spans {span:.0f} s of event time; "
                      "drive more --events")
+    served = {a[1] for a in answered}
+    for m in report.get("models") or []:
+        if m["version"] not in served:
+            notes.append(f"{m['version']} was registered ({m['trigger']}) but answered no request before the traffic "
+                         "ended: the retrain finished too late in the run")
     phases = quality_phases(w.get("series") or [], shift, swap_ts)
     if swap_ts is not None and phases[-1]["windows"] == 0:
         end = max(a[0] for a in answered)

@@ -120,3 +120,14 @@ def test_a_busy_web_port_is_refused_not_replaced(tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err
     assert f"port {port} (worker.web_port) is in use" in err and "--web-port 0" in err
     assert not (tmp_path / "broker.log").exists()  # nothing was started
+
+
+def test_run_summary_says_when_a_registered_version_served_nothing() -> None:
+    from ops.report import run_summary
+
+    report = {"answered": [[0.0, "v1"], [100.0, "v1"]], "shift_ts": 50.0, "live_from_ts": 0.0, "elapsed_seconds": 1.0,
+              "attribution_window_s": 60.0, "worker": {"summary": {"labelled": 10}},
+              "models": [{"version": "v1", "trigger": "initial"}, {"version": "v2", "trigger": "time"}]}
+    notes = run_summary(report, [], [], "")["notes"]
+    assert notes == ["v2 was registered (time) but answered no request before the traffic ended: the retrain "
+                     "finished too late in the run"]
