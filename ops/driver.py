@@ -174,3 +174,35 @@ async def read_alerts(ks: KafkaSettings, timeout_s: float = 10.0) -> tuple[list[
             await consumer.stop()
         out[name] = sorted(rows.values(), key=lambda r: r["ts"])
     return out["alerts"], out["schemas"]
+
+
+async def errors_end_offsets(ks: KafkaSettings) -> dict[int, int]:
+    """``{partition: high watermark}`` of the ``errors`` topic now."""
+    topic = topic_name(ks, "errors")
+    consumer = AIOKafkaConsumer(**client_kwargs(ks), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            parts = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in sorted(parts)])
+    finally:
+        await consumer.stop()
+    return {tp.partition: off for tp, off in ends.items()}
+
+
+async def wait_replica_caught_up(ks: KafkaSettings, applied: Callable[[], Any], timeout_s: float = 30.0) -> bool:
+    """Wait until the worker's errors replica (``await applied()`` -> ``{partition: next offset}``,
+    from its ``/status``) has applied every error record written so far, so the alerts it raises
+    from them are on ``alerts`` before the report reads them. False after ``timeout_s``."""
+    ends = await errors_end_offsets(ks)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = await applied()
+        if all(int(done.get(str(p), done.get(p, 0))) >= end for p, end in ends.items()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.25)
+

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.broker import EmbeddedBroker, free_port
-from ops.driver import collect_latencies, drive, read_alerts  # noqa: F401 - collect_latencies: bench/throughput.py
+from ops.driver import collect_latencies, drive, read_alerts, wait_replica_caught_up  # noqa: F401 - collect_latencies: bench/throughput.py
 from ops.kafka import create_topics, make_producer, topic_name
 from ops.logging_setup import JsonFormatter
 from ops.replay import fit_initial_model, write_report
@@ -286,6 +286,11 @@ async def _loop(settings: Settings, opts: MainJobOptions, run: _Run, data: Path,
           f"; status page http://127.0.0.1:{web_port}/ (logs in {data})", flush=True)
     await wait_ready(web_port, timeout_s=120.0, proc=worker)
     result = await drive(settings, sim, n_requests, n_warm, opts.offered_rps, opts.duration_s)
+
+    async def applied() -> Any:
+        return (await get_json(web_port, "/status")).get("errors_applied") or {}
+
+    result["replica_caught_up"] = await wait_replica_caught_up(settings.kafka, applied)
     status = await get_json(web_port, "/status")
     metrics_text = await get_text(web_port, "/metrics")
     alerts, updates = await read_alerts(settings.kafka)
