@@ -53,25 +53,51 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+async def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """Return once ``host:port`` accepts a TCP connection; raise TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, asyncio.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s: {exc}") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+
+
 async def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
-    """Return once the broker answers a metadata request; raise TimeoutError otherwise."""
+    """Return once the broker answers a metadata request; raise TimeoutError otherwise.
+
+    Waits for the first host's port to listen before any Kafka client connects, and keeps
+    aiokafka's logger quiet for the whole probe (its "Unable connect" errors are expected
+    here), restoring its level afterwards.
+    """
     from aiokafka.admin import AIOKafkaAdminClient
 
     deadline = time.monotonic() + timeout_s
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    await wait_for_port(host, int(port), timeout_s)
     last: BaseException | None = None
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refusals are expected here
-    while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-            last = exc
-            await asyncio.sleep(0.05)
-        finally:
-            await admin.close()
-            logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last = exc
+                await asyncio.sleep(0.05)
+            finally:
+                await admin.close()
+    finally:
+        aiokafka_log.setLevel(level)
     raise TimeoutError(f"broker at {bootstrap} did not answer metadata within {timeout_s}s: {last}")
 
 
@@ -79,12 +105,15 @@ class EmbeddedBroker:
     """A Tansu broker child process on ``127.0.0.1:<port>`` with memory storage.
 
     Use as a context manager (sync) or ``await broker.astart()`` / ``broker.stop()``.
-    ``url`` is ``kafka://127.0.0.1:<port>`` once started.
+    ``url`` is ``kafka://127.0.0.1:<port>`` once started. With ``own_process_group`` the broker
+    runs in a process group of its own, so a terminal's Ctrl-C (SIGINT to the foreground group)
+    does not kill it before the clients that need it have stopped; its owner stops it.
     """
 
-    def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: str | None = None, own_process_group: bool = False) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.own_process_group = own_process_group  # out of reach of a terminal's Ctrl-C (the owner stops it)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,7 +134,7 @@ class EmbeddedBroker:
             [binary, "broker", "--listener-url", listen, "--advertised-listener-url", listen,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            preexec_fn=_die_with_parent, process_group=0 if self.own_process_group else None, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         log.info("broker_starting", extra={"port": self.port, "pid": self.proc.pid})
 

@@ -18,6 +18,8 @@ import asyncio
 import gc
 import logging
 import math
+import os
+import sys
 import random
 import sys
 import time
@@ -342,4 +344,50 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     print(f"reloop worker: web on {settings.worker.web_bind}:{port}, status page "
           f"{status_url(settings.worker.web_bind, port)}", file=sys.stderr, flush=True)
     # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
-    Worker(app, loglevel=loglevel, override_logging=False, redirect_stdouts=False).execute_from_commandline()
+    worker = _bounded_stop_worker(Worker, settings.kafka.connect_give_up_s)(
+        app, loglevel=loglevel, override_logging=False, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        # Faust has stopped and the final snapshots are on disk; skip the interpreter's teardown
+        # of a large heap (seconds, measured), so a stop fits reloop run's 10 s.
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        log.info("worker_exit", extra={"code": code})
+        for h in logging.getLogger().handlers:
+            h.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _bounded_stop_worker(worker_cls: Any, give_up_s: float) -> Any:
+    """``worker_cls`` (Faust's Worker) that exits within ``give_up_s`` seconds (at least 1) of
+    SIGINT/SIGTERM: Faust's orderly stop (final snapshots, leaving the group, flushing the
+    producer) waits on the broker, and with the broker gone it never ends. A daemon timer,
+    armed by the first signal, logs ``shutdown_forced`` and exits with code 1 if the orderly
+    stop has not finished by then; the state on disk is then that of a crash (the last
+    snapshots plus the journal), which a restart recovers."""
+    import threading
+
+    limit = max(1.0, give_up_s * 0.9)
+
+    def force_exit() -> None:
+        log.error("shutdown_forced", extra={"after_s": limit, "why": "orderly stop did not finish (broker gone?)"})
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(1)
+
+    class BoundedStopWorker(worker_cls):  # type: ignore[misc, valid-type]
+        def _schedule_shutdown(self, signal: Any) -> None:
+            if not self._signal_stop_time:
+                timer = threading.Timer(limit, force_exit)
+                timer.daemon = True
+                timer.start()
+                log.info("shutdown_started", extra={"signal": getattr(signal, "name", str(signal)),
+                                                    "exit_within_s": limit})
+            super()._schedule_shutdown(signal)
+
+        async def _sentinel_task(self) -> None:  # mode sleeps 1 s here before closing the loop
+            await asyncio.sleep(0)
+
+    return BoundedStopWorker

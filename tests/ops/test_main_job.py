@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+
+import pytest
 from pathlib import Path
 
 import ops.main_job as main_job
@@ -30,3 +32,102 @@ def test_a_second_run_sets_the_first_runs_state_aside_and_keeps_one_generation(t
     (tmp_path / "worker.log").write_text("run 2")  # the second run's state
     set_aside_previous_run(tmp_path)
     assert (kept / "worker.log").read_text() == "run 2" and not (kept / "models").exists()
+
+
+def test_docstring_examples_of_the_report_and_the_children() -> None:
+    import ops.report
+    import ops.worker_process
+
+    for module in (ops.report, ops.worker_process):
+        result = doctest.testmod(module)
+        assert result.attempted >= 2 and result.failed == 0, module.__name__
+
+
+def test_children_load_the_parents_effective_settings() -> None:
+    from ops.settings import Settings, load_settings
+    from ops.worker_process import settings_env
+
+    parent = Settings().with_overrides(
+        kafka={"broker": "kafka://127.0.0.1:9", "topic_prefix": 'a "quoted" prefix.'},
+        trainer={"retrain_every_s": 123.5, "drift_detector": "none"},
+        worker={"media_features": False, "web_port": 0})
+    assert load_settings(env=settings_env(parent)) == parent
+    assert settings_env(Settings()) == {}
+
+
+def test_run_settings_keep_what_the_user_set_and_schedule_a_retrain_after_the_shift() -> None:
+    from ops.main_job import RETRAIN_AFTER_SHIFT_S, RUN_TRAINER, run_settings
+    from ops.settings import Settings
+    from ops.simulator import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(seed=7))
+    s = run_settings(Settings(), sim, 2000, 400)
+    assert all(getattr(s.trainer, k) == v for k, v in RUN_TRAINER.items())
+    first_live, shift = sim._request_ts(400), sim.shift_ts(2000)  # noqa: SLF001
+    assert first_live + s.trainer.retrain_every_s == pytest.approx(shift + RETRAIN_AFTER_SHIFT_S, abs=1e-3)
+    mine = Settings().with_overrides(trainer={"window_max_samples": 777, "retrain_every_s": 5.0})
+    s = run_settings(mine, sim, 2000, 400)
+    assert s.trainer.window_max_samples == 777 and s.trainer.retrain_every_s == 5.0
+    assert s.trainer.retrain_every_samples == 0
+
+
+def test_run_summary_splits_quality_at_the_shift_and_the_swap_and_joins_alert_rates() -> None:
+    from ops.report import run_summary
+
+    answered = [[float(t), "v1" if t < 70 else "v2"] for t in range(0, 100)]
+    series = [{"ts": float(t), "auc_base": 0.7 if t < 50 else 0.6 if t < 70 else 0.65,
+               "auc_compensated": 0.71, "logloss_base": 0.5, "logloss_compensated": 0.49} for t in range(0, 100, 10)]
+    report = {"answered": answered, "shift_ts": 50.0, "live_from_ts": 0.0, "elapsed_seconds": 10.0,
+              "attribution_window_s": 60.0,
+              "worker": {"summary": {"labelled": 500}, "series": series,
+                         "counters": {"events_in": {"requests": 100.0, "media": 30.0}, "events_out": {}}}}
+    alerts = [{"alert_id": "s1:new:55", "schema_id": "s1", "ts": 55.0, "kind": "new",
+               "signature": ["genre=drama", "segment=s1"], "direction": "over", "support": 300.0, "z": -5.0}]
+    updates = [{"schema_id": "s1", "ts": 55.0, "change": "promoted", "observed_rate": 0.05, "predicted_rate": 0.2}]
+    metrics = 'reloop_memory_bytes{memory="media_memory"} 1234.0\n'
+    out = run_summary(report, alerts, updates, metrics)
+    assert "answered" not in report
+    assert out["swaps"] == [{"version": "v2", "event_ts": 70.0, "after_shift_s": 20.0, "requests": 30}]
+    phases = {p["phase"]: (p["windows"], p["auc_base"]) for p in out["quality_phases"]}
+    assert phases == {"before shift": (5, 0.7), "after shift, before swap": (2, 0.6), "after swap": (3, 0.65)}
+    [row] = out["alerts"]
+    assert (row["after_shift_s"], row["signature"], row["observed_rate"], row["predicted_rate"]) == \
+        (5.0, "genre=drama & segment=s1", 0.05, 0.2)
+    assert out["media"] == {"media_events_in": 30.0, "media_memory_bytes": 1234.0}
+    assert out["events_per_s"]["in"] == {"requests": 10.0, "media": 3.0}
+    assert sum(sum(w["versions"].values()) for w in out["versions_per_window"]) == 100
+    assert out["notes"] == []
+    quiet = run_summary({"answered": [[0.0, "v1"], [20.0, "v1"]], "shift_ts": None, "live_from_ts": 0.0,
+                         "elapsed_seconds": 1.0, "attribution_window_s": 60.0, "worker": {"summary": {}}}, [], [], "")
+    assert len(quiet["notes"]) == 1 and "attribution window (60 s of event time)" in quiet["notes"][0]
+    assert "20 s of event time" in quiet["notes"][0]
+
+
+def test_a_busy_web_port_is_refused_not_replaced(tmp_path: Path, capsys) -> None:
+    import asyncio
+    import socket
+
+    from ops.main_job import MainJobOptions, run_main_job
+    from ops.settings import Settings
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        s = Settings().with_overrides(worker={"data_dir": str(tmp_path), "web_port": port})
+        code = asyncio.run(run_main_job(s, MainJobOptions(events=100, report_path=str(tmp_path / "r.json"))))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {port} (worker.web_port) is in use" in err and "--web-port 0" in err
+    assert not (tmp_path / "broker.log").exists()  # nothing was started
+
+
+def test_run_summary_says_when_a_registered_version_served_nothing() -> None:
+    from ops.report import run_summary
+
+    report = {"answered": [[0.0, "v1"], [100.0, "v1"]], "shift_ts": 50.0, "live_from_ts": 0.0, "elapsed_seconds": 1.0,
+              "attribution_window_s": 60.0, "worker": {"summary": {"labelled": 10}},
+              "models": [{"version": "v1", "trigger": "initial"}, {"version": "v2", "trigger": "time"}]}
+    notes = run_summary(report, [], [], "")["notes"]
+    assert notes == ["v2 was registered (time) but answered no request before the traffic ended: the retrain "
+                     "finished too late in the run"]
