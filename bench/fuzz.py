@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -114,41 +115,84 @@ def plan(seed: int, requests: int, hostile: int, settings: Settings, shas: dict[
 
 
 # ---- broker I/O -----------------------------------------------------------------------------------
-async def produce(settings: Settings, valid: Sequence[Any],
-                  planned: Sequence[Planned] = ()) -> tuple[Counter, dict[tuple[str, int], int]]:
-    """Produce the valid log with ``planned`` interleaved (each after its valid event); returns
-    messages sent per topic and the next offset of every (topic, partition) written."""
-    by_pos: dict[int, list[Planned]] = {}
-    for p in planned:
-        by_pos.setdefault(p.after, []).append(p)
+class Sent(msgspec.Struct):
+    """What :func:`produce` wrote: messages per topic, the next offset of every (topic,
+    partition), and the partition each valid event and each planned message went to."""
+
+    counts: dict[str, int]
+    ends: dict[tuple[str, int], int]
+    valid_parts: list[int]
+    planned_parts: list[int]
+
+
+async def produce(settings: Settings, valid: Sequence[Any], planned: Sequence[Planned] = (), *,
+                  chunks: int = 1, between: Any = None) -> Sent:
+    """Produce the valid log with ``planned`` interleaved (each after its valid event), in
+    ``chunks`` slices of the valid log; ``await between(ends)`` runs after each slice (e.g. to
+    wait until the worker has read it, as with live traffic)."""
+    by_pos: dict[int, list[int]] = {}
+    for n, p in enumerate(planned):
+        by_pos.setdefault(p.after, []).append(n)
     sent: Counter = Counter()
+    ends: dict[tuple[str, int], int] = {}
+    valid_parts = [-1] * len(valid)
+    planned_parts = [-1] * len(planned)
+    by_name = {topic_name(settings.kafka, t): t for t in TOPICS}
     prod = make_producer(settings.kafka, max_request_size=16 << 20)
     await prod.start()
     try:
-        futs: list[Any] = []
-        ends: dict[tuple[str, int], int] = {}
-        by_name = {topic_name(settings.kafka, t): t for t in TOPICS}
+        futs: list[tuple[Any, list[int], int]] = []
 
         async def settle() -> None:
-            for md in await asyncio.gather(*futs):
+            for (fut, where, i) in futs:
+                md = await fut
+                where[i] = md.partition
                 key = (by_name[md.topic], md.partition)
                 ends[key] = max(ends.get(key, 0), md.offset + 1)
             futs.clear()
-        for i, ev in enumerate(valid):
-            t = _TOPIC[type(ev)]
-            part = int(ev.user_id.split("-")[1]) if ev.user_id.startswith("flush-") else None
-            futs.append(await prod.send(topic_name(settings.kafka, t), encode(ev), key=ev.user_id.encode(),
-                                        partition=part))
-            sent[t] += 1
-            for p in by_pos.get(i, ()):
-                futs.append(await prod.send(topic_name(settings.kafka, p.topic), p.value, key=p.key))
-                sent[p.topic] += 1
-            if len(futs) >= 2000:
-                await settle()
-        await settle()
+        bounds = [len(valid) * c // chunks for c in range(chunks + 1)]
+        for lo, hi in zip(bounds, bounds[1:]):
+            for i in range(lo, hi):
+                ev = valid[i]
+                t = _TOPIC[type(ev)]
+                part = int(ev.user_id.split("-")[1]) if ev.user_id.startswith("flush-") else None
+                futs.append((await prod.send(topic_name(settings.kafka, t), encode(ev), key=ev.user_id.encode(),
+                                             partition=part), valid_parts, i))
+                sent[t] += 1
+                for n in by_pos.get(i, ()):
+                    p = planned[n]
+                    futs.append((await prod.send(topic_name(settings.kafka, p.topic), p.value, key=p.key),
+                                 planned_parts, n))
+                    sent[p.topic] += 1
+                if len(futs) >= 2000:
+                    await settle()
+            await settle()
+            if between is not None:
+                await between(dict(ends))
     finally:
         await prod.stop()
-    return sent, ends
+    return Sent(dict(sent), ends, valid_parts, planned_parts)
+
+
+def settle_late(valid: Sequence[Any], planned: Sequence[Planned], sent: Sent, chunks: int) -> list[Planned]:
+    """``planned`` with each "either" (an old request) made a ``dead_letter`` when an earlier,
+    fully read slice gave its partition both a valid request and a valid click: its partition
+    then has a stream time, and the request's window closed long before it."""
+    bounds = [len(valid) * c // chunks for c in range(chunks + 1)]
+    seen: dict[int, set[str]] = {}
+    seen_before: list[dict[int, frozenset[str]]] = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        seen_before.append({p: frozenset(v) for p, v in seen.items()})
+        for i in range(lo, hi):
+            seen.setdefault(sent.valid_parts[i], set()).add(_TOPIC[type(valid[i])])
+    out = []
+    for n, p in enumerate(planned):
+        if p.expect == "either":
+            c = max(ci for ci, lo in enumerate(bounds[:-1]) if lo <= p.after)
+            if {"requests", "interactions"} <= seen_before[c].get(sent.planned_parts[n], frozenset()):
+                p = dataclasses.replace(p, expect="dead_letter")
+        out.append(p)
+    return out
 
 
 async def read_all(settings: Settings, name: str, timeout_s: float = 120.0) -> list[Any]:
@@ -389,29 +433,39 @@ def compare(valid: Sequence[Any], planned: Sequence[Planned], hostile_out: dict[
 
 # ---- one paired run ------------------------------------------------------------------------------
 async def run_pair(hostile_s: Settings, clean_s: Settings, valid: Sequence[Any], planned: Sequence[Planned],
-                   env: dict[str, str], workdir: Path, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Produce, run both workers to completion, stop them, compare. ``hostile_s``/``clean_s``:
-    settings with distinct prefixes, groups and data dirs whose registries hold the models."""
+                   env: dict[str, str], workdir: Path, timeout_s: float = 600.0, chunks: int = 8) -> dict[str, Any]:
+    """Run both workers, produce (the clean log at once, the hostile one in ``chunks`` slices,
+    each read before the next is sent), wait until each worker has read everything, stop
+    them, compare. ``hostile_s``/``clean_s``: settings with distinct prefixes, groups and data
+    dirs whose registries hold the models."""
     t0 = time.monotonic()
     for s in (hostile_s, clean_s):
         await create_topics(s.kafka)
-    sent, ends_h = await produce(hostile_s, valid, planned)
-    _, ends_c = await produce(clean_s, valid)
-    t_produced = time.monotonic()
+    sent_c = await produce(clean_s, valid)
     wh = WorkerProcess(hostile_s, workdir / "hostile.log", env)
     wc = WorkerProcess(clean_s, workdir / "clean.log", env)
-    models_expected = sum(p.expect == "refused" for p in planned)
     exits: dict[str, int | None] = {}
     waited_h = waited_c = -1.0
     wait_error = None
+    t_produced = t0
+    sent = Sent({}, {}, [], [])
+    models_expected = sum(p.expect == "refused" for p in planned)
     try:
         await wait_ready(wh.port, 180.0, wh.proc)
         await wait_ready(wc.port, 180.0, wc.proc)
-        try:
-            waited_h = await wait_done(hostile_s, wh, ends_h, models_expected, timeout_s)
+        t_ready = time.monotonic()
+
+        async def read_so_far(ends: dict[tuple[str, int], int]) -> None:
+            await wait_done(hostile_s, wh, ends, 0, timeout_s)
+        try:  # live: slice by slice, each read before the next is sent
+            sent = await produce(hostile_s, valid, planned, chunks=chunks, between=read_so_far)
+            t_produced = time.monotonic()
+            planned = settle_late(valid, planned, sent, chunks)
+            models_expected = sum(p.expect == "refused" for p in planned)
+            waited_h = await wait_done(hostile_s, wh, sent.ends, models_expected, timeout_s)
         except (RuntimeError, TimeoutError) as exc:  # reported as failed checks, with what was produced
             wait_error = f"hostile: {exc}"
-        waited_c = await wait_done(clean_s, wc, ends_c, 0, timeout_s)
+        waited_c = await wait_done(clean_s, wc, sent_c.ends, 0, timeout_s)
         alive = wh.proc.poll() is None
         hostile_out, clean_out = await outputs(hostile_s), await outputs(clean_s)
     finally:
@@ -426,7 +480,7 @@ async def run_pair(hostile_s: Settings, clean_s: Settings, valid: Sequence[Any],
     checks["every_bad_model_refused"] = sum(refused.values()) + models_dl >= models_expected
     text = wh.log_text()
     details.update(
-        events_sent=dict(sent), events_sent_total=sum(sent.values()),
+        events_sent=dict(sent.counts), events_sent_total=sum(sent.counts.values()),
         valid_events=len(valid), hostile_events=len(planned),
         hostile_by_category=dict(Counter(p.category for p in planned).most_common()),
         expected=expected_counts(planned), models_refused_log=refused,
@@ -437,7 +491,8 @@ async def run_pair(hostile_s: Settings, clean_s: Settings, valid: Sequence[Any],
                                    for _ in range(n)).most_common(8)),
         batches_isolated=log_h.get("batch_failed_isolating", 0),
         hostile_input_bytes=sum(len(p.value or b"") for p in planned),
-        seconds={"produce": round(t_produced - t0, 1), "hostile_worker": round(waited_h, 1),
+        seconds={"workers_ready": round(t_ready - t0, 1), "produce_live": round(t_produced - t_ready, 1),
+                 "hostile_worker": round(waited_h, 1),
                  "clean_worker": round(waited_c, 1), "total": round(time.monotonic() - t0, 1)})
     details["wait_error"] = wait_error
     checks["hostile_worker_finished"] = wait_error is None
