@@ -326,6 +326,8 @@ def compare(valid: Sequence[Any], planned: Sequence[Planned], hostile_out: dict[
                 invalid_outputs[where] += 1
         return out
 
+    sent_errors = Counter(p.value or b"" for p in planned if p.topic == "errors")
+    hostile_out = {**hostile_out, "errors": list((Counter(hostile_out["errors"]) - sent_errors).elements())}
     recs = {run: decode_all(o["recommendations"], Recommendation, f"{run}.recommendations")
             for run, o in (("hostile", hostile_out), ("clean", clean_out))}
     errs = {run: decode_all(o["errors"], ErrorRecord, f"{run}.errors")
@@ -463,6 +465,14 @@ async def run_pair(hostile_s: Settings, clean_s: Settings, valid: Sequence[Any],
             planned = settle_late(valid, planned, sent, chunks)
             models_expected = sum(p.expect == "refused" for p in planned)
             waited_h = await wait_done(hostile_s, wh, sent.ends, models_expected, timeout_s)
+            # the replica dead-letters bad ``errors`` records on its own clock, after the inputs
+            n_dl = sum(p.expect == "dead_letter" for p in planned)
+            deadline = time.monotonic() + timeout_s
+            while len(await read_all(hostile_s, "dlq")) < n_dl and time.monotonic() < deadline:
+                if wh.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.5)
+            waited_h = time.monotonic() - t_produced
         except (RuntimeError, TimeoutError) as exc:  # reported as failed checks, with what was produced
             wait_error = f"hostile: {exc}"
         waited_c = await wait_done(clean_s, wc, sent_c.ends, 0, timeout_s)

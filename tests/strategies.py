@@ -276,6 +276,7 @@ CATEGORIES: dict[str, int] = {
     "garbage": 3, "wrong_event": 3, "control_ids": 5, "huge_numbers": 3, "dup_candidates": 1,
     "max_features": 1, "near_limit": 1, "oversize": 1, "too_many_candidates": 1, "reused_id": 3,
     "copy_request": 2, "copy_click": 2, "unknown_version": 2, "models": 4, "late_request": 2,
+    "errors_topic": 4,
 }
 #: Shapes the pipeline does not handle as the issue asks yet (each has a strict xfail test in
 #: tests/integration/test_hostile_input.py; ``bench/fuzz.py --with-known-gaps`` draws them):
@@ -461,6 +462,8 @@ def _build(ctx: Context, k: int, cat: str) -> st.SearchStrategy[Hostile]:
                                duplicate=True))
     if cat == "models":
         return _models(ctx, k, ts)
+    if cat == "errors_topic":
+        return _errors(ctx, k, ts)
     raise ValueError(f"unknown category {cat!r}")
 
 
@@ -485,6 +488,33 @@ def _copy_or_reuse(ctx: Context, cat: str, orig: RecommendationRequest, k: int) 
             o["candidates"] = o["candidates"][:-1] or [{"item_id": f"{HOSTILE}-c"}]
         return Hostile("requests", cat, k, raw=_json(o), key=orig.user_id.encode(), pipeline_dl=True)
     return changes.map(changed)
+
+
+def _errors(ctx: Context, k: int, ts: float) -> st.SearchStrategy[Hostile]:
+    """Messages on ``errors`` (read by every worker's error-memory replica and schema cache):
+    malformed, deeply nested, schema-breaking or from the far future; or valid, on hostile ids."""
+    def rec(**kw: Any) -> dict[str, Any]:
+        base = {"type": "error", "schema_version": 2, "error_id": f"{HOSTILE}:e", "user_id": HOSTILE,
+                "item_id": HOSTILE, "ts": ts, "label": 1, "base_pred": 0.5, "comp_pred": 0.5,
+                "model_version": "v1", "codes": "", "features": {}, "label_ts": ts}
+        return {**base, **kw}
+
+    def E(what: str, raw: bytes | None = None, obj: dict[str, Any] | None = None) -> Hostile:
+        return Hostile("errors", f"errors:{what}", k, raw=raw, obj=obj, key=HOSTILE.encode())
+    fields = fields_of(ErrorRecord)
+    mutable = [n for n in fields if n not in ("codes",)]
+    return st.one_of(
+        st.binary(min_size=1, max_size=200).map(lambda b: E("garbage", raw=b)),
+        st.integers(1, 150).map(lambda n: E("truncated", raw=_json(rec())[:n])),
+        st.integers(1000, 50_000).map(lambda d: E("nested_deep", raw=_with_extra(rec(), _nested(d, "array")))),
+        st.sampled_from(mutable).flatmap(lambda n: wrong_type_value(fields[n][0]).map(
+            lambda v: E("wrong_type", obj=rec(**{n: v})))),
+        st.sampled_from([3.25e10, 1e11]).flatmap(lambda f: st.sampled_from(["ts", "label_ts"]).map(
+            lambda n: E("time_future", obj=rec(**{n: f})))),
+        st.sampled_from(["AAA=", "!!!!", "AAAAAA=="]).map(lambda c: E("bad_codes", obj=rec(codes=c))),
+        st.tuples(hostile_id(), st.floats(0, 1)).map(lambda ip: E("valid", obj=rec(
+            error_id=f"{len(ip[0])}:{ip[0]}:x", item_id=ip[0], base_pred=ip[1], comp_pred=ip[1]))),
+    )
 
 
 def _models(ctx: Context, k: int, ts: float) -> st.SearchStrategy[Hostile]:
@@ -524,7 +554,7 @@ def _models(ctx: Context, k: int, ts: float) -> st.SearchStrategy[Hostile]:
 def static_reason(topic: str, raw: bytes | None, limits: Limits) -> str | None:
     """Why ``decode_event`` with the limits rejects ``raw`` on ``topic`` (None: it accepts it)."""
     try:
-        decode_event(raw or b"", INPUT_KINDS[topic], limits)
+        decode_event(raw or b"", ErrorRecord if topic == "errors" else INPUT_KINDS[topic], limits)
     except Exception as exc:  # noqa: BLE001 - any failure here is the expected dead letter
         return str(exc)
     return None
