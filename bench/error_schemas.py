@@ -32,9 +32,20 @@ same stream and model; overall, on the first ``--bias-first`` affected events of
 on each fault's slice and on each fault's whole window; plus the added cost per
 100-candidate request.
 
+``--mode pipeline`` (or ``both``, next to the above) takes the error records from the real
+feedback path instead (:mod:`bench._schema_pipeline`): the simulator's live requests and
+clicks, joined by ``FeedbackTasks`` with attribution windows, through the worker's reorder
+buffer into ``SchemaCore``, scored with the simulator's pre-shift (calibrated) probabilities.
+Per seed ``7 + k`` it runs a clean stream and the main job's stream (``reloop run``'s shift of
+``segment=s1``), and reports false alerts per 100k records (clean; main job before its shift),
+and for the shift: events of ``segment=s1`` to the first alert naming it, top-1 signature 60 s
+after the shift, directions against the truth, stray alerts. ``--event-time label`` feeds the
+old clock (schema version 1) for comparison.
+
 Usage::
 
     PYTHONPATH=. .venv/bin/python bench/error_schemas.py --json reports/error_schemas.json --seeds 5
+    PYTHONPATH=. .venv/bin/python bench/error_schemas.py --mode pipeline --json reports/error_schemas_pipeline.json
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from bench import _schema_pipeline
 from ops.replay import fit_initial_model
 from ops.settings import Settings
 from ops.simulator import AGE_BUCKETS, DEVICES, GENRES, FaultSpec, SimConfig, Simulator
@@ -384,13 +396,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bias-first", type=int, default=1000, help="--bias: first affected events of each fault")
     ap.add_argument("--cold-evidence", type=float, default=SchemaCacheConfig().cold_evidence)
     ap.add_argument("--em-half-life", type=float, default=30.0, help="--bias: error-memory half-life, s")
+    ap.add_argument("--mode", choices=("hand", "pipeline", "both"), default="hand",
+                    help="hand: records built here from the labelled log; pipeline: records from the real "
+                         "feedback path (bench/_schema_pipeline.py); both: one JSON with both")
+    ap.add_argument("--pipeline-seeds", type=int, default=3, help="pipeline: seeds 7.. (clean + main job each)")
+    ap.add_argument("--pipeline-requests", type=int, default=20_000, help="pipeline: requests per run (20%% warm-up)")
+    ap.add_argument("--event-time", choices=("prediction", "label"), default="prediction",
+                    help="pipeline: error records' clock (label = before schema version 2, for comparison)")
+    ap.add_argument("--scores", choices=("calibrated", "model"), default="calibrated",
+                    help="pipeline: the simulator's pre-shift probabilities, or a slow model fitted on the "
+                         "warm-up requests (alerts before the shift then judged against the truth)")
     args = ap.parse_args(argv)
     if args.bias:
         return bias_main(args)
+    pipeline = _schema_pipeline.evaluate(args) if args.mode != "hand" else None
+    if args.mode == "pipeline":
+        out = {"pipeline": pipeline, "args": vars(args)}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(msgspec.json.decode(msgspec.json.encode(out)), indent=2) + "\n")
+        return 0
     seeds = [evaluate_seed(seed, args) for seed in range(args.seeds)]
     summary = summarise(seeds)
     print_table(seeds, summary)
-    out = {"summary": summary, "seeds": seeds, "args": vars(args),
+    out = {"summary": summary, "seeds": seeds, "args": vars(args), "pipeline": pipeline,
            "cache_config": msgspec.to_builtins(SchemaCacheConfig(
                **({"half_life_s": args.half_life} if args.half_life else {}))),
            "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}

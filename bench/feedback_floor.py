@@ -13,6 +13,11 @@ decode + validate each error record read back. No scoring, no state, no journal.
 
 Its events/s is the ceiling for any implementation of this path on aiokafka in one process;
 ``worker / floor`` says how much of that the worker's actual processing costs.
+
+``read_back="memory"`` is the I/O of the current design for a worker that does not distil
+the schema cache: the error records still go to ``errors`` (JSON, for the trainer and outside
+consumers), and the error-memory writes also go out as one binary ``memory`` record per
+polled batch and partition, which is what the worker reads back (and decodes), not the JSON.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ import numpy as np
 
 from ops.kafka import make_producer, topic_name
 from ops.settings import Settings
+from processors.error_memory import memory_batches
 from processors.outputs import KeyPartitioner, produce_batched
 from streams.codec import decode_event, encode
 from streams.events import (CODE_DTYPE, ErrorRecord, Features, Interaction, Recommendation,
                             RecommendationRequest, ScoredItem)
+from streams.memory_batch import decode_batch
 
 TAKE = 5000  # records per getmany, as the worker's fetch_max_records
 
 
 async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: int,
-                   consumer_factory: Any, read_back: bool = True) -> tuple[float, float]:
+                   consumer_factory: Any, read_back: bool | str = True) -> tuple[float, float]:
     """(records/s, records per CPU-second of this process) of the feedback path's I/O alone.
 
     Args:
@@ -46,7 +53,8 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
         consumer_factory: ``(settings, logical topics, **kw) -> started consumer`` assigned
             every partition (``bench/throughput.assigned_consumer``).
         read_back: read the error records back (False: the I/O of a design where a worker
-            applied its own error records without reading them from ``errors``).
+            applied its own error records without reading them from ``errors``; ``"memory"``:
+            also write binary ``memory`` batches and read those back instead of the JSON).
 
     Records = requests + interactions read (2 per pair), timed from the first input fetch
     until every error record has been read back and decoded (or acknowledged).
@@ -54,7 +62,8 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
     limits = inputs.limits
     src = await consumer_factory(inputs, ["requests", "interactions"], fetch_max_wait_ms=10)
     await src.seek_to_beginning()
-    back = await consumer_factory(outputs, ["errors"], fetch_max_wait_ms=10)
+    binary = read_back == "memory"
+    back = await consumer_factory(outputs, ["memory" if binary else "errors"], fetch_max_wait_ms=10)
     await back.seek_to_beginning()
     producer = make_producer(outputs.kafka)
     await producer.start()
@@ -62,6 +71,7 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
     kinds = {topic_name(inputs.kafka, "requests"): RecommendationRequest,
              topic_name(inputs.kafka, "interactions"): Interaction}
     t_recs, t_errs = topic_name(outputs.kafka, "recommendations"), topic_name(outputs.kafka, "errors")
+    t_mem = topic_name(outputs.kafka, "memory")
     codes = np.arange(tables, dtype=CODE_DTYPE).tobytes()
     features: dict[str, Features] = {}  # request_id -> the candidate's features (the join)
     n_read = 0 if read_back else n_pairs
@@ -71,6 +81,9 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
         while n_read < n_pairs:
             batch = await back.getmany(timeout_ms=100, max_records=TAKE)
             for msgs in batch.values():
+                if binary:
+                    n_read += sum(decode_batch(m.value).n for m in msgs)
+                    continue
                 for m in msgs:
                     decode_event(m.value, ErrorRecord, limits)
                 n_read += len(msgs)
@@ -85,6 +98,7 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
             out = []
             for tp, msgs in batch.items():
                 kind = kinds[tp.topic]
+                errs: list[ErrorRecord] = []
                 for m in msgs:
                     ev = decode_event(m.value, kind, limits)
                     key = ev.user_id.encode()
@@ -95,10 +109,15 @@ async def io_floor(inputs: Settings, outputs: Settings, n_pairs: int, tables: in
                             request_id=ev.request_id, user_id=ev.user_id, ts=ev.ts, model_version="floor",
                             items=[ScoredItem(item_id=cand.item_id, base_score=0.5, score=0.5)]))))
                     else:
-                        out.append((t_errs, key, encode(ErrorRecord(
+                        err = ErrorRecord(
                             error_id=f"{ev.request_id}:{ev.item_id}", user_id=ev.user_id, item_id=ev.item_id,
                             ts=ev.ts, label=ev.label, base_pred=0.5, comp_pred=0.5, model_version="floor",
-                            codes=codes, features=features.pop(ev.request_id or "", {})))))
+                            codes=codes, features=features.pop(ev.request_id or "", {}))
+                        out.append((t_errs, key, encode(err)))
+                        errs.append(err)
+                if binary and errs:
+                    key = str(tp.partition).encode()
+                    out += [(t_mem, key, raw) for raw in memory_batches(errs, tables)]
                 n += len(msgs)
             if out:
                 await produce_batched(producer, out, partitioner)

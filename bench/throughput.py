@@ -9,9 +9,10 @@ Per trial, on fresh topics of the embedded broker (unique prefix per path and tr
 - **feedback path**: ``--events`` logged interactions, each as a one-candidate request plus
   its interaction (2 records), pre-filled into ``requests`` + ``interactions``. One
   ``reloop worker`` process scores each request, joins its interaction, produces the
-  recommendation and the error record, reads ``errors`` back and applies every record to its
-  error memory (and schema cache). Timed from its first labelled prediction until all error
-  records are applied (``/status``: ``summary.labelled``, ``errors_applied``), so the group
+  recommendation, the error record (JSON, ``errors``) and the binary error-memory batch
+  (``memory``), reads ``memory`` back into its error memory and ``errors`` into its schema
+  cache. Timed from its first labelled prediction until all error records are applied
+  (``/status``: ``summary.labelled``, memory rows and ``errors_applied``), so the group
   join (~3 s on this broker) is excluded; events/s = records (requests + interactions) after
   the pairs already labelled at the first poll (conservative: some of their error records are
   applied inside the timed span).
@@ -27,7 +28,10 @@ Per trial, on fresh topics of the embedded broker (unique prefix per path and tr
   with decoding/encoding but no processing, in this process; the ceiling for this path on
   aiokafka in one process (``worker / floor`` is what the processing costs); and the same
   without reading the error records back (the I/O of a design where a worker applied its own
-  error records locally).
+  error records locally); and the current design's I/O without the schema cache: error records
+  still written as JSON, memory batches written too and read back instead of the JSON.
+- **worker without the schema cache** (``worker.schema_cache = false``): the same run by a
+  worker that reads no JSON back (what every worker but the distilling one would do).
 - **faust**: a minimal ``faust.App`` (memory store, 6 s session/rebalance timeouts as the
   worker's) in its own process (``bench/faust_take.py``), one agent per topic doing ``async
   for batch in stream.take(5000, within=0.5)`` + the same decode of every value.
@@ -181,7 +185,8 @@ async def running_worker(settings: Settings, fitted: Any, tmp: Path) -> AsyncIte
     from tests.conftest import WorkerProcess  # the subprocess wrapper the tests use
 
     ModelRegistry(Path(settings.worker.data_dir) / "models").register(fitted)
-    w = WorkerProcess(settings, tmp / f"worker-{settings.kafka.group_id}.log")
+    env = {} if settings.worker.schema_cache else {"RELOOP_WORKER__SCHEMA_CACHE": "false"}
+    w = WorkerProcess(settings, tmp / f"worker-{settings.kafka.group_id}.log", env)
     try:
         await wait_ready(w.port, timeout_s=120.0, proc=w.proc)
         yield w
@@ -197,7 +202,8 @@ def cpu_seconds(pid: int) -> float:
 
 async def feedback_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tuple[float, float]:
     """(records/s, records per CPU-second) of the worker (requests + interactions) until all n
-    error records are applied to its memory."""
+    error records are applied to its memory (``memory`` rows) and, when it runs the schema
+    cache, read back from ``errors``."""
     from ops.webclient import get_json
 
     async with running_worker(settings, fitted, tmp) as w:
@@ -206,7 +212,8 @@ async def feedback_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tu
         while time.monotonic() < deadline:
             st = await get_json(w.port, "/status")
             now = time.perf_counter()
-            done = sum(st["errors_applied"].values())
+            rows = st["counters"]["events_in"].get("memory", 0)
+            done = min(rows, sum(st["errors_applied"].values())) if settings.worker.schema_cache else rows
             if t_first is None and st["summary"]["labelled"] > 0:  # the pairs labelled so far
                 t_first, c_first, first = now, cpu_seconds(w.proc.pid), st["summary"]["labelled"]
             if done >= n:
@@ -347,7 +354,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     fb, fl2, len(live), base.error_memory.tables, assigned_consumer, read_back=False)
                 res["faust_feedback"], res["faust_feedback_cpu"] = await faust_consume(
                     fb, ["requests", "interactions"], n, tmp, f"t{t}f")
+                fl3 = trial_settings(base, tmp, f"t{t}m")
+                await create_topics(fl3.kafka)
+                res["floor_memory_feedback"], res["floor_memory_feedback_cpu"] = await io_floor(
+                    fb, fl3, len(live), base.error_memory.tables, assigned_consumer, read_back="memory")
                 res["worker_feedback"], res["worker_feedback_cpu"] = await feedback_run(fb, fitted, len(live), tmp)
+                # a worker that does not distil the schema cache: it reads no JSON back
+                fb2 = trial_settings(base, tmp, f"t{t}g").with_overrides(worker={"schema_cache": False})
+                await create_topics(fb2.kafka)
+                await produce(fb2, fb_records)
+                res["worker_nojson_feedback"], res["worker_nojson_feedback_cpu"] = await feedback_run(
+                    fb2, fitted, len(live), tmp)
             if "scoring" in paths:
                 sc = trial_settings(base, tmp, f"t{t}s")
                 await create_topics(sc.kafka)
@@ -410,6 +427,11 @@ def print_table(out: dict[str, Any]) -> None:
             print(f"feedback I/O floor {unit}: {med[f'floor_feedback{c}']:,.0f} = {r['floor_over_raw']:.3f} of raw; "
                   f"worker = {r['worker_over_floor']:.3f} of the floor; without reading errors back "
                   f"{med[f'floor_noreadback_feedback{c}'] / med[f'raw_feedback{c}']:.3f} of raw")
+            if f"floor_memory_feedback{c}" in med:
+                print(f"  reading binary memory batches back instead of JSON: floor "
+                      f"{med[f'floor_memory_feedback{c}'] / med[f'raw_feedback{c}']:.3f} of raw; worker without the "
+                      f"schema cache (no JSON read back) {med[f'worker_nojson_feedback{c}']:,.0f} = "
+                      f"{med[f'worker_nojson_feedback{c}'] / med[f'raw_feedback{c}']:.3f} of raw")
     if "worker_scoring" in med:
         print(f"scoring path: {med['worker_scoring'] * cfg['candidates']:,.0f} candidates/s "
               f"({cfg['candidates']} per request)")

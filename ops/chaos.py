@@ -164,7 +164,8 @@ async def _wait_done(settings: Settings, worker: WorkerProcess, n_requests: int,
         errs_total = len(errs)
         st = await get_json(worker.port, "/state")
         applied = sum(st["errors_applied"].values())
-        if answered >= n_requests and ids >= n_errors and applied >= errs_total:
+        memory_behind = len(await read_topic(settings, "memory")) - sum(st.get("memory_applied", {}).values())
+        if answered >= n_requests and ids >= n_errors and applied >= errs_total and memory_behind <= 0:
             return
         if time.monotonic() > deadline or worker.proc.poll() is not None:
             raise TimeoutError(f"not done: answered {answered}/{n_requests}, error ids {ids}/{n_errors}, "

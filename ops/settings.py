@@ -96,6 +96,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             replay (docs/operations.md: why it is longer than ``snapshot_every_s``).
         journal_fsync: fsync every input-journal entry (survives a machine crash, not only a
             process crash, at one disk sync per batch).
+        crash_threshold: process crashes (native code, OOM kill) inside one input batch before
+            its records are processed one at a time, and of one record before it is
+            dead-lettered unprocessed, so a poison record cannot crash-loop the worker.
         ort_threads: onnxruntime intra-op threads per scorer.
         metrics_window: events per point of the rolling AUC / log-loss series.
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
@@ -112,6 +115,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     snapshot_every_s: float = 10.0
     replica_snapshot_every_s: float = 60.0
     journal_fsync: bool = False
+    crash_threshold: int = 2
     ort_threads: int = 1
     metrics_window: int = 1000
     compensation: Literal["error_memory", "none"] = "error_memory"

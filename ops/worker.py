@@ -92,7 +92,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
                   replica_snapshot_every_s=settings.worker.replica_snapshot_every_s,
-                  journal_fsync=settings.worker.journal_fsync,
+                  journal_fsync=settings.worker.journal_fsync, crash_threshold=settings.worker.crash_threshold,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
@@ -107,8 +107,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                                         f"from the announced {expected_sha256[:12]}")
             scorer = await loop.run_in_executor(
                 None, lambda: bundle.load_scorer(intra_op_num_threads=settings.worker.ort_threads))
-        except (CorruptModelError, FileNotFoundError, ValueError) as exc:
-            log.error("model_refused", extra={"version": version, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - poison-pill rule: a bad model is refused, never fatal
+            log.error("model_refused", extra={"version": version, "reason": f"{type(exc).__name__}: {str(exc)[:300]}"})
             return
         hot.install_model(scorer)
         log.info("model_loaded", extra={"version": version})
@@ -176,7 +176,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     @app.page("/state")
     async def state_digest(web: Any, request: Any) -> Any:
         """Fingerprint of the replica (sha256 over the sketch arrays: ~0.2 s at 100 MB)."""
-        return web.json({"errors_applied": hot.errors_applied, "error_memory_digest": hot.compensation.digest()})
+        return web.json({"errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
+                         "error_memory_digest": hot.compensation.digest()})
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
@@ -187,7 +188,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
             "model_version": hot.scoring.model_version if hot.scoring else None,
             "pending": hot.tasks.pending_count, "unattributed": hot.tasks.unattributed,
             "duplicates_skipped": hot.duplicates_skipped,
-            "errors_applied": hot.errors_applied, "summary": summary, "series": series,
+            "errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
+            "summary": summary, "series": series,
             "error_memory": {"rekeyed": getattr(hot.compensation, "rekeyed", 0)},
             "counters": _counter_totals(telemetry),
         })
@@ -210,6 +212,8 @@ def memory_sizes(hot: HotPath) -> dict[str, int]:
         out["media_memory"] = sum(mem.nbytes_user(u) for u in mem.users) + int(mem.items.table.nbytes)
     if hot.schema_core is not None:
         out["schema_cache"] = size(hot.schema_core.cache)
+    # pending predictions, orphan clicks, resolved ids (sampled, approximate: Python objects)
+    out["pending"] = hot.tasks.approx_nbytes()
     return out
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from streams.events import ErrorRecord
+from streams.memory_batch import MemoryBatch
 
 if TYPE_CHECKING:
     from models.scorer import OnnxScorer
@@ -41,6 +42,10 @@ class Compensation(Protocol):
 
     def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
         """Learn from error records; returns how many were stored."""
+        ...
+
+    def apply_memory_batch(self, batch: MemoryBatch) -> int:
+        """Learn from one binary ``memory`` batch (arrays of rows); returns rows stored."""
         ...
 
     def on_model_change(self, scorer: "OnnxScorer") -> None:
@@ -78,6 +83,9 @@ class NoCompensation:
         return Compensated(np.asarray(base, np.float64), np.zeros(n), np.zeros((n, 0), np.int32))
 
     def apply_errors(self, records: Sequence[ErrorRecord]) -> int:
+        return 0
+
+    def apply_memory_batch(self, batch: MemoryBatch) -> int:
         return 0
 
     def on_model_change(self, scorer: "OnnxScorer") -> None:

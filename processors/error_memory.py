@@ -22,9 +22,10 @@ import numpy as np
 from models.features import FeatureEncoder
 from models.scorer import OnnxScorer
 from processors.compensation import Compensated
-from state.error_memory import ErrorMemory, stable_keys
+from state.error_memory import ErrorMemory, key_uniforms, stable_keys
 from state.knn_memory import ExactKnnMemory
 from streams.events import CODE_DTYPE, ErrorRecord
+from streams.memory_batch import MAX_ROWS, MemoryBatch, encode_rows
 
 
 class ErrorMemoryCompensation:
@@ -41,7 +42,11 @@ class ErrorMemoryCompensation:
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
         self.window: deque[ErrorRecord] = deque(maxlen=rekey_window) if rekey_window > 0 else deque(maxlen=0)
+        self.rekey_window = max(0, rekey_window)
+        self.batches: deque[MemoryBatch] = deque()  # binary batches kept for re-keying (last rows)
+        self._batch_rows = 0
         self.rekeyed = 0
+        self.stale_rows = 0  # memory rows of another model version (re-keyed or dropped)
         self._snapshot_buffers: dict[str, np.ndarray] | None = None  # see snapshot(reuse_buffers)
 
     @property
@@ -91,6 +96,61 @@ class ErrorMemoryCompensation:
             written += self._rekey(stale)
         return written
 
+    def apply_memory_batch(self, batch: MemoryBatch) -> int:
+        """Write one ``memory`` batch (:mod:`streams.memory_batch`); returns rows written.
+
+        No Python work per row: rows of the current model with codes in range go to the
+        sketch in one kernel call. Rows of another model version (or with codes out of range)
+        are re-keyed from their features, like :meth:`apply_errors` does (rare: around a swap).
+        """
+        n = batch.n
+        if n == 0:
+            return 0
+        self._keep_for_rekey(batch)
+        version = self.model_version
+        codes = batch.codes_array()
+        y, p, ts, keys = batch.y_array(), batch.p_array(), batch.ts_array(), batch.keys_array()
+        fresh = batch.k == self.memory.config.tables and version in batch.versions
+        if fresh:
+            ok = (batch.version_array() == batch.versions.index(version))
+            ok &= (codes < self.memory.n_buckets).all(axis=1)
+            fresh = bool(ok.any())
+        if not fresh:
+            return self._rekey_batch_rows(batch, np.arange(n))
+        written = 0
+        if ok.all():
+            written = self.memory.write(codes.view(np.int32), y, p, ts, keys, sampled=keys is None)
+        else:
+            idx = np.flatnonzero(ok)
+            written = self.memory.write(codes[idx].view(np.int32), y[idx], p[idx], ts[idx],
+                                        None if keys is None else keys[idx], sampled=keys is None)
+            written += self._rekey_batch_rows(batch, np.flatnonzero(~ok))
+        return written
+
+    def _keep_for_rekey(self, batch: MemoryBatch) -> None:
+        if not self.rekey_window:
+            return
+        self.batches.append(batch)
+        self._batch_rows += batch.n
+        while self.batches and self._batch_rows - self.batches[0].n >= self.rekey_window:
+            self._batch_rows -= self.batches.popleft().n
+
+    def _rekey_batch_rows(self, batch: MemoryBatch, idx: np.ndarray) -> int:
+        """Re-key rows ``idx`` of ``batch`` under the current model (0 without a window)."""
+        self.stale_rows += len(idx)
+        if not self.rekey_window or not len(idx):
+            return 0
+        rows = batch.row_list()
+        keys = batch.keys_array()
+        return self._rekey_rows([rows[i] for i in idx.tolist()], batch.y_array()[idx], batch.ts_array()[idx],
+                                None if keys is None else keys[idx])
+
+    def _rekey_rows(self, rows: Sequence[tuple], y: np.ndarray, ts: np.ndarray, keys: np.ndarray | None) -> int:
+        tokens, dense = self.encoder.encode(rows)  # type: ignore[arg-type]
+        p, hidden = self.scorer.score(tokens, dense)
+        self.rekeyed += len(rows)
+        return self.memory.write(self.memory.codes(hidden), y, p, ts, keys, sampled=keys is None)
+
     def _write(self, codes: np.ndarray, recs: Sequence[ErrorRecord], p: np.ndarray) -> int:
         n = len(recs)
         y = np.fromiter((r.label for r in recs), np.float64, n)
@@ -136,6 +196,14 @@ class ErrorMemoryCompensation:
         self.memory.reset()
         if self.window:
             self._rekey(list(self.window))
+        if self.batches:  # the last rekey_window rows of the binary batches
+            rows: list[tuple] = [r for b in self.batches for r in b.row_list()]
+            y = np.concatenate([b.y_array() for b in self.batches])
+            ts = np.concatenate([b.ts_array() for b in self.batches])
+            with_keys = all(b.keys for b in self.batches)
+            keys = np.concatenate([b.keys_array() for b in self.batches]) if with_keys else None  # type: ignore[misc]
+            lo = max(0, len(rows) - self.rekey_window)
+            self._rekey_rows(rows[lo:], y[lo:], ts[lo:], None if keys is None else keys[lo:])
 
 
 class ExactKnnCompensation:
@@ -165,3 +233,38 @@ class ExactKnnCompensation:
     def on_model_change(self, scorer: OnnxScorer) -> None:
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
+
+
+def memory_batches(records: Sequence[ErrorRecord], tables: int, write_sample: float = 1.0) -> list[bytes]:
+    """The ``memory`` records of one scored batch's error records (see :mod:`streams.memory_batch`).
+
+    Rows without ``tables`` packed codes (no error memory, or a foreign producer's list form)
+    are left out: they reach the error memory only through ``errors``-fed paths. With
+    ``write_sample < 1`` (the cluster's write budget) only the rows whose error id hashes below
+    it are sent, with their keys, so every replica writes the same rows. At most
+    :data:`~streams.memory_batch.MAX_ROWS` rows per record, in the records' order.
+    """
+    width = 4 * tables
+    rows = [r for r in records if r.codes.__class__ is bytes and len(r.codes) == width] if tables else []
+    if not rows:
+        return []
+    keys = None
+    if write_sample < 1.0:
+        keys = stable_keys(r.error_id for r in rows)
+        keep = key_uniforms(keys) < write_sample
+        rows = [r for r, k in zip(rows, keep.tolist()) if k]
+        keys = keys[keep]
+    out = []
+    for lo in range(0, len(rows), MAX_ROWS):
+        part = rows[lo:lo + MAX_ROWS]
+        n = len(part)
+        out.append(encode_rows(
+            error_ids=[r.error_id for r in part],
+            codes=np.frombuffer(b"".join([r.codes for r in part]), CODE_DTYPE).reshape(n, tables),  # type: ignore[misc]
+            y=np.fromiter((r.label for r in part), np.float64, n),
+            p=np.fromiter((r.base_pred for r in part), np.float64, n),
+            ts=np.fromiter((r.ts for r in part), np.float64, n),
+            versions=[r.model_version for r in part],
+            rows=[(r.user_id, r.item_id, r.features) for r in part],
+            keys=None if keys is None else keys[lo:lo + MAX_ROWS], sample=write_sample))
+    return out

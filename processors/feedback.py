@@ -24,14 +24,14 @@ import numpy as np
 
 from processors.metrics import OnlineMetrics
 from processors.pending import Pending, PendingStore, Resolved
-from streams.events import ErrorRecord, Interaction, pack_codes
+from streams.events import ErrorRecord, Interaction, error_id_for, pack_codes
 
 
 def error_record(r: Resolved) -> ErrorRecord:
     """The error record of a resolved prediction: its event time is the prediction's (the
     request's), whatever the label's own time (kept as ``label_ts``)."""
     p = r.pending
-    return ErrorRecord(error_id=f"{p.request_id}:{p.item_id}", user_id=p.user_id, item_id=p.item_id,
+    return ErrorRecord(error_id=error_id_for(p.request_id, p.item_id), user_id=p.user_id, item_id=p.item_id,
                        ts=p.ts, label_ts=r.label_ts, label=r.label, base_pred=p.base_pred, comp_pred=p.comp_pred,
                        model_version=p.model_version, codes=pack_codes(p.codes), features=p.features)
 

@@ -8,17 +8,22 @@ partitions with manual assignment).
 
 Per polled batch, in this order (the rule the replay engine shares):
 
-1. decode and validate every record; an invalid one becomes a dead letter (original bytes,
-   source topic/partition/offset, reason) and processing goes on;
-2. requests are scored (``ScoringCore``), recommendations produced, predictions kept pending;
-3. per user partition (``FeedbackTasks``), scored candidates are registered, interactions
-   join them, and windows up to the partition's stream time close into error records;
-4. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
+1. decode and validate every record, then admit it (:mod:`processors.admission`: event-time
+   policy, reused request ids); a rejected one becomes a dead letter (original bytes, source
+   topic/partition/offset, reason) and processing goes on;
+2. the batch step (:mod:`processors.step`): media, then scoring, then feedback per user
+   partition; if it raises, the same step runs record by record and the record that raises
+   becomes a dead letter (poison-pill rule); a record that crashes the process itself again
+   and again is skipped by :class:`~processors.crash_guard.CrashGuard`;
+3. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
    produced and flushed, then its input offsets are committed (at-least-once).
 
-Error records come back through the ``errors`` consumer and are applied to the local
-compensation replica (and schema cache); per-partition offsets make a redelivered record a
-no-op, and a filter of recent error ids drops the copies a crashed worker produced twice.
+Error-memory writes also go out as binary ``memory`` batches (one per scored batch and input
+partition, :mod:`streams.memory_batch`), which every worker reads back into its error-memory
+replica; only the elected worker (partition 0 of ``requests``) reads ``errors`` back, into the
+schema cache, and the others match against ``schemas``. Per-partition offsets make a
+redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
+worker produced twice.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`processors.checkpoint`), seeking each input partition to the offset its state includes;
@@ -34,25 +39,27 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import mode
-import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from models.scorer import OnnxScorer
+from processors.admission import DUPLICATE, Admission
 from processors.checkpoint import InputCheckpoint
 from processors.compensation import Compensation, NoCompensation
+from processors.crash_guard import CrashGuard, fault_point
+from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
-from processors.journal import JournalEntry, TaskDelta
+from processors.hot_state import HotPathState, SeekToCheckpoint
+from processors.journal import JournalEntry
 from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
-from processors.pending import Pending
 from processors.replica import ErrorsReplica, write_files
-from processors.schemas import SchemaCore, topic_key
+from processors.schemas import PublishedSchemas, SchemaCore, SchemaUpdate, topic_key
 from processors.scoring import ScoringCore
+from processors.step import Admitted, run_one_by_one, run_step
 from processors.tasks import FeedbackTasks
 from processors.telemetry import WorkerTelemetry
-from state.snapshots import write_npz_atomic
 from streams.codec import InvalidEvent, dead_letter, decode_event, encode
 from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 from streams.validation import Limits
@@ -63,7 +70,7 @@ _INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interaction
                                  "media": MediaEvent}
 
 
-class HotPath(mode.Service):
+class HotPath(HotPathState, mode.Service):
     """Batch consumer of requests/interactions/media plus the errors replica consumer.
 
     Args:
@@ -86,6 +93,9 @@ class HotPath(mode.Service):
         journal_fsync: fsync each journal entry (machine-crash safe; process crashes are safe
             without it; ``worker.journal_fsync``).
         recent_ids: size of the replica's duplicate filter per ``errors`` partition.
+        crash_threshold: process crashes inside one batch before its records are processed
+            one at a time, and of one record before it is dead-lettered unprocessed
+            (:class:`~processors.crash_guard.CrashGuard`; ``worker.crash_threshold``).
         media: the per-user media memories (None = media events are validated, not kept).
         schema_core: the error-schema cache fed from ``errors`` (None = off); its updates go
             to ``schemas`` and its alerts to ``alerts``.
@@ -99,13 +109,15 @@ class HotPath(mode.Service):
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
                  replica_snapshot_every_s: float = 60.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
-                 journal_fsync: bool = False, recent_ids: int = 65_536, **kwargs: Any) -> None:
+                 journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
         self.group_id = group_id
         self.limits = limits
         self.tasks = FeedbackTasks(feedback.pending.window_s, feedback.pending.limit, feedback.metrics)
+        self.admission = Admission(self.tasks)
         self.compensation_factory = compensation_factory
         self.telemetry = telemetry
         self.fetch_max_records = fetch_max_records
@@ -113,6 +125,9 @@ class HotPath(mode.Service):
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
+        # schema distillation runs on the elected worker only (the leader); the others match
+        # against what it publishes on ``schemas`` (None: no schema cache configured)
+        self.published = PublishedSchemas(schema_core.cache.config) if schema_core is not None else None
         self.snapshot_path = snapshot_path
         self.snapshot_every_s = snapshot_every_s
         self.replica_snapshot_every_s = replica_snapshot_every_s
@@ -122,6 +137,7 @@ class HotPath(mode.Service):
         self._by_topic = {v: k for k, v in topics.items()}
         self.checkpoint = (InputCheckpoint(snapshot_path.parent, limits, fsync=journal_fsync)
                            if snapshot_path is not None else None)
+        self.guard = CrashGuard(snapshot_path.parent, crash_threshold) if snapshot_path is not None else None
         self.positions: dict[tuple[str, int], int] = {}  # input (topic, partition) -> next offset
         self._resend: list[Output] = []  # outputs of the last journaled batch, produced again at start
         self._inflight: list[Output] = []  # outputs of the batch being produced
@@ -169,11 +185,17 @@ class HotPath(mode.Service):
                                                 max_partition_fetch_bytes=8 << 20,
                                                 fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
-        parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or set()
-        if not parts:
-            await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = self.errors_consumer.partitions_for_topic(self.topics["errors"]) or {0}
-        self.errors_consumer.assign([TopicPartition(self.topics["errors"], p) for p in sorted(parts)])
+        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) the schema cache of the
+        # elected worker only (added by _sync_replica_topics once the group has elected it),
+        # ``schemas`` the matcher of the others
+        self._replica_parts: dict[str, list[TopicPartition]] = {}
+        for logical in ("memory", "errors", "schemas"):
+            parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
+            if not parts:
+                await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
+            self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        self.errors_consumer.assign(self._replica_parts["memory"])
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
@@ -197,7 +219,7 @@ class HotPath(mode.Service):
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
             fetch_max_wait_ms=10)  # the broker's default wait (500 ms) added ~0.1 s of latency
         await self.consumer.start()
-        self.consumer.subscribe([self.topics[t] for t in _INPUT_KINDS], listener=_SeekToCheckpoint(self))
+        self.consumer.subscribe([self.topics[t] for t in _INPUT_KINDS], listener=SeekToCheckpoint(self))
         if self._resend:  # the last journaled batch may have been cut off mid-produce
             await self._produce(self._resend)
             log.info("outputs_resent", extra={"count": len(self._resend)})
@@ -229,60 +251,38 @@ class HotPath(mode.Service):
         t0 = time.perf_counter()
         self._swap_if_due()
         outputs: list[Output] = []
-        media_raw: list[bytes] = []
-        media: list[MediaEvent] = []
-        requests: list[RecommendationRequest] = []
-        requests_raw: list[bytes] = []
-        request_parts: list[int] = []
-        inter: dict[int, tuple[list[bytes], list[Interaction]]] = {}
-        for tp, msgs in batch.items():
-            logical = self._by_topic[tp.topic]
-            kind = _INPUT_KINDS[logical]
-            self.telemetry.events_in.labels(logical).inc(len(msgs))
-            for m in msgs:
-                raw = m.value or b""
-                try:
-                    ev = decode_event(raw, kind, self.limits)
-                except InvalidEvent as exc:
-                    outputs.append(self._dead_letter(m, logical, str(exc)))
-                    continue
-                if logical == "requests":
-                    requests.append(ev)
-                    requests_raw.append(raw)
-                    request_parts.append(tp.partition)
-                elif logical == "interactions":
-                    raws, evs = inter.setdefault(tp.partition, ([], []))
-                    raws.append(raw)
-                    evs.append(ev)
-                else:
-                    media_raw.append(raw)
-                    media.append(ev)
-        if self.media is not None and media:
-            self.media.on_batch(media)  # before scoring: a batch's media counts at once
-        recs, pending = self.scoring.score(requests)
-        by_part: dict[int, list[Pending]] = {}
-        req_ts: dict[int, list[float]] = {}
-        i = 0
-        for r, part in zip(requests, request_parts):
-            n = len(r.candidates)
-            by_part.setdefault(part, []).extend(pending[i:i + n])
-            req_ts.setdefault(part, []).append(r.ts)
-            i += n
-        errors: list[ErrorRecord] = []
-        deltas: list[TaskDelta] = []
-        for part in sorted(set(by_part) | set(inter)):
-            raws, evs = inter.get(part, ([], []))
-            times = self.tasks.stream_times(part, req_ts.get(part, []), [e.ts for e in evs])
-            errors += self.tasks.apply(part, by_part.get(part, []), evs, times)
-            deltas.append(TaskDelta(part, by_part.get(part, []), raws, times))
+        guard = self.guard
+        if guard is not None:
+            isolate = guard.active and any(guard.isolate((tp.topic, tp.partition), m.offset)
+                                           for tp, msgs in batch.items() for m in msgs)
+            guard.begin({(tp.topic, tp.partition): (msgs[0].offset, msgs[-1].offset) for tp, msgs in batch.items()})
+        inputs = self._admit(batch, outputs)
+        cores = (self.scoring, self.tasks, self.media)
+        if guard is not None and isolate:
+            log.warning("batch_isolated_after_crashes", extra={"records": len(inputs)})
+            recs, errors, deltas, per_part = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
+        else:
+            try:
+                fault_point(inputs)
+                recs, errors, deltas, per_part = run_step(inputs, *cores)
+            except Exception as exc:  # noqa: BLE001 - poison-pill rule: isolate the record, never crash
+                log.error("batch_failed_isolating", extra={"reason": f"{type(exc).__name__}: {str(exc)[:200]}",
+                                                            "records": len(inputs)})
+                recs, errors, deltas, per_part = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
+        if guard is not None:
+            guard.end()
+        for part, part_errors in per_part:
+            outputs += self._memory_outputs(part, part_errors)
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
         outputs += [(out_recs, rec.user_id.encode(), encode(rec)) for rec in recs]
         outputs += [(out_err, err.user_id.encode(), encode(err)) for err in errors]
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
         if self.checkpoint is not None:  # write-ahead: before any output leaves
             self.checkpoint.journal.append(JournalEntry(
-                [(tp.topic, tp.partition, o) for tp, o in offsets.items()], media_raw,
-                requests_raw if self.media is not None else [], deltas, outputs))
+                [(tp.topic, tp.partition, o) for tp, o in offsets.items()],
+                [x.raw for x in inputs if x.logical == "media"],
+                [x.raw for x in inputs if x.logical == "requests"] if self.media is not None else [],
+                deltas, outputs))
         for tp, o in offsets.items():
             self.positions[(tp.topic, tp.partition)] = o
         self._inflight = outputs
@@ -294,10 +294,65 @@ class HotPath(mode.Service):
             # so the partition's next owner can at most produce them again (at-least-once)
             log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
         self._inflight = []
+        if guard is not None and guard.active:
+            guard.settle(self.positions)
         self.telemetry.events_out.labels("recommendations").inc(len(recs))
         self.telemetry.events_out.labels("errors").inc(len(errors))
         self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
+
+    def _reject(self, outputs: list[Output]) -> Callable[[Admitted, str], None]:
+        return lambda one, reason: outputs.append(self._dead_letter(one.msg, one.logical, reason))
+
+    def _mark(self, one: Admitted) -> None:
+        if self.guard is not None:
+            self.guard.begin({(one.msg.topic, one.partition): (one.msg.offset, one.msg.offset)})
+        fault_point([one])
+
+    def _admit(self, batch: dict[TopicPartition, list[Any]], outputs: list[Output]) -> list[Admitted]:
+        """Decode, validate and admit every record (:mod:`processors.admission`); the rejected
+        ones become dead letters in ``outputs``, byte-identical request copies are counted."""
+        admission = self.admission
+        admission.begin_batch(self.tasks)
+        admitted: list[Admitted] = []
+        for tp, msgs in batch.items():
+            logical = self._by_topic[tp.topic]
+            kind = _INPUT_KINDS[logical]
+            self.telemetry.events_in.labels(logical).inc(len(msgs))
+            for m in msgs:
+                raw = m.value or b""
+                if self.guard is not None and self.guard.is_poison((tp.topic, tp.partition), m.offset):
+                    n = self.guard.crashes((tp.topic, tp.partition), m.offset)
+                    log.error("poison_record_skipped", extra={"topic": tp.topic, "partition": tp.partition,
+                                                              "offset": m.offset, "crashes": n})
+                    outputs.append(self._dead_letter(m, logical, f"crashed the worker {n} times while "
+                                                                 "being processed: skipped"))
+                    continue
+                try:
+                    ev = decode_event(raw, kind, self.limits)
+                except InvalidEvent as exc:
+                    outputs.append(self._dead_letter(m, logical, str(exc)))
+                    continue
+                if logical == "requests":
+                    ev, reason = admission.request(tp.partition, ev)
+                    if ev is None:
+                        if reason == DUPLICATE:
+                            self.telemetry.duplicates.labels(logical).inc()
+                        else:
+                            outputs.append(self._dead_letter(m, logical, reason or "rejected"))
+                        continue
+                admitted.append(Admitted(logical, tp.partition, raw, ev, m))
+        return admitted
+
+    def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
+        """The binary ``memory`` records of one partition's error records (keyed by the input
+        partition; journaled with the other outputs, so a resend is byte-identical)."""
+        comp = self.compensation
+        if not errors or not isinstance(comp, ErrorMemoryCompensation):
+            return []
+        cfg = comp.memory.config
+        key = str(part).encode()
+        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
 
     async def _produce(self, outputs: Sequence[Output]) -> None:
         """Produce ``outputs`` and wait until every one is acknowledged."""
@@ -318,78 +373,63 @@ class HotPath(mode.Service):
         await self._model_ready.wait()  # the replica exists once the first model is known
         assert self.errors_consumer is not None
         for tp in self.errors_consumer.assignment():
-            if tp.partition in self.errors_applied:  # restored: resume after the snapshot
-                self.errors_consumer.seek(tp, self.errors_applied[tp.partition])
+            applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+            if tp.partition in applied:  # restored: resume after the snapshot
+                self.errors_consumer.seek(tp, applied[tp.partition])
             else:
                 await self.errors_consumer.seek_to_beginning(tp)
         while not self.should_stop:
+            await self._sync_replica_topics()
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.apply_error_batch(batch)
             if self.replica.outbox:
                 await self._publish_schema_outbox()
 
+    async def _sync_replica_topics(self) -> None:
+        """Read ``errors`` (and distil) while this worker is the leader, ``schemas`` while it is
+        not; scoring matches against the distilled cache or the published one accordingly. A
+        worker that stops distilling keeps its cache at the offsets it includes and resumes
+        from them if it is elected again."""
+        consumer = self.errors_consumer
+        if self.published is None or self.is_leader is None or consumer is None:
+            return
+        want = set(self._replica_parts["memory"]) | set(
+            self._replica_parts["errors" if self.is_leader else "schemas"])
+        have = set(consumer.assignment())
+        if want != have:
+            consumer.assign(sorted(want, key=lambda tp: (tp.topic, tp.partition)))
+            for tp in want:  # a new assignment forgets positions: every partition is placed again
+                applied = self.replica.memory_applied if tp.topic == self.topics["memory"] else self.errors_applied
+                if tp.topic == self.topics["schemas"]:
+                    self.published = PublishedSchemas(self.published.config)  # the whole topic again
+                    await consumer.seek_to_beginning(tp)
+                elif tp.partition in applied:
+                    consumer.seek(tp, applied[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            log.info("schema_role", extra={"distils": self.is_leader})
+        if self.scoring is not None:
+            self.scoring.schemas = self.schema_core if self.is_leader else self.published  # type: ignore[assignment]
+
     async def _publish_schema_outbox(self) -> None:
-        """Publish schema updates and alerts; only the leader does (every worker keeps the same
-        cache from the same ``errors`` log, so one copy of each message is enough)."""
+        """Publish schema updates, alerts and the replica's dead letters; only the leader does
+        (every worker keeps the same cache from the same ``errors`` log, so one copy of each
+        message is enough)."""
         assert self.producer is not None
         if self.is_leader is None:  # hold them until the group assigned the inputs
             return
         out, self.replica.outbox = self.replica.outbox, []
         if not self.is_leader:
             return
-        futs = [await self.producer.send(self.topics[topic], encode(msg), key=topic_key(msg)) for topic, msg in out]
+        futs = [await self.producer.send(self.topics[topic], encode(msg), key=_outbox_key(topic, msg))
+                for topic, msg in out]
         await asyncio.gather(*futs)
         self.telemetry.events_out.labels("schemas").inc(sum(t == "schemas" for t, _ in out))
         self.telemetry.events_out.labels("alerts").inc(sum(t == "alerts" for t, _ in out))
+        self.telemetry.events_out.labels("dlq").inc(sum(t == "dlq" for t, _ in out))
 
     # ---- snapshots -----------------------------------------------------------------------
-    def collect_snapshot(self, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
-        """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
-        return {} if self.snapshot_path is None else self.replica.collect_snapshot(self.snapshot_path, reuse_buffers)
-
-    def save_snapshot(self) -> None:
-        """Collect and write the replica side now (blocking)."""
-        write_files(self.collect_snapshot())
-
-    def _recover_inputs(self) -> None:
-        """Input side: ``inputs.npz`` + the journal since (see :mod:`processors.checkpoint`)."""
-        assert self.checkpoint is not None
-        rec = self.checkpoint.recover(self.tasks, self.media)
-        self.tasks, self.media, self.positions, self._resend = rec.tasks, rec.media, rec.positions, rec.resend
-        if rec.positions or rec.entries:
-            log.info("inputs_recovered", extra={"journal_entries": rec.entries, "pending": self.tasks.pending_count,
-                                                "positions": {f"{t}:{p}": o for (t, p), o in rec.positions.items()},
-                                                "resend": len(rec.resend)})
-
-    def _start_checkpoint(self) -> None:
-        """Collect the input side now (between batches) and write it off the event loop; the
-        journal segments it includes are deleted once the file is durable."""
-        assert self.checkpoint is not None
-        ck = self.checkpoint
-        seq, arrays = ck.collect(self.tasks, self.media, self.positions, self._inflight)
-        self._checkpoint_busy = True
-        self._last_checkpoint = time.monotonic()
-
-        def done(fut: asyncio.Future[None]) -> None:
-            self._checkpoint_busy = False
-            if fut.exception() is None:
-                ck.journal.delete_before(seq)
-            else:
-                log.error("checkpoint_failed", extra={"reason": str(fut.exception())})
-
-        fut = asyncio.get_running_loop().run_in_executor(None, write_npz_atomic, ck.path, arrays)
-        fut.add_done_callback(done)
-
-    def save_checkpoint(self) -> None:
-        """Write the input-side checkpoint now (blocking; at stop)."""
-        if self.checkpoint is None:
-            return
-        seq, arrays = self.checkpoint.collect(self.tasks, self.media, self.positions, self._inflight)
-        write_npz_atomic(self.checkpoint.path, arrays)
-        self.checkpoint.journal.delete_before(seq)
-        self.checkpoint.journal.close()
-
     @mode.Service.task
     async def _snapshot_periodically(self) -> None:
         await self._model_ready.wait()
@@ -403,8 +443,14 @@ class HotPath(mode.Service):
                 await asyncio.get_running_loop().run_in_executor(None, write_files, files)
 
     def apply_error_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> int:
-        """Apply error records to the local replica (see :meth:`ErrorsReplica.apply_batch`)."""
-        return self.replica.apply_batch(batch)
+        """Apply a poll of ``errors`` (schema cache, :meth:`ErrorsReplica.apply_batch`) and
+        ``memory`` (error memory, :meth:`ErrorsReplica.apply_memory`) to the local replicas."""
+        memory, schemas = self.topics["memory"], self.topics["schemas"]
+        written = self.replica.apply_memory({tp: m for tp, m in batch.items() if tp.topic == memory})
+        if self.published is not None:
+            self.published.apply(_schema_updates(m for tp, msgs in batch.items() if tp.topic == schemas for m in msgs))
+        errors = {tp: m for tp, m in batch.items() if tp.topic == self.topics["errors"]}
+        return written + (self.replica.apply_batch(errors) if errors else 0)
 
     # ---- replica state, read by the web pages ---------------------------------------------
     @property
@@ -420,29 +466,29 @@ class HotPath(mode.Service):
         return self.replica.applied
 
     @property
+    def memory_applied(self) -> dict[int, int]:
+        return self.replica.memory_applied
+
+    @property
     def duplicates_skipped(self) -> int:
         return self.replica.duplicates_skipped
 
 
-class _SeekToCheckpoint(ConsumerRebalanceListener):
-    """On assignment, start each input partition where the recovered state ends (the group's
-    committed offset can be behind it: the journal is written before the commit)."""
+def _outbox_key(topic: str, msg: Any) -> bytes | None:
+    """Kafka key of a replica outbox message: a dead letter keeps its source's key."""
+    if topic == "dlq":
+        return msg.key.encode("utf-8") if msg.key else None
+    return topic_key(msg)
 
-    def __init__(self, hot: HotPath) -> None:
-        self.hot = hot
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+def _schema_updates(msgs: Any) -> list[SchemaUpdate]:
+    """The valid :class:`SchemaUpdate` values among ``schemas`` messages (others are skipped)."""
+    import msgspec
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        consumer = self.hot.consumer
-        assert consumer is not None
-        for tp in assigned:
-            pos = self.hot.positions.get((tp.topic, tp.partition))
-            if pos is not None:
-                consumer.seek(tp, pos)
-        requests = self.hot.topics["requests"]
-        self.hot.is_leader = any(tp.topic == requests and tp.partition == 0 for tp in assigned)
-        self.hot.inputs_ready = True  # /ready: the group has given this worker its partitions
-        log.info("inputs_assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
-                                           "leader": self.hot.is_leader})
+    out = []
+    for m in msgs:
+        try:
+            out.append(msgspec.json.decode(m.value or b"", type=SchemaUpdate))
+        except Exception as exc:  # noqa: BLE001 - poison-pill rule: skip it, never stop the replica
+            log.warning("bad_schema_update", extra={"offset": m.offset, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    return out

@@ -14,13 +14,15 @@ Interactions that arrive before their request (the topics are read independently
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import sys
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import msgspec
 
-from streams.events import Features, Interaction
+from streams.events import DerivedFeatures, Interaction
 
 
 class Pending(NamedTuple):
@@ -39,7 +41,7 @@ class Pending(NamedTuple):
     comp_pred: float
     model_version: str
     codes: bytes | tuple[int, ...]
-    features: Features
+    features: DerivedFeatures
 
 
 class Resolved(NamedTuple):
@@ -77,10 +79,11 @@ class PendingStore:
 
     def __init__(self, window_s: float, limit: int = 1_000_000) -> None:
         self.window_s = window_s
-        self.limit = limit
+        self.limit = limit  # pending predictions + orphans held, most
         self._requests: dict[str, _Request] = {}
         self._orphans: dict[tuple[str, str], Interaction] = {}
         self._resolved: dict[str, float] = {}  # request ids resolved -> deadline (dedupe)
+        self._digests: dict[str, int] = {}  # request id -> content digest, while the id is known
         self._deadlines: list[tuple[float, int, str]] = []  # (time, kind 0=req 1=orphan 2=forget, id)
         self._size = 0
         self.watermark = 0.0
@@ -92,6 +95,39 @@ class PendingStore:
     @property
     def orphan_count(self) -> int:
         return len(self._orphans)
+
+    @property
+    def held(self) -> int:
+        """Pending predictions plus orphans: what :attr:`limit` bounds."""
+        return self._size + len(self._orphans)
+
+    def remember(self, request_id: str, digest: int) -> None:
+        """Keep the content digest of a scored request (:func:`request_digest`) for as long as
+        its id is known (pending, then one window after it resolved)."""
+        self._digests.setdefault(request_id, digest)
+
+    def digest_of(self, request_id: str) -> int | None:
+        """The digest a request id was first scored with, or None if the id is not known."""
+        return self._digests.get(request_id)
+
+    def approx_nbytes(self, sample: int = 32) -> int:
+        """Approximate bytes held (pending predictions, orphans, resolved ids): the measured
+        size of up to ``sample`` requests and orphans, scaled to all of them."""
+        n_req = len(self._requests)
+        per_req, k = 0, 0
+        for req in self._requests.values():
+            per_req += _deep_size(req.items) + _deep_size(req.labels)
+            k += 1
+            if k >= sample:
+                break
+        total = (per_req // max(k, 1)) * n_req
+        orphans = list(self._orphans.values())[:sample]
+        if orphans:
+            total += sum(_deep_size(o) for o in orphans) // len(orphans) * len(self._orphans)
+        total += (sys.getsizeof(self._requests) + sys.getsizeof(self._orphans) + sys.getsizeof(self._resolved)
+                  + sys.getsizeof(self._digests) + 80 * (len(self._resolved) + len(self._digests))
+                  + sys.getsizeof(self._deadlines) + 90 * len(self._deadlines))
+        return int(total)
 
     def add(self, p: Pending) -> None:
         """Register a scored candidate. A redelivered request that already resolved is ignored,
@@ -146,7 +182,7 @@ class PendingStore:
         key = (it.request_id, it.item_id)
         if key not in self._orphans:
             self._orphans[key] = it
-            heapq.heappush(self._deadlines, (it.ts + self.window_s, 1, f"{it.request_id}\x00{it.item_id}"))
+            heapq.heappush(self._deadlines, (it.ts + self.window_s, 1, _join_pair(it.request_id, it.item_id)))
 
     def claim_orphan(self, request_id: str, item_id: str) -> Interaction | None:
         """The orphan waiting for this candidate, if any (removed)."""
@@ -156,18 +192,39 @@ class PendingStore:
         """Move the watermark; yield resolved predictions of requests whose window closed
         (in deadline order) and orphans whose request never came (``Interaction``)."""
         self.watermark = max(self.watermark, watermark)
-        while self._deadlines and (self._deadlines[0][0] <= self.watermark or self._size > self.limit):
+        while self._deadlines and (self._deadlines[0][0] <= self.watermark
+                                   or self._size + len(self._orphans) > self.limit):
             deadline, kind, ident = heapq.heappop(self._deadlines)
             if kind == 0:
                 if ident in self._requests:
                     yield from self._resolve(ident)
             elif kind == 2:
                 self._resolved.pop(ident, None)
+                self._digests.pop(ident, None)
             else:
-                rid, _, iid = ident.partition("\x00")
-                orphan = self._orphans.pop((rid, iid), None)
+                orphan = self._orphans.pop(_split_pair(ident), None)
                 if orphan is not None:
                     yield orphan
+
+    def expire_oldest(self) -> list[Resolved | Interaction]:
+        """Force out the entry with the earliest deadline, whatever the watermark (the
+        worker-wide limit, :meth:`processors.tasks.FeedbackTasks.apply`); [] if none is held."""
+        while self._deadlines:
+            deadline, kind, ident = heapq.heappop(self._deadlines)
+            if kind == 0 and ident in self._requests:
+                return self._resolve(ident)
+            if kind == 1:
+                orphan = self._orphans.pop(_split_pair(ident), None)
+                if orphan is not None:
+                    return [orphan]
+            if kind == 2:
+                self._resolved.pop(ident, None)
+                self._digests.pop(ident, None)
+        return []
+
+    def next_deadline(self) -> float:
+        """Earliest deadline held (event-time s; inf when empty)."""
+        return self._deadlines[0][0] if self._deadlines else float("inf")
 
     def drain(self) -> Iterator[Resolved | Interaction]:
         """Resolve everything (end of a finite log)."""
@@ -183,7 +240,7 @@ class PendingStore:
                                     [(i, lab, ts) for i, (lab, ts) in r.labels.items()])
                       for rid, r in self._requests.items()],
             orphans=list(self._orphans.values()), resolved=list(self._resolved.items()),
-            deadlines=self._deadlines))
+            deadlines=self._deadlines, digests=list(self._digests.items()), pair_ids=True))
 
     @classmethod
     def from_state(cls, raw: bytes) -> PendingStore:
@@ -196,8 +253,52 @@ class PendingStore:
                                                      {i: (lab, ts) for i, lab, ts in r.labels})
         store._orphans = {(it.request_id or "", it.item_id): it for it in st.orphans}
         store._resolved = dict(st.resolved)
+        store._digests = dict(st.digests)
         store._deadlines = [tuple(d) for d in st.deadlines]  # type: ignore[misc]
+        if not st.pair_ids:  # older checkpoints joined an orphan's ids with NUL
+            store._deadlines = [(t, k, _join_pair(*i.split("\x00", 1)) if k == 1 and "\x00" in i else i)
+                                for t, k, i in store._deadlines]
+            heapq.heapify(store._deadlines)
         return store
+
+
+def request_digest(user_id: str, ts: float, item_ids: Sequence[str]) -> int:
+    """A request's content as the store remembers it: user, event time and candidate ids
+    (a copy with the same digest is a duplicate; the same id with another digest is a reuse).
+
+    >>> request_digest("u", 1.0, ["a", "b"]) == request_digest("u", 1.0, ["a", "b"])
+    True
+    >>> request_digest("u", 1.0, ["a", "b"]) == request_digest("u", 1.0, ["ab"])
+    False
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{len(user_id)}:{user_id}:{ts!r}".encode())
+    for i in item_ids:
+        h.update(f"{len(i)}:{i}".encode())
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
+def _join_pair(request_id: str, item_id: str) -> str:
+    """One string for (request id, item id), length-prefixed: no character is special."""
+    return f"{len(request_id)}:{request_id}{item_id}"
+
+
+def _split_pair(ident: str) -> tuple[str, str]:
+    n, _, rest = ident.partition(":")
+    k = int(n)
+    return rest[:k], rest[k:]
+
+
+def _deep_size(obj: object) -> int:
+    """Bytes of ``obj`` and what it holds (tuples, dicts, lists, structs, str, numbers)."""
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        return size + sum(_deep_size(k) + _deep_size(v) for k, v in obj.items())
+    if isinstance(obj, (tuple, list)):
+        return size + sum(_deep_size(x) for x in obj)
+    if isinstance(obj, msgspec.Struct):
+        return size + sum(_deep_size(getattr(obj, f)) for f in obj.__struct_fields__)
+    return size
 
 
 class _RequestState(msgspec.Struct, array_like=True):
@@ -216,3 +317,5 @@ class _StoreState(msgspec.Struct, array_like=True):
     orphans: list[Interaction]
     resolved: list[tuple[str, float]]
     deadlines: list[tuple[float, int, str]]
+    digests: list[tuple[str, int]] = []
+    pair_ids: bool = False  # orphan deadlines hold _join_pair ids (NUL-joined before 2026-12-07)

@@ -1,10 +1,16 @@
-"""The ``errors`` replica every worker keeps: error memory + schema cache, applied once per record.
+"""The replicas every worker keeps: error memory (from ``memory``) + schema cache (from ``errors``).
 
-Every worker reads every partition of ``errors`` (manual assignment) and applies each record
-to its compensation (the error-memory sketch) and its schema cache. Per-partition offsets make
-a redelivered record a no-op, and :class:`~processors.checkpoint.RecentIds` drops the
-byte-identical copies a crashed worker produced twice. Both replicas are snapshotted with the
-offsets and the id filter they include, atomically; a restart resumes after those offsets.
+The error memory is fed by the binary ``memory`` topic (:mod:`streams.memory_batch`: one
+record per scored batch, arrays of codes, labels, predictions, times), read over all
+partitions by every worker: no per-row Python work. The schema cache reads the per-record
+JSON ``errors`` topic. Per-partition offsets make a redelivered record a no-op;
+:class:`~processors.checkpoint.RecentIds` drops the byte-identical copies a crashed worker
+produced twice (by error id on ``errors``, by batch id on ``memory``). Both replicas are
+snapshotted with the offsets and filters they include (the error memory's file carries both
+topics' offsets), atomically; a restart resumes after those offsets.
+
+Without the ``memory`` topic (``memory_topic=False``, e.g. error records from a producer that
+writes no batches) the error memory is fed from ``errors`` as before.
 
 The error memory gets every record at once (additive: order does not matter, and serving
 wants it fresh). The schema cache is order-sensitive, so its records pass through an
@@ -30,8 +36,9 @@ from processors.reorder import EventTimeReorder
 from processors.schemas import SchemaCore
 from processors.telemetry import WorkerTelemetry
 from state.snapshots import read_npz, write_npz_atomic
-from streams.codec import InvalidEvent, decode_event
+from streams.codec import InvalidEvent, dead_letter, decode_event
 from streams.events import ErrorRecord
+from streams.memory_batch import InvalidMemoryBatch, decode_batch
 from streams.topics import TOPICS
 from streams.validation import Limits
 
@@ -48,14 +55,21 @@ class ErrorsReplica:
         limits: validation limits for error records.
         telemetry: Prometheus metrics.
         recent_ids: size of the duplicate filter per ``errors`` partition.
+        memory_topic: the error memory is fed by ``memory`` batches (:meth:`apply_memory`),
+            not by ``errors`` records.
 
     The reorder buffer in front of the schema cache (:attr:`reorder`) takes its parameters
     from the cache's configuration (``reorder_*`` fields of :class:`SchemaCacheConfig`).
     """
 
     def __init__(self, compensation: Compensation, schema_core: SchemaCore | None, limits: Limits,
-                 telemetry: WorkerTelemetry, recent_ids: int = 65_536) -> None:
+                 telemetry: WorkerTelemetry, recent_ids: int = 65_536, memory_topic: bool = True) -> None:
         self.compensation = compensation
+        self.memory_topic = memory_topic
+        self.memory_applied: dict[int, int] = {}  # memory partition -> next offset to apply
+        self.memory_recent = RecentIds(4096)  # batch ids (hex) per memory partition
+        self.memory_rows = 0  # rows received on ``memory`` (before the write policy)
+        self.memory_invalid = 0
         self.schema_core = schema_core
         self.limits = limits
         self.telemetry = telemetry
@@ -89,7 +103,7 @@ class ErrorsReplica:
                 try:
                     rec = decode_event(m.value or b"", ErrorRecord, self.limits)
                 except InvalidEvent as exc:
-                    log.warning("bad_error_record", extra={"offset": m.offset, "reason": str(exc)[:200]})
+                    self._reject(m, str(exc))
                     continue
                 if self.recent_ids.first_time(tp.partition, rec.error_id):
                     fresh.append(rec)
@@ -101,14 +115,85 @@ class ErrorsReplica:
                 self.reorder.push(tp.partition, fresh)
             records += fresh
         self.telemetry.events_in.labels("errors").inc(len(records))
-        stored = self.compensation.apply_errors(records)
+        stored = 0 if self.memory_topic else self._isolated(self.compensation.apply_errors, records, "error_memory")
         if self.schema_core is not None and self.reorder is not None:
             ready = self.reorder.pop_ready()
             if ready:
-                updates, alerts = self.schema_core.on_batch(ready)
-                self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
+                out = self._isolated(self.schema_core.on_batch, ready, "schema_cache")
+                if out:
+                    updates, alerts = out
+                    self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
+
+    def _reject(self, msg: Any, reason: str) -> None:
+        """A record no replica can apply: logged, counted, and queued as a dead letter (only the
+        leader publishes the outbox, so the cluster writes one copy)."""
+        log.warning("bad_error_record", extra={"partition": msg.partition, "offset": msg.offset,
+                                               "reason": reason[:200]})
+        self.telemetry.dead_letters.labels("errors").inc()
+        letter = dead_letter(msg.value, reason, topic=msg.topic, partition=msg.partition,
+                             offset=msg.offset, key=msg.key)
+        self.outbox.append(("dlq", letter))
+
+    def _isolated(self, apply: Callable[[list[ErrorRecord]], Any], records: list[ErrorRecord], what: str) -> Any:
+        """``apply(records)``; if it raises, apply them one at a time and drop (log, count) the
+        ones that raise, so one record never stops the replica (poison-pill rule). Returns the
+        first result, or the sum of the per-record ones for counts."""
+        try:
+            return apply(records)
+        except Exception as exc:  # noqa: BLE001
+            log.error("replica_batch_failed_isolating", extra={"replica": what, "records": len(records),
+                                                               "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        results = []
+        for rec in records:
+            try:
+                results.append(apply([rec]))
+            except Exception as exc:  # noqa: BLE001
+                self.telemetry.dead_letters.labels("errors").inc()
+                log.error("error_record_failed", extra={"replica": what, "error_id": rec.error_id[:100],
+                                                        "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        if results and isinstance(results[0], tuple):
+            return tuple(sum((list(r[i]) for r in results), []) for i in range(len(results[0])))
+        return sum(r or 0 for r in results)
+
+    def apply_memory(self, batch: dict[Any, Sequence[Any]]) -> int:
+        """Apply a poll of the ``memory`` topic (TopicPartition -> messages): offsets already
+        applied and batch ids seen recently are skipped, malformed records logged and skipped
+        (they carry no state of their own: the same rows are on ``errors``). Returns rows written."""
+        t0 = time.perf_counter()
+        stored = 0
+        for tp, msgs in batch.items():
+            start = self.memory_applied.get(tp.partition, 0)
+            for m in msgs:
+                if m.offset < start:
+                    continue
+                try:
+                    b = decode_batch(m.value or b"", max_ts=self._max_ts())
+                except InvalidMemoryBatch as exc:
+                    self.memory_invalid += 1
+                    log.warning("bad_memory_batch", extra={"partition": tp.partition, "offset": m.offset,
+                                                           "reason": str(exc)[:200]})
+                    continue
+                if not self.memory_recent.first_time(tp.partition, b.batch_id.hex()):
+                    self.duplicates_skipped += 1
+                    continue
+                self.memory_rows += b.n
+                self.telemetry.events_in.labels("memory").inc(b.n)  # rows, not records
+                try:
+                    stored += self.compensation.apply_memory_batch(b)
+                except Exception as exc:  # noqa: BLE001 - poison-pill rule: skip it, never stop the replica
+                    self.memory_invalid += 1
+                    log.error("memory_batch_failed", extra={"partition": tp.partition, "offset": m.offset,
+                                                            "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            if msgs:
+                self.memory_applied[tp.partition] = max(start, msgs[-1].offset + 1)
+        self.telemetry.batch_seconds.labels("memory").observe(time.perf_counter() - t0)
+        return stored
+
+    def _max_ts(self) -> float | None:
+        """Latest event time a write may carry now (the event-time policy, :class:`Limits`)."""
+        return time.time() + self.limits.max_future_s if self.limits.max_future_s else None
 
     # ---- snapshots ---------------------------------------------------------------------------
     def collect_snapshot(self, path: Path, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
@@ -124,7 +209,11 @@ class ErrorsReplica:
                                                          **offsets}
         arrays = self.compensation.snapshot(reuse_buffers)
         if arrays:
-            files[path] = {**arrays, **offsets}
+            mparts = sorted(self.memory_applied)
+            memory = {"memory_partitions": np.array(mparts, dtype=np.int64),
+                      "memory_offsets": np.array([self.memory_applied[p] for p in mparts], dtype=np.int64),
+                      **{f"memory_{k}": v for k, v in self.memory_recent.to_arrays().items()}}
+            files[path] = {**arrays, **offsets, **memory}
         return files
 
     def restore(self, path: Path, scorer: OnnxScorer,
@@ -141,6 +230,8 @@ class ErrorsReplica:
             return
         try:
             snaps = _matching_snapshots(wanted)
+            if "error_memory" in snaps and self.memory_topic and "memory_offsets" not in snaps["error_memory"]:
+                raise ValueError("error-memory snapshot without memory offsets (written before the memory topic)")
             if "error_memory" in snaps and not self.compensation.restore(snaps["error_memory"]):
                 raise ValueError("error memory keyed by another model version")
             if "schema_cache" in snaps:
@@ -156,11 +247,17 @@ class ErrorsReplica:
                 self.schema_core = SchemaCore(self.schema_core.cache.config)
                 self.reorder = self._new_reorder()
             self.applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
+            self.memory_applied, self.memory_recent = {}, RecentIds(self.memory_recent.capacity)
             return
         first = next(iter(snaps.values()))
         self.applied = dict(zip(first["errors_partitions"].tolist(), first["errors_offsets"].tolist()))
         self.recent_ids.restore(first)
-        log.info("snapshot_restored", extra={"offsets": self.applied, "replicas": sorted(snaps)})
+        em = snaps.get("error_memory")
+        if em is not None and "memory_offsets" in em:
+            self.memory_applied = dict(zip(em["memory_partitions"].tolist(), em["memory_offsets"].tolist()))
+            self.memory_recent.restore({k[7:]: v for k, v in em.items() if k.startswith("memory_recent_")})
+        log.info("snapshot_restored", extra={"offsets": self.applied, "memory_offsets": self.memory_applied,
+                                             "replicas": sorted(snaps)})
         if self.schema_core is not None and self.reorder is not None:
             log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas()),
                                                         "reorder_held": self.reorder.held})

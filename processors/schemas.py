@@ -184,3 +184,50 @@ def format_table(rows: Sequence[SchemaUpdate | Schema], *, include_resolved: boo
                      f"{r.calibration_gap:+7.3f}  {r.support:8.0f}  {r.z:+6.1f}  {_iso(r.first_seen):20}  "
                      f"{' & '.join(r.signature)}")
     return "\n".join(lines)
+
+
+class PublishedSchemas:
+    """The schemata a worker that does not distil matches against: the latest value per
+    ``schema_id`` on the ``schemas`` topic (published by the one elected worker).
+
+    Duck-types the part of :class:`SchemaCore` that scoring reads (``.cache.matcher`` and
+    ``.cache.config``, ``schemas()``); the matcher is rebuilt when an update arrives, over
+    the active schemata by decreasing impact, as the distilling cache builds it.
+
+    >>> p = PublishedSchemas(SchemaCacheConfig())
+    >>> len(p.cache.matcher), p.schemas()
+    (0, [])
+    """
+
+    def __init__(self, config: SchemaCacheConfig) -> None:
+        from state.schema_match import SchemaMatcher
+
+        self.config = config
+        self.latest: dict[str, SchemaUpdate] = {}
+        self.updates_in = 0
+        self._matcher_cls = SchemaMatcher
+        self.matcher = SchemaMatcher([], config.bias_prior, config.max_logit_bias)
+
+    @property
+    def cache(self) -> PublishedSchemas:
+        return self
+
+    def apply(self, updates: Iterable[SchemaUpdate]) -> int:
+        """Take ``updates`` in topic order (the last value per id wins, as compaction keeps);
+        returns how many there were."""
+        n = 0
+        for u in updates:
+            self.latest[u.schema_id] = u
+            n += 1
+        if n:
+            self.updates_in += n
+            self.matcher = self._matcher_cls(self.schemas(), self.config.bias_prior, self.config.max_logit_bias)
+        return n
+
+    def schemas(self, include_resolved: bool = False) -> list[Schema]:
+        """Active schemata by decreasing impact (then resolved ones, newest first)."""
+        fields = Schema.__struct_fields__
+        every = [Schema(**{f: getattr(u, f) for f in fields}) for u in self.latest.values()]
+        active = sorted((s for s in every if s.state == "active"), key=lambda s: (-s.impact, s.schema_id))
+        resolved = sorted((s for s in every if s.state != "active"), key=lambda s: -s.last_seen)
+        return active + (resolved if include_resolved else [])

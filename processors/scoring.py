@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import msgspec
 import numpy as np
 
 from models.features import FeatureEncoder
@@ -25,7 +26,7 @@ from processors.media import MediaCore
 from processors.pending import Pending
 from processors.schemas import SchemaCore
 from state.schema_match import logit, sigmoid
-from streams.events import CODE_DTYPE, Recommendation, RecommendationRequest, ScoredItem
+from streams.events import CODE_DTYPE, Candidate, Recommendation, RecommendationRequest, ScoredItem
 
 
 class ScoringCore:
@@ -104,6 +105,7 @@ class ScoringCore:
         """
         if not requests:
             return [], []
+        requests = [unique_candidates(r) for r in requests]
         rows: list[tuple[str, str, dict]] = []
         bounds = [0]
         for r in requests:
@@ -113,6 +115,8 @@ class ScoringCore:
         if self.media is not None:
             rows = self.media.merge_into_rows(requests, rows)
         now = max(r.ts for r in requests)
+        spec = self.scorer.spec
+        keep = (spec.max_tokens - 2, spec.dense_names)
         base, comp, _ = self.score_rows(rows, now)
         scores, evidence, codes = comp
         version = self.scorer.version
@@ -130,8 +134,49 @@ class ScoringCore:
             recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
                                        model_version=version, items=items))
             pending.extend(Pending(r.request_id, rows[i][1], r.user_id, r.ts, base_l[i], score_l[i],
-                                   version, codes_l[i], rows[i][2]) for i in range(lo, hi))
+                                   version, codes_l[i], model_features(rows[i][2], keep)) for i in range(lo, hi))
         return recs, pending
+
+
+def unique_candidates(r: RecommendationRequest) -> RecommendationRequest:
+    """``r`` with repeated candidate item ids collapsed (the first one kept), so 1,000 copies
+    of one item are scored and ranked once (docs/guarantees.md); ``r`` itself if none repeat.
+
+    >>> r = RecommendationRequest(request_id="r", user_id="u", ts=1.0,
+    ...     candidates=[Candidate(item_id="a"), Candidate(item_id="b"), Candidate(item_id="a")])
+    >>> [c.item_id for c in unique_candidates(r).candidates]
+    ['a', 'b']
+    """
+    cands = r.candidates
+    if len(cands) < 2:
+        return r
+    seen: set[str] = set()
+    out = [c for c in cands if not (c.item_id in seen or seen.add(c.item_id))]  # type: ignore[func-returns-value]
+    return msgspec.structs.replace(r, candidates=out) if len(out) < len(cands) else r
+
+
+def model_features(features: dict, keep: tuple[int, tuple[str, ...]]) -> dict:
+    """The features a pending prediction (and so its error record) keeps: those the model
+    reads (:mod:`models.features`: the first ``n_categorical`` categorical names in ascending
+    order, and the dense names). The trainer joins no more than that, and a record's size is
+    bounded by the model's spec, not by what a producer sent.
+
+    Args:
+        keep: ``(n_categorical, dense_names)``, i.e. ``(max_tokens - 2, spec.dense_names)``.
+
+    >>> model_features({"c": "x", "a": "y", "b": "z", "d": 1.0, "e": 2.0}, (2, ("d",)))
+    {'a': 'y', 'b': 'z', 'd': 1.0}
+    """
+    n_cat, dense = keep
+    if len(features) <= n_cat:
+        return features
+    cats = sorted(k for k, v in features.items() if isinstance(v, str))[:n_cat]
+    out = {k: features[k] for k in cats}
+    for d in dense:
+        v = features.get(d)
+        if v is not None and not isinstance(v, str):
+            out[d] = v
+    return out
 
 
 def packed_rows(codes: np.ndarray) -> list[bytes]:

@@ -22,7 +22,7 @@ import msgspec
 
 from processors.feedback import FeedbackCore
 from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore
+from processors.pending import Pending, PendingStore, request_digest
 from streams.events import ErrorRecord, Interaction
 
 
@@ -71,17 +71,61 @@ class FeedbackTasks:
         """One batch's effect on one task: register scored candidates, label them, move the
         task's stream time to ``stream_times`` and close the windows it passed."""
         core = self.task(partition)
+        for rid, (user, ts, items) in _requests_of(pending).items():
+            core.pending.remember(rid, request_digest(user, ts, items))
         errors = core.on_scored(pending)
         errors += core.on_batch(interactions)
         self.max_ts[partition] = stream_times
         if len(stream_times) == len(STREAMS):  # a stream not seen yet holds time back
             errors += core.advance(min(stream_times.values()))
+        errors += self._enforce_limit()
         return errors
+
+    def _enforce_limit(self) -> list[ErrorRecord]:
+        """Hold at most :attr:`limit` pending predictions plus orphans over all partitions of
+        this worker: past it, the entry with the earliest deadline (any partition) is forced
+        out, a request as if its window had closed (docs/configuration.md,
+        ``worker.pending_limit``)."""
+        errors: list[ErrorRecord] = []
+        if self.held <= self.limit:
+            return errors
+        while self.held > self.limit:
+            part = min(self.tasks, key=lambda p: (self.tasks[p].pending.next_deadline(), p))
+            core = self.tasks[part]
+            out = core.pending.expire_oldest()
+            if not out:
+                break
+            errors += core._expire(out)  # noqa: SLF001 - the same expiry path as a closed window
+        return errors
+
+    def watermark(self, partition: int) -> float | None:
+        """Partition ``partition``'s stream time (event-time s), None until both of its streams
+        were seen (then no window of it has closed)."""
+        times = self.max_ts.get(partition, {})
+        return min(times.values()) if len(times) == len(STREAMS) else None
+
+    def digest_of(self, partition: int, request_id: str) -> int | None:
+        """The content digest request ``request_id`` was scored with on ``partition``."""
+        core = self.tasks.get(partition)
+        return core.pending.digest_of(request_id) if core is not None else None
 
     # ---- figures -----------------------------------------------------------------------------
     @property
     def pending_count(self) -> int:
         return sum(len(c.pending) for c in self.tasks.values())
+
+    @property
+    def orphan_count(self) -> int:
+        return sum(c.pending.orphan_count for c in self.tasks.values())
+
+    @property
+    def held(self) -> int:
+        """Pending predictions plus orphans, all partitions (bounded by :attr:`limit`)."""
+        return sum(c.pending.held for c in self.tasks.values())
+
+    def approx_nbytes(self) -> int:
+        """Approximate bytes of every partition's pending predictions and orphans."""
+        return sum(c.pending.approx_nbytes() for c in self.tasks.values())
 
     @property
     def unattributed(self) -> int:
@@ -109,3 +153,14 @@ class FeedbackTasks:
             core.unattributed, core.duplicates, core.late = unattributed, duplicates, late
             out.max_ts[p] = times
         return out
+
+
+def _requests_of(pending: Sequence[Pending]) -> dict[str, tuple[str, float, list[str]]]:
+    """request id -> (user, ts, candidate item ids) of a batch's scored candidates."""
+    out: dict[str, tuple[str, float, list[str]]] = {}
+    for p in pending:
+        entry = out.get(p.request_id)
+        if entry is None:
+            entry = out[p.request_id] = (p.user_id, p.ts, [])
+        entry[2].append(p.item_id)
+    return out

@@ -15,6 +15,8 @@ class WorkerTelemetry:
         self.events_in = Counter("reloop_events_in", "Events consumed", ["topic"], registry=r)
         self.events_out = Counter("reloop_events_out", "Events produced", ["topic"], registry=r)
         self.dead_letters = Counter("reloop_dead_letters", "Inputs sent to the DLQ", ["topic"], registry=r)
+        self.duplicates = Counter("reloop_duplicates", "Byte-identical copies of inputs already applied "
+                                  "(not processed again)", ["topic"], registry=r)
         self.batch_seconds = Histogram("reloop_batch_seconds", "Processing time of one polled batch",
                                        ["path"], buckets=_LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge("reloop_consumer_lag", "Records behind the high watermark",

@@ -70,7 +70,9 @@ class ErrorMemoryConfig(msgspec.Struct, frozen=True, kw_only=True):
             probability units); 0 writes every record.
         write_sample: fraction of records kept, in (0, 1], decided per record from its
             64-bit key (``splitmix64(key) / 2**64 < write_sample``) so every replica keeps
-            the same ones; below 1 the caller must pass keys.
+            the same ones; below 1 the caller must pass keys. This is the cluster-wide write
+            budget: a worker sends only the kept rows on the ``memory`` topic, so every
+            replica's cost scales with it (docs/error_memory.md, "Write budget").
         min_evidence: confidence half-point, in decayed records (>= 0): the correction is
             scaled by ``n / (n + min_evidence)``, ``n`` the mean decayed count over the
             ``K`` buckets read. 0 applies the full correction as soon as any bucket is
@@ -278,16 +280,19 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------ write
 
-    def keep_mask(self, y: np.ndarray, p: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
+    def keep_mask(self, y: np.ndarray, p: np.ndarray, keys: np.ndarray | None,
+                  sampled: bool = False) -> np.ndarray:
         """Write policy: ``(n,) bool``, True for records to write.
 
         Keeps ``|y - p| >= write_threshold`` and, when ``write_sample < 1``, the records
         whose ``(n,) uint64`` keys hash below ``write_sample`` (the same on every replica).
+        ``sampled``: the records were already sampled upstream (the producer of a
+        ``memory`` batch without keys): only the threshold applies.
         """
         y64 = np.asarray(y, dtype=np.float64)
         p64 = np.asarray(p, dtype=np.float64)
         keep = np.abs(y64 - p64) >= self.config.write_threshold
-        if self.config.write_sample < 1.0:
+        if self.config.write_sample < 1.0 and not sampled:
             if keys is None:
                 raise ValueError("write_sample < 1 needs per-record keys (see stable_key)")
             k = np.asarray(keys, dtype=np.uint64)
@@ -303,6 +308,7 @@ class ErrorMemory:
         p: np.ndarray,
         ts: np.ndarray,
         keys: np.ndarray | None = None,
+        sampled: bool = False,
     ) -> int:
         """Apply the write policy, then add the kept records. Returns how many were written.
 
@@ -310,6 +316,7 @@ class ErrorMemory:
             codes: ``(n, K) int32`` codes of the samples.
             y: ``(n,)`` labels; p: ``(n,)`` base predictions; ts: ``(n,)`` event times (s).
             keys: ``(n,) uint64`` per-record keys (needed when ``write_sample < 1``).
+            sampled: already sampled upstream (see :meth:`keep_mask`).
         """
         y64 = np.ascontiguousarray(y, dtype=np.float64)
         n = y64.shape[0]
@@ -320,7 +327,7 @@ class ErrorMemory:
         c = self._checked_codes(codes, n)
         if not (np.isfinite(y64).all() and np.isfinite(p64).all() and np.isfinite(ts64).all()):
             raise ValueError("y, p and ts must be finite")
-        keep = self.keep_mask(y64, p64, keys)
+        keep = self.keep_mask(y64, p64, keys, sampled)
         n_kept = int(keep.sum())
         if n_kept == 0:
             return 0

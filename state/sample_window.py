@@ -38,7 +38,7 @@ from typing import Annotated, BinaryIO, Iterable, Sequence
 
 import msgspec
 
-from streams.events import ErrorRecord, Features
+from streams.events import DerivedFeatures, ErrorRecord
 
 __all__ = ["Sample", "SampleWindow", "sample_from_error"]
 
@@ -53,7 +53,10 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     Attributes:
         sample_id: unique id (the error record's ``error_id``: request id + item id).
         user_id, item_id: the pair that was scored.
-        ts: event time the label became final, unix seconds.
+        ts: the prediction's event time (the error record's ``ts``: the request's time, for
+            positives and negatives alike since error-record schema version 2; version 1
+            records carried the label's time), unix seconds. Retention and the trainer's
+            event-time order use it, so one request's samples stay together.
         label: 0 or 1.
         features: request + candidate features (str = categorical, float = dense).
     """
@@ -63,10 +66,10 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     item_id: Annotated[str, msgspec.Meta(min_length=1)]
     ts: Annotated[float, msgspec.Meta(ge=0.0)]
     label: Annotated[int, msgspec.Meta(ge=0, le=1)]
-    features: Features = {}
+    features: DerivedFeatures = {}
 
     @property
-    def row(self) -> tuple[str, str, Features]:
+    def row(self) -> tuple[str, str, DerivedFeatures]:
         """``(user_id, item_id, features)``: the model's input row."""
         return (self.user_id, self.item_id, self.features)
 

@@ -73,9 +73,12 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         reorder_lateness_s: the worker feeds the cache through an event-time reorder buffer
             (:mod:`processors.reorder`): records up to this many event seconds behind their
             ``errors`` partition's newest are ordered by their own time, later ones where their
-            partition's order puts them; also the delay added before release (>= 0). Set it
-            to ``worker.attribution_window_s`` (+ one batch) to make the order a function of
-            the set of records alone (positives of a closed window are that late).
+            partition's order puts them; also the delay added before release (>= 0). Records
+            carry their prediction's time (error records v2), so a partition is in time order
+            except after a request that resolved before its window closed (every candidate
+            labelled), which runs ahead by less than ``worker.attribution_window_s``: 0 keeps
+            the main job's stream (clicks only) unclamped; set it to that window (+ one batch)
+            when clients send impressions, to make the order a function of the set alone.
         reorder_idle_s: an ``errors`` partition lagging the leading one by more than this
             many event seconds is not waited for (0 = always wait; then the order never
             depends on arrival, but a dead partition stops the cache until ``reorder_max_held``).

@@ -7,12 +7,13 @@ turns bytes into a checked event or raises :class:`InvalidEvent` with a readable
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Any, TypeVar
 
 import msgspec
 
-from streams.events import DeadLetter, Event, MediaEvent, RecommendationRequest
+from streams.events import DEAD_LETTER_MAX_ORIGINAL, DeadLetter, Event, MediaEvent, RecommendationRequest
 from streams.validation import Limits, check_limits
 
 E = TypeVar("E")
@@ -48,18 +49,20 @@ def decode_event(raw: bytes, kind: type[E] | None = None, limits: Limits | None 
             ``None`` checks only the static schema.
 
     Raises:
-        InvalidEvent: with a one-line reason suitable for a dead letter.
+        InvalidEvent: with a one-line reason suitable for a dead letter. Every exception the
+            decoder or a validator raises becomes one (poison-pill rule, docs/guarantees.md):
+            e.g. ``RecursionError`` from a deeply nested value, ``MemoryError`` from an
+            amplifying one. Only ``KeyboardInterrupt``/``SystemExit`` pass through.
     """
     if limits is not None and len(raw) > limits.max_event_bytes:
         raise InvalidEvent(f"payload of {len(raw)} bytes exceeds limit {limits.max_event_bytes}")
     try:
         event = (_decoder_for(kind) if kind is not None else _any_decoder).decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError, TypeError) as exc:
-        raise InvalidEvent(f"{type(exc).__name__}: {exc}") from None
-    if limits is not None:
-        problem = check_limits(event, limits)
-        if problem:
-            raise InvalidEvent(problem)
+        problem = check_limits(event, limits) if limits is not None else None
+    except Exception as exc:  # noqa: BLE001 - any failure on one input is that input's fault
+        raise InvalidEvent(f"{type(exc).__name__}: {str(exc)[:500]}") from None
+    if problem:
+        raise InvalidEvent(problem)
     return event
 
 
@@ -87,15 +90,26 @@ def dead_letter(
     key: bytes | None = None,
     now: float | None = None,
 ) -> DeadLetter:
-    """Wrap undecodable input in a :class:`DeadLetter` (original bytes base64-encoded)."""
+    """Wrap undecodable input in a :class:`DeadLetter` (original bytes base64-encoded, cut to
+    :data:`~streams.events.DEAD_LETTER_MAX_ORIGINAL` bytes with its size and sha256 recorded).
+
+    >>> d = dead_letter(b"x" * 600_000, "too big", topic="requests")
+    >>> d.truncated, d.original_size, len(original_bytes(d))
+    (True, 600000, 524288)
+    """
+    raw = raw or b""
+    kept = raw[:DEAD_LETTER_MAX_ORIGINAL]
     return DeadLetter(
         source_topic=topic,
         partition=partition,
         offset=offset,
         error=reason[:2000],
-        original=base64.b64encode(raw or b"").decode("ascii"),
-        key=key.decode("utf-8", "replace") if key is not None else None,
+        original=base64.b64encode(kept).decode("ascii"),
+        key=key[:1024].decode("utf-8", "replace") if key is not None else None,
         ts=time.time() if now is None else now,
+        original_size=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+        truncated=len(kept) < len(raw),
     )
 
 

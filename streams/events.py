@@ -37,9 +37,19 @@ FeatureName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 FeatureValue = Union[Annotated[str, msgspec.Meta(max_length=256)], float]
 Features = Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=64)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION, description="event schema version")]
+#: Features of a derived record (error record, training sample): a request's features, a
+#: candidate's and the media-memory features the worker merges in (``MEDIA_FEATURES_MAX``).
+MEDIA_FEATURES_MAX = 32
+DerivedFeatures = Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=2 * 64 + MEDIA_FEATURES_MAX)]
+#: ``error_id_for`` of two ids: ``len(request_id)`` (<= 3 digits), two separators, two ids.
+ErrorId = Annotated[str, msgspec.Meta(min_length=1, max_length=3 + 2 + 2 * 256)]
 Modality = Literal["video", "audio"]
 InteractionKind = Literal["impression", "click", "rating", "dwell"]
 
+
+#: Most bytes of an input kept in its dead letter: base64 (4/3) plus the envelope stays under
+#: Kafka's default ``message.max.bytes`` (1,048,588) for any input.
+DEAD_LETTER_MAX_ORIGINAL = 512 * 1024
 
 #: Wire form of error-memory codes: one little-endian uint32 per hash table.
 CODE_DTYPE = np.dtype("<u4")
@@ -62,6 +72,15 @@ def pack_codes(codes: bytes | np.ndarray | tuple[int, ...] | list[int]) -> bytes
     if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
         raise ValueError("codes must lie in [0, 2**32)")
     return arr.astype(CODE_DTYPE).tobytes()
+
+
+def error_id_for(request_id: str, item_id: str) -> str:
+    """The error id of (request, item): length-prefixed, so no two pairs share one.
+
+    >>> error_id_for("col:x", "y"), error_id_for("col", "x:y")
+    ('5:col:x:y', '3:col:x:y')
+    """
+    return f"{len(request_id)}:{request_id}:{item_id}"
 
 
 def _check_features(features: dict[str, str | float], where: str) -> None:
@@ -176,11 +195,14 @@ class ErrorRecord(_Event, tag="error", kw_only=True):
     when no error memory is configured), packed as little-endian uint32 (base64 in JSON:
     decoding 64 JSON integers cost ~2 us per record, the packed form ~0.2 us); a list of
     ints (the form before 2026-11-29) is still read. Use :meth:`code_array`. ``error_id`` is
-    unique per (request, item) so a replica can tell a redelivery from a new record.
+    unique per (request, item) (:func:`error_id_for`, length-prefixed since version 2) so a
+    replica can tell a redelivery from a new record. Its limits follow from the inputs': a
+    request's, a candidate's and the media-memory features (:data:`DerivedFeatures`).
     """
 
-    schema_version: Annotated[int, msgspec.Meta(ge=1, le=ERROR_SCHEMA_VERSION)] = ERROR_SCHEMA_VERSION
-    error_id: Id
+    schema_version: Annotated[int, msgspec.Meta(ge=1, le=ERROR_SCHEMA_VERSION,
+                                                description="event schema version")] = ERROR_SCHEMA_VERSION
+    error_id: ErrorId
     user_id: Id
     item_id: Id
     ts: Ts
@@ -189,7 +211,7 @@ class ErrorRecord(_Event, tag="error", kw_only=True):
     comp_pred: Prob
     model_version: str
     codes: bytes | list[int] = b""
-    features: Features = {}
+    features: DerivedFeatures = {}
     label_ts: Ts | None = None
 
     def __post_init__(self) -> None:
@@ -227,7 +249,10 @@ class ModelAnnouncement(_Event, tag="model"):
 class DeadLetter(_Event, tag="dead_letter"):
     """An input that could not be processed, with where it came from and why.
 
-    ``original`` is the raw value, base64-encoded so any bytes survive JSON.
+    ``original`` is the raw value, base64-encoded so any bytes survive JSON. A dead letter
+    must fit the broker's largest message (Kafka's default is 1 MB), so an original longer
+    than :data:`DEAD_LETTER_MAX_ORIGINAL` bytes keeps only its first that many bytes
+    (``truncated``); ``original_size`` and ``original_sha256`` describe the whole value either way.
     """
 
     source_topic: str
@@ -237,6 +262,9 @@ class DeadLetter(_Event, tag="dead_letter"):
     original: str
     key: str | None = None
     ts: float = 0.0
+    original_size: int | None = None
+    original_sha256: str | None = None
+    truncated: bool = False
 
 
 Event = Union[

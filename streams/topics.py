@@ -52,7 +52,10 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(name="media", key="user_id", partitions=USER_PARTITIONS, hot=True,
               carries="video/audio segment embeddings from upstream encoders"),
     TopicSpec(name="errors", key="any", partitions=USER_PARTITIONS, hot=True,
-              carries="error records; every scorer replica consumes all partitions"),
+              carries="error records (JSON, one per record): trainer, schema cache, outside consumers"),
+    TopicSpec(name="memory", key="user partition", partitions=USER_PARTITIONS, hot=True, retention_ms=7 * DAY_MS,
+              carries="error-memory writes, one binary batch per scored batch; every scorer replica "
+                      "consumes all partitions"),
     TopicSpec(name="schemas", key="schema_id", partitions=1, compacted=True,
               carries="error-schema cache updates"),
     TopicSpec(name="alerts", key="schema_id", partitions=1, carries="schema alerts (new, resolved)"),

@@ -23,7 +23,7 @@ from ops.kafka import create_topics
 from ops.simulator import SimConfig, Simulator
 from ops.webclient import get_json, wait_ready
 from streams.codec import decode_event
-from streams.events import ErrorRecord, Interaction, Recommendation, RecommendationRequest
+from streams.events import ErrorRecord, Interaction, Recommendation, RecommendationRequest, error_id_for
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 
@@ -116,8 +116,8 @@ async def test_worker_resumes_after_broker_pause_without_loss(settings, small_mo
             assert recs.setdefault(r.request_id, r) == r, f"duplicate {r.request_id} differs"
         assert set(recs) == want_recs
 
-        clicked = {f"{c.request_id}:{c.item_id}" for c in before[1] + during[1] + after[1] if c.label == 1}
-        want_errs = {f"{r.request_id}:{c.item_id}" for r in scored for c in r.candidates}
+        clicked = {error_id_for(c.request_id, c.item_id) for c in before[1] + during[1] + after[1] if c.label == 1}
+        want_errs = {error_id_for(r.request_id, c.item_id) for r in scored for c in r.candidates}
         msgs = await consume_until(
             s, "errors", lambda m: {decode_event(x.value, ErrorRecord).error_id for x in m} >= want_errs,
             timeout_s=120)

@@ -1,11 +1,12 @@
 """The error-memory replica through the broker: snapshot + catch-up after a SIGKILL.
 
-A worker applies every error record to its replica and snapshots it with the ``errors``
-offsets it includes. Killed with SIGKILL mid-stream and restarted on the same data dir, it
-restores the snapshot and replays only the rest of the topic. Its final state must equal a
-reference replica that applied every record of the topic exactly once (to float rounding:
-sums are accumulated in a different order, so ``rtol=1e-9``; a record applied twice or lost
-would change a bucket count by a whole record).
+A worker applies every binary ``memory`` batch to its replica and snapshots it with the
+``memory`` offsets it includes. Killed with SIGKILL mid-stream and restarted on the same data
+dir, it restores the snapshot and replays only the rest of the topic; byte-identical copies of
+a batch (a crashed producer's resend) are dropped. Its final state must equal a reference
+replica that applied every error record exactly once (to float rounding: sums are accumulated
+in a different order, so ``rtol=1e-9``; a record applied twice or lost would change a bucket
+count by a whole record).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.registry import ModelRegistry
 from ops.kafka import create_topics
 from ops.serving import make_compensation
 from ops.webclient import get_json, wait_ready
+from processors.error_memory import memory_batches
 from processors.prequential import as_feedback, as_request
 from state.snapshots import read_npz
 from streams.codec import decode_event
@@ -31,7 +33,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def applied(status: dict) -> int:
-    return sum(status["errors_applied"].values())
+    return sum(status["memory_applied"].values())
 
 
 def error_records(model, log_events) -> list[ErrorRecord]:
@@ -57,26 +59,33 @@ async def test_replica_survives_sigkill_without_loss_or_double_apply(kafka_setti
     ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
     env = {"RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.2", "RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S": "0.2"}
     records = error_records(small_model, [e for e in small_log if isinstance(e, Interaction)][5000:5600])
+    tables = s.error_memory.tables
+    batches = [raw for lo in range(0, len(records), 50) for raw in memory_batches(records[lo:lo + 50], tables)]
+    assert len(batches) == 12
+    # batch 3 twice in a row (a crashed producer's resend), all in partition 0 as one producer's
+    first, second = batches[:6] + [batches[5]], batches[6:] + [batches[8]]
     snap = Path(s.worker.data_dir) / "snapshots" / "error_memory.npz"
     w1 = WorkerProcess(s, tmp_path / "w1.log", env)
     try:
         await wait_ready(w1.port, 120.0, w1.proc)
-        await produce(s, "errors", records[:300])
-        await poll_until(lambda: get_json(w1.port, "/status"), lambda st: applied(st) >= 300 and snap.exists(),
+        await produce(s, "memory", first, partitions=[0] * len(first))
+        await poll_until(lambda: get_json(w1.port, "/status"),
+                         lambda st: applied(st) >= len(first) and snap.exists(),
                          what="first half applied and snapshotted")
-        await produce(s, "errors", records[300:])
+        await produce(s, "memory", second, partitions=[0] * len(second))
     finally:
         w1.stop(signal.SIGKILL)  # during or right after the second half: no final snapshot
     w2 = WorkerProcess(s, tmp_path / "w2.log", env)
     try:
         await wait_ready(w2.port, 120.0, w2.proc)
         assert "snapshot_restored" in w2.log_text()
-        await poll_until(lambda: get_json(w2.port, "/status"), lambda st: applied(st) >= len(records),
-                         what="catch-up")
+        st = await poll_until(lambda: get_json(w2.port, "/status"),
+                              lambda st: applied(st) >= len(first) + len(second), what="catch-up")
+        assert st["duplicates_skipped"] >= 1  # the copy after the snapshot (the first may be in it)
     finally:
         assert w2.stop() == 0  # SIGTERM: the final snapshot holds the caught-up state
     final = read_npz(snap)
-    assert int(final["errors_offsets"].sum()) == len(records)
+    assert int(final["memory_offsets"].sum()) == len(first) + len(second)
     reference = make_compensation(s, small_model.scorer)
     reference.apply_errors(records)
     for name in ("counts", "sum_y", "sum_p"):

@@ -27,7 +27,7 @@ def test_request_resolves_when_window_closes_with_unclicked_as_negatives() -> No
     assert fc.advance(109.9) == []
     recs = fc.advance(110.0)
     assert sorted((r.item_id, r.label) for r in recs) == [("a", 0), ("b", 1), ("c", 0)]
-    assert all(r.code_array().tolist() == [1, 2] and r.error_id.startswith("r1:") for r in recs)
+    assert all(r.code_array().tolist() == [1, 2] and r.error_id.startswith("2:r1:") for r in recs)
     assert fc.metrics.count == 3 and fc.metrics.positives == 1
 
 
@@ -95,3 +95,49 @@ def test_resolved_requests_are_forgotten_one_window_later() -> None:
         s.add(Pending(f"r{r}", "a", "u", 100.0 + r, 0.1, 0.1, "v1", (), {}))
     list(s.advance(200.0))
     assert len(s._resolved) == 0 and len(s._deadlines) == 0  # bounded: nothing kept  # noqa: SLF001
+
+
+# ---- one event time per resolved prediction (issue 13) --------------------------------------
+def test_every_record_of_a_request_carries_the_prediction_time_and_its_label_time() -> None:
+    """Positives (click at 104.5) and negatives (window end 110) of request r1 (ts 100) share
+    one clock, the prediction's; each label's own time is ``label_ts``."""
+    fc = core()
+    fc.on_scored([pending("r1", "a"), pending("r1", "b"), pending("r1", "c")])
+    fc.on_batch([click("r1", "b", ts=104.5)])
+    recs = {r.item_id: r for r in fc.advance(110.0)}
+    assert {k: (r.ts, r.label, r.label_ts) for k, r in recs.items()} == {
+        "a": (100.0, 0, 110.0), "b": (100.0, 1, 104.5), "c": (100.0, 0, 110.0)}
+    assert all(r.schema_version == 2 for r in recs.values())
+    assert [pt["ts"] for pt in fc.metrics.series] == [100.0]  # a window of 2: stamped with the prediction time
+
+
+def test_an_orphan_click_joined_later_keeps_both_clocks() -> None:
+    fc = core()
+    fc.on_batch([click("r9", "a", ts=100.5)])
+    [rec] = fc.on_scored([pending("r9", "a", ts=100.0)])
+    assert (rec.ts, rec.label_ts, rec.label) == (100.0, 100.5, 1)
+
+
+def test_emitted_records_trail_the_newest_by_less_than_a_window() -> None:
+    """Within one task, a record emitted when windows close lags the newest record emitted
+    before it (an early-resolved request's) by less than one window: the reorder buffer's
+    ``reorder_lateness_s`` >= ``attribution_window_s`` orders every record by its own time."""
+    fc = core(window=10.0)
+    fc.on_scored([pending("r1", "a", ts=100.0), pending("r1", "b", ts=100.0)])  # resolves at its window end
+    fc.on_scored([pending("r2", "a", ts=108.0)])  # one candidate: resolves at its click
+    out = fc.on_batch([click("r2", "a", ts=109.0)]) + fc.advance(110.0)
+    assert [(r.error_id, r.ts) for r in out] == [("r2:a", 108.0), ("r1:a", 100.0), ("r1:b", 100.0)]
+    newest = max(r.ts for r in out)
+    assert all(0.0 <= newest - r.ts < 10.0 for r in out)
+
+
+def test_version_1_error_records_still_decode_with_their_single_clock() -> None:
+    from streams.codec import decode_event, encode
+    from streams.events import ErrorRecord
+
+    v2 = ErrorRecord(error_id="r1:a", user_id="u", item_id="a", ts=100.0, label_ts=104.5, label=1, base_pred=0.3,
+                     comp_pred=0.3, model_version="v1")
+    raw = encode(v2).replace(b'"schema_version":2', b'"schema_version":1').replace(b',"label_ts":104.5', b"")
+    assert b"label_ts" not in raw and b'"schema_version":1' in raw
+    old = decode_event(raw, ErrorRecord)
+    assert (old.schema_version, old.ts, old.label_ts) == (1, 100.0, None)

@@ -210,12 +210,17 @@ def test_snapshot_restore_mid_stream_is_exact_and_skips_duplicates(draw, cut, re
 
 
 def test_error_memory_gets_every_record_at_once():
-    r = replica()
+    # the errors-fed error memory (memory_topic=False): producers that write no memory batches
+    r = ErrorsReplica(Recording(), SchemaCore(CFG), Limits(), WorkerTelemetry(), memory_topic=False)
     batch = polls(LOGS, [(0, 20)])[0]
     r.apply_batch(batch)
     assert len(r.compensation.seen) == sum(len(m) for m in batch.values())
     assert r.schema_core.records_in < len(r.compensation.seen)  # the cache waits for the slowest
     assert r.schema_core.records_in + r.reorder.held == len(r.compensation.seen)
+    fed_by_memory = replica()  # the default: the error memory reads the memory topic instead
+    assert fed_by_memory.apply_batch(batch) == 0 and fed_by_memory.compensation.seen == []
+
+
 
 
 def test_snapshot_without_the_buffer_still_restores(tmp_path):
