@@ -60,16 +60,19 @@ def fuzz_run(broker, small_model, tmp_path_factory) -> dict[str, Any]:
 def test_strategies_cover_every_category_and_fate() -> None:
     """The draw is diverse (not the simplest example repeated) and its expectations hold
     without a broker: every expected static dead letter is one for ``decode_event``."""
+    import hypothesis.strategies as st
+
     from ops.chaos import traffic
 
     limits = Limits(max_event_bytes=200_000)
-    planned = materialize(draw(hostile_event(Context(traffic(SIM, 60), limits, {"v2": "a" * 64})), 300, seed=3),
-                          limits)
+    ctx = Context(traffic(SIM, 60), limits, {"v2": "a" * 64})
+    chunks = draw(st.lists(hostile_event(ctx), min_size=10, max_size=10), 30, seed=3)  # as bench/fuzz.plan
+    planned = materialize([h for c in chunks for h in c], limits)
     cats = Counter(p.category.split(":")[0] for p in planned)
-    assert len(cats) >= len(CATEGORIES) - 4, cats  # weights are uneven; 300 draws still hit nearly all
+    assert len(cats) >= len(CATEGORIES) - 6, cats  # weights are uneven; 300 draws still hit nearly all
     fates = Counter(p.expect for p in planned)
     assert {"dead_letter", "accepted", "refused"} <= set(fates), fates
-    assert len({p.value for p in planned}) > 250  # not one event repeated
+    assert len({p.value for p in planned}) > len(planned) // 2  # not one event repeated (small pools do repeat)
     for p in planned:
         if p.expect == "dead_letter" and p.reason is not None:
             assert static_reason(p.topic, p.value, limits) is not None
