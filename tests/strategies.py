@@ -169,8 +169,9 @@ def hostile_id(max_size: int = 40) -> st.SearchStrategy[str]:
 class Hostile:
     """One drawn hostile message, before :func:`materialize`.
 
-    Either ``obj`` (JSON builtins, encoded at materialization after its request id is made
-    unique) or ``raw`` (bytes as sent; None = a tombstone) is set.
+    Either ``obj`` (JSON builtins, encoded at materialization by ``render``, plain JSON by
+    default, after its request id is made unique: drawn nonces do repeat) or ``raw`` (bytes
+    as sent; None = a tombstone) is set.
     """
 
     topic: str
@@ -179,6 +180,7 @@ class Hostile:
     obj: dict[str, Any] | None = None
     raw: bytes | None = None
     key: bytes | None = b"hx"
+    render: Callable[[dict[str, Any]], bytes] | None = None  # obj -> bytes, when not plain JSON
     pipeline_dl: bool = False  # a dead letter the static oracle cannot see (request id reused)
     duplicate: bool = False  # a byte-identical copy of a valid event
     either: bool = False  # a dead letter or accepted, depending on what the partition has read
@@ -372,7 +374,7 @@ def _build(ctx: Context, k: int, cat: str) -> st.SearchStrategy[Hostile]:
     if cat in ("nested_deep", "nested_moderate"):
         depth = st.integers(1000, 50_000) if cat == "nested_deep" else st.integers(1, 200)
         return on_base(lambda t, obj: st.tuples(depth, st.sampled_from(["array", "object"])).map(
-            lambda dk: H(t, raw=_with_extra(obj, _nested(*dk)), key=_key(obj))))
+            lambda dk: H(t, obj=obj, render=lambda o: _with_extra(o, _nested(*dk)), key=_key(obj))))
     if cat == "invalid_utf8":
         bad = st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf0\x28\x8c\x28", b"\x80", b"\xc0\xaf"])
         return on_base(lambda t, obj: bad.map(lambda b: H(t, raw=_json({**obj, "user_id": "hxMARK"}).replace(
@@ -431,10 +433,12 @@ def _build(ctx: Context, k: int, cat: str) -> st.SearchStrategy[Hostile]:
             lambda n: maxed(obj, n)))
     if cat in ("near_limit", "oversize"):
         def sized(t: str, obj: dict[str, Any], gap: int) -> Hostile:
-            body = _with_extra(obj, b'""')
-            pad = lim.max_event_bytes - len(body) - gap if cat == "near_limit" else \
-                lim.max_event_bytes - len(body) + gap
-            return H(t, raw=_with_extra(obj, _json("p" * max(0, pad))), key=_key(obj))
+            def render(o: dict[str, Any]) -> bytes:
+                body = _with_extra(o, b'""')
+                pad = lim.max_event_bytes - len(body) - gap if cat == "near_limit" else \
+                    lim.max_event_bytes - len(body) + gap
+                return _with_extra(o, _json("p" * max(0, pad)))
+            return H(t, obj=obj, render=render, key=_key(obj))
         gaps = st.integers(0, 64) if cat == "near_limit" else st.sampled_from([1, 1000, 1_100_000])
         return on_base(lambda t, obj: gaps.map(lambda g: sized(t, obj, g)))
     if cat == "too_many_candidates":
@@ -573,7 +577,7 @@ def materialize(drawn: Sequence[Hostile], limits: Limits) -> list[Planned]:
     they are sent (by position in the valid log, then draw order)."""
     out: list[Planned] = []
     for n, h in enumerate(drawn):
-        raw = _json(_unique(h.obj, n)) if h.obj is not None else h.raw
+        raw = (h.render or _json)(_unique(h.obj, n)) if h.obj is not None else h.raw
         if h.topic == "models":
             out.append(Planned(h.topic, h.category, h.after, h.key, raw, "refused"))
             continue
