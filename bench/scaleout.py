@@ -216,8 +216,14 @@ def capacity(n_requests: int, trials: int, write_rates: list[float]) -> dict[str
     sc = schema_cost(max(1000, n_requests // 2))
     print(f"schema cache: {sc:.3f} CPU-s per 1,000 errors records (the elected worker)", flush=True)
     table = capacity_table(own, row_cost, sc, write_rates)
+    # the one distilling worker reads every error record of the cluster: past this many
+    # requests/s (its whole core) the schema cache falls behind, whatever the cluster size
+    schema_limit = {cand: 1000 / (sc * cand) for cand in own}
+    print("schema cache keeps up to " + ", ".join(f"{r:,.0f} req/s at {c} candidates" for c, r in schema_limit.items()),
+          flush=True)
     return {"own_cpu_s_per_1000_requests": own, "replica_cpu_s_per_1000_rows": row_cost,
             "replica_rows_per_cpu_s": rows_per_s, "schema_cache_cpu_s_per_1000_errors": sc,
+            "schema_cache_limit_requests_per_s": schema_limit,
             "memory_batches": len(batches), "table": table}
 
 

@@ -2,8 +2,9 @@
 
 ``show`` reads the ``dlq`` topic from the beginning and prints each letter's source
 (topic/partition/offset), reason and a preview of the original bytes. ``replay`` produces the
-original bytes back to their source topics (optionally only one topic), e.g. after a producer
-or a limit was fixed; an event that is still invalid simply becomes a new dead letter.
+original bytes back to their source topics, e.g. after a producer or a limit was fixed; an
+event that is still invalid simply becomes a new dead letter. ``--topic T`` (a catalog name)
+limits both to the letters from topic ``T``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ async def read_dead_letters(settings: Settings, idle_s: float = 1.0) -> list[Dea
     """Every dead letter on the ``dlq`` topic, oldest first (stops after ``idle_s`` of silence)."""
     name = topic_name(settings.kafka, "dlq")
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False)
-    await c.start()
     try:
+        await c.start()  # inside the try: a failed start is stopped too (no "Unclosed" warning)
         parts = c.partitions_for_topic(name)
         if not parts:
             await c._client.force_metadata_update()  # noqa: SLF001
@@ -49,6 +50,22 @@ async def read_dead_letters(settings: Settings, idle_s: float = 1.0) -> list[Dea
         await c.stop()
 
 
+def only_from(letters: list[DeadLetter], settings: Settings, topic: str | None) -> list[DeadLetter]:
+    """The letters whose source is catalog topic ``topic`` (all when None).
+
+    Raises:
+        ValueError: ``topic`` is not a catalog topic name.
+    """
+    if topic is None:
+        return letters
+    from streams.topics import TOPICS
+
+    if topic not in TOPICS:
+        raise ValueError(f"unknown topic {topic!r} (catalog topics: {', '.join(TOPICS)})")
+    name = topic_name(settings.kafka, topic)
+    return [dl for dl in letters if dl.source_topic == name]
+
+
 def format_letters(letters: list[DeadLetter], limit: int) -> str:
     """One line per letter (the newest ``limit``): source, reason, original preview."""
     lines = []
@@ -61,14 +78,17 @@ def format_letters(letters: list[DeadLetter], limit: int) -> str:
 
 
 async def redrive(settings: Settings, letters: list[DeadLetter], only_topic: str | None = None) -> int:
-    """Produce the letters' original bytes back to their source topics; returns how many."""
+    """Produce the letters' original bytes back to their source topics; returns how many.
+
+    Raises:
+        ValueError: ``only_topic`` is not a catalog topic name.
+    """
+    letters = only_from(letters, settings, only_topic)
     p = make_producer(settings.kafka)
-    await p.start()
     n = 0
     try:
+        await p.start()
         for dl in letters:
-            if only_topic is not None and dl.source_topic != topic_name(settings.kafka, only_topic):
-                continue
             await p.send_and_wait(dl.source_topic, original_bytes(dl), key=dl.key.encode() if dl.key else None)
             n += 1
     finally:

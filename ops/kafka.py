@@ -64,9 +64,9 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
 async def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
     """Create the catalog's topics (idempotent); returns the names that were created."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
     created: list[str] = []
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [NewTopic(name=t.full_name(settings.topic_prefix), num_partitions=t.partitions,
                         replication_factor=1, topic_configs=t.config())

@@ -5,7 +5,9 @@
     reloop models promote VERSION            verify, make current, announce on ``models``
     reloop models rollback                   promote the current version's parent (or the newest
                                              older loadable version) and announce it
-    reloop train                             the trainer process (see :mod:`ops.trainer`)
+    reloop train                             the trainer process (see ops/trainer.py)
+    reloop train --from-log LOG              cold start: train v1 from a recorded log, register and
+                                             announce it (see ops/cold_start.py), then exit
 
 ``ops/cli.py`` registers these with :func:`add_models_commands` and :func:`add_train_command`;
 ``python -m ops.models_cli ...`` runs them standalone. The registry is
@@ -18,27 +20,26 @@ start). ``--no-announce`` skips the announcement on purpose.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
-from dataclasses import asdict
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import msgspec
-
-from models.bundle import CorruptModelError
-from models.registry import ModelRegistry, VersionInfo
-from ops.settings import Settings, load_settings
+if TYPE_CHECKING:  # imported inside the commands: torch is too slow for `reloop --help`
+    from models.registry import ModelRegistry, VersionInfo
+    from ops.settings import Settings
 
 __all__ = ["add_models_commands", "add_train_command", "run", "main"]
 
 log = logging.getLogger("reloop.models_cli")
 
-SettingsFromArgs = Callable[[argparse.Namespace], Settings]
+SettingsFromArgs = Callable[[argparse.Namespace], "Settings"]
+ParserHook = Callable[[argparse.ArgumentParser], None]
 
 
 def _default_settings(args: argparse.Namespace) -> Settings:
+    from ops.settings import load_settings
+
     s = load_settings(getattr(args, "config", None))
     over: dict[str, dict[str, Any]] = {}
     if getattr(args, "broker", None):
@@ -49,6 +50,7 @@ def _default_settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(settings: Settings) -> ModelRegistry:
+    from models.registry import ModelRegistry
     from ops.trainer import registry_root
 
     return ModelRegistry(registry_root(settings))
@@ -82,6 +84,10 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    import msgspec
+
     infos = _registry(settings).list_versions(verify=args.verify)
     if args.json:
         print(msgspec.json.encode([asdict(i) for i in infos]).decode())
@@ -99,7 +105,17 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    info = _registry(settings).info(args.version, verify=True)
+    from dataclasses import asdict
+
+    import msgspec
+
+    registry = _registry(settings)
+    if not registry.path(args.version).exists():
+        known = ", ".join(i.version for i in registry.list_versions()) or "none"
+        print(f"reloop models show: {args.version} is not registered in {registry.root} (registered: {known})",
+              file=sys.stderr)
+        return 1
+    info = registry.info(args.version, verify=True)
     print(msgspec.json.format(msgspec.json.encode(asdict(info)), indent=2).decode())
     return 0 if info.status == "ok" else 1
 
@@ -126,6 +142,8 @@ def _promoted(args: argparse.Namespace, settings: Settings, registry: ModelRegis
         print(f"{version} is current; NOT announced: no broker configured (use --broker kafka://host:port); "
               "workers load it when they restart", file=sys.stderr)
     else:
+        import asyncio
+
         topic = asyncio.run(_announce(settings, registry, version))
         print(f"{version} is current and announced on {topic}")
     return 0
@@ -146,6 +164,8 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_log:
+        return cmd_cold_start(args, settings)
     from ops.trainer import run_trainer
 
     if settings.kafka.broker == "embedded":
@@ -154,13 +174,34 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return run_trainer(settings, progress=False if args.no_progress else None)
 
 
+def cmd_cold_start(args: argparse.Namespace, settings: Settings) -> int:
+    """``reloop train --from-log LOG``: the first model of an empty registry (ops/cold_start.py)."""
+    from ops.cold_start import cold_start
+
+    announce = not args.no_announce and settings.kafka.broker != "embedded"
+    result = cold_start(settings, args.from_log, args.format, min_auc=args.min_auc, announce_it=announce)
+    what = (f"trained {result.version} on {result.rows} labelled interaction(s) of {args.from_log}"
+            f" ({result.invalid_lines} invalid line(s) skipped), registered it as current"
+            if result.trained else f"the registry already serves {result.version}; nothing trained")
+    if result.announced_on:
+        print(f"{what}; announced on {result.announced_on}")
+    elif args.no_announce:
+        print(f"{what}; not announced (--no-announce)")
+    else:
+        print(f"{what}; NOT announced: no broker configured (use --broker kafka://host:port); "
+              "workers load it when they start")
+    return 0
+
+
 def _wrap(fn: Callable[[argparse.Namespace, Settings], int],
           settings_from_args: SettingsFromArgs) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from models.bundle import CorruptModelError
+
         try:
             return fn(args, settings_from_args(args))
         except (CorruptModelError, FileNotFoundError, ValueError) as exc:
-            print(f"reloop {args.command}: {exc}", file=sys.stderr)
+            print(f"reloop {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2
     return run
 
@@ -170,38 +211,58 @@ def _location_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="kafka://host:port[,host:port] for announcements (default: settings)")
 
 
-def add_models_commands(subparsers: Any, settings_from_args: SettingsFromArgs | None = None) -> None:
-    """Register ``models list|show|promote|rollback`` on ``subparsers`` (from ``add_subparsers``)."""
+def add_models_commands(subparsers: Any, settings_from_args: SettingsFromArgs | None = None,
+                        common_opts: ParserHook | None = None) -> None:
+    """Register ``models list|show|promote|rollback`` on ``subparsers`` (from ``add_subparsers``);
+    ``common_opts`` adds the options every command takes (``--config``, ``--log-level``)."""
     resolve = settings_from_args or _default_settings
-    models = subparsers.add_parser("models", help="model registry: list, show, promote, rollback")
-    sub = models.add_subparsers(dest="models_command", required=True)
+    hook = common_opts or (lambda p: None)
+    models = subparsers.add_parser("models", help="model registry: list, show, promote, rollback",
+                                   description="The model registry in <data_dir>/models.")
+    hook(models)
+    sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="registered versions (* = current)")
+    hook(ls)
     _location_opts(ls)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--verify", action="store_true", help="read and checksum every file")
     ls.set_defaults(func=_wrap(cmd_list, resolve))
     sh = sub.add_parser("show", help="one version's metadata (files verified; exit 1 if corrupt)")
-    sh.add_argument("version")
+    sh.add_argument("version", help="a registered version, e.g. v3")
+    hook(sh)
     _location_opts(sh)
     sh.set_defaults(func=_wrap(cmd_show, resolve))
     pr = sub.add_parser("promote", help="verify VERSION, make it current and announce it")
-    pr.add_argument("version")
+    pr.add_argument("version", help="a registered version, e.g. v3")
+    hook(pr)
     _location_opts(pr)
     pr.add_argument("--no-announce", action="store_true", help="only change CURRENT")
     pr.set_defaults(func=_wrap(cmd_promote, resolve))
     rb = sub.add_parser("rollback", help="promote the current version's parent (or previous) and announce it")
+    hook(rb)
     _location_opts(rb)
     rb.add_argument("--no-announce", action="store_true", help="only change CURRENT")
     rb.set_defaults(func=_wrap(cmd_rollback, resolve))
 
 
-def add_train_command(subparsers: Any, settings_from_args: SettingsFromArgs | None = None) -> None:
-    """Register ``train`` (the trainer process) on ``subparsers``."""
+def add_train_command(subparsers: Any, settings_from_args: SettingsFromArgs | None = None,
+                      common_opts: ParserHook | None = None) -> None:
+    """Register ``train`` (the trainer process, or ``--from-log`` cold start) on ``subparsers``."""
     resolve = settings_from_args or _default_settings
-    tr = subparsers.add_parser("train", help="the trainer: window, drift/schedule retrains, checks, announce")
+    tr = subparsers.add_parser(
+        "train", help="the trainer: window, drift/schedule retrains, checks, announce",
+        description="Run the trainer (one per registry) or, with --from-log, train the first model and exit.")
+    (common_opts or (lambda p: None))(tr)
     _location_opts(tr)
-    tr.add_argument("--web-port", type=int, help=argparse.SUPPRESS)  # accepted for symmetry with worker
     tr.add_argument("--no-progress", action="store_true", help="no live progress view even on a terminal")
+    tr.add_argument("--from-log", metavar="LOG",
+                    help="cold start: train v1 on this recorded log of labelled interactions, register it "
+                         "and announce it, then exit (does nothing if the registry already serves a version)")
+    tr.add_argument("--format", choices=("jsonl", "movielens"), default="jsonl",
+                    help="--from-log: the log's format (default: jsonl)")
+    tr.add_argument("--min-auc", type=float, default=0.5,
+                    help="--from-log: refuse a first model whose holdout AUC is below this (default: 0.5)")
+    tr.add_argument("--no-announce", action="store_true", help="--from-log: register only, announce nothing")
     tr.set_defaults(func=_wrap(cmd_train, resolve))
 
 

@@ -4,16 +4,24 @@ Sources, later wins: built-in defaults < a TOML file (``--config`` or ``RELOOP_C
 environment variables ``RELOOP_<SECTION>__<FIELD>`` (e.g. ``RELOOP_KAFKA__BROKER``,
 ``RELOOP_WORKER__WEB_PORT``). Values from the environment are parsed as TOML scalars, so
 ``RELOOP_ERROR_MEMORY__TABLES=96`` is an int and ``RELOOP_KAFKA__SSL=true`` a bool. Every
-field is type-checked; a wrong type fails at start with the field's path in the message.
+field is type- and range-checked at load; a rejected value raises :class:`SettingsError`
+whose message names where the value came from (the env var, or the file, line and key).
 
->>> s = load_settings(env={"RELOOP_KAFKA__BROKER": "kafka://k1:9092", "RELOOP_LIMITS__MEDIA_DIM": "16"})
->>> s.kafka.broker, s.limits.media_dim
-('kafka://k1:9092', 16)
+>>> s = load_settings(env={"RELOOP_KAFKA__BROKER": "kafka://k1:9092", "RELOOP_ERROR_MEMORY__TABLES": "96"})
+>>> s.kafka.broker, s.error_memory.tables
+('kafka://k1:9092', 96)
+>>> try:
+...     load_settings(env={"RELOOP_WORKER__WEB_PORT": "99999"})
+... except ValueError as exc:
+...     print(exc)
+invalid setting from RELOOP_WORKER__WEB_PORT=99999: web_port must be in 0..65535, got 99999
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -30,6 +38,17 @@ from state.schema_cache import SchemaCacheConfig
 from streams.validation import Limits
 
 ENV_PREFIX = "RELOOP_"
+
+
+class SettingsError(ValueError):
+    """A settings value was rejected; the message names its source (env var or file:line key)."""
+
+
+def _require(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok`` (messages start with the field's name, so
+    :func:`load_settings` can tell which source the value came from)."""
+    if not ok:
+        raise ValueError(message)
 
 
 class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -71,6 +90,12 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     connect_backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
+        host = r"(\[[0-9a-fA-F:.]+\]|[^\s/,:\[\]]+)(:\d{1,5})?"
+        _require(self.broker == "embedded" or re.fullmatch(rf"kafka://{host}(,{host})*", self.broker) is not None,
+                 f"broker must be 'embedded' or kafka://host:port[,host:port], got {self.broker!r}")
+        _require(self.fetch_max_records >= 1, f"fetch_max_records must be >= 1, got {self.fetch_max_records}")
+        _require(self.session_timeout_s > 0 and self.rebalance_timeout_s > 0,
+                 "session_timeout_s and rebalance_timeout_s must be > 0")
         if self.connect_give_up_s < 0:
             raise ValueError(f"kafka.connect_give_up_s must be >= 0, got {self.connect_give_up_s}")
         if not 0 < self.connect_backoff_initial_s <= self.connect_backoff_max_s:
@@ -83,7 +108,19 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     Attributes:
         data_dir: where snapshots, the model registry and reports live.
-        web_port: HTTP port for metrics, health and the status page (0 = pick a free one).
+        web_port: HTTP port for metrics, health and the status page (0 = pick a free one;
+            the worker prints the port it picked).
+        web_bind: the address the web server listens on: ``127.0.0.1`` (loopback only, the
+            default, what ``reloop run`` uses) or ``0.0.0.0`` / ``::`` (every interface: what
+            ``infra/`` sets so probes and Prometheus can reach it).
+        web_token: bearer token for the endpoints that expose a user's data or internals
+            (``/memory/{user}``, ``/state``): with a token they answer only requests carrying
+            ``Authorization: Bearer <token>``; without one they answer loopback clients only
+            (403 to anyone else). ``/health``, ``/ready``, ``/metrics``, ``/status`` and the
+            status page stay open (aggregates, no per-user data). Prefer the env var
+            (``RELOOP_WORKER__WEB_TOKEN``, a k8s Secret) to a file.
+        web_faust_internals: serve Faust's own ``/router/`` and ``/table/`` endpoints (cluster
+            topology, table contents). Off by default; ReLoop does not use them.
         attribution_window_s: event-time seconds after a request during which feedback is
             joined to it; unlabelled impressions become negatives when it closes.
         pending_limit: most pending predictions kept per worker (oldest expire first).
@@ -110,6 +147,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     data_dir: str = "var"
     web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    web_token: str | None = None
+    web_faust_internals: bool = False
     attribution_window_s: float = 60.0
     pending_limit: int = 1_000_000
     snapshot_every_s: float = 10.0
@@ -122,6 +162,23 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rekey_window: int = 20_000
     media_features: bool = True
     schema_cache: bool = True
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.web_port <= 65535, f"web_port must be in 0..65535, got {self.web_port}")
+        try:
+            ipaddress.ip_address(self.web_bind)
+        except ValueError:
+            raise ValueError(f"web_bind must be an IP address (127.0.0.1, 0.0.0.0, ::), got {self.web_bind!r}") from None
+        _require(self.web_token is None or len(self.web_token) >= 8,
+                 "web_token must be at least 8 characters (or unset)")
+        _require(self.attribution_window_s > 0, f"attribution_window_s must be > 0, got {self.attribution_window_s}")
+        _require(self.pending_limit >= 1, f"pending_limit must be >= 1, got {self.pending_limit}")
+        _require(self.snapshot_every_s > 0, f"snapshot_every_s must be > 0, got {self.snapshot_every_s}")
+        _require(self.replica_snapshot_every_s > 0,
+                 f"replica_snapshot_every_s must be > 0, got {self.replica_snapshot_every_s}")
+        _require(self.ort_threads >= 1, f"ort_threads must be >= 1, got {self.ort_threads}")
+        _require(self.metrics_window >= 1, f"metrics_window must be >= 1, got {self.metrics_window}")
+        _require(self.rekey_window >= 0, f"rekey_window must be >= 0, got {self.rekey_window}")
 
 
 class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -138,6 +195,12 @@ class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     batch_size: int = 256
     retrain_every: int = 0
     retrain_window: int = 20_000
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.retrain_every >= 0, f"retrain_every must be >= 0, got {self.retrain_every}")
+        _require(self.retrain_window >= 1, f"retrain_window must be >= 1, got {self.retrain_window}")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -160,11 +223,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(f"media.dim ({self.media.dim}) must equal limits.media_dim ({self.limits.media_dim})")
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Settings":
-        """A copy with some fields replaced, e.g. ``s.with_overrides(kafka={"broker": b})``."""
+        """A copy with some fields replaced, e.g. ``s.with_overrides(kafka={"broker": b})``.
+
+        Raises:
+            SettingsError: a replaced value is rejected (message names ``section.field``).
+        """
         data = msgspec.to_builtins(self)
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)
-        return msgspec.convert(data, Settings)
+        sources = {(sec, f): f"{sec}.{f}={v!r}" for sec, vals in sections.items() for f, v in vals.items()}
+        return _convert(data, sources)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -174,27 +242,92 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _source_of(message: str, sources: Mapping[tuple[str, str], str]) -> tuple[str, str]:
+    """(where the offending value came from, the message without msgspec's ``$.path``)."""
+    m = _AT.match(message)
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (message, "")
+    parts = [p for p in path.split(".") if p]
+    field = None
+    if len(parts) >= 2:
+        section, field = parts[0], parts[1]
+    elif len(parts) == 1:  # a struct's own check: its message starts with the field's name
+        section = parts[0]
+        unknown = re.search(r"unknown field `([^`]+)`", msg)
+        first = unknown.group(1) if unknown else re.split(r"[\s(]", msg.strip(), maxsplit=1)[0]
+        field = first if (section, first) in sources else None
+    else:  # a check across sections names its fields as section.field
+        unknown = re.search(r"unknown field `([^`]+)`", msg)
+        section = unknown.group(1) if unknown else ""
+        named = [v for (sec, f), v in sources.items() if f"{sec}.{f}" in msg]
+        if named and not unknown:
+            return ", ".join(named), msg
+    where = [v for (sec, f), v in sources.items() if sec == section and (field is None or f == field)]
+    name = f"{section}.{field}" if field else section or "settings"
+    if not where:
+        return f"{name} (default)", msg
+    if field is None and len(where) > 1:
+        return f"{name} (one of {', '.join(where)})", msg
+    return where[0], msg if field is None or msg.startswith(field) else f"{field}: {msg}"
+
+
+def _convert(data: dict[str, Any], sources: Mapping[tuple[str, str], str]) -> "Settings":
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        where, msg = _source_of(str(exc), sources)
+        raise SettingsError(f"invalid setting from {where}: {msg}") from None
+
+
+def _toml_sources(path: str | os.PathLike[str], data: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """``(section, field) -> "FILE:LINE [section] field"`` for every key of a settings file."""
+    lines = Path(path).read_text().splitlines()
+    out: dict[tuple[str, str], str] = {}
+    for section, values in data.items():
+        if not isinstance(values, Mapping):
+            out[(section, "")] = f"{path} key {section}"
+            continue
+        header = next((i for i, ln in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(section)}\s*\]", ln)), -1)
+        for field in values:
+            n = next((i for i in range(header + 1, len(lines))
+                      if re.match(rf"\s*{re.escape(field)}\s*=", lines[i])), None)
+            at = f":{n + 1}" if n is not None else ""
+            out[(section, field)] = f"{path}{at} [{section}] {field}"
+    return out
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from defaults, an optional TOML file and the environment.
 
     Raises:
-        ValueError: a field has the wrong type or an unknown name (message names it).
+        SettingsError: (a ``ValueError``) a field has the wrong type, an out-of-range value or
+            an unknown name; the message names the env var, or the file, line and key.
     """
     env = os.environ if env is None else env
     path = path or env.get(f"{ENV_PREFIX}CONFIG")
     data: dict[str, Any] = {}
+    sources: dict[tuple[str, str], str] = {}
     if path:
-        data = tomllib.loads(Path(path).read_text())
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"settings file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+        sources.update(_toml_sources(path, data))
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, field = name[len(ENV_PREFIX):].lower().partition("__")
-        data.setdefault(section, {})[field] = _parse_scalar(value)
-    try:
-        return msgspec.convert(data, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid settings: {exc}") from None
+        section_data = data.setdefault(section, {})
+        if not isinstance(section_data, dict):
+            raise SettingsError(f"invalid setting from {name}: {section} is not a section")
+        section_data[field] = _parse_scalar(value)
+        sources[(section, field)] = f"{name}={value}"
+    return _convert(data, sources)
 
 
 def settings_markdown() -> str:

@@ -19,6 +19,7 @@ import gc
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ops.broker import free_port
 from ops.kafka import client_kwargs, topic_name
 from ops.settings import KafkaSettings, Settings
 from ops.status_page import status_page
+from ops.web_access import DigestCache, SizesCache, advertised_host, status_url, web_access_denied
 from ops.serving import make_compensation
 from processors.feedback import FeedbackCore
 from processors.hot_path import HotPath
@@ -69,15 +71,18 @@ def _counter_totals(telemetry: WorkerTelemetry) -> dict[str, dict[str, float]]:
 def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     """Create the Faust app and its hot-path service for ``settings``."""
     ks = settings.kafka
-    web_port = settings.worker.web_port or free_port()  # 0 = any free port (logged at start)
+    ws = settings.worker
+    web_port = ws.web_port or free_port()  # 0 = any free port (printed at start)
     app = faust.App(
         f"{ks.group_id}-app", broker=ks.broker, store="memory://", web_port=web_port,
-        web_host="127.0.0.1", broker_session_timeout=ks.session_timeout_s,
+        web_bind=ws.web_bind, web_host=advertised_host(ws.web_bind),
+        web_router_enabled=ws.web_faust_internals, web_tables_enabled=ws.web_faust_internals,
+        broker_session_timeout=ks.session_timeout_s,
         broker_rebalance_timeout=ks.rebalance_timeout_s, consumer_auto_offset_reset="earliest",
         producer_acks=-1, topic_allow_declare=False, topic_disable_leader=True,
         broker_credentials=_faust_credentials(settings), datadir=str(Path(settings.worker.data_dir) / "faust"),
     )
-    log.info("web_port", extra={"port": web_port, "status_page": f"http://127.0.0.1:{web_port}/"})
+    log.info("web_port", extra={"port": web_port, "bind": ws.web_bind, "status_page": status_url(ws.web_bind, web_port)})
     telemetry = WorkerTelemetry()
     metrics = OnlineMetrics(window=settings.worker.metrics_window)
     feedback = FeedbackCore(PendingStore(settings.worker.attribution_window_s, settings.worker.pending_limit),
@@ -154,6 +159,8 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
         return web.json({"ready": ok, "model_version": hot.scoring.model_version if hot.scoring else None},
                         status=200 if ok else 503)
 
+    sizes_cache = SizesCache(memory_sizes, max_age_s=10.0)
+
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         summary = hot.tasks.metrics.summary()
@@ -162,22 +169,33 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                 val = summary[f"{m}_{v}"]
                 if math.isfinite(val):
                     telemetry.online.labels(m, v).set(val)
-        for name, size in memory_sizes(hot).items():
+        for name, size in sizes_cache.get(hot).items():
             telemetry.memory_bytes.labels(name).set(size)
         telemetry.pending.set(hot.tasks.pending_count)
         return web.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/memory/{user_id}")
     async def media_memory(web: Any, request: Any, user_id: str) -> Any:
+        """One user's media memory: private (token, or loopback clients when no token is set)."""
+        denied = web_access_denied(ws.web_token, request.remote, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=403)
         if hot.media is None:
             return web.json({"error": "media memory disabled"}, status=404)
         return web.json(hot.media.describe(user_id))
 
+    state_cache = DigestCache()
+
     @app.page("/state")
     async def state_digest(web: Any, request: Any) -> Any:
-        """Fingerprint of the replica (sha256 over the sketch arrays: ~0.2 s at 100 MB)."""
-        return web.json({"errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
-                         "error_memory_digest": hot.compensation.digest()})
+        """Fingerprint of the replica: sha256 over the sketch arrays, computed in a thread
+        (~0.2 s at 100 MB), shared by concurrent callers and cached until the state changes."""
+        denied = web_access_denied(ws.web_token, request.remote, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=403)
+        applied, digest = await state_cache.get(hot)
+        return web.json({"errors_applied": applied["errors"], "memory_applied": applied["memory"],
+                         "error_memory_digest": digest})
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
@@ -314,9 +332,11 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     try:
         loop.run_until_complete(wait_for_broker(settings.kafka))
     except BrokerUnreachable as exc:
-        log.error("broker_give_up", extra={"reason": str(exc)})
+        log.info("broker_give_up", extra={"reason": str(exc)})  # the one-line exit message says it on stderr
         raise SystemExit(f"reloop worker: {exc}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    # KeyboardInterrupt while waiting propagates: `reloop` prints one line and exits 130
+    port = app.conf.web_port  # the port picked when worker.web_port is 0
+    print(f"reloop worker: web on {settings.worker.web_bind}:{port}, status page "
+          f"{status_url(settings.worker.web_bind, port)}", file=sys.stderr, flush=True)
     # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
     Worker(app, loglevel=loglevel, override_logging=False, redirect_stdouts=False).execute_from_commandline()

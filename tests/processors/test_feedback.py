@@ -126,7 +126,7 @@ def test_emitted_records_trail_the_newest_by_less_than_a_window() -> None:
     fc.on_scored([pending("r1", "a", ts=100.0), pending("r1", "b", ts=100.0)])  # resolves at its window end
     fc.on_scored([pending("r2", "a", ts=108.0)])  # one candidate: resolves at its click
     out = fc.on_batch([click("r2", "a", ts=109.0)]) + fc.advance(110.0)
-    assert [(r.error_id, r.ts) for r in out] == [("r2:a", 108.0), ("r1:a", 100.0), ("r1:b", 100.0)]
+    assert [(r.error_id, r.ts) for r in out] == [("2:r2:a", 108.0), ("2:r1:a", 100.0), ("2:r1:b", 100.0)]
     newest = max(r.ts for r in out)
     assert all(0.0 <= newest - r.ts < 10.0 for r in out)
 
