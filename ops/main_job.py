@@ -285,7 +285,11 @@ async def _loop(settings: Settings, opts: MainJobOptions, run: _Run, data: Path,
     print(f"[reloop] worker pid {worker.pid}{' and trainer pid ' + str(run.children['trainer'].pid) if opts.trainer else ''}"
           f"; status page http://127.0.0.1:{web_port}/ (logs in {data})", flush=True)
     await wait_ready(web_port, timeout_s=120.0, proc=worker)
-    result = await drive(settings, sim, n_requests, n_warm, opts.offered_rps, opts.duration_s)
+    result = await while_alive(worker, drive(settings, sim, n_requests, n_warm, opts.offered_rps, opts.duration_s))
+    if result is None:
+        print(f"[reloop] the worker died (exit code {worker.returncode}) while traffic was running; "
+              f"see {data / 'worker.log'}", flush=True)
+        return 1
 
     async def applied() -> Any:
         return (await get_json(web_port, "/status")).get("errors_applied") or {}
@@ -313,6 +317,18 @@ async def _loop(settings: Settings, opts: MainJobOptions, run: _Run, data: Path,
         print(f"[reloop] the worker exited with code {worker.returncode}; see {data / 'worker.log'}", flush=True)
         return 1
     return 0
+
+
+async def while_alive(proc: Any, work: Any, poll_s: float = 0.5) -> Any:
+    """Await ``work`` unless ``proc`` exits first: then cancel it and return None."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        if proc.poll() is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        await asyncio.wait({task}, timeout=poll_s)
+    return task.result()
 
 
 def _version_row(registry: ModelRegistry, version: str) -> dict[str, Any]:

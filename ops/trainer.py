@@ -303,7 +303,7 @@ class Trainer:
             decoded: list[tuple[int, ErrorRecord]] = []
             for m in msgs:
                 try:
-                    decoded.append((m.offset, decode_event(m.value or b"", ErrorRecord)))
+                    decoded.append((m.offset, decode_event(m.value or b"", ErrorRecord, self.settings.limits)))
                 except InvalidEvent as exc:
                     self.invalid += 1
                     log.warning("bad_error_record", extra={"partition": m.partition, "offset": m.offset,

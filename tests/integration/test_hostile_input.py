@@ -88,12 +88,3 @@ def test_hostile_input_interleaved_with_valid_traffic(fuzz_run) -> None:
     assert d["expected"].get("dead_letter", 0) > 500 and d["expected"].get("duplicate", 0) > 0
     assert d["expected"].get("accepted", 0) > 50 and d["expected"].get("refused", 0) > 10
     assert d["dead_letters_total"] >= d["expected"]["dead_letter"]
-
-
-@pytest.mark.xfail(strict=True, reason="a request id reused by the same user with the same items but other "
-                                       "features is dropped as a duplicate (the content digest covers user, "
-                                       "ts and item ids only), not dead-lettered")
-def test_reused_id_with_other_features_is_a_dead_letter(fuzz_run) -> None:
-    gaps = fuzz_run["details"]["known_gaps"].get("reused_id_features", {})
-    assert gaps.get("sent", 0) > 0
-    assert gaps["dead_lettered"] == gaps["sent"], gaps

@@ -131,3 +131,35 @@ def test_run_summary_says_when_a_registered_version_served_nothing() -> None:
     notes = run_summary(report, [], [], "")["notes"]
     assert notes == ["v2 was registered (time) but answered no request before the traffic ended: the retrain "
                      "finished too late in the run"]
+
+
+async def test_the_run_stops_driving_when_its_worker_dies() -> None:
+    """``reloop run`` watches its worker while traffic runs: a worker that exits (here a real
+    child process killed mid-run) cancels the driver at once, and the run exits non-zero."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from ops.main_job import while_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    cancelled = asyncio.Event()
+
+    async def endless_traffic() -> str:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return "never"
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, child.send_signal, signal.SIGKILL)
+    assert await while_alive(child, endless_traffic(), poll_s=0.05) is None
+    assert cancelled.is_set() and child.returncode == -signal.SIGKILL
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert await while_alive(alive, asyncio.sleep(0.01, result="done")) == "done"
+    finally:
+        alive.kill()
+        alive.wait()
