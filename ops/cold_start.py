@@ -80,22 +80,13 @@ def load_training_rows(path: str, fmt: str, settings: Settings) -> tuple[list, i
 
 
 async def announce(settings: Settings, version: str) -> str:
-    """Produce ``version``'s announcement on the compacted ``models`` topic; returns the topic."""
+    """Produce ``version``'s announcement on the compacted ``models`` topic; returns the topic
+    (the same announcement as ``reloop models promote``)."""
     from models.registry import ModelRegistry
-    from ops.kafka import make_producer, topic_name
+    from ops.models_cli import announce_version
     from ops.trainer import registry_root
-    from streams.codec import encode
 
-    registry = ModelRegistry(registry_root(settings))
-    topic = topic_name(settings.kafka, "models")
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, encode(registry.announcement(version)), key=b"current")
-    finally:
-        await producer.stop()
-    log.info("model_announced", extra={"version": version, "topic": topic})
-    return topic
+    return await announce_version(settings, ModelRegistry(registry_root(settings)), version)
 
 
 def cold_start(settings: Settings, path: str, fmt: str = "jsonl", *, min_auc: float = 0.5,

@@ -120,7 +120,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if info.status == "ok" else 1
 
 
-async def _announce(settings: Settings, registry: ModelRegistry, version: str) -> str:
+async def announce_version(settings: Settings, registry: ModelRegistry, version: str) -> str:
+    """Produce ``version``'s announcement on the compacted ``models`` topic; returns the topic."""
     from ops.kafka import make_producer, topic_name
     from streams.codec import encode
 
@@ -144,7 +145,7 @@ def _promoted(args: argparse.Namespace, settings: Settings, registry: ModelRegis
     else:
         import asyncio
 
-        topic = asyncio.run(_announce(settings, registry, version))
+        topic = asyncio.run(announce_version(settings, registry, version))
         print(f"{version} is current and announced on {topic}")
     return 0
 

@@ -67,3 +67,19 @@ async def poll_until(fetch: Callable[[], Any], cond: Callable[[Any], bool], time
             return last
         await asyncio.sleep(0.1)
     raise TimeoutError(f"{what} not met after {timeout_s}s; last: {last}")
+
+
+def log_events(text: str, name: str) -> list[dict]:
+    """The structured (JSON) log records named ``name`` in a worker's log text."""
+    import json
+
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == name:
+                out.append(rec)
+    return out

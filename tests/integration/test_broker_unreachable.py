@@ -7,7 +7,6 @@ started on the port the worker was already pointed at.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -22,22 +21,12 @@ from ops.worker import BrokerUnreachable, wait_for_broker
 from streams.codec import decode_event
 from streams.events import Recommendation, RecommendationRequest
 from tests.conftest import WorkerProcess
-from tests.integration.helpers import consume_until, produce
+from tests.integration.helpers import consume_until, produce, log_events
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def _events(text: str, name: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == name:
-                out.append(rec)
-    return out
+_events = log_events
 
 
 async def _wait_for_log(w: WorkerProcess, event: str, timeout_s: float) -> dict:

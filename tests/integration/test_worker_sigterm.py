@@ -8,7 +8,6 @@ Real processes only: the worker CLI against its own embedded broker (killed in o
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from pathlib import Path
@@ -20,21 +19,12 @@ from ops.broker import EmbeddedBroker
 from ops.kafka import create_topics
 from ops.webclient import wait_ready
 from tests.conftest import WorkerProcess
+from tests.integration.helpers import log_events
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def _events(text: str, name: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == name:
-                out.append(rec)
-    return out
+_events = log_events
 
 
 async def _wait_exit(w: WorkerProcess, timeout_s: float) -> int | None:

@@ -7,7 +7,6 @@ whole process group as a terminal does), with its embedded broker, worker and tr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.integration.helpers import log_events
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -33,18 +33,7 @@ def _wait_for(cond, timeout_s: float, what: str, proc: subprocess.Popen) -> None
 
 
 def _log_events(path: Path, name: str) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == name:
-                out.append(rec)
-    return out
+    return log_events(path.read_text(errors="replace"), name) if path.exists() else []
 
 
 def _gone(pid: int) -> bool:
