@@ -69,6 +69,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import json
     import logging
 
+    import msgspec
+
     from ops.logs import read_log
     from ops.replay import ReplayEngine, write_report
     from ops.serving import compensation_factory
@@ -86,7 +88,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         write_report(rep, args.report)
     keys = ("events", "scored", "invalid_lines", "auc_base", "auc_compensated", "logloss_base",
             "logloss_compensated", "events_per_s")
-    print(json.dumps({k: rep[k] for k in keys}, indent=2))
+    clean = msgspec.json.decode(msgspec.json.encode({k: rep[k] for k in keys}))  # NaN -> null: valid JSON
+    print(json.dumps(clean, indent=2))
     return 0
 
 

@@ -81,6 +81,22 @@ def fit_initial_model(warm: Sequence[Interaction], settings: Settings, version: 
                      train_config=settings.train, version=version)
 
 
+def check_labelled(loaded: LoadedLog, interactions: Sequence[Interaction]) -> None:
+    """Refuse a log replay cannot score: fewer than 2 interactions, or labels of one kind only
+    (e.g. a log of clicks without their impressions: AUC and calibration need both).
+
+    Raises:
+        ValueError: naming the log, what it holds and how to get a labelled one.
+    """
+    positives = sum(it.label for it in interactions)
+    if len(interactions) >= 2 and 0 < positives < len(interactions):
+        return
+    what = (f"{len(interactions)} interaction(s), {positives} positive and {len(interactions) - positives} "
+            f"negative, and {len(loaded.invalid)} line(s) that are not valid interactions or media events")
+    raise ValueError(f"log {loaded.source!r} has {what}: replay needs labelled interactions of both kinds "
+                     "(every impression with label 0 or 1, e.g. `reloop simulate --labelled`)")
+
+
 class ReplayEngine:
     """Runs the prequential protocol above over a loaded log.
 
@@ -107,8 +123,7 @@ class ReplayEngine:
         has_media = any(isinstance(e, MediaEvent) for e in loaded.events)
         media = MediaCore(self.settings.media) if self.settings.worker.media_features and has_media else None
         interactions = annotate_log(media, loaded.events) if media is not None else loaded.interactions
-        if len(interactions) < 2:
-            raise ValueError(f"log {loaded.source!r} has {len(interactions)} valid interactions; need >= 2")
+        check_labelled(loaded, interactions)
         warm, rest = split_warmup(interactions, cfg.warmup)
         t_fit = time.perf_counter()
         cache = model_cache if model_cache is not None else {}

@@ -43,6 +43,9 @@ def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     (d / "bad.toml").write_text("[worker]\nweb_port = 1\n\n[error_memory]\nlam = -2\n")
     (d / "unlabelled.jsonl").write_text('{"type": "request", "nonsense": 1}\n' * 3)
+    (d / "clicks.jsonl").write_text("".join(  # clicks without their impressions: one label only
+        f'{{"type": "interaction", "user_id": "u{i}", "item_id": "i{i}", "ts": {1.7e9 + i}, "label": 1}}\n'
+        for i in range(50)))
     return d
 
 
@@ -59,6 +62,8 @@ CASES = [
     ("memory-rejects-broker", ["memory", "show", "u1", "--broker", CLOSED], {}, 2, "unrecognized arguments"),
     ("train-from-unlabelled-log", ["train", "--from-log", "{d}/unlabelled.jsonl", "--data-dir", "{d}"], {}, 2,
      "labelled interaction"),
+    ("replay-clicks-only-log", ["replay", "{d}/clicks.jsonl", "--format", "jsonl"], {}, 2,
+     "replay needs labelled interactions of both kinds"),
     ("no-command", [], {}, 2, "COMMAND"),
 ]
 
