@@ -233,8 +233,10 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
             self._resend = []
         log.info("inputs_consuming", extra={"group": self.group_id})
         while not self.should_stop:
+            t_fetch = time.perf_counter()
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
+                self.telemetry.stage_seconds.labels("fetch").observe(time.perf_counter() - t_fetch)
                 await self.process_inputs(batch)
                 self._update_lag(batch)
             if self.checkpoint is not None and not self._checkpoint_busy and \
@@ -256,6 +258,8 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         """Run one polled batch through the cores, journal it, produce outputs, commit offsets."""
         assert self.scoring is not None and self.producer is not None and self.consumer is not None
         t0 = time.perf_counter()
+        clock = self.telemetry.stages()
+        clock.observe("queueing", time.time() - min(msgs[0].timestamp for msgs in batch.values()) / 1000.0)
         self._swap_if_due()
         outputs: list[Output] = []
         guard = self.guard
@@ -264,6 +268,9 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                                            for tp, msgs in batch.items() for m in msgs)
             guard.begin({(tp.topic, tp.partition): (msgs[0].offset, msgs[-1].offset) for tp, msgs in batch.items()})
         inputs = self._admit(batch, outputs)
+        clock.lap("decode")
+        timings = self.scoring.timings
+        timings["model"] = timings["compensation"] = 0.0
         cores = (self.scoring, self.tasks, self.media)
         if guard is not None and isolate:
             log.warning("batch_isolated_after_crashes", extra={"records": len(inputs)})
@@ -278,6 +285,9 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                 recs, errors, deltas, per_part = run_one_by_one(inputs, *cores, self._reject(outputs), self._mark)
         if guard is not None:
             guard.end()
+        for stage in ("model", "compensation"):
+            clock.observe(stage, timings[stage])
+        clock.lap("cores")  # media + model + compensation + feedback
         for part, part_errors in per_part:
             outputs += self._memory_outputs(part, part_errors)
         out_recs, out_err = self.topics["recommendations"], self.topics["errors"]
@@ -290,16 +300,19 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                 [x.raw for x in inputs if x.logical == "media"],
                 [x.raw for x in inputs if x.logical == "requests"] if self.media is not None else [],
                 deltas, outputs))
+        clock.lap("journal")
         for tp, o in offsets.items():
             self.positions[(tp.topic, tp.partition)] = o
         self._inflight = outputs
         await self._produce(outputs)
+        clock.lap("produce")
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
             # the group moved on while we were cut off: the outputs are produced and journaled,
             # so the partition's next owner can at most produce them again (at-least-once)
             log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
+        clock.lap("commit")
         self._inflight = []
         if guard is not None and guard.active:
             guard.settle(self.positions)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import time
+
 import msgspec
 import numpy as np
 
@@ -48,6 +50,9 @@ class ScoringCore:
         self.schemas = schemas
         self.scorer = scorer
         self.encoder = FeatureEncoder(scorer.spec)
+        #: seconds spent since the shell last reset it: ``model`` (features + onnxruntime),
+        #: ``compensation`` (error memory + schemata); read by the shell's stage histograms
+        self.timings: dict[str, float] = {"model": 0.0, "compensation": 0.0}
 
     @property
     def model_version(self) -> str:
@@ -64,9 +69,14 @@ class ScoringCore:
 
         Returns (base (n,) float64, compensated :class:`Compensated`, hidden (n, H) float32).
         """
+        t0 = time.perf_counter()
         tokens, dense = self.encoder.encode(rows)
         base, hidden = self.scorer.score(tokens, dense)
-        return base, self.compensation.compensate(base, hidden, now), hidden
+        t1 = time.perf_counter()
+        comp = self.compensation.compensate(base, hidden, now)
+        self.timings["model"] += t1 - t0
+        self.timings["compensation"] += time.perf_counter() - t1
+        return base, comp, hidden
 
     def apply_schemas(self, rows: Sequence[tuple[str, str, dict]], version: str, scores: np.ndarray,
                       evidence: np.ndarray, codes: np.ndarray) -> tuple[list[list[str]], np.ndarray]:
@@ -120,7 +130,9 @@ class ScoringCore:
         base, comp, _ = self.score_rows(rows, now)
         scores, evidence, codes = comp
         version = self.scorer.version
+        t0 = time.perf_counter()
         matched, scores = self.apply_schemas(rows, version, scores, evidence, codes)
+        self.timings["compensation"] += time.perf_counter() - t0
         base_l, score_l, ev_l = base.tolist(), scores.tolist(), evidence.tolist()
         codes_l = packed_rows(codes)
         recs: list[Recommendation] = []

@@ -105,6 +105,10 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
         assert pending == sum(len(r.candidates) for r in lates)  # only the late requests' windows are open
         # pending predictions are counted in the memory gauge: a few hundred bytes each at least
         assert sizes["pending"] >= 200 * pending, sizes
+        # every stage of the input batches is timed (issue 14: latency measured per stage)
+        stages = {m: float(v) for m, v in re.findall(r'reloop_stage_seconds_count\{stage="(\w+)"\} (\S+)', prom)}
+        assert {s: n > 0 for s, n in stages.items()} == dict.fromkeys(
+            ["fetch", "queueing", "decode", "model", "compensation", "cores", "journal", "produce", "commit"], True), stages
 
         # 3. malformed events on every input topic -> dlq with reason and offset; valid ones flow
         good = Simulator(SimConfig(seed=13, n_users=300, n_items=200, start_ts=last.ts + 10))
