@@ -79,7 +79,7 @@ from ops.main_job import collect_latencies  # noqa: E402
 from ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
 from ops.settings import Settings  # noqa: E402
 from streams.codec import decode_event, encode  # noqa: E402
-from streams.events import Interaction, RecommendationRequest  # noqa: E402
+from streams.events import Interaction, MediaEvent, RecommendationRequest  # noqa: E402
 
 KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction}
 TAKE = 5000  # records per getmany of the raw baseline (the worker's fetch_max_records)
@@ -245,19 +245,44 @@ async def scoring_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tup
 
 
 async def latency_run(settings: Settings, fitted: Any, live: list[RecommendationRequest], rps: float,
-                      tmp: Path) -> dict[str, float]:
-    """Latency of a fresh worker (no backlog) offered ``live`` at ``rps`` requests/s."""
+                      tmp: Path, feedback: list[Any] | None = None) -> dict[str, Any]:
+    """Latency of a fresh worker (no backlog) offered ``live`` at ``rps`` requests/s, with the
+    simulator's clicks and media events for them (``feedback``) sent alongside (mixed load);
+    adds the worker's per-stage seconds (``reloop_stage_seconds``) over the run."""
+    from ops.webclient import get_text
+
     c = await assigned_consumer(settings, ["recommendations"], fetch_max_wait_ms=10)
     await c.seek_to_beginning()  # fresh topics: nothing before our requests
     try:
-        async with running_worker(settings, fitted, tmp):
-            return await latency(settings, c, live, rps)
+        async with running_worker(settings, fitted, tmp) as w:
+            res: dict[str, Any] = dict(await latency(settings, c, live, rps, feedback or []))
+            res["stages"] = stage_breakdown(await get_text(w.port, "/metrics"))
+            return res
     finally:
         await c.stop()
 
 
+def stage_breakdown(prom: str) -> dict[str, dict[str, float]]:
+    """Per stage of ``reloop_stage_seconds``: batches, mean ms and an upper bound of the p99
+    (the histogram bucket it falls in), from a Prometheus text scrape."""
+    import re
+
+    counts = {m: float(v) for m, v in re.findall(r'reloop_stage_seconds_count\{stage="(\w+)"\} (\S+)', prom)}
+    sums = {m: float(v) for m, v in re.findall(r'reloop_stage_seconds_sum\{stage="(\w+)"\} (\S+)', prom)}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for le, m, v in re.findall(r'reloop_stage_seconds_bucket\{le="([^"]+)",stage="(\w+)"\} (\S+)', prom):
+        buckets.setdefault(m, []).append((float(le), float(v)))
+    out = {}
+    for m, n in counts.items():
+        if not n:
+            continue
+        p99 = next((le for le, v in sorted(buckets.get(m, [])) if v >= 0.99 * n), float("inf"))
+        out[m] = {"batches": n, "mean_ms": 1000 * sums[m] / n, "p99_ms_at_most": 1000 * p99}
+    return out
+
+
 async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[RecommendationRequest],
-                  rps: float) -> dict[str, float]:
+                  rps: float, feedback: list[Any] = ()) -> dict[str, float]:
     """Send ``live`` at ``rps`` while ``c`` reads the recommendations; send-to-read latency.
 
     The clock starts once a warm-up request is answered: ``/ready`` turns true before the
@@ -280,11 +305,18 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
     collector = asyncio.create_task(collect_latencies(
         c, sent_at, sending_done, lambda v: _rid_decoder.decode(v).request_id, lat, poll_ms=50))
     t0 = time.perf_counter()
+    others = sorted(feedback, key=lambda e: e.ts)  # clicks and media, sent once their time has come
+    j = 0
     for i, r in enumerate(live):
         if (delay := t0 + i / rps - time.perf_counter()) > 0:
             await asyncio.sleep(delay)  # pacing the offered load
         sent_at[r.request_id] = time.perf_counter()
         await p.send(topic, encode(r), key=r.user_id.encode())
+        while j < len(others) and others[j].ts <= r.ts:
+            e = others[j]
+            await p.send(topic_name(settings.kafka, "media" if isinstance(e, MediaEvent) else "interactions"),
+                         encode(e), key=e.user_id.encode())
+            j += 1
     await p.flush()
     sending_done.set()
     await collector
@@ -328,13 +360,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                            ("interactions", encode(as_feedback(it, len(warm) + j)), key)]
         n_lat = int(args.rate * args.duration)
         sim = Simulator(SimConfig(seed=5, candidates_per_request=args.candidates))
-        reqs = [e for e in sim.events(args.requests + n_lat) if isinstance(e, RecommendationRequest)]
+        sim_events = list(sim.events(args.requests + n_lat))
+        reqs = [e for e in sim_events if isinstance(e, RecommendationRequest)]
         sc_records = [("requests", encode(r), r.user_id.encode()) for r in reqs[:args.requests]]
         lat_reqs = [msgspec.structs.replace(r, candidates=r.candidates[:args.latency_candidates])
                     for r in reqs[args.requests:]]
+        lat_items = {(r.request_id, c.item_id) for r in lat_reqs for c in r.candidates}
+        lat_feedback = ([e for e in sim_events if (isinstance(e, Interaction) and (e.request_id, e.item_id) in lat_items)
+                         or (isinstance(e, MediaEvent) and e.ts >= lat_reqs[0].ts)]
+                        if args.mixed else [])
         sizes = {"feedback": statistics.mean(len(v) for _, v, _ in fb_records),
                  "scoring": statistics.mean(len(v) for _, v, _ in sc_records)}
         trials: list[dict[str, float]] = []
+        stages: list[dict[str, dict[str, float]]] = []  # per trial: the latency worker's stage times
         paths = set(args.paths.split(","))
         for t in range(args.trials):
             res: dict[str, float] = {}
@@ -376,9 +414,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if "latency" in paths:
                 la = trial_settings(base, tmp, f"t{t}l")
                 await create_topics(la.kafka)
-                lat = await latency_run(la, fitted, lat_reqs, args.rate, tmp)
+                lat = await latency_run(la, fitted, lat_reqs, args.rate, tmp, lat_feedback)
                 res.update(latency_p50_ms=lat["latency_p50_ms"], latency_p99_ms=lat["latency_p99_ms"],
                            latency_unanswered=lat["unanswered"])
+                stages.append(lat["stages"])
             trials.append(res)
             print(f"[trial {t + 1}/{args.trials}] " + ", ".join(f"{k} {v:,.1f}" for k, v in res.items()), flush=True)
         med = {k: statistics.median(tr[k] for tr in trials) for k in trials[0]}
@@ -391,10 +430,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "feedback": "one-candidate request + its interaction (2 records) -> recommendation + error "
                             "record -> errors replica -> error memory + schema cache",
                 "scoring": f"request with {args.candidates} candidates -> recommendation",
-                "latency": f"{args.rate:g} req/s x {args.latency_candidates} candidates for {args.duration:g} s, "
-                           "send -> recommendation read back",
+                "latency": f"{args.rate:g} req/s x {args.latency_candidates} candidates for {args.duration:g} s"
+                           f"{' with their clicks and media' if args.mixed else ''}, send -> recommendation read back",
             },
-            "median": med, "trials": trials,
+            "median": med, "trials": trials, "latency_stages": stages,
             "ratios": {f"{p}{c}": {"worker_over_raw": med[f"worker_{p}{c}"] / med[f"raw_{p}{c}"],
                                    "worker_over_faust": med[f"worker_{p}{c}"] / med[f"faust_{p}{c}"],
                                    "faust_over_raw": med[f"faust_{p}{c}"] / med[f"raw_{p}{c}"],
@@ -438,6 +477,9 @@ def print_table(out: dict[str, Any]) -> None:
     if "latency_p50_ms" in med:
         print(f"end-to-end latency at {out['paths']['latency']}: p50 {med['latency_p50_ms']:.1f} ms, "
               f"p99 {med['latency_p99_ms']:.1f} ms")
+        for t, st in enumerate(out.get("latency_stages", [])):
+            print(f"  worker stages, trial {t + 1} (mean ms / p99 at most ms per input batch): " + ", ".join(
+                f"{k} {v['mean_ms']:.2f}/{v['p99_ms_at_most']:g}" for k, v in st.items()))
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -449,6 +491,8 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=100.0, help="latency: offered requests/s")
     ap.add_argument("--latency-candidates", type=int, default=20, help="latency: candidates per request")
     ap.add_argument("--duration", type=float, default=20.0, help="latency: seconds of offered load")
+    ap.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=True,
+                    help="latency: send the requests' clicks and media alongside them (feedback flowing)")
     ap.add_argument("--paths", default="feedback,scoring,latency",
                     help="comma-separated subset of feedback,scoring,latency to run")
     a = ap.parse_args()
