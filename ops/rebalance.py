@@ -39,7 +39,7 @@ from ops.settings import Settings
 from ops.simulator import SimConfig
 from ops.webclient import wait_ready
 from ops.worker_process import WorkerProcess
-from processors.changelog import key_partition, restore
+from processors.changelog import restore
 from processors.metrics import OnlineMetrics
 from processors.tasks import FeedbackTasks
 from state.snapshots import read_npz
@@ -188,13 +188,24 @@ def _restores(workdir: Path) -> list[dict[str, Any]]:
 
 async def changelog_tasks(settings: Settings, window_s: float) -> FeedbackTasks:
     """Every user partition's task rebuilt from the ``changelog`` topic (as a new owner would)."""
-    by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
-    for m in await read_topic(settings, "changelog"):
-        by_part.setdefault(key_partition(m.key), []).append((m.key, m.value))
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ops.kafka import client_kwargs, topic_name
+    from processors.hot_state import changelog_read, changelog_tail
+
     tasks = FeedbackTasks(window_s, 1_000_000, OnlineMetrics())
-    for p, records in sorted(by_part.items()):
-        r = restore(p, records, window_s, 1_000_000)
-        tasks.install(p, r.core, r.meta.max_ts if r.meta else {}, r.meta.seq if r.meta else 0)
+    c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    try:
+        for p in range(USER_PARTITIONS):
+            tp = TopicPartition(topic_name(settings.kafka, "changelog"), p)
+            end, _ = await changelog_tail(c, tp)
+            r = restore(p, await changelog_read(c, tp, end) if end else [], window_s, 1_000_000)
+            if r.records:
+                tasks.install(p, r.core, r.meta.max_ts if r.meta else {}, r.meta.seq if r.meta else 0)
+    finally:
+        await c.stop()
     return tasks
 
 
