@@ -139,15 +139,17 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
                     raise TimeoutError(f"step {i}: {target} requests not answered")
                 await asyncio.sleep(0.05)
             result.details.setdefault("step_times", []).append(time.time())
+            # a static member that rejoins waits on some brokers until its old session expires
+            ready_s = 120.0 + 2 * b.kafka.session_timeout_s
             if step.action == "add":
-                await wait_ready(start(step.worker).port, 120.0, members[step.worker].proc)
+                await wait_ready(start(step.worker).port, ready_s, members[step.worker].proc)
             elif step.action == "stop":
                 members.pop(step.worker).stop(signal.SIGTERM)
             elif step.action == "kill":
                 members.pop(step.worker).stop(signal.SIGKILL)
             elif step.action in ("restart", "roll"):
                 members.pop(step.worker).stop(signal.SIGKILL if step.action == "restart" else signal.SIGTERM)
-                await wait_ready(start(step.worker).port, 120.0, members[step.worker].proc)
+                await wait_ready(start(step.worker).port, ready_s, members[step.worker].proc)
             answered = await _answered(b)
         await produce_log(b, events[cuts[-2]:] if k else events)
         await _wait_done(a, wa, n_req, n_err, timeout_s)
@@ -157,6 +159,7 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
         code_a = wa.stop()
         codes = [w.stop() for w in members.values()]
     result.checks["clean_stop"] = code_a == 0 and all(c == 0 for c in codes)
+    result.details["exit_codes"] = [code_a, *codes]
     await compare_group(a, b, reqs, result, identical_copies)
     return result
 

@@ -79,6 +79,7 @@ async def test_rolling_restart_with_static_membership_moves_nothing(kafka_settin
     ``kafka.group_instance_id`` within the session timeout: the group does not rebalance, so the
     other worker keeps its partitions untouched and nothing is restored from the changelog."""
     a, b = _settings(kafka_settings, tmp_path, small_model)
+    b = b.with_overrides(kafka={"session_timeout_s": 60.0})  # the trial waits for rejoins accordingly
     env = {**group_env(), "RELOOP_KAFKA__SESSION_TIMEOUT_S": "60", "RELOOP_KAFKA__REBALANCE_TIMEOUT_S": "20"}
     result = await run_group_trial(a, b, 23, tmp_path, env, sim_config=SimConfig(seed=7, n_users=300, n_items=200),
                                    initial=2, script=[Step("roll", 0, 0.4), Step("roll", 1, 0.4)],
@@ -92,5 +93,8 @@ async def test_rolling_restart_with_static_membership_moves_nothing(kafka_settin
     assert before[0] and before[1] and not set(before[0]) & set(before[1])
     for i, p in enumerate(logs):
         after = _events(p, "inputs_assigned", first_roll)
-        assert [e["partitions"] for e in after] == [before[i]], (i, after)  # its own restart only, same partitions
+        # every assignment after the first restart gives each worker its own partitions back
+        # (the embedded broker still rebalances when a static member rejoins: docs/guarantees.md)
+        assert after and all(e["partitions"] == before[i] for e in after), (i, after)
         assert not _events(p, "changelog_restored", first_roll)
+        assert len(_events(p, "changelog_local_kept", first_roll)) >= 2
