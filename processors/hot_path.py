@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -50,13 +49,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 
 from models.scorer import OnnxScorer
 from processors.admission import DUPLICATE, Admission
-from processors.changelog import key_partition
 from processors.checkpoint import InputCheckpoint
 from processors.compensation import Compensation, NoCompensation
 from processors.crash_guard import CrashGuard, fault_point
 from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
-from processors.hot_state import HotPathState, SeekToCheckpoint
+from processors.hot_state import HotPathState, SeekToCheckpoint, writer_id
 from processors.journal import JournalEntry
 from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
@@ -160,7 +158,7 @@ class HotPath(HotPathState, mode.Service):
         self._partitioner = KeyPartitioner()
         self.batch_lock = asyncio.Lock()  # a revocation waits for the batch in flight
         self.generation = 0  # assignments so far: a batch polled under an older one is dropped
-        self.writer_id = _writer_id(snapshot_path.parent if snapshot_path is not None else None)
+        self.writer_id = writer_id(snapshot_path.parent if snapshot_path is not None else None)
         self.restore_log: list[dict[str, Any]] = []  # partitions rebuilt from the changelog
 
     # ---- model ---------------------------------------------------------------------------
@@ -404,30 +402,6 @@ class HotPath(HotPathState, mode.Service):
                                              self._partitioner),
                              self.produce_changelog([o for o in outputs if o[0] == changelog]))
 
-    async def resend_for(self, kept: dict[int, bool]) -> None:
-        """Re-send the outputs of the last journaled batch (maybe cut off mid-produce) that
-        belong to the user partitions whose local state was kept; the others' next owner
-        produces them from its own state."""
-        if not self._resend:
-            return
-        n = len(self.consumer.partitions_for_topic(self.topics["requests"]) or ()) if self.consumer else 0
-        parts = list(range(n or max(kept, default=0) + 1))
-        by_topic = {v: k for k, v in self.topics.items()}
-
-        def partition(o: Any) -> int:
-            logical, key = by_topic.get(o[0]), o[1]
-            if logical == "changelog":
-                return key_partition(key)
-            if logical == "memory":
-                return int(key)
-            return -1 if key is None else self._partitioner.partition(key, parts)
-
-        out = [o for o in self._resend if kept.get(partition(o), partition(o) == -1)]
-        self._resend = []
-        if out:
-            await self._produce(out)
-        log.info("outputs_resent", extra={"count": len(out)})
-
     def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
         self.telemetry.dead_letters.labels(logical).inc()
         log.warning("dead_letter", extra={"topic": msg.topic, "partition": msg.partition,
@@ -541,20 +515,6 @@ class HotPath(HotPathState, mode.Service):
     @property
     def duplicates_skipped(self) -> int:
         return self.replica.duplicates_skipped
-
-
-def _writer_id(directory: Path | None) -> str:
-    """This worker's changelog writer id: kept in its data dir (so a restart on the same volume
-    recognises its own records), random without one."""
-    if directory is None:
-        return uuid.uuid4().hex
-    path = directory / "writer_id"
-    if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(uuid.uuid4().hex)
-        tmp.replace(path)
-    return path.read_text().strip()
 
 
 def _outbox_key(topic: str, msg: Any) -> bytes | None:

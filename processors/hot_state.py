@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from state.snapshots import write_npz_atomic
 
 log = logging.getLogger("reloop.hot_path")
 
-__all__ = ["HotPathState", "SeekToCheckpoint"]
+__all__ = ["HotPathState", "SeekToCheckpoint", "changelog_read", "changelog_tail", "writer_id"]
 
 
 class HotPathState:
@@ -58,6 +59,8 @@ class HotPathState:
     changelog_consumer: Any
     producer: AIOKafkaProducer | None
     restore_log: list[dict[str, Any]]
+    _partitioner: Any
+    _produce: Any  # HotPath._produce: outputs -> awaitable
 
     def collect_snapshot(self, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
         """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
@@ -196,6 +199,30 @@ class HotPathState:
                                                   "offsets": r.meta.offsets if r.meta else {}})
         return kept
 
+    async def resend_for(self, kept: dict[int, bool]) -> None:
+        """Re-send the outputs of the last journaled batch (maybe cut off mid-produce) that
+        belong to the user partitions whose local state was kept; the others' next owner
+        produces them from its own state."""
+        if not self._resend:
+            return
+        n = len(self.consumer.partitions_for_topic(self.topics["requests"]) or ()) if self.consumer else 0
+        parts = list(range(n or max(kept, default=0) + 1))
+        by_topic = {v: k for k, v in self.topics.items()}
+
+        def partition(o: Any) -> int:
+            logical, key = by_topic.get(o[0]), o[1]
+            if logical == "changelog":
+                return key_partition(key)
+            if logical == "memory":
+                return int(key)
+            return -1 if key is None else self._partitioner.partition(key, parts)
+
+        out = [o for o in self._resend if kept.get(partition(o), partition(o) == -1)]
+        self._resend = []
+        if out:
+            await self._produce(out)
+        log.info("outputs_resent", extra={"count": len(out)})
+
     def _local_is_current(self, p: int, meta: Meta | None) -> bool:
         """Whether this worker's local state of ``p`` is what the changelog holds (or one
         journaled batch newer: its records are in the outputs re-sent on assignment)."""
@@ -213,6 +240,20 @@ class HotPathState:
 
 
 _USER_TOPICS = ("requests", "interactions", "media")
+
+
+def writer_id(directory: Path | None) -> str:
+    """This worker's changelog writer id: kept in its data dir (so a restart on the same volume
+    recognises its own records), random without one."""
+    if directory is None:
+        return uuid.uuid4().hex
+    path = directory / "writer_id"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(uuid.uuid4().hex)
+        tmp.replace(path)
+    return path.read_text().strip()
 
 
 async def changelog_tail(c: Any, tp: TopicPartition, timeout_s: float = 60.0) -> tuple[int, Any]:
