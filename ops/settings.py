@@ -64,6 +64,9 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         sasl_username / sasl_password: SASL credentials (prefer env vars for the password).
         ssl_cafile / ssl_certfile / ssl_keyfile: PEM paths for TLS.
         session_timeout_s / rebalance_timeout_s: group membership timeouts, seconds.
+        group_instance_id: static membership id of this worker in the group (e.g. the pod
+            name); a worker that restarts under the same id within ``session_timeout_s`` gets its
+            partitions back without a rebalance. Empty = dynamic membership.
         fetch_max_records: most records per ``getmany`` call of the hot consumers.
         connect_give_up_s: ``reloop worker`` waits this long (seconds) at start for the broker
             to answer metadata and have the catalog's topics, retrying with backoff, then exits
@@ -84,6 +87,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ssl_keyfile: str | None = None
     session_timeout_s: float = 6.0
     rebalance_timeout_s: float = 6.0
+    group_instance_id: str = ""
     fetch_max_records: int = 5000
     connect_give_up_s: float = 60.0
     connect_backoff_initial_s: float = 0.25

@@ -96,6 +96,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   fetch_max_records=ks.fetch_max_records,
                   session_timeout_ms=int(ks.session_timeout_s * 1000),
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
+                  group_instance_id=ks.group_instance_id or None,
                   snapshot_path=Path(settings.worker.data_dir) / "snapshots" / "error_memory.npz",
                   snapshot_every_s=settings.worker.snapshot_every_s,
                   replica_snapshot_every_s=settings.worker.replica_snapshot_every_s,

@@ -23,6 +23,7 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
+from processors.changelog import decode_meta, key_partition
 from processors.journal import InputJournal, JournalEntry
 from processors.media import MediaCore
 from processors.outputs import Output
@@ -136,7 +137,7 @@ class InputCheckpoint:
                 snap["position_topics"].tolist(), snap["position_partitions"].tolist(),
                 snap["position_offsets"].tolist())}
             out.resend = [tuple(o) for o in msgspec.msgpack.decode(snap["resend"].tobytes(),  # type: ignore[misc]
-                                                                   type=list[tuple[str, bytes | None, bytes]])]
+                                                                   type=list[tuple[str, bytes | None, bytes | None]])]
             first_seq = int(snap["journal_seq"])
         for _, entry in self.journal.entries(first_seq):
             self.apply(entry, out)
@@ -158,3 +159,6 @@ class InputCheckpoint:
                              d.digests)
         for topic, partition, offset in entry.offsets:
             into.positions[(topic, partition)] = offset
+        for _, key, value in entry.outputs:  # the batch's changelog metas: its sequence numbers
+            if key is not None and key.endswith(b"/meta") and (meta := decode_meta(value)) is not None:
+                into.tasks.changelog_seq[key_partition(key)] = meta.seq

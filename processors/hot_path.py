@@ -15,8 +15,10 @@ Per polled batch, in this order (the rule the replay engine shares):
    partition; if it raises, the same step runs record by record and the record that raises
    becomes a dead letter (poison-pill rule); a record that crashes the process itself again
    and again is skipped by :class:`~processors.crash_guard.CrashGuard`;
-3. the batch is journaled (write-ahead: inputs, pending predictions, outputs), its outputs are
-   produced and flushed, then its input offsets are committed (at-least-once).
+3. what the batch changed in each partition's state becomes ``changelog`` records
+   (:mod:`processors.changelog`); the batch is journaled (write-ahead: inputs, pending
+   predictions, outputs, changelog records), its outputs are produced and flushed, then its
+   input offsets are committed (at-least-once).
 
 Error-memory writes also go out as binary ``memory`` batches (one per scored batch and input
 partition, :mod:`streams.memory_batch`), which every worker reads back into its error-memory
@@ -26,8 +28,10 @@ redelivered record a no-op, and filters of recent error / batch ids drop the cop
 worker produced twice.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
-(:mod:`processors.checkpoint`), seeking each input partition to the offset its state includes;
-the replica side from its snapshot and the ``errors`` offsets in it.
+(:mod:`processors.checkpoint`); on assignment each partition's state is kept if it is what the
+changelog holds, else rebuilt from the changelog (:mod:`processors.hot_state`), and each input
+partition is sought to the offset its state includes; the replica side restarts from its
+snapshot and the ``errors`` offsets in it.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from processors.crash_guard import CrashGuard, fault_point
 from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
 from processors.hot_replica import HotPathReplica
-from processors.hot_state import HotPathState, SeekToCheckpoint
+from processors.hot_state import HotPathState, SeekToCheckpoint, writer_id
 from processors.journal import JournalEntry
 from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
@@ -112,7 +116,7 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                  replica_snapshot_every_s: float = 60.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
-                 **kwargs: Any) -> None:
+                 group_instance_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -124,6 +128,7 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         self.telemetry = telemetry
         self.fetch_max_records = fetch_max_records
         self.session_timeout_ms = session_timeout_ms
+        self.group_instance_id = group_instance_id or None  # static membership (None: dynamic)
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
@@ -151,7 +156,12 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.errors_consumer: AIOKafkaConsumer | None = None
+        self.changelog_consumer: AIOKafkaConsumer | None = None
         self._partitioner = KeyPartitioner()
+        self.batch_lock = asyncio.Lock()  # a revocation waits for the batch in flight
+        self.generation = 0  # assignments so far: a batch polled under an older one is dropped
+        self.writer_id = writer_id(snapshot_path.parent if snapshot_path is not None else None)
+        self.restore_log: list[dict[str, Any]] = []  # partitions rebuilt from the changelog
 
     # ---- model ---------------------------------------------------------------------------
     def install_model(self, scorer: OnnxScorer) -> None:
@@ -161,6 +171,7 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
             if self.snapshot_path is not None:
                 self._recover_inputs()
                 self.replica.restore(self.snapshot_path, scorer, self.compensation_factory)
+            self.tasks.enable_tracking()  # the changelog writes what each batch changed
             self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
@@ -203,12 +214,16 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                 parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
             self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
         self.errors_consumer.assign(self._replica_parts["memory"])
+        self.changelog_consumer = AIOKafkaConsumer(**self.client, group_id=None, enable_auto_commit=False,
+                                                   auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                                   fetch_max_wait_ms=10)
+        await self.changelog_consumer.start()
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
             self.save_checkpoint()
             self.save_snapshot()
-        for c in (self.consumer, self.errors_consumer):
+        for c in (self.consumer, self.errors_consumer, self.changelog_consumer):
             if c is not None:
                 await c.stop()
         if self.producer is not None:
@@ -222,22 +237,22 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
             **self.client, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
+            group_instance_id=self.group_instance_id,
             session_timeout_ms=self.session_timeout_ms, rebalance_timeout_ms=self.rebalance_timeout_ms,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
             fetch_max_wait_ms=10)  # the broker's default wait (500 ms) added ~0.1 s of latency
         await self.consumer.start()
+        # the last journaled batch may have been cut off mid-produce: its outputs are re-sent on
+        # assignment, for the partitions whose local state is kept (SeekToCheckpoint)
         self.consumer.subscribe([self.topics[t] for t in _INPUT_KINDS], listener=SeekToCheckpoint(self))
-        if self._resend:  # the last journaled batch may have been cut off mid-produce
-            await self._produce(self._resend)
-            log.info("outputs_resent", extra={"count": len(self._resend)})
-            self._resend = []
-        log.info("inputs_consuming", extra={"group": self.group_id})
+        log.info("inputs_consuming", extra={"group": self.group_id, "instance": self.group_instance_id})
         while not self.should_stop:
+            generation = self.generation
             t_fetch = time.perf_counter()
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
             if batch:
                 self.telemetry.stage_seconds.labels("fetch").observe(time.perf_counter() - t_fetch)
-                await self.process_inputs(batch)
+                await self.process_inputs(batch, generation)
                 self._update_lag(batch)
             if self.checkpoint is not None and not self._checkpoint_busy and \
                     time.monotonic() - self._last_checkpoint >= self.snapshot_every_s:
@@ -254,9 +269,42 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         for name, n in lag.items():
             self.telemetry.consumer_lag.labels(name).set(n)
 
-    async def process_inputs(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Run one polled batch through the cores, journal it, produce outputs, commit offsets."""
-        assert self.scoring is not None and self.producer is not None and self.consumer is not None
+    async def process_inputs(self, batch: dict[TopicPartition, list[Any]], generation: int | None = None) -> None:
+        """Run one polled batch through the cores, journal it, produce outputs, commit offsets.
+
+        ``generation``: :attr:`generation` when the batch was polled; a batch polled before a
+        rebalance is dropped (the rebalance placed every partition where its state ends, so
+        its records are fetched again by whoever owns them now)."""
+        assert self.consumer is not None
+        async with self.batch_lock:
+            if generation is not None and generation != self.generation:
+                # fetch its records again from where this worker's state of them ends
+                owned = self.consumer.assignment()
+                for tp, msgs in batch.items():
+                    if tp in owned:
+                        self.consumer.seek(tp, self.positions.get((tp.topic, tp.partition), msgs[0].offset))
+                log.info("batch_dropped_after_rebalance", extra={"records": sum(len(m) for m in batch.values())})
+                return
+            owned = self.consumer.assignment()
+            batch = {tp: msgs for tp, msgs in batch.items() if tp in owned}
+            if not batch:
+                return
+            offsets = await self._process_locked(batch)
+        t_commit = time.perf_counter()
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+            # the group moved on while we were cut off: the outputs are produced and journaled,
+            # so the partition's next owner can at most produce them again (at-least-once)
+            log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
+        self.telemetry.stage_seconds.labels("commit").observe(time.perf_counter() - t_commit)
+        self._inflight = []
+        if self.guard is not None and self.guard.active:
+            self.guard.settle(self.positions)
+
+    async def _process_locked(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
+        """The batch up to its produce (under :attr:`batch_lock`); returns the offsets to commit."""
+        assert self.scoring is not None and self.producer is not None
         t0 = time.perf_counter()
         clock = self.telemetry.stages()
         clock.observe("queueing", time.time() - min(msgs[0].timestamp for msgs in batch.values()) / 1000.0)
@@ -294,6 +342,9 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         outputs += [(out_recs, rec.user_id.encode(), encode(rec)) for rec in recs]
         outputs += [(out_err, err.user_id.encode(), encode(err)) for err in errors]
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        for tp, o in offsets.items():
+            self.positions[(tp.topic, tp.partition)] = o
+        outputs += self.changelog_outputs({tp.partition for tp in batch})
         if self.checkpoint is not None:  # write-ahead: before any output leaves
             self.checkpoint.journal.append(JournalEntry(
                 [(tp.topic, tp.partition, o) for tp, o in offsets.items()],
@@ -301,25 +352,14 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
                 [x.raw for x in inputs if x.logical == "requests"] if self.media is not None else [],
                 deltas, outputs))
         clock.lap("journal")
-        for tp, o in offsets.items():
-            self.positions[(tp.topic, tp.partition)] = o
         self._inflight = outputs
         await self._produce(outputs)
         clock.lap("produce")
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-            # the group moved on while we were cut off: the outputs are produced and journaled,
-            # so the partition's next owner can at most produce them again (at-least-once)
-            log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
-        clock.lap("commit")
-        self._inflight = []
-        if guard is not None and guard.active:
-            guard.settle(self.positions)
         self.telemetry.events_out.labels("recommendations").inc(len(recs))
         self.telemetry.events_out.labels("errors").inc(len(errors))
         self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
+        return offsets
 
     def _reject(self, outputs: list[Output]) -> Callable[[Admitted, str], None]:
         return lambda one, reason: outputs.append(self._dead_letter(one.msg, one.logical, reason))
@@ -374,10 +414,14 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         key = str(part).encode()
         return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
 
-    async def _produce(self, outputs: Sequence[Output]) -> None:
-        """Produce ``outputs`` and wait until every one is acknowledged."""
+    async def _produce(self, outputs: Sequence[Any]) -> None:
+        """Produce ``outputs`` and wait until every one is acknowledged (changelog records to
+        the partition their key names, the others by key)."""
         assert self.producer is not None
-        await produce_batched(self.producer, outputs, self._partitioner)
+        changelog = self.topics["changelog"]
+        await asyncio.gather(produce_batched(self.producer, [o for o in outputs if o[0] != changelog],
+                                             self._partitioner),
+                             self.produce_changelog([o for o in outputs if o[0] == changelog]))
 
     def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
         self.telemetry.dead_letters.labels(logical).inc()

@@ -1,5 +1,16 @@
-"""The hot path's state side: checkpoints, replica snapshots, recovery, and where each input
-partition starts when the group assigns it (see :mod:`processors.hot_path`, docs/guarantees.md).
+"""The hot path's state side: checkpoints, replica snapshots, recovery, the changelog, and where
+each input partition starts when the group assigns it (see :mod:`processors.hot_path`,
+docs/guarantees.md).
+
+On assignment of user partition p (:class:`SeekToCheckpoint`; aiokafka awaits it before it
+fetches): the last record of changelog partition p says who wrote p's state last and up to which
+input offsets (:class:`processors.changelog.Meta`). If this worker wrote it and its local state
+(checkpoint + journal) is that state, or one batch newer (the batch was journaled but cut off
+mid-produce: its outputs, changelog records included, are re-sent now), the local state is kept
+(fast path). Otherwise the partition is rebuilt from its changelog, from the beginning to the end
+offset, and the input partitions are sought to the offsets the rebuilt state includes. Partitions
+no longer assigned are dropped. On revocation the batch in flight finishes first (its changelog
+records acknowledged), so the next owner reads them.
 
 A mixin of :class:`processors.hot_path.HotPath`: plain methods on its attributes (``tasks``,
 ``media``, ``positions``, ``checkpoint``, ``replica``, ``snapshot_path``), kept apart so the
@@ -11,18 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from processors.changelog import META, Meta, changed_records, decode_meta, key_partition, meta_record, \
+    repair_records, restore
 from processors.replica import write_files
 from state.snapshots import write_npz_atomic
 
 log = logging.getLogger("reloop.hot_path")
 
-__all__ = ["HotPathState", "SeekToCheckpoint"]
+__all__ = ["HotPathState", "SeekToCheckpoint", "changelog_read", "changelog_tail", "writer_id"]
 
 
 class HotPathState:
@@ -39,6 +53,14 @@ class HotPathState:
     _resend: list[Any]
     _checkpoint_busy: bool
     _last_checkpoint: float
+    topics: dict[str, str]
+    writer_id: str
+    consumer: Any
+    changelog_consumer: Any
+    producer: AIOKafkaProducer | None
+    restore_log: list[dict[str, Any]]
+    _partitioner: Any
+    _produce: Any  # HotPath._produce: outputs -> awaitable
 
     def collect_snapshot(self, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
         """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
@@ -87,6 +109,191 @@ class HotPathState:
         self.checkpoint.journal.close()
 
 
+    # ---- changelog -----------------------------------------------------------------------------
+    def changelog_outputs(self, partitions: Any) -> list[tuple[str, bytes, bytes | None]]:
+        """The changelog records of what this batch changed in ``partitions`` (and in any task
+        the worker-wide pending limit touched), each partition's ``meta`` last."""
+        topic = self.topics["changelog"]
+        parts = set(partitions) | {p for p, c in self.tasks.tasks.items()
+                                   if c.pending.dirty is not None and (c.pending.dirty.requests or
+                                                                       c.pending.dirty.resolved or
+                                                                       c.pending.dirty.orphans)}
+        out = []
+        for p in sorted(parts):
+            out += [(topic, k, v) for k, v in changed_records(self.tasks, p, self._offsets_of(p), self.writer_id)]
+        return out
+
+    def _offsets_of(self, partition: int) -> dict[str, int]:
+        """logical input topic -> next offset of ``partition`` that the state includes."""
+        return {logical: self.positions[(self.topics[logical], partition)] for logical in _USER_TOPICS
+                if (self.topics[logical], partition) in self.positions}
+
+    async def produce_changelog(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Produce changelog records each to the partition its key names, in order; wait for acks."""
+        assert self.producer is not None
+        by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for _, k, v in records:
+            by_part.setdefault(key_partition(k), []).append((k, v))
+        futs = []
+        for p, items in by_part.items():
+            batch = self.producer.create_batch()
+            for k, v in items:
+                if batch.append(key=k, value=v, timestamp=None) is None:
+                    batch.close()
+                    futs.append(await self.producer.send_batch(batch, self.topics["changelog"], partition=p))
+                    batch = self.producer.create_batch()
+                    if batch.append(key=k, value=v, timestamp=None) is None:
+                        futs.append(await self.producer.send(self.topics["changelog"], v, key=k, partition=p))
+                        batch = self.producer.create_batch()
+            if batch.record_count():
+                batch.close()
+                futs.append(await self.producer.send_batch(batch, self.topics["changelog"], partition=p))
+        if futs:
+            await asyncio.gather(*futs)
+
+    async def _changelog_tail(self, tp: TopicPartition) -> tuple[int, Any]:
+        return await changelog_tail(self.changelog_consumer, tp)
+
+    async def _changelog_read(self, tp: TopicPartition, end: int) -> list[tuple[bytes, bytes | None]]:
+        return await changelog_read(self.changelog_consumer, tp, end)
+
+    async def restore_partitions(self, parts: list[int]) -> dict[int, bool]:
+        """Make the state of each assigned user partition current (module doc); returns
+        partition -> True where the local state was kept."""
+        kept: dict[int, bool] = {}
+        for p in parts:
+            t0 = time.perf_counter()
+            tp = TopicPartition(self.topics["changelog"], p)
+            end, last = await self._changelog_tail(tp)
+            if end == 0:  # nothing written yet: local state, if any, is all there is
+                kept[p] = True
+                continue
+            meta = decode_meta(last.value) if last.key.endswith(f"/{META}".encode()) else None
+            records = None
+            if meta is None:  # a batch cut off after some of its records: find the last meta
+                records = await self._changelog_read(tp, end)
+                meta = restore(p, records, self.tasks.window_s, self.tasks.limit).meta
+            if self._local_is_current(p, meta):
+                kept[p] = True
+                log.info("changelog_local_kept", extra={"partition": p, "seq": meta.seq if meta else None})
+                continue
+            if records is None:
+                records = await self._changelog_read(tp, end)
+            r = restore(p, records, self.tasks.window_s, self.tasks.limit)
+            self.tasks.install(p, r.core, r.meta.max_ts if r.meta else {}, r.meta.seq if r.meta else 0)
+            for logical in _USER_TOPICS:
+                self.positions.pop((self.topics[logical], p), None)
+            for logical, off in (r.meta.offsets if r.meta else {}).items():
+                self.positions[(self.topics[logical], p)] = off
+            if r.tail_keys:  # the cut-off batch's keys, re-written from the restored state
+                fix = [(self.topics["changelog"], k, v) for k, v in repair_records(p, r.core.pending, r.tail_keys)]
+                k, v = meta_record(self.tasks, p, self._offsets_of(p), self.writer_id)
+                await self.produce_changelog(fix + [(self.topics["changelog"], k, v)])
+            kept[p] = False
+            seconds = time.perf_counter() - t0
+            self.restore_log.append({"partition": p, "records": r.records, "bytes": r.nbytes, "seconds": seconds,
+                                     "pending": len(r.core.pending), "t_assigned": time.time() - seconds})
+            log.info("changelog_restored", extra={"partition": p, "records": r.records, "bytes": r.nbytes,
+                                                  "pending": len(r.core.pending), "seconds": round(seconds, 4),
+                                                  "repaired": len(r.tail_keys),
+                                                  "offsets": r.meta.offsets if r.meta else {}})
+        return kept
+
+    async def resend_for(self, kept: dict[int, bool]) -> None:
+        """Re-send the outputs of the last journaled batch (maybe cut off mid-produce) that
+        belong to the user partitions whose local state was kept; the others' next owner
+        produces them from its own state."""
+        if not self._resend:
+            return
+        n = len(self.consumer.partitions_for_topic(self.topics["requests"]) or ()) if self.consumer else 0
+        parts = list(range(n or max(kept, default=0) + 1))
+        by_topic = {v: k for k, v in self.topics.items()}
+
+        def partition(o: Any) -> int:
+            logical, key = by_topic.get(o[0]), o[1]
+            if logical == "changelog":
+                return key_partition(key)
+            if logical == "memory":
+                return int(key)
+            return -1 if key is None else self._partitioner.partition(key, parts)
+
+        out = [o for o in self._resend if kept.get(partition(o), partition(o) == -1)]
+        self._resend = []
+        if out:
+            await self._produce(out)
+        log.info("outputs_resent", extra={"count": len(out)})
+
+    def _local_is_current(self, p: int, meta: Meta | None) -> bool:
+        """Whether this worker's local state of ``p`` is what the changelog holds (or one
+        journaled batch newer: its records are in the outputs re-sent on assignment)."""
+        seq = self.tasks.changelog_seq.get(p)
+        if meta is None:
+            return p in self.tasks.tasks
+        return meta.writer == self.writer_id and seq is not None and meta.seq in (seq, seq - 1)
+
+    def drop_partitions(self, keep: set[int]) -> None:
+        """Forget the input-side state of user partitions not in ``keep``."""
+        for p in [p for p in self.tasks.tasks if p not in keep]:
+            self.tasks.drop(p)
+        for key in [k for k in self.positions if k[1] not in keep]:
+            del self.positions[key]
+
+
+_USER_TOPICS = ("requests", "interactions", "media")
+
+
+def writer_id(directory: Path | None) -> str:
+    """This worker's changelog writer id: kept in its data dir (so a restart on the same volume
+    recognises its own records), random without one."""
+    if directory is None:
+        return uuid.uuid4().hex
+    path = directory / "writer_id"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(uuid.uuid4().hex)
+        tmp.replace(path)
+    return path.read_text().strip()
+
+
+async def changelog_tail(c: Any, tp: TopicPartition, timeout_s: float = 60.0) -> tuple[int, Any]:
+    """(end offset, last record or None) of one changelog partition, read with consumer ``c``.
+
+    The end is the high watermark of a fetch, not the ListOffsets answer: the embedded broker
+    (Tansu) answers ListOffsets(latest) with the base offset of the last record *batch* + 1
+    (measured: 460 for a partition whose fetches report 498), which would cut a restore short."""
+    c.assign([tp])
+    listed = (await c.end_offsets([tp]))[tp]
+    if listed == 0:
+        return 0, None
+    c.seek(tp, listed - 1)
+    last = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msgs = (await c.getmany(tp, timeout_ms=200, max_records=50_000)).get(tp, [])
+        if msgs:
+            last = msgs[-1]
+        hw = c.highwater(tp)
+        if last is not None and hw is not None and last.offset + 1 >= hw:
+            return hw, last
+    raise TimeoutError(f"changelog {tp}: last record not read")
+
+
+async def changelog_read(c: Any, tp: TopicPartition, end: int, timeout_s: float = 300.0) -> list[tuple[bytes, bytes | None]]:
+    """Every record of one changelog partition up to ``end`` (exclusive), in log order."""
+    c.assign([tp])
+    await c.seek_to_beginning(tp)
+    out: list[tuple[bytes, bytes | None]] = []
+    deadline = time.monotonic() + timeout_s
+    while await c.position(tp) < end:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"changelog {tp}: read {len(out)} records, not up to {end}")
+        for m in (await c.getmany(tp, timeout_ms=200, max_records=50_000)).get(tp, []):
+            if m.offset < end:
+                out.append((m.key, m.value))
+    return out
+
+
 class SeekToCheckpoint(ConsumerRebalanceListener):
     """On assignment, start each input partition where the recovered state ends (the group's
     committed offset can be behind it: the journal is written before the commit)."""
@@ -95,11 +302,19 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
         self.hot = hot
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        async with self.hot.batch_lock:  # the batch in flight finishes: its changelog is acknowledged
+            pass
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         consumer = self.hot.consumer
         assert consumer is not None
+        requests = self.hot.topics["requests"]
+        parts = sorted({tp.partition for tp in assigned if tp.topic == requests})
+        async with self.hot.batch_lock:
+            self.hot.generation += 1
+            self.hot.drop_partitions(set(parts))
+            kept = await self.hot.restore_partitions(parts)
+            await self.hot.resend_for(kept)
         for tp in assigned:
             pos = self.hot.positions.get((tp.topic, tp.partition))
             if pos is not None:

@@ -57,7 +57,8 @@ class JournalEntry(msgspec.Struct, array_like=True, gc=False):
     media: list[bytes]  # raw values of the valid media events, in the order applied
     requests: list[bytes]  # raw values of the valid requests, in the order scored
     tasks: list[TaskDelta]  # in the order applied (ascending partition)
-    outputs: list[tuple[str, bytes | None, bytes]]  # (topic, key, value) produced by the batch
+    # (topic, key, value) produced by the batch; value None: a changelog tombstone
+    outputs: list[tuple[str, bytes | None, bytes | None]]
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -87,6 +87,8 @@ class PendingStore:
         self._deadlines: list[tuple[float, int, str]] = []  # (time, kind 0=req 1=orphan 2=forget, id)
         self._size = 0
         self.watermark = 0.0
+        # keys changed since the last :meth:`take_dirty` (for the changelog; None = not tracked)
+        self.dirty: _Dirty | None = None
 
     def __len__(self) -> int:
         """Number of pending (not yet resolved) predictions."""
@@ -105,6 +107,8 @@ class PendingStore:
         """Keep the content digest of a scored request (:func:`request_digest`) for as long as
         its id is known (pending, then one window after it resolved)."""
         self._digests.setdefault(request_id, digest)
+        if self.dirty is not None:
+            self.dirty.requests.add(request_id)
 
     def digest_of(self, request_id: str) -> int | None:
         """The digest a request id was first scored with, or None if the id is not known."""
@@ -141,6 +145,8 @@ class PendingStore:
         if p.item_id not in req.items:
             self._size += 1
         req.items[p.item_id] = p
+        if self.dirty is not None:
+            self.dirty.requests.add(p.request_id)
 
     def label(self, request_id: str, item_id: str, label: int, ts: float) -> tuple[str, list[Resolved]]:
         """Record a label. Returns (status, resolved) where status is ``joined``,
@@ -159,6 +165,8 @@ class PendingStore:
         if item_id in req.labels:
             return "duplicate", []
         req.labels[item_id] = (label, ts)
+        if self.dirty is not None:
+            self.dirty.requests.add(request_id)
         if len(req.labels) == len(req.items):
             return "joined", self._resolve(request_id)
         return "joined", []
@@ -166,6 +174,9 @@ class PendingStore:
     def _resolve(self, request_id: str) -> list[Resolved]:
         req = self._requests.pop(request_id)
         self._resolved[request_id] = req.deadline
+        if self.dirty is not None:
+            self.dirty.requests.add(request_id)
+            self.dirty.resolved.add(request_id)
         # remembered for one more window (a redelivery or late click is recognised), then
         # forgotten, so the store stays bounded
         heapq.heappush(self._deadlines, (req.deadline + self.window_s, 2, request_id))
@@ -182,11 +193,35 @@ class PendingStore:
         key = (it.request_id, it.item_id)
         if key not in self._orphans:
             self._orphans[key] = it
+            if self.dirty is not None:
+                self.dirty.orphans.add(key)
             heapq.heappush(self._deadlines, (it.ts + self.window_s, 1, _join_pair(it.request_id, it.item_id)))
 
     def claim_orphan(self, request_id: str, item_id: str) -> Interaction | None:
         """The orphan waiting for this candidate, if any (removed)."""
-        return self._orphans.pop((request_id, item_id), None)
+        it = self._orphans.pop((request_id, item_id), None)
+        if it is not None and self.dirty is not None:
+            self.dirty.orphans.add((request_id, item_id))
+        return it
+
+    def _forget(self, request_id: str) -> None:
+        self._resolved.pop(request_id, None)
+        self._digests.pop(request_id, None)
+        if self.dirty is not None:
+            self.dirty.resolved.add(request_id)
+
+    def _pop_orphan(self, ident: str) -> Interaction | None:
+        key = _split_pair(ident)
+        orphan = self._orphans.pop(key, None)
+        if orphan is not None and self.dirty is not None:
+            self.dirty.orphans.add(key)
+        return orphan
+
+    def take_dirty(self) -> _Dirty:
+        """The keys changed since the last call (requests, resolved ids, orphans), and track
+        anew (:mod:`processors.changelog` writes them)."""
+        out, self.dirty = self.dirty or _Dirty(), _Dirty()
+        return out
 
     def advance(self, watermark: float) -> Iterator[Resolved | Interaction]:
         """Move the watermark; yield resolved predictions of requests whose window closed
@@ -199,10 +234,9 @@ class PendingStore:
                 if ident in self._requests:
                     yield from self._resolve(ident)
             elif kind == 2:
-                self._resolved.pop(ident, None)
-                self._digests.pop(ident, None)
+                self._forget(ident)
             else:
-                orphan = self._orphans.pop(_split_pair(ident), None)
+                orphan = self._pop_orphan(ident)
                 if orphan is not None:
                     yield orphan
 
@@ -214,12 +248,11 @@ class PendingStore:
             if kind == 0 and ident in self._requests:
                 return self._resolve(ident)
             if kind == 1:
-                orphan = self._orphans.pop(_split_pair(ident), None)
+                orphan = self._pop_orphan(ident)
                 if orphan is not None:
                     return [orphan]
             if kind == 2:
-                self._resolved.pop(ident, None)
-                self._digests.pop(ident, None)
+                self._forget(ident)
         return []
 
     def next_deadline(self) -> float:
@@ -294,6 +327,15 @@ def deep_size(obj: object) -> int:
     if isinstance(obj, msgspec.Struct):
         return size + sum(deep_size(getattr(obj, f)) for f in obj.__struct_fields__)
     return size
+
+
+@dataclass
+class _Dirty:
+    """Keys of a store changed since the changelog last read them."""
+
+    requests: set[str] = field(default_factory=set)
+    resolved: set[str] = field(default_factory=set)
+    orphans: set[tuple[str, str]] = field(default_factory=set)
 
 
 class _RequestState(msgspec.Struct, array_like=True):

@@ -49,13 +49,41 @@ class FeedbackTasks:
         self.metrics = metrics
         self.tasks: dict[int, FeedbackCore] = {}
         self.max_ts: dict[int, dict[str, float]] = {}  # partition -> stream -> event time (s)
+        # changelog (processors/changelog.py): batches written per partition, and whether the
+        # stores track the keys each batch changes
+        self.changelog_seq: dict[int, int] = {}
+        self.track_changes = False
 
     def task(self, partition: int) -> FeedbackCore:
         """The feedback core of ``partition`` (created on first use)."""
         core = self.tasks.get(partition)
         if core is None:
             core = self.tasks[partition] = FeedbackCore(PendingStore(self.window_s, self.limit), self.metrics)
+            if self.track_changes:
+                core.pending.take_dirty()
         return core
+
+    def enable_tracking(self) -> None:
+        """Track the keys every batch changes, in every task (for the changelog)."""
+        self.track_changes = True
+        for core in self.tasks.values():
+            if core.pending.dirty is None:
+                core.pending.take_dirty()
+
+    def install(self, partition: int, core: FeedbackCore, max_ts: dict[str, float], seq: int) -> None:
+        """Replace ``partition``'s task by one restored from the changelog."""
+        core.metrics = self.metrics
+        self.tasks[partition] = core
+        self.max_ts[partition] = dict(max_ts)
+        self.changelog_seq[partition] = seq
+        if self.track_changes:
+            core.pending.take_dirty()
+
+    def drop(self, partition: int) -> None:
+        """Forget ``partition`` (moved to another worker; its state lives in the changelog)."""
+        self.tasks.pop(partition, None)
+        self.max_ts.pop(partition, None)
+        self.changelog_seq.pop(partition, None)
 
     def stream_times(self, partition: int, requests_ts: Sequence[float],
                      interactions_ts: Sequence[float]) -> dict[str, float]:
@@ -143,7 +171,8 @@ class FeedbackTasks:
         return msgspec.msgpack.encode({
             "window_s": self.window_s, "limit": self.limit, "metrics": self.metrics.to_state(),
             "tasks": [[p, c.pending.to_state(), c.unattributed, c.duplicates, c.late, self.max_ts.get(p, {})]
-                      for p, c in sorted(self.tasks.items())]})
+                      for p, c in sorted(self.tasks.items())],
+            "changelog_seq": [[p, n] for p, n in sorted(self.changelog_seq.items())]})
 
     @classmethod
     def from_state(cls, raw: bytes) -> FeedbackTasks:
@@ -154,5 +183,6 @@ class FeedbackTasks:
             core = out.tasks[p] = FeedbackCore(PendingStore.from_state(store), out.metrics)
             core.unattributed, core.duplicates, core.late = unattributed, duplicates, late
             out.max_ts[p] = times
+        out.changelog_seq = {int(p): int(n) for p, n in st.get("changelog_seq", [])}
         return out
 

@@ -7,6 +7,8 @@ the table in docs/topics.md (``python -m streams.topics``).
 True
 >>> TOPICS["models"].compacted
 True
+>>> TOPICS["changelog"].partitions == TOPICS["requests"].partitions and TOPICS["changelog"].compacted
+True
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(name="memory", key="user partition", partitions=USER_PARTITIONS, hot=True, retention_ms=7 * DAY_MS,
               carries="error-memory writes, one binary batch per scored batch; every scorer replica "
                       "consumes all partitions"),
+    TopicSpec(name="changelog", key="<partition>/<kind>:<id>", partitions=USER_PARTITIONS, compacted=True,
+              hot=True, carries="input-side state per user partition (pending requests, resolved ids, "
+                                "orphan clicks, stream times and offsets): restored by a partition's next owner"),
     TopicSpec(name="schemas", key="schema_id", partitions=1, compacted=True,
               carries="error-schema cache updates"),
     TopicSpec(name="alerts", key="schema_id", partitions=1, carries="schema alerts (new, resolved)"),

@@ -101,7 +101,8 @@ def readme_steps() -> list[tuple[dict[str, str], list[str]]]:
     """``(env, argv)`` of each ``reloop`` line in infra/README.md's code blocks (``VAR=x`` prefixes
     and ``export VAR=x`` lines go to env; comments dropped)."""
     steps, env, in_block = [], {}, False
-    for line in (INFRA / "README.md").read_text().splitlines():
+    text = (INFRA / "README.md").read_text().replace("\\\n", " ")  # shell line continuations
+    for line in text.splitlines():
         if line.startswith("```"):
             in_block = not in_block
             continue

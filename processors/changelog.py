@@ -1,0 +1,230 @@
+"""The input side's changelog: the state of each user partition, kept in Kafka so that it
+moves with the partition (the way Kafka Streams, Faust and Quix Streams keep their stores).
+
+Topic ``changelog`` is compacted and co-partitioned with ``requests``/``interactions``/``media``:
+the task of input partition p writes only changelog partition p. Every key names one piece of
+live state, so compaction keeps exactly what a new owner needs:
+
+* ``<p>/req:<request id>``: a pending request (deadline, scored candidates, labels so far,
+  content digest); a tombstone once it resolved;
+* ``<p>/res:<request id>``: a resolved request still remembered (deadline, digest: duplicate and
+  late-click detection); a tombstone once forgotten (one window later);
+* ``<p>/orph:<pair>``: an orphan click waiting for its request; a tombstone when claimed or
+  expired;
+* ``<p>/meta``: written last in every batch that touched partition p: the partition's stream
+  times, watermark and counters, the input offsets (``requests``, ``interactions``, ``media``
+  partition p) this state includes, the writer's id and its batch sequence number for p.
+
+The partition is the key's prefix (the records are produced to partition p explicitly).
+A batch's records are produced with its other outputs, before its input offsets are committed,
+and are journaled with them (write-ahead), so a worker that restarts on its own volume can
+re-send them. Records after the last ``meta`` belong to a batch cut off mid-produce: a restore
+ignores them and re-writes those keys from the state it restored (:func:`repair_records`).
+
+Pure: no Kafka client here; the shell (:mod:`processors.hot_state`) reads and writes the topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import msgspec
+
+from processors.feedback import FeedbackCore
+from processors.metrics import OnlineMetrics
+from processors.pending import Pending, PendingStore, _join_pair, _Request, _split_pair
+from processors.tasks import FeedbackTasks
+from streams.events import Interaction
+
+__all__ = ["Meta", "Restored", "changed_records", "key_partition", "restore", "repair_records", "META"]
+
+Record = tuple[bytes, "bytes | None"]  # (key, value or None for a tombstone)
+
+META = "meta"
+
+
+class Meta(msgspec.Struct, kw_only=True):
+    """The ``meta`` record of a partition (module doc)."""
+
+    writer: str  # id of the worker (data dir) that wrote the batch
+    seq: int  # that writer's batch sequence number for the partition
+    offsets: dict[str, int]  # logical input topic -> next offset of partition p included
+    max_ts: dict[str, float]  # stream times of the partition (event-time s)
+    watermark: float
+    unattributed: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+
+class _Req(msgspec.Struct, array_like=True):
+    deadline: float
+    items: list[Pending]
+    labels: list[tuple[str, int, float]]
+    digest: int | None
+
+
+class _Res(msgspec.Struct, array_like=True):
+    deadline: float
+    digest: int | None
+
+
+_meta_dec = msgspec.msgpack.Decoder(Meta)
+_req_dec = msgspec.msgpack.Decoder(_Req)
+_res_dec = msgspec.msgpack.Decoder(_Res)
+_orph_dec = msgspec.msgpack.Decoder(Interaction)
+_enc = msgspec.msgpack.Encoder()
+
+
+def _key(partition: int, name: str) -> bytes:
+    return f"{partition}/{name}".encode()
+
+
+def key_partition(key: bytes) -> int:
+    """The input partition a changelog key belongs to.
+
+    >>> key_partition(b"3/req:r1")
+    3
+    """
+    return int(key.split(b"/", 1)[0])
+
+
+def decode_meta(value: bytes | None) -> Meta | None:
+    """The :class:`Meta` in a record value (None if it is not one)."""
+    if value is None:
+        return None
+    try:
+        return _meta_dec.decode(value)
+    except msgspec.DecodeError:
+        return None
+
+
+def _value(store: PendingStore, kind: str, ident: str | tuple[str, str]) -> bytes | None:
+    """The current value of one key of ``store`` (None: tombstone)."""
+    if kind == "req":
+        req = store._requests.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
+        if req is None:
+            return None
+        return _enc.encode(_Req(req.deadline, list(req.items.values()),
+                                [(i, lab, ts) for i, (lab, ts) in req.labels.items()],
+                                store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
+    if kind == "res":
+        deadline = store._resolved.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
+        return None if deadline is None else _enc.encode(_Res(deadline, store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
+    it = store._orphans.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
+    return None if it is None else _enc.encode(it)
+
+
+def _ident(kind: str, ident: str | tuple[str, str]) -> str:
+    return f"{kind}:{_join_pair(*ident) if kind == 'orph' else ident}"
+
+
+def meta_record(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str) -> Record:
+    """The ``meta`` record of ``partition`` now; advances its batch sequence number."""
+    core = tasks.task(partition)
+    seq = tasks.changelog_seq.get(partition, 0) + 1
+    tasks.changelog_seq[partition] = seq
+    meta = Meta(writer=writer, seq=seq, offsets=dict(offsets), max_ts=dict(tasks.max_ts.get(partition, {})),
+                watermark=core.pending.watermark, unattributed=core.unattributed,
+                duplicates=core.duplicates, late=core.late)
+    return _key(partition, META), _enc.encode(meta)
+
+
+def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str) -> list[Record]:
+    """The records of what ``partition``'s task changed since the last call, then its meta.
+
+    Args:
+        offsets: logical input topic -> next offset of partition ``partition`` (the batch's end).
+        writer: this worker's id.
+    """
+    store = tasks.task(partition).pending
+    dirty = store.take_dirty()
+    out: list[Record] = []
+    for kind, idents in (("req", sorted(dirty.requests)), ("res", sorted(dirty.resolved)),
+                         ("orph", sorted(dirty.orphans))):
+        for ident in idents:
+            out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
+    out.append(meta_record(tasks, partition, offsets, writer))
+    return out
+
+
+@dataclass
+class Restored:
+    """A partition rebuilt from its changelog (:func:`restore`)."""
+
+    core: FeedbackCore
+    meta: Meta | None
+    records: int = 0  # records read
+    nbytes: int = 0  # bytes of keys and values read
+    tail_keys: list[bytes] = field(default_factory=list)  # keys written after the last meta
+
+
+def restore(partition: int, records: Iterable[Record], window_s: float, limit: int) -> Restored:
+    """Rebuild partition ``partition``'s task from its changelog records, in log order
+    (later values replace earlier ones, a tombstone removes its key). Records after the last
+    ``meta`` are not applied (their batch never finished producing): their keys are listed in
+    :attr:`Restored.tail_keys`."""
+    live: dict[bytes, bytes] = {}
+    tail: dict[bytes, bytes | None] = {}
+    meta: Meta | None = None
+    n = nbytes = 0
+    meta_key = _key(partition, META)
+    for key, value in records:
+        n += 1
+        nbytes += len(key) + (len(value) if value is not None else 0)
+        if key == meta_key:
+            for k, v in tail.items():
+                if v is None:
+                    live.pop(k, None)
+                else:
+                    live[k] = v
+            tail = {}
+            meta = decode_meta(value)
+        else:
+            tail[key] = value
+    store = PendingStore(window_s, limit)
+    deadlines: list[tuple[float, int, str]] = []
+    prefix = len(f"{partition}/")
+    for key, value in live.items():
+        kind, _, ident = key[prefix:].decode().partition(":")
+        if kind == "req":
+            r = _req_dec.decode(value)
+            store._requests[ident] = _Request(r.deadline, {p.item_id: p for p in r.items},  # noqa: SLF001
+                                              {i: (lab, ts) for i, lab, ts in r.labels})
+            store._size += len(r.items)  # noqa: SLF001
+            if r.digest is not None:
+                store._digests[ident] = r.digest  # noqa: SLF001
+            deadlines.append((r.deadline, 0, ident))
+        elif kind == "res":
+            s = _res_dec.decode(value)
+            store._resolved[ident] = s.deadline  # noqa: SLF001
+            if s.digest is not None:
+                store._digests[ident] = s.digest  # noqa: SLF001
+            deadlines.append((s.deadline + window_s, 2, ident))
+        elif kind == "orph":
+            it = _orph_dec.decode(value)
+            store._orphans[_split_pair(ident)] = it  # noqa: SLF001
+            deadlines.append((it.ts + window_s, 1, ident))
+    import heapq
+
+    heapq.heapify(deadlines)
+    store._deadlines = deadlines  # noqa: SLF001
+    core = FeedbackCore(store, OnlineMetrics())
+    if meta is not None:
+        store.watermark = meta.watermark
+        core.unattributed, core.duplicates, core.late = meta.unattributed, meta.duplicates, meta.late
+    return Restored(core, meta, n, nbytes, list(tail))
+
+
+def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes]) -> list[Record]:
+    """The current values of ``keys`` (from a cut-off batch) in ``store``: written right after a
+    restore (then a meta), so the cut-off batch's records never count in a later restore."""
+    prefix = len(f"{partition}/")
+    out: list[Record] = []
+    for key in keys:
+        kind, _, ident = key[prefix:].decode().partition(":")
+        if kind in ("req", "res"):
+            out.append((key, _value(store, kind, ident)))
+        elif kind == "orph":
+            out.append((key, _value(store, kind, _split_pair(ident))))
+    return out
