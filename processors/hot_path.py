@@ -48,12 +48,12 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from models.scorer import OnnxScorer
-from processors.admission import DUPLICATE, Admission
+from processors.admission import Admission
 from processors.checkpoint import InputCheckpoint
 from processors.compensation import Compensation, NoCompensation
 from processors.crash_guard import CrashGuard, fault_point
-from processors.error_memory import ErrorMemoryCompensation, memory_batches
 from processors.feedback import FeedbackCore
+from processors.hot_inputs import INPUT_KINDS, HotPathInputs
 from processors.hot_replica import HotPathReplica
 from processors.hot_state import HotPathState, SeekToCheckpoint, writer_id
 from processors.journal import JournalEntry
@@ -62,21 +62,17 @@ from processors.outputs import KeyPartitioner, Output, produce_batched
 from processors.replica import ErrorsReplica, write_files
 from processors.schemas import PublishedSchemas, SchemaCore
 from processors.scoring import ScoringCore
-from processors.step import Admitted, run_one_by_one, run_step
+from processors.step import run_one_by_one, run_step
 from processors.tasks import FeedbackTasks
 from processors.warmup import warm_up
 from processors.telemetry import WorkerTelemetry
-from streams.codec import InvalidEvent, dead_letter, decode_event, encode
-from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+from streams.codec import encode
 from streams.validation import Limits
 
 log = logging.getLogger("reloop.hot_path")
 
-_INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction,
-                                 "media": MediaEvent}
 
-
-class HotPath(HotPathState, HotPathReplica, mode.Service):
+class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
     """Batch consumer of requests/interactions/media plus the errors replica consumer.
 
     Args:
@@ -244,7 +240,7 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         await self.consumer.start()
         # the last journaled batch may have been cut off mid-produce: its outputs are re-sent on
         # assignment, for the partitions whose local state is kept (SeekToCheckpoint)
-        self.consumer.subscribe([self.topics[t] for t in _INPUT_KINDS], listener=SeekToCheckpoint(self))
+        self.consumer.subscribe([self.topics[t] for t in INPUT_KINDS], listener=SeekToCheckpoint(self))
         log.info("inputs_consuming", extra={"group": self.group_id, "instance": self.group_instance_id})
         while not self.should_stop:
             generation = self.generation
@@ -361,59 +357,6 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
         return offsets
 
-    def _reject(self, outputs: list[Output]) -> Callable[[Admitted, str], None]:
-        return lambda one, reason: outputs.append(self._dead_letter(one.msg, one.logical, reason))
-
-    def _mark(self, one: Admitted) -> None:
-        if self.guard is not None:
-            self.guard.begin({(one.msg.topic, one.partition): (one.msg.offset, one.msg.offset)})
-        fault_point([one])
-
-    def _admit(self, batch: dict[TopicPartition, list[Any]], outputs: list[Output]) -> list[Admitted]:
-        """Decode, validate and admit every record (:mod:`processors.admission`); the rejected
-        ones become dead letters in ``outputs``, byte-identical request copies are counted."""
-        admission = self.admission
-        admission.begin_batch(self.tasks)
-        admitted: list[Admitted] = []
-        for tp, msgs in batch.items():
-            logical = self._by_topic[tp.topic]
-            kind = _INPUT_KINDS[logical]
-            self.telemetry.events_in.labels(logical).inc(len(msgs))
-            for m in msgs:
-                raw = m.value or b""
-                if self.guard is not None and self.guard.is_poison((tp.topic, tp.partition), m.offset):
-                    n = self.guard.crashes((tp.topic, tp.partition), m.offset)
-                    log.error("poison_record_skipped", extra={"topic": tp.topic, "partition": tp.partition,
-                                                              "offset": m.offset, "crashes": n})
-                    outputs.append(self._dead_letter(m, logical, f"crashed the worker {n} times while "
-                                                                 "being processed: skipped"))
-                    continue
-                try:
-                    ev = decode_event(raw, kind, self.limits)
-                except InvalidEvent as exc:
-                    outputs.append(self._dead_letter(m, logical, str(exc)))
-                    continue
-                if logical == "requests":
-                    ev, reason = admission.request(tp.partition, ev, raw)
-                    if ev is None:
-                        if reason == DUPLICATE:
-                            self.telemetry.duplicates.labels(logical).inc()
-                        else:
-                            outputs.append(self._dead_letter(m, logical, reason or "rejected"))
-                        continue
-                admitted.append(Admitted(logical, tp.partition, raw, ev, m))
-        return admitted
-
-    def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
-        """The binary ``memory`` records of one partition's error records (keyed by the input
-        partition; journaled with the other outputs, so a resend is byte-identical)."""
-        comp = self.compensation
-        if not errors or not isinstance(comp, ErrorMemoryCompensation):
-            return []
-        cfg = comp.memory.config
-        key = str(part).encode()
-        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
-
     async def _produce(self, outputs: Sequence[Any]) -> None:
         """Produce ``outputs`` and wait until every one is acknowledged (changelog records to
         the partition their key names, the others by key)."""
@@ -422,14 +365,6 @@ class HotPath(HotPathState, HotPathReplica, mode.Service):
         await asyncio.gather(produce_batched(self.producer, [o for o in outputs if o[0] != changelog],
                                              self._partitioner),
                              self.produce_changelog([o for o in outputs if o[0] == changelog]))
-
-    def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
-        self.telemetry.dead_letters.labels(logical).inc()
-        log.warning("dead_letter", extra={"topic": msg.topic, "partition": msg.partition,
-                                          "offset": msg.offset, "reason": reason[:200]})
-        letter = dead_letter(msg.value, reason, topic=msg.topic, partition=msg.partition,
-                             offset=msg.offset, key=msg.key)
-        return (self.topics["dlq"], msg.key, encode(letter))
 
     # ---- errors replica ------------------------------------------------------------------
     @mode.Service.task

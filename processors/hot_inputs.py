@@ -1,0 +1,102 @@
+"""The hot path's input side: decode, validate and admit each polled record, and the outputs
+that are not the cores' (dead letters, binary ``memory`` batches). A mixin of
+:class:`processors.hot_path.HotPath` (see :mod:`processors.admission`, :mod:`processors.step`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from aiokafka import TopicPartition
+
+from processors.admission import DUPLICATE
+from processors.crash_guard import fault_point
+from processors.error_memory import ErrorMemoryCompensation, memory_batches
+from processors.outputs import Output
+from processors.step import Admitted
+from streams.codec import InvalidEvent, dead_letter, decode_event, encode
+from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+
+log = logging.getLogger("reloop.hot_path")
+
+__all__ = ["HotPathInputs", "INPUT_KINDS"]
+
+#: The input topics (logical names) and the event each carries.
+INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction,
+                                "media": MediaEvent}
+
+
+class HotPathInputs:
+    """Input-side methods of the hot path (mixin; module doc)."""
+
+    # attributes provided by HotPath
+    admission: Any
+    tasks: Any
+    guard: Any
+    limits: Any
+    telemetry: Any
+    topics: dict[str, str]
+    compensation: Any
+    _by_topic: dict[str, str]
+
+    def _reject(self, outputs: list[Output]) -> Callable[[Admitted, str], None]:
+        return lambda one, reason: outputs.append(self._dead_letter(one.msg, one.logical, reason))
+
+    def _mark(self, one: Admitted) -> None:
+        if self.guard is not None:
+            self.guard.begin({(one.msg.topic, one.partition): (one.msg.offset, one.msg.offset)})
+        fault_point([one])
+
+    def _admit(self, batch: dict[TopicPartition, list[Any]], outputs: list[Output]) -> list[Admitted]:
+        """Decode, validate and admit every record (:mod:`processors.admission`); the rejected
+        ones become dead letters in ``outputs``, byte-identical request copies are counted."""
+        admission = self.admission
+        admission.begin_batch(self.tasks)
+        admitted: list[Admitted] = []
+        for tp, msgs in batch.items():
+            logical = self._by_topic[tp.topic]
+            kind = INPUT_KINDS[logical]
+            self.telemetry.events_in.labels(logical).inc(len(msgs))
+            for m in msgs:
+                raw = m.value or b""
+                if self.guard is not None and self.guard.is_poison((tp.topic, tp.partition), m.offset):
+                    n = self.guard.crashes((tp.topic, tp.partition), m.offset)
+                    log.error("poison_record_skipped", extra={"topic": tp.topic, "partition": tp.partition,
+                                                              "offset": m.offset, "crashes": n})
+                    outputs.append(self._dead_letter(m, logical, f"crashed the worker {n} times while "
+                                                                 "being processed: skipped"))
+                    continue
+                try:
+                    ev = decode_event(raw, kind, self.limits)
+                except InvalidEvent as exc:
+                    outputs.append(self._dead_letter(m, logical, str(exc)))
+                    continue
+                if logical == "requests":
+                    ev, reason = admission.request(tp.partition, ev, raw)
+                    if ev is None:
+                        if reason == DUPLICATE:
+                            self.telemetry.duplicates.labels(logical).inc()
+                        else:
+                            outputs.append(self._dead_letter(m, logical, reason or "rejected"))
+                        continue
+                admitted.append(Admitted(logical, tp.partition, raw, ev, m))
+        return admitted
+
+    def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
+        """The binary ``memory`` records of one partition's error records (keyed by the input
+        partition; journaled with the other outputs, so a resend is byte-identical)."""
+        comp = self.compensation
+        if not errors or not isinstance(comp, ErrorMemoryCompensation):
+            return []
+        cfg = comp.memory.config
+        key = str(part).encode()
+        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
+
+    def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
+        self.telemetry.dead_letters.labels(logical).inc()
+        log.warning("dead_letter", extra={"topic": msg.topic, "partition": msg.partition,
+                                          "offset": msg.offset, "reason": reason[:200]})
+        letter = dead_letter(msg.value, reason, topic=msg.topic, partition=msg.partition,
+                             offset=msg.offset, key=msg.key)
+        return (self.topics["dlq"], msg.key, encode(letter))
