@@ -34,8 +34,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: Catalog topics whose dead letters can be re-driven (streams/topics.py; kept literal so that
 #: ``reloop --help`` imports nothing; tests/ops/test_cli_errors.py checks it against the catalog).
-SOURCE_TOPICS = ("requests", "interactions", "media", "errors", "memory", "recommendations", "schemas", "alerts",
-                 "models")
+SOURCE_TOPICS = ("requests", "interactions", "media", "errors", "memory", "changelog", "recommendations",
+                 "schemas", "alerts", "models")
 
 
 def _settings(args: argparse.Namespace) -> "Settings":
