@@ -75,8 +75,10 @@ def test_schema_files_match_the_code() -> None:
 def test_catalog_co_partitions_user_keyed_topics() -> None:
     assert len({TOPICS[t].partitions for t in USER_KEYED}) == 1
     assert all(TOPICS[t].key == "user_id" for t in USER_KEYED)
-    assert {t.name for t in CATALOG if t.compacted} == {"schemas", "models"}
+    assert {t.name for t in CATALOG if t.compacted} == {"schemas", "models", "changelog"}
     assert TOPICS["models"].config()["cleanup.policy"] == "compact"
+    # the changelog is co-partitioned with the inputs: partition p holds input partition p's state
+    assert TOPICS["changelog"].partitions == TOPICS["requests"].partitions
     assert msgspec.json.decode(msgspec.json.encode(TOPICS["dlq"])) ["retention_ms"] > TOPICS["requests"].retention_ms
 
 
