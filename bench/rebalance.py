@@ -42,14 +42,15 @@ from ops.settings import Settings  # noqa: E402
 from ops.simulator import SimConfig, Simulator  # noqa: E402
 from streams.events import Interaction  # noqa: E402
 
-OVERRIDES = {"features": {"n_buckets": 1 << 14, "max_tokens": 12}, "train": {"epochs": 2, "batch_size": 256},
-             "worker": {"metrics_window": 200, "attribution_window_s": 30.0}}
+from bench.chaos import OVERRIDES  # noqa: E402 - the chaos trials' small model and windows
+from bench.chaos import worker_env as chaos_worker_env  # noqa: E402
 
 
 def worker_env() -> dict[str, str]:
-    env = {f"RELOOP_{sec.upper()}__{k.upper()}": str(v) for sec, kv in OVERRIDES.items() for k, v in kv.items()}
-    return {**env, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.5", "RELOOP_KAFKA__FETCH_MAX_RECORDS": "40",
-            "RELOOP_WORKER__ATTRIBUTION_WINDOW_S": "3"}
+    """The chaos trials' worker environment, with input checkpoints every 0.5 s."""
+    env = chaos_worker_env()
+    env.pop("RELOOP_WORKER__REPLICA_SNAPSHOT_EVERY_S", None)
+    return {**env, "RELOOP_WORKER__SNAPSHOT_EVERY_S": "0.5"}
 
 
 def main(args: argparse.Namespace) -> dict:
