@@ -82,12 +82,17 @@ async def run_trials(args: argparse.Namespace, broker: EmbeddedBroker, base: Set
             except Exception as exc:  # a hung or crashed trial is a failed trial, reported
                 row = {"seed": seed, "passed": False, "error": f"{type(exc).__name__}: {exc}"}
             row["seconds"] = round(time.monotonic() - t0, 1)
-            failed = [k for k, ok in row.get("checks", {}).items() if not ok]
-            print(f"trial {t + 1}/{args.trials} seed {seed}: {'PASS' if row['passed'] else 'FAIL'} "
-                  f"({row['seconds']} s){' ' + str(failed or row.get('error')) if not row['passed'] else ''}",
-                  flush=True)
+            report_trial(f"trial {t + 1}/{args.trials} seed {seed}", row)
             trials.append(row)
     return trials
+
+
+
+def report_trial(label: str, row: dict) -> None:
+    """One line per trial: PASS/FAIL, seconds, and the failed checks or the error."""
+    failed = [k for k, ok in row.get("checks", {}).items() if not ok]
+    print(f"{label}: {'PASS' if row['passed'] else 'FAIL'} "
+          f"({row['seconds']} s){' ' + str(failed or row.get('error')) if not row['passed'] else ''}", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from ops.simulator import SimConfig, Simulator  # noqa: E402
 from streams.events import Interaction  # noqa: E402
 
 from bench.chaos import OVERRIDES  # noqa: E402 - the chaos trials' small model and windows
+from bench.chaos import report_trial  # noqa: E402
 from bench.chaos import worker_env as chaos_worker_env  # noqa: E402
 
 
@@ -151,11 +152,8 @@ async def run_trials(args: argparse.Namespace, broker: EmbeddedBroker, base: Set
                 row = {"seed": seed, "passed": False, "error": f"{type(exc).__name__}: {exc}",
                        "details": {"script": [(s.action, s.worker) for s in script], "initial": initial}}
             row["seconds"] = round(time.monotonic() - t0, 1)
-            failed = [k for k, ok in row.get("checks", {}).items() if not ok]
-            print(f"trial {t + 1}/{args.trials} seed {seed} start {initial} "
-                  f"{[(s.action, s.worker) for s in script]}: {'PASS' if row['passed'] else 'FAIL'} "
-                  f"({row['seconds']} s){' ' + str(failed or row.get('error')) if not row['passed'] else ''}",
-                  flush=True)
+            report_trial(f"trial {t + 1}/{args.trials} seed {seed} start {initial} "
+                         f"{[(s.action, s.worker) for s in script]}", row)
             trials.append(row)
     return trials
 
