@@ -47,6 +47,10 @@ class WorkerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the worker's log (for a failed assertion's message)."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` and wait (SIGKILL after 30 s); returns the exit code."""
         if self.proc.poll() is None:

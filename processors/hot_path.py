@@ -55,7 +55,7 @@ from processors.crash_guard import CrashGuard, fault_point
 from processors.feedback import FeedbackCore
 from processors.hot_inputs import INPUT_KINDS, HotPathInputs
 from processors.hot_replica import HotPathReplica
-from processors.hot_state import HotPathState, SeekToCheckpoint, writer_id
+from processors.hot_state import HotPathState, SeekToCheckpoint, ends_quietly_on_stop, writer_id
 from processors.journal import JournalEntry
 from processors.media import MediaCore
 from processors.outputs import KeyPartitioner, Output, produce_batched
@@ -146,6 +146,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self._inflight: list[Output] = []  # outputs of the batch being produced
         self._last_checkpoint = time.monotonic()
         self._checkpoint_busy = False
+        self._writes_in_flight: set[asyncio.Future[Any]] = set()  # file writes off the loop (hot_state)
         # owns partition 0 of requests: publishes the schema cache (None: not assigned yet)
         self.is_leader: bool | None = None
         self.inputs_ready = False
@@ -217,8 +218,10 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
 
     async def on_stop(self) -> None:
         if self.scoring is not None:
-            self.save_checkpoint()
-            self.save_snapshot()
+            async with self.batch_lock:  # the batch in flight ends first, then nothing runs between
+                await self.finish_writes()
+                self.save_checkpoint()
+                self.save_snapshot()
         for c in (self.consumer, self.errors_consumer, self.changelog_consumer):
             if c is not None:
                 await c.stop()
@@ -227,6 +230,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
 
     # ---- inputs --------------------------------------------------------------------------
     @mode.Service.task
+    @ends_quietly_on_stop
     async def _consume_inputs(self) -> None:
         await self._model_ready.wait()
         self.consumer = AIOKafkaConsumer(
@@ -368,6 +372,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
 
     # ---- errors replica ------------------------------------------------------------------
     @mode.Service.task
+    @ends_quietly_on_stop
     async def _consume_errors(self) -> None:
         await self._model_ready.wait()  # the replica exists once the first model is known
         assert self.errors_consumer is not None
@@ -386,6 +391,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                 await self._publish_schema_outbox()
 
     @mode.Service.task
+    @ends_quietly_on_stop
     async def _snapshot_periodically(self) -> None:
         await self._model_ready.wait()
         while not self.should_stop:
@@ -395,4 +401,6 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                 # write below has finished): no fresh 100 MB allocation stalling the loop
                 files = self.collect_snapshot(reuse_buffers=True)
                 # the write (100 MB at the default sketch size) runs off the event loop
-                await asyncio.get_running_loop().run_in_executor(None, write_files, files)
+                write = asyncio.get_running_loop().run_in_executor(None, write_files, files)
+                self.track_write(write)
+                await write

@@ -20,11 +20,12 @@ shell's module holds the consume/produce loop and this one what is persisted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -36,7 +37,24 @@ from state.snapshots import write_npz_atomic
 
 log = logging.getLogger("reloop.hot_path")
 
-__all__ = ["HotPathState", "SeekToCheckpoint", "changelog_read", "changelog_tail", "writer_id"]
+__all__ = ["HotPathState", "SeekToCheckpoint", "changelog_read", "changelog_tail", "ends_quietly_on_stop",
+           "writer_id"]
+
+
+def ends_quietly_on_stop(task: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """A service task that returns (instead of crashing the worker, exit code 1) when it fails
+    after the stop began: ``on_stop`` closes the Kafka clients while the task may still be inside
+    a fetch or a produce, which then raises (consumer stopped, producer closed)."""
+
+    @functools.wraps(task)
+    async def run(self: Any) -> None:
+        try:
+            await task(self)
+        except Exception as exc:  # noqa: BLE001 - only swallowed once stopping; re-raised otherwise
+            if not self.should_stop:
+                raise
+            log.info("task_ended_by_stop", extra={"task": task.__name__, "reason": type(exc).__name__})
+    return run
 
 
 class HotPathState:
@@ -52,6 +70,7 @@ class HotPathState:
     _inflight: list[Any]
     _resend: list[Any]
     _checkpoint_busy: bool
+    _writes_in_flight: set[asyncio.Future[Any]]
     _last_checkpoint: float
     topics: dict[str, str]
     writer_id: str
@@ -98,6 +117,18 @@ class HotPathState:
 
         fut = asyncio.get_running_loop().run_in_executor(None, write_npz_atomic, ck.path, arrays)
         fut.add_done_callback(done)
+        self.track_write(fut)
+
+    def track_write(self, fut: asyncio.Future[Any]) -> None:
+        """Remember a file write running off the event loop until it ends (:meth:`finish_writes`)."""
+        self._writes_in_flight.add(fut)
+        fut.add_done_callback(self._writes_in_flight.discard)
+
+    async def finish_writes(self) -> None:
+        """Wait for the checkpoint and snapshot writes still running: a final snapshot written
+        before an older one lands would be renamed over by it (and the journal already cut)."""
+        if self._writes_in_flight:
+            await asyncio.gather(*self._writes_in_flight, return_exceptions=True)
 
     def save_checkpoint(self) -> None:
         """Write the input-side checkpoint now (blocking; at stop)."""

@@ -155,7 +155,7 @@ async def test_empty_cluster_to_serving_and_web_exposure(kafka_settings, tmp_pat
         assert await status_of(w.port, "/router/") == 404
         assert await status_of(w.port, "/table/") == 404
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
 
     # a second run of the bootstrap is a no-op (a retried Job), and announces the current version
     again = await asyncio.to_thread(cold_start, s, str(log))
@@ -176,4 +176,4 @@ async def test_empty_cluster_to_serving_and_web_exposure(kafka_settings, tmp_pat
         assert await status_of(w2.port, "/router/") == 200
         assert await status_of(w2.port, f"/memory/{user}") == 200  # no token: loopback clients only
     finally:
-        assert w2.stop() == 0
+        assert w2.stop() == 0, w2.log_tail()

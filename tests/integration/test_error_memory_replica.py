@@ -83,7 +83,7 @@ async def test_replica_survives_sigkill_without_loss_or_double_apply(kafka_setti
                               lambda st: applied(st) >= len(first) + len(second), what="catch-up")
         assert st["duplicates_skipped"] >= 1  # the copy after the snapshot (the first may be in it)
     finally:
-        assert w2.stop() == 0  # SIGTERM: the final snapshot holds the caught-up state
+        assert w2.stop() == 0, w2.log_tail()  # SIGTERM: the final snapshot holds the caught-up state
     final = read_npz(snap)
     assert int(final["memory_offsets"].sum()) == len(first) + len(second)
     reference = make_compensation(s, small_model.scorer)

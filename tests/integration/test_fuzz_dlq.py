@@ -101,7 +101,7 @@ async def _run(s, small_model, tmp_path: Path, bad: list[tuple[str, bytes]]) -> 
                 for m in await consume_until(s, "recommendations", lambda m: len(m) >= len(valid_ids))}
         assert w.proc.poll() is None, "the worker stopped on bad input"
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     assert len(letters) == N_BAD
     got = sorted((dl.source_topic.split(".")[-1], base64.b64decode(dl.original)) for dl in letters)
     assert got == sorted(bad)
@@ -134,6 +134,6 @@ async def test_dlq_show_and_replay(kafka_settings, small_model, tmp_path) -> Non
         assert "re-drove 1" in replayed.stdout
         letters = await consume_until(s, "dlq", lambda m: len(m) >= 2)
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     assert {base64.b64decode(decode_event(m.value, DeadLetter).original) for m in letters} == \
         {b'{"type":"interaction","oops":1}'}

@@ -35,14 +35,14 @@ async def test_media_memory_survives_restart(kafka_settings, small_model, tmp_pa
         before = await poll_until(lambda: get_json(w1.port, f"/memory/{user}"),
                                   lambda d: (d.get("stats") or {}).get("frames_seen", 0) >= n_user, what="media ingested")
     finally:
-        assert w1.stop() == 0
+        assert w1.stop() == 0, w1.log_tail()
     assert before["known"] and before["stats"]["frames_seen"] == n_user, before
     w2 = WorkerProcess(s, tmp_path / "w2.log")
     try:
         await wait_ready(w2.port, 120.0, w2.proc)
         after = await get_json(w2.port, f"/memory/{user}")
     finally:
-        assert w2.stop() == 0
+        assert w2.stop() == 0, w2.log_tail()
     assert after == before
     shown = subprocess.run([sys.executable, "-m", "ops.cli", "memory", "show", user, "--data-dir",
                             s.worker.data_dir], capture_output=True, text=True, check=True)

@@ -73,7 +73,7 @@ async def test_hostile_producer_cannot_stop_or_poison_a_worker(kafka_settings, s
                 await consume_until(s, "errors", lambda m: len(m) >= 8, timeout_s=120)]
         assert w.proc.poll() is None, "the worker stopped on hostile input"
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     reasons = sorted((dl.source_topic.split(".")[-1], dl.error.split(":")[0].split(" ")[0]) for dl in letters)
     assert reasons == sorted([("requests", "RecursionError"), ("interactions", "RecursionError"),
                               ("requests", "event"), ("interactions", "event"), ("requests", "request"),

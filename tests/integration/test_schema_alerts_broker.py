@@ -107,7 +107,7 @@ async def test_stationary_stream_no_alert_then_shift_alerts_name_segment_s1(kafk
         published = await consume_until(s, "alerts", lambda m: promoted <= {
             a.schema_id for a in (decode_event(x.value, SchemaAlert) for x in m) if a.kind == "new"}, timeout_s=60)
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     new = [a for a in (decode_event(m.value, SchemaAlert) for m in published) if a.kind == "new"]
     assert promoted and new
     res = {"records": shifted, "truth": truth, "shift_ts": shift_ts}

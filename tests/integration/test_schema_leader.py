@@ -59,7 +59,7 @@ async def test_only_the_leader_distils_and_the_other_matches_its_schemata(kafka_
                          lambda st: sum(st["errors_applied"].values()) == 0, what="the follower read no errors")
     finally:
         for w in workers:
-            assert w.stop() == 0
+            assert w.stop() == 0, w.log_tail()
     assert all(w.proc.returncode == 0 for w in workers)
     matched = {r.request_id: r.items[0].schemas for r in recs}
     missing = [q for q, ids in matched.items() if not any(u.schema_id in ids for u in updates

@@ -105,7 +105,7 @@ async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_m
             s, "alerts", lambda m: any(decode_event(x.value, SchemaAlert).kind == "resolved" for x in m),
             timeout_s=120)]
     finally:
-        assert w2.stop() == 0
+        assert w2.stop() == 0, w2.log_tail()
     assert "schema_snapshot_restored" in w2.log_text()
     # resumed after the snapshot (and its held records): nothing twice, nothing lost
     assert after.records_in + held_after == len(records)

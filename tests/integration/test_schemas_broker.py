@@ -39,7 +39,7 @@ async def test_planted_fault_becomes_schema_and_alert(kafka_settings, small_mode
         updates = [decode_event(m.value, SchemaUpdate)
                    for m in await consume_until(s, "schemas", lambda m: len(m) >= 1)]
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     assert "genre=comedy" in alerts[0].description, alerts[0].description
     assert any("genre=comedy" in u.signature for u in updates)
     shown = subprocess.run([sys.executable, "-m", "ops.cli", "schemas", "--data-dir", s.worker.data_dir],

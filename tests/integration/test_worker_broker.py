@@ -166,7 +166,7 @@ async def test_online_offline_parity(kafka_settings, small_model, small_log, tmp
         recs = _recs(await consume_until(s, "recommendations", lambda m: len(m) >= len(reqs)))
         await produce(s, "interactions", [as_feedback(log_events[i], i) for i in seqs])
     finally:
-        assert w.stop() == 0
+        assert w.stop() == 0, w.log_tail()
     online = np.array([recs[r.request_id].items[0].base_score for r in reqs])
     assert len(online) == len(result.base)
     np.testing.assert_allclose(online, result.base, rtol=0, atol=1e-6)
