@@ -40,9 +40,9 @@ replay-ml100k: $(STAMP)
 	$(BIN)/reloop replay ../shared/data/ml-100k --format movielens --report reports/ml100k.json
 
 schemas docs: $(STAMP)
-	$(BIN)/python -m streams.schemas docs/schemas
-	$(BIN)/python -m streams.topics > docs/topics.md
-	$(BIN)/python -m ops.settings > docs/configuration.md
+	$(BIN)/python -m reloop.streams.schemas docs/schemas
+	$(BIN)/python -m reloop.streams.topics > docs/topics.md
+	$(BIN)/python -m reloop.ops.settings > docs/configuration.md
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

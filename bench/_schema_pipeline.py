@@ -1,12 +1,12 @@
 """Pipeline-made error records for ``bench/error_schemas.py --mode pipeline``.
 
-The hand-made mode builds :class:`~streams.events.ErrorRecord` s itself, with one clock. This
+The hand-made mode builds :class:`~reloop.streams.events.ErrorRecord` s itself, with one clock. This
 module makes them the way the worker does: the simulator's live traffic (``Simulator.events``:
-requests, clicks after 1-20 s, media), scored, joined by :class:`processors.tasks.FeedbackTasks`
-(one :class:`~processors.feedback.FeedbackCore` per user partition, attribution windows closed
+requests, clicks after 1-20 s, media), scored, joined by :class:`reloop.processors.tasks.FeedbackTasks`
+(one :class:`~reloop.processors.feedback.FeedbackCore` per user partition, attribution windows closed
 by each partition's stream time, unclicked impressions becoming negatives when the window
-closes), then ordered per ``errors`` partition by :class:`processors.reorder.EventTimeReorder`
-(the worker's buffer, same settings) into :class:`processors.schemas.SchemaCore`.
+closes), then ordered per ``errors`` partition by :class:`reloop.processors.reorder.EventTimeReorder`
+(the worker's buffer, same settings) into :class:`reloop.processors.schemas.SchemaCore`.
 
 Scores: the simulator's own click probability *before the shift* (``Simulator._probs`` with
 the request's real media history, ``sgn = +1``): a perfectly calibrated model of the pre-shift
@@ -31,16 +31,16 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from ops.settings import Settings
-from ops.simulator import SEGMENTS, SimConfig, Simulator
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending
-from processors.reorder import EventTimeReorder
-from processors.schemas import SchemaAlert, SchemaCore
-from processors.tasks import FeedbackTasks
-from state.schema_cache import SchemaCacheConfig
-from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest, error_id_for
-from streams.topics import TOPICS
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SEGMENTS, SimConfig, Simulator
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending
+from reloop.processors.reorder import EventTimeReorder
+from reloop.processors.schemas import SchemaAlert, SchemaCore
+from reloop.processors.tasks import FeedbackTasks
+from reloop.state.schemas.cache import SchemaCacheConfig
+from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest, error_id_for
+from reloop.streams.topics import TOPICS
 
 SHIFT_PREDICATE = "segment=s1"
 
@@ -86,8 +86,8 @@ class ModelScorer:
     media features), in place of the calibrated scores; the truth stays the simulator's."""
 
     def __init__(self, sim: Simulator, shift_ts: float | None, n_warm: int, settings: Settings) -> None:
-        from ops.replay import fit_initial_model
-        from processors.scoring import ScoringCore
+        from reloop.ops.replay import fit_initial_model
+        from reloop.processors.scoring import ScoringCore
 
         self.truth = CalibratedScorer(sim, shift_ts)
         warm = [e for e in sim.labelled_log(n_warm) if isinstance(e, Interaction)]

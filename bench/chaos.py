@@ -2,7 +2,7 @@
 
     python bench/chaos.py --trials 20 --json reports/chaos.json [--requests 300] [--kills 3]
 
-Each trial (``ops.chaos.run_trial``) produces one simulator log to two topic prefixes on one
+Each trial (``reloop.testing.chaos.run_trial``) produces one simulator log to two topic prefixes on one
 embedded broker, runs worker A uninterrupted and worker B with ``--kills`` SIGKILLs while it
 is busy (restarting it on the same data dir each time), and checks outputs and state: every
 request answered, duplicated outputs byte-identical, same error ids / labels / base
@@ -24,13 +24,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.registry import ModelRegistry  # noqa: E402
-from ops.broker import EmbeddedBroker  # noqa: E402
-from ops.chaos import run_trial  # noqa: E402
-from ops.replay import fit_initial_model  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from streams.events import Interaction  # noqa: E402
+from reloop.models.registry import ModelRegistry  # noqa: E402
+from reloop.ops.broker import EmbeddedBroker  # noqa: E402
+from reloop.testing.chaos import run_trial  # noqa: E402
+from reloop.ops.replay import fit_initial_model  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
+from reloop.streams.events import Interaction  # noqa: E402
 
 #: Small model and fast snapshots so that trials take about a minute on 2 cores.
 OVERRIDES = {"features": {"n_buckets": 1 << 14, "max_tokens": 12}, "train": {"epochs": 2, "batch_size": 256},

@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from models.metrics import auc  # noqa: E402
-from ops.logs import LoadedLog, read_movielens  # noqa: E402
-from ops.replay import ReplayEngine  # noqa: E402
-from ops.serving import compensation_factory  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from processors.error_memory import ExactKnnCompensation  # noqa: E402
-from state.knn_memory import ExactKnnMemory  # noqa: E402
+from reloop.models.metrics import auc  # noqa: E402
+from reloop.ops.logs import LoadedLog, read_movielens  # noqa: E402
+from reloop.ops.replay import ReplayEngine  # noqa: E402
+from reloop.ops.serving import compensation_factory  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
+from reloop.processors.error_memory import ExactKnnCompensation  # noqa: E402
+from reloop.state.error_memory.knn import ExactKnnMemory  # noqa: E402
 
 
 def run_variants(loaded: LoadedLog, settings: Settings, knn_capacity: int, knn_k: int,

@@ -7,7 +7,7 @@ Measures, on random Gaussian hidden vectors:
 * compensation latency of one request of ``--candidates`` candidates, hashing included
   (p50 / p99 over ``--requests`` requests);
 * bytes held by the sketch;
-* the same request latency for :class:`state.knn_memory.ExactKnnMemory` holding
+* the same request latency for :class:`reloop.state.error_memory.knn.ExactKnnMemory` holding
   ``--knn-capacity`` rows (brute force, so only ``--knn-requests`` requests are timed) and
   for a faiss HNSW index of the same rows (null when faiss-cpu is not installed).
 
@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-from state.error_memory import ErrorMemory, ErrorMemoryConfig
-from state.knn_memory import ExactKnnMemory
+from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig
+from reloop.state.error_memory.knn import ExactKnnMemory
 
 
 def _percentiles_ms(samples_s: list[float]) -> dict[str, float]:

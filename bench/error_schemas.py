@@ -8,7 +8,7 @@ Per seed:
    +2), ``broken_feature`` on ``device=D`` (candidates lose their ``genre``), and
    ``label_shift`` on the pair ``age_bucket=A2 & device=D2`` (logit +2); each lasts
    ``--fault-frac`` of the evaluated requests, with clean gaps between them;
-2. train the slow model on the warm-up part (``ops.replay.fit_initial_model``);
+2. train the slow model on the warm-up part (``reloop.ops.replay.fit_initial_model``);
 3. score the rest prequentially in 1-second chunks (``ScoringCore.score_rows``; codes of an
    error memory's first tables from the hidden vectors) and build ``ErrorRecord``s;
 4. feed them to ``SchemaCore`` and collect its alerts; the same model scores the same seed's
@@ -61,16 +61,16 @@ import msgspec
 import numpy as np
 
 from bench import _schema_pipeline
-from ops.replay import fit_initial_model
-from ops.settings import Settings
-from ops.simulator import AGE_BUCKETS, DEVICES, GENRES, FaultSpec, SimConfig, Simulator
-from models.metrics import auc, logloss
-from processors.error_memory import ErrorMemoryCompensation
-from processors.schemas import SchemaAlert, SchemaCore
-from processors.scoring import ScoringCore
-from state.error_memory import ErrorMemory, ErrorMemoryConfig
-from state.schema_cache import SchemaCacheConfig
-from streams.events import ErrorRecord, Interaction
+from reloop.ops.replay import fit_initial_model
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import AGE_BUCKETS, DEVICES, GENRES, FaultSpec, SimConfig, Simulator
+from reloop.models.metrics import auc, logloss
+from reloop.processors.error_memory import ErrorMemoryCompensation
+from reloop.processors.schemas import SchemaAlert, SchemaCore
+from reloop.processors.scoring import ScoringCore
+from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig
+from reloop.state.schemas.cache import SchemaCacheConfig
+from reloop.streams.events import ErrorRecord, Interaction
 
 
 def make_faults(seed: int, warm_frac: float, fault_frac: float) -> tuple[FaultSpec, ...]:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import msgspec  # noqa: E402
 
-from streams.codec import decode_event  # noqa: E402
-from streams.events import Interaction, RecommendationRequest  # noqa: E402
-from streams.validation import Limits  # noqa: E402
+from reloop.streams.codec import decode_event  # noqa: E402
+from reloop.streams.events import Interaction, RecommendationRequest  # noqa: E402
+from reloop.streams.validation import Limits  # noqa: E402
 
 def _rate(n_total: int, n_first: int, seconds: float) -> float:
     return (n_total - n_first) / seconds if seconds > 0 else float("nan")

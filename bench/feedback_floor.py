@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ops.kafka import make_producer, topic_name
-from ops.settings import Settings
-from processors.error_memory import memory_batches
-from processors.outputs import KeyPartitioner, produce_batched
-from streams.codec import decode_event, encode
-from streams.events import (CODE_DTYPE, ErrorRecord, Features, Interaction, Recommendation,
+from reloop.ops.kafka import make_producer, topic_name
+from reloop.ops.settings import Settings
+from reloop.processors.error_memory import memory_batches
+from reloop.processors.outputs import KeyPartitioner, produce_batched
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import (CODE_DTYPE, ErrorRecord, Features, Interaction, Recommendation,
                             RecommendationRequest, ScoredItem)
-from streams.memory_batch import decode_batch
+from reloop.streams.memory_batch import decode_batch
 
 TAKE = 5000  # records per getmany, as the worker's fetch_max_records
 

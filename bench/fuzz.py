@@ -2,7 +2,7 @@
 
     python bench/fuzz.py --hostile 10000 --requests 2000 --seed 1 --json reports/fuzz.json
 
-A *hostile* run gets the simulator's valid traffic (``ops.chaos.traffic``: requests, clicks,
+A *hostile* run gets the simulator's valid traffic (``reloop.testing.chaos.traffic``: requests, clicks,
 media and a closing flush per partition) with hostile events drawn by ``tests/strategies.py``
 inserted between its events, on ``requests``, ``interactions``, ``media`` and ``models``; a
 *clean* run (fresh topics, the same worker settings) gets the valid traffic alone. Each run is
@@ -47,16 +47,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from models.registry import ModelRegistry  # noqa: E402
-from ops.chaos import traffic  # noqa: E402
-from ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig  # noqa: E402
-from ops.webclient import wait_ready  # noqa: E402
-from ops.worker_process import WorkerProcess  # noqa: E402
-from streams.codec import encode  # noqa: E402
-from streams.topics import TOPICS  # noqa: E402
-from streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,  # noqa: E402
+from reloop.models.registry import ModelRegistry  # noqa: E402
+from reloop.testing.chaos import traffic  # noqa: E402
+from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.ops.simulator import SimConfig  # noqa: E402
+from reloop.ops.webclient import wait_ready  # noqa: E402
+from reloop.testing.worker_process import WorkerProcess  # noqa: E402
+from reloop.streams.codec import encode  # noqa: E402
+from reloop.streams.topics import TOPICS  # noqa: E402
+from reloop.streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,  # noqa: E402
                             RecommendationRequest)
 from tests.strategies import (CATEGORIES, KNOWN_GAPS, Context, Planned, draw, expected_counts,  # noqa: E402
                               hostile_event, materialize)
@@ -539,9 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also draw tests.strategies.KNOWN_GAPS (shapes the pipeline mis-handles today)")
     args = ap.parse_args(argv)
 
-    from ops.broker import EmbeddedBroker
-    from ops.replay import fit_initial_model
-    from ops.simulator import Simulator
+    from reloop.ops.broker import EmbeddedBroker
+    from reloop.ops.replay import fit_initial_model
+    from reloop.ops.simulator import Simulator
 
     work = Path(tempfile.mkdtemp(prefix="reloop-fuzz-"))
     broker = EmbeddedBroker()

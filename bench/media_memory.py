@@ -1,6 +1,6 @@
 """Media memory on the simulator: compression, bounded size, retrieval agreement, speed, AUC lift.
 
-Stream: ``ops.simulator`` labelled log with a media effect (``media_weight``: a candidate's
+Stream: ``reloop.ops.simulator`` labelled log with a media effect (``media_weight``: a candidate's
 click logit gains ``media_weight * max cos(content, last media_history watched items)``).
 Each simulated watch is expanded into ``--frames-per-watch`` encoder frames (the item's
 noisy content embedding plus ``--frame-noise`` per-dimension jitter, renormalised, same
@@ -26,7 +26,7 @@ For each update rule (``merge``, ``titans``) the bench reports:
   ``max_cos_abs_err`` is the mean |media_max_cos - full-history max cosine|;
 * ``events_per_s``: media events through ``MediaCore.on_batch`` (batches of ``--batch``,
   one thread, excluding JSON decode);
-* ``auc``: the slow model (``models.fit.fit_model``, default settings) fitted on the first
+* ``auc``: the slow model (``reloop.models.fit.fit_model``, default settings) fitted on the first
   ``--warmup`` of the interactions and scored on the rest, without media features, with
   the memory's features, and with an oracle feature (the simulator's true media term). Media
   features of a request use exactly the media events before it in the log.
@@ -50,15 +50,15 @@ from collections import defaultdict, deque
 import msgspec
 import numpy as np
 
-from models.features import FeatureEncoder
-from models.fit import fit_model
-from models.metrics import auc
-from ops.settings import Settings
-from ops.simulator import SimConfig, Simulator
-from processors.media import FEATURE_NAMES, MediaCore
-from state._media_kernels import unit_rows
-from state.media_memory import MediaMemoryConfig, UserMediaMemory
-from streams.events import Interaction, MediaEvent
+from reloop.models.features import FeatureEncoder
+from reloop.models.fit import fit_model
+from reloop.models.metrics import auc
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.processors.media import FEATURE_NAMES, MediaCore
+from reloop.state.media.kernels import unit_rows
+from reloop.state.media.memory import MediaMemoryConfig, UserMediaMemory
+from reloop.streams.events import Interaction, MediaEvent
 
 
 def expand_frames(events: list, frames: int, noise: float, seed: int) -> list:
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["rules"][rule] = res
     print_table(report)
     if args.json:
-        from ops.replay import write_report
+        from reloop.ops.replay import write_report
         write_report(report, args.json)
     return report
 

@@ -4,8 +4,8 @@ flows; each trial is compared with one uninterrupted worker on the same log.
     python bench/rebalance.py --trials 10 --json reports/rebalance.json [--requests 300] [--steps 4]
     python bench/rebalance.py --trials 0 --restore-sizes 1000,10000,50000   # restore time only
 
-Each trial (``ops.rebalance.run_group_trial``) draws a seeded membership script over up to three
-workers (``ops.rebalance.random_script``: a worker added, stopped with SIGTERM, lost for good
+Each trial (``reloop.testing.rebalance.run_group_trial``) draws a seeded membership script over up to three
+workers (``reloop.testing.rebalance.random_script``: a worker added, stopped with SIGTERM, lost for good
 with SIGKILL, or SIGKILLed and restarted on its volume, one step per chunk of the log, at a
 seeded fraction of the chunk answered) and checks: every request answered, the same error ids
 with the same labels, base predictions and codes as the uninterrupted worker, and the group's
@@ -18,7 +18,7 @@ after). Prints one line per trial and the pass count.
 ``--restore-sizes``: the restore time of one partition against its state size, through the
 broker: a changelog partition holding N pending requests of 20 candidates (written as a worker
 writes it, one batch of 40 requests at a time), read from the beginning to the end and rebuilt
-(``processors.hot_state.changelog_tail``/``changelog_read``, ``processors.changelog.restore``).
+(``reloop.processors.hot_state.changelog_tail``/``changelog_read``, ``reloop.processors.changelog.restore``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.registry import ModelRegistry  # noqa: E402
-from ops.broker import EmbeddedBroker  # noqa: E402
-from ops.rebalance import random_script, run_group_trial  # noqa: E402
-from ops.replay import fit_initial_model  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from streams.events import Interaction  # noqa: E402
+from reloop.models.registry import ModelRegistry  # noqa: E402
+from reloop.ops.broker import EmbeddedBroker  # noqa: E402
+from reloop.testing.rebalance import random_script, run_group_trial  # noqa: E402
+from reloop.ops.replay import fit_initial_model  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
+from reloop.streams.events import Interaction  # noqa: E402
 
 from bench.chaos import OVERRIDES  # noqa: E402 - the chaos trials' small model and windows
 from bench.chaos import report_trial  # noqa: E402
@@ -86,12 +86,12 @@ async def restore_curve(broker: EmbeddedBroker, sizes: list[int]) -> list[dict]:
     """Restore time of one changelog partition against its size (module doc)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from ops.kafka import create_topics, topic_name
-    from processors.changelog import changed_records, restore
-    from processors.hot_state import changelog_read, changelog_tail
-    from processors.metrics import OnlineMetrics
-    from processors.pending import Pending
-    from processors.tasks import FeedbackTasks
+    from reloop.ops.kafka import create_topics, topic_name
+    from reloop.processors.changelog import changed_records, restore
+    from reloop.processors.hot_state import changelog_read, changelog_tail
+    from reloop.processors.metrics import OnlineMetrics
+    from reloop.processors.pending import Pending
+    from reloop.processors.tasks import FeedbackTasks
 
     out = []
     for n in sizes:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.simulator import FaultSpec, SimConfig, Simulator  # noqa: E402
-from processors.compensation import NoCompensation  # noqa: E402
-from processors.replica import ErrorsReplica  # noqa: E402
-from processors.schemas import SchemaCore  # noqa: E402
-from processors.telemetry import WorkerTelemetry  # noqa: E402
-from state.schema_cache import SchemaCacheConfig  # noqa: E402
-from streams.validation import Limits  # noqa: E402
+from reloop.ops.simulator import FaultSpec, SimConfig, Simulator  # noqa: E402
+from reloop.processors.compensation import NoCompensation  # noqa: E402
+from reloop.processors.replica import ErrorsReplica  # noqa: E402
+from reloop.processors.schemas import SchemaCore  # noqa: E402
+from reloop.processors.telemetry import WorkerTelemetry  # noqa: E402
+from reloop.state.schemas.cache import SchemaCacheConfig  # noqa: E402
+from reloop.streams.validation import Limits  # noqa: E402
 from tests.processors.test_schema_core import _oracle_records  # noqa: E402
 
 from bench.replica_speed import PARTITIONS, partition_logs, poll  # noqa: E402

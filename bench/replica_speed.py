@@ -28,14 +28,14 @@ sys.path.insert(0, os.getcwd())
 
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from processors.compensation import NoCompensation  # noqa: E402
-from processors.replica import ErrorsReplica  # noqa: E402
-from processors.schemas import SchemaCore  # noqa: E402
-from processors.telemetry import WorkerTelemetry  # noqa: E402
-from state.schema_cache import SchemaCacheConfig  # noqa: E402
-from streams.codec import encode  # noqa: E402
-from streams.validation import Limits  # noqa: E402
+from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
+from reloop.processors.compensation import NoCompensation  # noqa: E402
+from reloop.processors.replica import ErrorsReplica  # noqa: E402
+from reloop.processors.schemas import SchemaCore  # noqa: E402
+from reloop.processors.telemetry import WorkerTelemetry  # noqa: E402
+from reloop.state.schemas.cache import SchemaCacheConfig  # noqa: E402
+from reloop.streams.codec import encode  # noqa: E402
+from reloop.streams.validation import Limits  # noqa: E402
 from tests.processors.test_schema_core import _oracle_records  # noqa: E402
 
 TopicPart = collections.namedtuple("TopicPart", "topic partition")
@@ -69,10 +69,10 @@ def with_model_codes(records: list) -> tuple[list, object, object]:
     error-memory codes at the default sketch size), and (settings, fitted model)."""
     import msgspec
 
-    from ops.replay import fit_initial_model
-    from ops.serving import make_compensation
-    from ops.settings import Settings
-    from streams.events import Interaction, pack_codes
+    from reloop.ops.replay import fit_initial_model
+    from reloop.ops.serving import make_compensation
+    from reloop.ops.settings import Settings
+    from reloop.streams.events import Interaction, pack_codes
     from tests.conftest import SMALL
 
     s = Settings().with_overrides(**SMALL)
@@ -91,8 +91,8 @@ def with_model_codes(records: list) -> tuple[list, object, object]:
 
 def memory_trials(records: list, batch: int, trials: int) -> list[float]:
     """Memory rows per CPU-second of ``ErrorsReplica.apply_memory`` (fresh replica per trial)."""
-    from ops.serving import make_compensation
-    from processors.error_memory import memory_batches
+    from reloop.ops.serving import make_compensation
+    from reloop.processors.error_memory import memory_batches
 
     records, s, fitted = with_model_codes(records)
     tables = s.error_memory.tables

@@ -6,18 +6,18 @@
 1. **One retrain cycle on a ``--window``-sample window** (default 50k) of simulator traffic with
    the default ``Settings()`` model and ``TrainerConfig()`` gates, warm-started from a v1 trained
    on the preceding traffic: train + export (dynamo) + parity (torch vs onnxruntime) + holdout
-   check vs v1 + atomic register, exactly :func:`ops.trainer.retrain_once`. Also times writing
+   check vs v1 + atomic register, exactly :func:`reloop.ops.trainer.retrain_once`. Also times writing
    the window to its durable segments and reading it back (a trainer restart).
 2. **ML-100K prequential AUC**, retraining every ``--retrain-every`` samples vs a frozen model.
    The ratings (label = rating >= 4) are replayed in time order: the first 20% train v1; then
    per block of 1000 ratings, each model scores the block *before* learning from it. The
    retrained arm runs the real trainer parts: the block becomes error records of the serving
-   version, goes into a :class:`~state.sample_window.SampleWindow` (``window_max_samples``
-   newest samples), :class:`~processors.trainer.TrainerCore` decides (schedule, and drift with
-   ``--drift``), and :func:`~ops.trainer.retrain_once` trains, gates and registers; a version that
+   version, goes into a :class:`~reloop.state.sample_window.SampleWindow` (``window_max_samples``
+   newest samples), :class:`~reloop.processors.trainer.TrainerCore` decides (schedule, and drift with
+   ``--drift``), and :func:`~reloop.ops.trainer.retrain_once` trains, gates and registers; a version that
    fails the gates is not served. Reported: AUC and log loss over every scored rating, per arm.
 
-The data is read in place with :func:`ops.logs.read_movielens` (never copied). Wall times are
+The data is read in place with :func:`reloop.ops.logs.read_movielens` (never copied). Wall times are
 for this machine (``os.cpu_count()`` reported; training uses ``trainer.train_threads`` threads).
 """
 
@@ -38,17 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.features import FeatureEncoder  # noqa: E402
-from models.metrics import auc, logloss  # noqa: E402
-from models.registry import ModelRegistry  # noqa: E402
-from ops.logs import read_movielens  # noqa: E402
-from ops.replay import fit_initial_model  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from ops.simulator import SimConfig, Simulator  # noqa: E402
-from ops.trainer import retrain_once  # noqa: E402
-from processors.trainer import TrainerConfig, TrainerCore  # noqa: E402
-from state.sample_window import Sample, SampleWindow  # noqa: E402
-from streams.events import ErrorRecord, Interaction  # noqa: E402
+from reloop.models.features import FeatureEncoder  # noqa: E402
+from reloop.models.metrics import auc, logloss  # noqa: E402
+from reloop.models.registry import ModelRegistry  # noqa: E402
+from reloop.ops.logs import read_movielens  # noqa: E402
+from reloop.ops.replay import fit_initial_model  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
+from reloop.ops.trainer import retrain_once  # noqa: E402
+from reloop.processors.trainer import TrainerConfig, TrainerCore  # noqa: E402
+from reloop.state.sample_window import Sample, SampleWindow  # noqa: E402
+from reloop.streams.events import ErrorRecord, Interaction  # noqa: E402
 
 DEFAULT_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ops.logging_setup import setup_logging
+    from reloop.ops.logging_setup import setup_logging
 
     setup_logging("ERROR")  # the bench prints its own lines; rejections are in the report
     settings, config = Settings().with_overrides(model=json.loads(args.model)), TrainerConfig()

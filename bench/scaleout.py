@@ -47,10 +47,10 @@ WORKERS = (1, 2, 4, 8, 16, 32, 64)
 def quality(data: str, rates: list[float], retrain_every: int) -> dict[str, Any]:
     """AUC gain (points) of the sketch over the base model at each write rate, on ML-100K
     (retrained models shared between the runs, as in ``bench/error_memory_quality.py``)."""
-    from ops.logs import read_movielens
-    from ops.replay import ReplayEngine
-    from ops.serving import compensation_factory
-    from ops.settings import Settings
+    from reloop.ops.logs import read_movielens
+    from reloop.ops.replay import ReplayEngine
+    from reloop.ops.serving import compensation_factory
+    from reloop.ops.settings import Settings
 
     loaded = read_movielens(data)
     s = Settings().with_overrides(replay={"retrain_every": retrain_every})
@@ -74,10 +74,10 @@ def quality(data: str, rates: list[float], retrain_every: int) -> dict[str, Any]
 def _fitted(candidates: int):
     import msgspec  # noqa: F401
 
-    from ops.replay import fit_initial_model
-    from ops.settings import Settings
-    from ops.simulator import SimConfig, Simulator
-    from streams.events import Interaction
+    from reloop.ops.replay import fit_initial_model
+    from reloop.ops.settings import Settings
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.streams.events import Interaction
     from tests.conftest import SMALL
 
     s = Settings().with_overrides(**SMALL)
@@ -89,14 +89,14 @@ def own_requests_cost(s: Any, fitted: Any, candidates: int, n_requests: int, pol
                       ) -> tuple[float, list[bytes]]:
     """CPU seconds per 1,000 own requests of ``candidates`` each (module docstring), and the
     memory batches they produced (wire bytes, for the replica measurement)."""
-    from ops.serving import make_compensation
-    from ops.simulator import SimConfig, Simulator
-    from processors.error_memory import memory_batches
-    from processors.scoring import ScoringCore
-    from processors.tasks import FeedbackTasks
-    from processors.metrics import OnlineMetrics
-    from streams.codec import decode_event, encode
-    from streams.events import Interaction, RecommendationRequest
+    from reloop.ops.serving import make_compensation
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.processors.error_memory import memory_batches
+    from reloop.processors.scoring import ScoringCore
+    from reloop.processors.tasks import FeedbackTasks
+    from reloop.processors.metrics import OnlineMetrics
+    from reloop.streams.codec import decode_event, encode
+    from reloop.streams.events import Interaction, RecommendationRequest
 
     sim = Simulator(SimConfig(seed=7, shift_at=None, candidates_per_request=candidates))
     events = [e for e in sim.events(n_requests) if isinstance(e, (RecommendationRequest, Interaction))]
@@ -135,10 +135,10 @@ def replica_cost(s: Any, fitted: Any, batches: list[bytes], trials: int) -> tupl
     """(CPU seconds per 1,000 memory rows, median rows per CPU-second) of ``apply_memory``."""
     import collections
 
-    from ops.serving import make_compensation
-    from processors.replica import ErrorsReplica
-    from processors.telemetry import WorkerTelemetry
-    from streams.validation import Limits
+    from reloop.ops.serving import make_compensation
+    from reloop.processors.replica import ErrorsReplica
+    from reloop.processors.telemetry import WorkerTelemetry
+    from reloop.streams.validation import Limits
 
     TP = collections.namedtuple("TP", "topic partition")
     Msg = collections.namedtuple("Msg", "offset value")
@@ -160,13 +160,13 @@ def schema_cost(n_requests: int) -> float:
     """CPU seconds per 1,000 ``errors`` records through the schema-cache replica."""
     from replica_speed import PARTITIONS, partition_logs, poll
 
-    from ops.simulator import SimConfig, Simulator
-    from processors.compensation import NoCompensation
-    from processors.replica import ErrorsReplica
-    from processors.schemas import SchemaCore
-    from processors.telemetry import WorkerTelemetry
-    from state.schema_cache import SchemaCacheConfig
-    from streams.validation import Limits
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.processors.compensation import NoCompensation
+    from reloop.processors.replica import ErrorsReplica
+    from reloop.processors.schemas import SchemaCore
+    from reloop.processors.telemetry import WorkerTelemetry
+    from reloop.state.schemas.cache import SchemaCacheConfig
+    from reloop.streams.validation import Limits
     from tests.processors.test_schema_core import _oracle_records
 
     records = _oracle_records(Simulator(SimConfig(seed=4, shift_at=None)), n_requests)

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python bench/scoring.py --json reports/scoring.json [--iters 2000]
         [--idle-seconds 3] [--movielens ../shared/data/ml-100k | --skip-auc]
 
-Models: ``old`` = :data:`models.ctr.LEGACY_MODEL_CONFIG` (two full-rank cross layers, 16-wide
+Models: ``old`` = :data:`reloop.models.ctr.LEGACY_MODEL_CONFIG` (two full-rank cross layers, 16-wide
 embeddings: the model before issue 14) and ``new`` = ``Settings().model`` (today's default),
 both over the simulator's features with ``Settings()`` feature defaults (2^18 hashed buckets,
 16 tokens, hidden 64), exported with the project's exporter. Inputs are real encoded candidate
@@ -14,13 +14,13 @@ calls after a warm-up, all in one process, interleaved per batch size so that ma
 hits every variant alike), per model:
 
 - ``torch``: eager ``model(tokens, dense)`` under ``torch.inference_mode()``, 1 intra-op thread;
-- ``ort``: the serving path, :meth:`models.scorer.OnnxScorer.score` (input checks included)
-  with the session options of :func:`models.scorer.make_session_options`, 1 thread;
+- ``ort``: the serving path, :meth:`reloop.models.scorer.OnnxScorer.score` (input checks included)
+  with the session options of :func:`reloop.models.scorer.make_session_options`, 1 thread;
 - ``ort_default``: onnxruntime with default ``SessionOptions`` (threads = cores, spinning on).
 
 ``per_candidate_us`` = ``ort`` median / batch size. Threading table (new model, batches 1 to
 2048): median wall ms and process CPU ms per call with 1 and 2 intra-op threads (tuned options,
-no spinning); it is what :data:`models.scorer.LARGE_BATCH_THREADS` and ``LARGE_BATCH_ROWS`` are
+no spinning); it is what :data:`reloop.models.scorer.LARGE_BATCH_THREADS` and ``LARGE_BATCH_ROWS`` are
 set from.
 
 Quality: ML-100K prequential AUC (frozen v1 and retrained every 10k ratings) of each
@@ -65,7 +65,7 @@ def _cpu_seconds() -> float:
 def _session(onnx_path: str | bytes, tuned: bool, threads: int = 1):
     import onnxruntime as ort
 
-    from models.scorer import make_session_options
+    from reloop.models.scorer import make_session_options
 
     opts = make_session_options(threads) if tuned else ort.SessionOptions()
     return ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -103,8 +103,8 @@ def _child(onnx_path: str, tuned: bool, seconds: float, mode: str) -> dict[str, 
 
 def simulator_rows(seed: int = 0) -> list:
     """Candidate rows ``(user, item, features)`` of 200 simulator events."""
-    from ops.simulator import SimConfig, Simulator
-    from streams.events import RecommendationRequest
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.streams.events import RecommendationRequest
 
     rows = []
     for ev in Simulator(SimConfig(seed=seed)).events(200):
@@ -115,10 +115,10 @@ def simulator_rows(seed: int = 0) -> list:
 
 def build_model(config: Any = None, seed: int = 0):
     """A model of ``config`` (default ``Settings().model``), its ONNX bytes and encoded rows."""
-    from models.ctr import CTRModel
-    from models.export import export_onnx
-    from models.features import FeatureEncoder, FeatureSpec
-    from ops.settings import Settings
+    from reloop.models.ctr import CTRModel
+    from reloop.models.export import export_onnx
+    from reloop.models.features import FeatureEncoder, FeatureSpec
+    from reloop.ops.settings import Settings
 
     settings = Settings()
     rows = simulator_rows(seed)
@@ -157,7 +157,7 @@ def latency(models: dict[str, tuple], iters: int) -> dict[str, dict]:
     """Interleaved torch / ort / ort_default timings per model and batch size (module doc)."""
     import torch
 
-    from models.scorer import OnnxScorer
+    from reloop.models.scorer import OnnxScorer
 
     torch.set_num_threads(1)
     prepared = {}
@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from models.ctr import LEGACY_MODEL_CONFIG
-    from ops.logging_setup import setup_logging
-    from ops.settings import Settings
+    from reloop.models.ctr import LEGACY_MODEL_CONFIG
+    from reloop.ops.logging_setup import setup_logging
+    from reloop.ops.settings import Settings
 
     setup_logging("ERROR")
     configs = {"old": LEGACY_MODEL_CONFIG, "new": Settings().model}

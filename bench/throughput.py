@@ -75,11 +75,11 @@ import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.feedback_floor import io_floor  # noqa: E402
-from ops.main_job import collect_latencies  # noqa: E402
-from ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from streams.codec import decode_event, encode  # noqa: E402
-from streams.events import Interaction, MediaEvent, RecommendationRequest  # noqa: E402
+from reloop.ops.main_job import collect_latencies  # noqa: E402
+from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
+from reloop.ops.settings import Settings  # noqa: E402
+from reloop.streams.codec import decode_event, encode  # noqa: E402
+from reloop.streams.events import Interaction, MediaEvent, RecommendationRequest  # noqa: E402
 
 KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction}
 TAKE = 5000  # records per getmany of the raw baseline (the worker's fetch_max_records)
@@ -180,8 +180,8 @@ async def faust_consume(settings: Settings, topics: list[str], expected: int, tm
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, fitted: Any, tmp: Path) -> AsyncIterator[Any]:
     """A ``reloop worker`` process serving ``fitted`` on ``settings``' topics, once ready."""
-    from models.registry import ModelRegistry
-    from ops.webclient import wait_ready
+    from reloop.models.registry import ModelRegistry
+    from reloop.ops.webclient import wait_ready
     from tests.conftest import WorkerProcess  # the subprocess wrapper the tests use
 
     ModelRegistry(Path(settings.worker.data_dir) / "models").register(fitted)
@@ -204,7 +204,7 @@ async def feedback_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tu
     """(records/s, records per CPU-second) of the worker (requests + interactions) until all n
     error records are applied to its memory (``memory`` rows) and, when it runs the schema
     cache, read back from ``errors``."""
-    from ops.webclient import get_json
+    from reloop.ops.webclient import get_json
 
     async with running_worker(settings, fitted, tmp) as w:
         t_first, c_first, first, done = None, 0.0, 0, 0
@@ -249,7 +249,7 @@ async def latency_run(settings: Settings, fitted: Any, live: list[Recommendation
     """Latency of a fresh worker (no backlog) offered ``live`` at ``rps`` requests/s, with the
     simulator's clicks and media events for them (``feedback``) sent alongside (mixed load);
     adds the worker's per-stage seconds (``reloop_stage_seconds``) over the run."""
-    from ops.webclient import get_text
+    from reloop.ops.webclient import get_text
 
     c = await assigned_consumer(settings, ["recommendations"], fetch_max_wait_ms=10)
     await c.seek_to_beginning()  # fresh topics: nothing before our requests
@@ -339,10 +339,10 @@ def trial_settings(base: Settings, tmp: Path, tag: str) -> Settings:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from ops.broker import EmbeddedBroker
-    from ops.replay import fit_initial_model
-    from ops.simulator import SimConfig, Simulator
-    from processors.prequential import as_feedback, as_request
+    from reloop.ops.broker import EmbeddedBroker
+    from reloop.ops.replay import fit_initial_model
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.processors.prequential import as_feedback, as_request
     from tests.conftest import SMALL
 
     tmp = Path(tempfile.mkdtemp(prefix="reloop-bench-"))

@@ -2,7 +2,7 @@
 
 Layout of ``<dir>/``:
 
-- ``model.onnx``: the served graph (see :mod:`models.export`);
+- ``model.onnx``: the served graph (see :mod:`reloop.models.export`);
 - ``model.pt``: the torch ``state_dict`` (tensors only) for warm-started retraining; optional;
 - ``meta.json``: :class:`BundleMeta` -- version, feature spec, model config, metrics, sha256
   and size of each file, creation time, parent version, training window bounds.
@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from models.features import FeatureSpec
-from models.scorer import OnnxScorer
+from reloop.models.features import FeatureSpec
+from reloop.models.scorer import OnnxScorer
 
 if TYPE_CHECKING:
-    from models.ctr import CTRModel
+    from reloop.models.ctr import CTRModel
 
 __all__ = [
     "BundleMeta",
@@ -70,10 +70,10 @@ class BundleMeta(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         version: model version label (unique per bundle).
         feature_spec: the spec the model's inputs are encoded with.
-        model_config: :class:`~models.ctr.ModelConfig` as a JSON object (kept untyped here so
+        model_config: :class:`~reloop.models.ctr.ModelConfig` as a JSON object (kept untyped here so
             reading metadata does not import torch). Its ``cross`` key names the architecture
             (``"full"`` or ``"lowrank"``); bundles written before that key existed have none and
-            hold full-rank models (:func:`models.ctr.config_from_meta`).
+            hold full-rank models (:func:`reloop.models.ctr.config_from_meta`).
         metrics: training/holdout metrics (``nan`` is stored as ``null``).
         onnx_sha256, onnx_size: hex digest and byte size of ``model.onnx``.
         state_sha256, state_size: the same for ``model.pt`` (``None`` if not saved).
@@ -172,8 +172,8 @@ class ModelBundle:
             raise CorruptModelError(f"{self.path / STATE_FILE}: cannot load state_dict: {exc}") from exc
 
     def load_torch_model(self) -> CTRModel:
-        """Rebuild the :class:`~models.ctr.CTRModel` (eval mode) to warm-start a retrain."""
-        from models.ctr import CTRModel, config_from_meta
+        """Rebuild the :class:`~reloop.models.ctr.CTRModel` (eval mode) to warm-start a retrain."""
+        from reloop.models.ctr import CTRModel, config_from_meta
 
         try:
             config = config_from_meta(self.meta.model_config)  # no "cross" key: a full-rank model
@@ -205,13 +205,13 @@ def save_bundle(
 
     Args:
         directory: target directory; must not exist (versions are immutable).
-        onnx_bytes: output of :func:`models.export.export_onnx`.
+        onnx_bytes: output of :func:`reloop.models.export.export_onnx`.
         spec: feature spec of the model.
         version: version label.
         model: the torch model; its ``state_dict`` is saved as ``model.pt`` and its config is
             recorded. Without it the bundle can serve but not warm-start a retrain.
-        model_config: a :class:`~models.ctr.ModelConfig` (defaults to ``model.config``).
-        metrics: JSON-serialisable metrics (e.g. from :func:`models.train.train_model`).
+        model_config: a :class:`~reloop.models.ctr.ModelConfig` (defaults to ``model.config``).
+        metrics: JSON-serialisable metrics (e.g. from :func:`reloop.models.train.train_model`).
         parent_version, window_start, window_end: lineage and training window (unix seconds).
         created_ts: unix seconds; defaults to now.
 

@@ -2,7 +2,7 @@
 
 1. **Parity**: the torch model and its ONNX export, run by onnxruntime with the serving session
    options, agree on held-out rows within ``parity_atol`` (max abs diff over ``prob`` and
-   ``hidden``; :func:`models.export.check_parity`). A mismatch means the served graph is not the
+   ``hidden``; :func:`reloop.models.export.check_parity`). A mismatch means the served graph is not the
    model that was validated.
 2. **Holdout quality** (rollback of harmful updates, as in Ekko): the candidate and the model
    currently serving score the *same* held-out rows (the newest slice of the training window,
@@ -25,11 +25,11 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
-from models.export import ParityError, check_parity
-from models.features import FeatureEncoder, Row
-from models.fit import FittedModel
-from models.metrics import auc, logloss
-from models.scorer import OnnxScorer
+from reloop.models.export import ParityError, check_parity
+from reloop.models.features import FeatureEncoder, Row
+from reloop.models.fit import FittedModel
+from reloop.models.metrics import auc, logloss
+from reloop.models.scorer import OnnxScorer
 
 __all__ = ["CheckConfig", "HoldoutScores", "CheckReport", "score_holdout", "validate_candidate",
            "PARITY_PROBE_ROWS"]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.features import FeatureSpec
+from reloop.models.features import FeatureSpec
 
 __all__ = ["ModelConfig", "CTRModel", "CrossLayer", "LowRankCrossLayer", "CrossKind", "LEGACY_MODEL_CONFIG",
            "config_from_meta", "same_architecture"]

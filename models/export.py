@@ -1,10 +1,10 @@
-"""ONNX export of :class:`~models.ctr.CTRModel` and the torch/onnxruntime parity check.
+"""ONNX export of :class:`~reloop.models.ctr.CTRModel` and the torch/onnxruntime parity check.
 
 The exported graph has
 
 - inputs ``tokens`` int64 ``[batch, T]`` and ``dense`` float32 ``[batch, W]`` with
   ``W = spec.dense_width = max(1, D)`` (when ``D == 0`` the caller feeds one zero column;
-  :class:`~models.scorer.OnnxScorer` does that itself);
+  :class:`~reloop.models.scorer.OnnxScorer` does that itself);
 - outputs ``prob`` float32 ``[batch]`` and ``hidden`` float32 ``[batch, H]``;
 - a dynamic ``batch`` axis, opset :data:`OPSET`;
 - ``metadata_props``: ``reloop.feature_spec`` (JSON of the :class:`FeatureSpec`),
@@ -33,9 +33,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from models.ctr import CTRModel
-from models.features import FeatureSpec, check_inputs, pad_dense
-from models.scorer import SPEC_METADATA_KEY, make_session_options
+from reloop.models.ctr import CTRModel
+from reloop.models.features import FeatureSpec, check_inputs, pad_dense
+from reloop.models.scorer import SPEC_METADATA_KEY, make_session_options
 
 __all__ = ["export_onnx", "check_parity", "ParityError", "OPSET", "INPUT_NAMES", "OUTPUT_NAMES", "Exporter"]
 
@@ -169,7 +169,7 @@ def check_parity(
 ) -> float:
     """Max absolute difference between torch and onnxruntime over ``prob`` and ``hidden``.
 
-    onnxruntime runs with the serving session options (:func:`models.scorer.make_session_options`,
+    onnxruntime runs with the serving session options (:func:`reloop.models.scorer.make_session_options`,
     ``ORT_ENABLE_ALL``), so the check covers the fused graph that will actually be served.
 
     Args:

@@ -2,7 +2,7 @@
 
 A row is ``(user_id, item_id, features)`` where ``features`` maps a feature name to a
 categorical value (``str``) or a dense value (``float``/``int``), as carried by the events in
-:mod:`streams.events` (the caller merges request-level and candidate-level features).
+:mod:`reloop.streams.events` (the caller merges request-level and candidate-level features).
 
 Tokens
     ``"user_id=<u>"``, ``"item_id=<i>"``, then one ``"name=value"`` per categorical feature in
@@ -99,7 +99,7 @@ def token_id(token: str, n_buckets: int) -> int:
 
 
 class FeatureEncoder:
-    """Turns rows into ``(tokens, dense)`` arrays for :class:`models.ctr.CTRModel`.
+    """Turns rows into ``(tokens, dense)`` arrays for :class:`reloop.models.ctr.CTRModel`.
 
     Token ids are memoised: ``user_id`` and ``item_id`` values in one dict each (keyed by the
     id string), other categoricals in a dict keyed by the ``(name, value)`` pair; together they

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import msgspec
 import numpy as np
 
-from models.ctr import CTRModel, ModelConfig, same_architecture
-from models.export import check_parity, export_onnx
-from models.features import FeatureEncoder, FeatureSpec, Row
-from models.scorer import OnnxScorer
-from models.train import TrainConfig, train_model
+from reloop.models.ctr import CTRModel, ModelConfig, same_architecture
+from reloop.models.export import check_parity, export_onnx
+from reloop.models.features import FeatureEncoder, FeatureSpec, Row
+from reloop.models.scorer import OnnxScorer
+from reloop.models.train import TrainConfig, train_model
 
 log = logging.getLogger("reloop.fit")
 
@@ -56,7 +56,7 @@ def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: Feat
     ``TrainConfig().epochs`` passes.
 
     Raises:
-        models.export.ParityError: torch and onnxruntime disagree by more than 1e-5.
+        reloop.models.export.ParityError: torch and onnxruntime disagree by more than 1e-5.
     """
     t0 = time.perf_counter()
     architecture_changed = False

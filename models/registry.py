@@ -8,11 +8,11 @@ Layout under ``root``::
       v1/  model.onnx model.pt meta.json
       v2/  ...
 
-A version directory is written by :func:`models.bundle.save_bundle` (temp dir, fsync, rename),
+A version directory is written by :func:`reloop.models.bundle.save_bundle` (temp dir, fsync, rename),
 so readers see a complete version or none. ``meta.json`` records the ONNX file's sha256 and
 size, the metrics (training, holdout and ``check_*`` gate results), the training window's
 event-time bounds, the parent version and the creation time. Reading a model verifies size and
-sha256 and raises :class:`~models.bundle.CorruptModelError` for a missing, truncated or altered
+sha256 and raises :class:`~reloop.models.bundle.CorruptModelError` for a missing, truncated or altered
 file: the worker's load path catches it, logs ``model_refused`` and keeps serving the model it
 has. :meth:`ModelRegistry.promote` verifies a version before pointing ``CURRENT`` at it, so a
 corrupt version is never made current by the registry.
@@ -33,11 +33,11 @@ from pathlib import Path
 import math
 from typing import TYPE_CHECKING, Any
 
-from models.bundle import STATE_FILE, CorruptModelError, ModelBundle, _read_verified, load_bundle, save_bundle
-from streams.events import ModelAnnouncement
+from reloop.models.bundle import STATE_FILE, CorruptModelError, ModelBundle, _read_verified, load_bundle, save_bundle
+from reloop.streams.events import ModelAnnouncement
 
 if TYPE_CHECKING:  # torch stays out of processes that only read the registry (workers, CLI)
-    from models.fit import FittedModel
+    from reloop.models.fit import FittedModel
 
 __all__ = ["ModelRegistry", "VersionInfo", "RegistryLock", "RegistryLocked", "LOCK_FILE"]
 

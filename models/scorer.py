@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import onnxruntime as ort
 
-from models.features import FeatureSpec, check_inputs, pad_dense
+from reloop.models.features import FeatureSpec, check_inputs, pad_dense
 
 __all__ = ["OnnxScorer", "make_session_options", "SPEC_METADATA_KEY", "LARGE_BATCH_THREADS", "LARGE_BATCH_ROWS"]
 

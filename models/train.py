@@ -1,8 +1,8 @@
 """Training of the slow model on a time-ordered window, with optional warm start.
 
 Training is separate from export and scoring: :func:`train_model` returns a torch
-:class:`~models.ctr.CTRModel` and a metrics dict; :mod:`models.export` turns it into ONNX and
-:mod:`models.bundle` stores it. A retrain warm-starts by passing the parent model as ``init``.
+:class:`~reloop.models.ctr.CTRModel` and a metrics dict; :mod:`reloop.models.export` turns it into ONNX and
+:mod:`reloop.models.bundle` stores it. A retrain warm-starts by passing the parent model as ``init``.
 
 Optimisation: Adam on binary cross-entropy over logits. The embedding table is updated with
 ``SparseAdam`` (only the rows of the batch move, and a step costs O(batch) rather than
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.ctr import CTRModel, ModelConfig, same_architecture
-from models.features import FeatureSpec, check_inputs
-from models.metrics import auc, logloss
+from reloop.models.ctr import CTRModel, ModelConfig, same_architecture
+from reloop.models.features import FeatureSpec, check_inputs
+from reloop.models.metrics import auc, logloss
 
 __all__ = ["TrainConfig", "train_model", "predict"]
 

@@ -24,11 +24,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from ops.cli_support import (CliError, ReloopParser, VersionAction, expected_errors, one_line,
+from reloop.ops.cli_support import (CliError, ReloopParser, VersionAction, expected_errors, one_line,
                               quiet_broken_pipe)
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the commands
-    from ops.settings import Settings
+    from reloop.ops.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -40,7 +40,7 @@ SOURCE_TOPICS = ("requests", "interactions", "media", "errors", "memory", "chang
 
 def _settings(args: argparse.Namespace) -> "Settings":
     """Settings from --config / env, with this command's --broker, --data-dir, --web-port."""
-    from ops.settings import load_settings
+    from reloop.ops.settings import load_settings
 
     s = load_settings(getattr(args, "config", None))
     over: dict[str, dict[str, Any]] = {}
@@ -71,9 +71,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from ops.logs import read_log
-    from ops.replay import ReplayEngine, write_report
-    from ops.serving import compensation_factory
+    from reloop.ops.logs import read_log
+    from reloop.ops.replay import ReplayEngine, write_report
+    from reloop.ops.serving import compensation_factory
 
     settings = _settings(args)
     if args.warmup is not None:
@@ -94,7 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ops.worker import run_worker
+    from reloop.ops.worker import run_worker
 
     settings = _settings(args)
     if settings.kafka.broker == "embedded":
@@ -108,11 +108,11 @@ def cmd_topics(args: argparse.Namespace) -> int:
     import asyncio
 
     if args.action == "list":  # the catalog itself: no settings, no torch
-        from streams.topics import markdown_table
+        from reloop.streams.topics import markdown_table
 
         print(markdown_table())
         return 0
-    from ops.kafka import create_topics
+    from reloop.ops.kafka import create_topics
 
     settings = _settings(args)
     _need_broker(settings, "topics create")
@@ -124,7 +124,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ops.main_job import MainJobOptions, run_main_job
+    from reloop.ops.main_job import MainJobOptions, run_main_job
 
     settings = _settings(args)
     opts = MainJobOptions(events=args.events, duration_s=args.duration, forever=args.forever,
@@ -137,7 +137,7 @@ def _worker_snapshot(args: argparse.Namespace, name: str) -> dict:
     """Arrays of a worker's snapshot file ``name`` under ``--data-dir``."""
     from pathlib import Path
 
-    from state.snapshots import read_npz
+    from reloop.state.snapshots import read_npz
 
     data_dir = _settings(args).worker.data_dir
     path = Path(data_dir) / "snapshots" / name
@@ -149,7 +149,7 @@ def _worker_snapshot(args: argparse.Namespace, name: str) -> dict:
 def cmd_memory(args: argparse.Namespace) -> int:
     import json
 
-    from processors.media import MediaCore
+    from reloop.processors.media import MediaCore
 
     snap = _worker_snapshot(args, "inputs.npz")  # the input-side checkpoint holds the media memory
     media = {k.removeprefix("media."): v for k, v in snap.items() if k.startswith("media.")}
@@ -167,7 +167,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from processors.schemas import SchemaCore, format_table
+    from reloop.processors.schemas import SchemaCore, format_table
 
     snap = _worker_snapshot(args, "schema_cache.npz")
     rows = SchemaCore.restore(snap).schemas(include_resolved=args.all)
@@ -181,7 +181,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ops.dlq import format_letters, only_from, read_dead_letters, redrive
+    from reloop.ops.dlq import format_letters, only_from, read_dead_letters, redrive
 
     settings = _settings(args)
     _need_broker(settings, "dlq")
@@ -195,7 +195,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ops.simulator import SimConfig, Simulator, write_jsonl
+    from reloop.ops.simulator import SimConfig, Simulator, write_jsonl
 
     settings = _settings(args)
     sim = Simulator(SimConfig(seed=args.seed, media_dim=settings.limits.media_dim))
@@ -315,7 +315,7 @@ def add_simulate(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``reloop`` parser (cheap: nothing heavy is imported until a command runs)."""
-    from ops.models_cli import add_models_commands, add_train_command
+    from reloop.ops.models_cli import add_models_commands, add_train_command
 
     p = ReloopParser(prog="reloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=VersionAction, help="print the version and exit")
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from ops.logging_setup import setup_logging
+    from reloop.ops.logging_setup import setup_logging
 
     setup_logging(args.log_level)
     one_shot = args.command not in ("worker", "run") and not (args.command == "train" and not args.from_log)

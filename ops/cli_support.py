@@ -55,7 +55,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     import asyncio
 
     errs: list[type[BaseException]] = [ValueError, OSError, asyncio.TimeoutError, CliError]
-    for mod, name in (("models.bundle", "CorruptModelError"), ("aiokafka.errors", "KafkaError")):
+    for mod, name in (("reloop.models.bundle", "CorruptModelError"), ("aiokafka.errors", "KafkaError")):
         module = sys.modules.get(mod)  # only if a command imported it: never import torch here
         if module is not None:
             errs.append(getattr(module, name))

@@ -6,10 +6,10 @@ version comes from a recorded log of labelled interactions (your previous system
 impressions and clicks in ReLoop's JSONL form, a ``reloop simulate --labelled`` log, or a
 MovieLens directory):
 
-1. read the log (:func:`ops.logs.read_log`; invalid lines are counted and skipped) and, when
+1. read the log (:func:`reloop.ops.logs.read_log`; invalid lines are counted and skipped) and, when
    it has media events and ``worker.media_features`` is on, merge the media-memory features
    into each interaction exactly as the worker and the replay engine do;
-2. train, export to ONNX and check torch/onnxruntime parity (:func:`ops.replay.fit_initial_model`,
+2. train, export to ONNX and check torch/onnxruntime parity (:func:`reloop.ops.replay.fit_initial_model`,
    the same function ``reloop run`` and ``reloop replay`` use), then refuse a model whose
    holdout AUC is below ``min_auc`` (no better than chance);
 3. register it as ``v1`` in ``<data_dir>/models`` and make it current;
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.settings import Settings
+from reloop.ops.settings import Settings
 
 log = logging.getLogger("reloop.cold_start")
 
@@ -60,9 +60,9 @@ def load_training_rows(path: str, fmt: str, settings: Settings) -> tuple[list, i
         ColdStartError: fewer than :data:`MIN_ROWS` labelled interactions, or one class only.
         FileNotFoundError: ``path`` does not exist.
     """
-    from ops.logs import read_log
-    from processors.media import MediaCore, annotate_log
-    from streams.events import MediaEvent
+    from reloop.ops.logs import read_log
+    from reloop.processors.media import MediaCore, annotate_log
+    from reloop.streams.events import MediaEvent
 
     if not Path(path).exists():
         raise FileNotFoundError(f"log {path} not found")
@@ -82,9 +82,9 @@ def load_training_rows(path: str, fmt: str, settings: Settings) -> tuple[list, i
 async def announce(settings: Settings, version: str) -> str:
     """Produce ``version``'s announcement on the compacted ``models`` topic; returns the topic
     (the same announcement as ``reloop models promote``)."""
-    from models.registry import ModelRegistry
-    from ops.models_cli import announce_version
-    from ops.trainer import registry_root
+    from reloop.models.registry import ModelRegistry
+    from reloop.ops.models_cli import announce_version
+    from reloop.ops.trainer import registry_root
 
     return await announce_version(settings, ModelRegistry(registry_root(settings)), version)
 
@@ -97,9 +97,9 @@ def cold_start(settings: Settings, path: str, fmt: str = "jsonl", *, min_auc: fl
         ColdStartError: the log has too few labelled rows, or the model's holdout AUC is
             below ``min_auc``; nothing is registered then.
     """
-    from models.registry import ModelRegistry
-    from ops.replay import fit_initial_model
-    from ops.trainer import registry_root
+    from reloop.models.registry import ModelRegistry
+    from reloop.ops.replay import fit_initial_model
+    from reloop.ops.trainer import registry_root
 
     registry = ModelRegistry(registry_root(settings))
     current = registry.current()

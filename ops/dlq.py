@@ -13,10 +13,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ops.kafka import client_kwargs, make_producer, topic_name
-from ops.settings import Settings
-from streams.codec import InvalidEvent, decode_event, original_bytes
-from streams.events import DeadLetter
+from reloop.ops.kafka import client_kwargs, make_producer, topic_name
+from reloop.ops.settings import Settings
+from reloop.streams.codec import InvalidEvent, decode_event, original_bytes
+from reloop.streams.events import DeadLetter
 
 
 async def read_dead_letters(settings: Settings, idle_s: float = 1.0) -> list[DeadLetter]:
@@ -58,7 +58,7 @@ def only_from(letters: list[DeadLetter], settings: Settings, topic: str | None) 
     """
     if topic is None:
         return letters
-    from streams.topics import TOPICS
+    from reloop.streams.topics import TOPICS
 
     if topic not in TOPICS:
         raise ValueError(f"unknown topic {topic!r} (catalog topics: {', '.join(TOPICS)})")

@@ -1,4 +1,4 @@
-"""The main job's traffic driver (split from :mod:`ops.main_job`): it produces the simulator's
+"""The main job's traffic driver (split from :mod:`reloop.ops.main_job`): it produces the simulator's
 live traffic at a fixed offered load, reads the recommendations back (latency, which model
 version answered each request, at which event time), and reads the schema cache's alerts.
 """
@@ -13,12 +13,12 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ops.kafka import client_kwargs, make_producer, topic_name
-from ops.settings import KafkaSettings, Settings
-from ops.simulator import Simulator
-from processors.schemas import SchemaAlert, SchemaUpdate
-from streams.codec import InvalidEvent, decode_event, encode
-from streams.events import Interaction, MediaEvent, Recommendation, RecommendationRequest
+from reloop.ops.kafka import client_kwargs, make_producer, topic_name
+from reloop.ops.settings import KafkaSettings, Settings
+from reloop.ops.simulator import Simulator
+from reloop.processors.schemas import SchemaAlert, SchemaUpdate
+from reloop.streams.codec import InvalidEvent, decode_event, encode
+from reloop.streams.events import Interaction, MediaEvent, Recommendation, RecommendationRequest
 
 #: The driver's fetch wait, ms. The embedded broker holds a fetch for its full
 #: ``fetch_max_wait_ms`` when there is nothing new; aiokafka's default (500 ms) added up to
@@ -140,7 +140,7 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
 
 async def read_alerts(ks: KafkaSettings, timeout_s: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every message on ``alerts`` and ``schemas`` so far (up to their high watermarks), as dicts
-    (:class:`~processors.schemas.SchemaAlert`, :class:`~processors.schemas.SchemaUpdate`);
+    (:class:`~reloop.processors.schemas.SchemaAlert`, :class:`~reloop.processors.schemas.SchemaUpdate`);
     alerts deduplicated by ``alert_id``, both sorted by event time."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name, kind in (("alerts", SchemaAlert), ("schemas", SchemaUpdate)):

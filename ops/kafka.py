@@ -1,6 +1,6 @@
 """Kafka client plumbing shared by the worker, the driver and the CLI.
 
-Every aiokafka client is built from :class:`ops.settings.KafkaSettings` through
+Every aiokafka client is built from :class:`reloop.ops.settings.KafkaSettings` through
 :func:`client_kwargs`, so TLS/SASL apply everywhere at once. Topic names come from the
 catalog plus the configured prefix.
 """
@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from ops.broker import bootstrap_servers
-from ops.settings import KafkaSettings
-from streams.topics import CATALOG, TOPICS, TopicSpec
+from reloop.ops.broker import bootstrap_servers
+from reloop.ops.settings import KafkaSettings
+from reloop.streams.topics import CATALOG, TOPICS, TopicSpec
 
 log = logging.getLogger("reloop.kafka")
 

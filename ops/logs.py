@@ -21,10 +21,10 @@ from typing import Any
 
 import msgspec
 
-from streams.codec import InvalidEvent
-from streams.validation import check_limits
-from streams.events import Event, Interaction, MediaEvent
-from streams.validation import Limits
+from reloop.streams.codec import InvalidEvent
+from reloop.streams.validation import check_limits
+from reloop.streams.events import Event, Interaction, MediaEvent
+from reloop.streams.validation import Limits
 
 _line_decoder = msgspec.json.Decoder()
 _KNOWN_INTERACTION_FIELDS = set(Interaction.__struct_fields__) | {"type"}

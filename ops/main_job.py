@@ -9,7 +9,7 @@
    model version answered; after the shift (60% of the traffic) the trainer retrains (drift
    alarm, or its event-time schedule as a backstop) and the worker hot-swaps the new version;
 5. print a report (latency, versions per window, alerts, quality before and after the swap,
-   media memory, events/s) and write it as JSON (:mod:`ops.report`).
+   media memory, events/s) and write it as JSON (:mod:`reloop.ops.report`).
 
 Ctrl-C (SIGINT, to the driver alone or to its whole process group) or SIGTERM stops the
 traffic, then the worker and the trainer (their final snapshots written), then the broker,
@@ -32,21 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.broker import EmbeddedBroker, free_port
-from ops.driver import collect_latencies, drive, read_alerts, wait_replica_caught_up  # noqa: F401 - collect_latencies: bench/throughput.py
-from ops.kafka import create_topics, make_producer, topic_name
-from ops.logging_setup import JsonFormatter
-from ops.replay import fit_initial_model, write_report
-from ops.report import print_run_report, run_summary
-from ops.settings import Settings
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, get_text, wait_ready
-from ops.worker_process import in_daemon_thread, quiet_onnx_exporter, reloop_cmd, spawn_child, stop_children
-from models.registry import ModelRegistry
-from processors.media import MediaCore, annotate_log
-from processors.trainer import TrainerConfig
-from streams.codec import encode
-from streams.events import Interaction
+from reloop.ops.broker import EmbeddedBroker, free_port
+from reloop.ops.driver import collect_latencies, drive, read_alerts, wait_replica_caught_up  # noqa: F401 - collect_latencies: bench/throughput.py
+from reloop.ops.kafka import create_topics, make_producer, topic_name
+from reloop.ops.logging_setup import JsonFormatter
+from reloop.ops.replay import fit_initial_model, write_report
+from reloop.ops.report import print_run_report, run_summary
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import get_json, get_text, wait_ready
+from reloop.ops.children import in_daemon_thread, quiet_onnx_exporter, reloop_cmd, spawn_child, stop_children
+from reloop.models.registry import ModelRegistry
+from reloop.processors.media import MediaCore, annotate_log
+from reloop.processors.trainer import TrainerConfig
+from reloop.streams.codec import encode
+from reloop.streams.events import Interaction
 
 log = logging.getLogger("reloop.main_job")
 

@@ -10,7 +10,7 @@
                                              announce it (see ops/cold_start.py), then exit
 
 ``ops/cli.py`` registers these with :func:`add_models_commands` and :func:`add_train_command`;
-``python -m ops.models_cli ...`` runs them standalone. The registry is
+``python -m reloop.ops.models_cli ...`` runs them standalone. The registry is
 ``<data_dir>/models`` (``--data-dir`` or ``worker.data_dir``). Announcing needs a broker
 (``--broker kafka://host:port`` or ``RELOOP_KAFKA__BROKER``); without one, promote/rollback
 change ``CURRENT`` and say that nothing was announced (workers load ``CURRENT`` when they
@@ -26,8 +26,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # imported inside the commands: torch is too slow for `reloop --help`
-    from models.registry import ModelRegistry, VersionInfo
-    from ops.settings import Settings
+    from reloop.models.registry import ModelRegistry, VersionInfo
+    from reloop.ops.settings import Settings
 
 __all__ = ["add_models_commands", "add_train_command", "run", "main"]
 
@@ -38,7 +38,7 @@ ParserHook = Callable[[argparse.ArgumentParser], None]
 
 
 def _default_settings(args: argparse.Namespace) -> Settings:
-    from ops.settings import load_settings
+    from reloop.ops.settings import load_settings
 
     s = load_settings(getattr(args, "config", None))
     over: dict[str, dict[str, Any]] = {}
@@ -50,8 +50,8 @@ def _default_settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(settings: Settings) -> ModelRegistry:
-    from models.registry import ModelRegistry
-    from ops.trainer import registry_root
+    from reloop.models.registry import ModelRegistry
+    from reloop.ops.trainer import registry_root
 
     return ModelRegistry(registry_root(settings))
 
@@ -122,8 +122,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 async def announce_version(settings: Settings, registry: ModelRegistry, version: str) -> str:
     """Produce ``version``'s announcement on the compacted ``models`` topic; returns the topic."""
-    from ops.kafka import make_producer, topic_name
-    from streams.codec import encode
+    from reloop.ops.kafka import make_producer, topic_name
+    from reloop.streams.codec import encode
 
     topic = topic_name(settings.kafka, "models")
     producer = make_producer(settings.kafka)
@@ -167,7 +167,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_log:
         return cmd_cold_start(args, settings)
-    from ops.trainer import run_trainer
+    from reloop.ops.trainer import run_trainer
 
     if settings.kafka.broker == "embedded":
         print("reloop train needs --broker kafka://host:port (or RELOOP_KAFKA__BROKER)", file=sys.stderr)
@@ -177,7 +177,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cold_start(args: argparse.Namespace, settings: Settings) -> int:
     """``reloop train --from-log LOG``: the first model of an empty registry (ops/cold_start.py)."""
-    from ops.cold_start import cold_start
+    from reloop.ops.cold_start import cold_start
 
     announce = not args.no_announce and settings.kafka.broker != "embedded"
     result = cold_start(settings, args.from_log, args.format, min_auc=args.min_auc, announce_it=announce)
@@ -197,7 +197,7 @@ def cmd_cold_start(args: argparse.Namespace, settings: Settings) -> int:
 def _wrap(fn: Callable[[argparse.Namespace, Settings], int],
           settings_from_args: SettingsFromArgs) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from models.bundle import CorruptModelError
+        from reloop.models.bundle import CorruptModelError
 
         try:
             return fn(args, settings_from_args(args))
@@ -270,13 +270,13 @@ def add_train_command(subparsers: Any, settings_from_args: SettingsFromArgs | No
 def run(argv: list[str]) -> int:
     """Parse ``argv`` with the full ``reloop`` parser and run the command (no logging setup:
     for tests and embedding)."""
-    from ops.cli import build_parser
+    from reloop.ops.cli import build_parser
 
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 
-if __name__ == "__main__":  # kept for ``python -m ops.models_cli ...``; same as ``reloop ...``
-    from ops.cli import main
+if __name__ == "__main__":  # kept for ``python -m reloop.ops.models_cli ...``; same as ``reloop ...``
+    from reloop.ops.cli import main
 
     sys.exit(main())

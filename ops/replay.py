@@ -5,7 +5,7 @@ Protocol (prequential, deterministic):
 1. the first ``warmup`` fraction of the log's interactions trains the initial slow model and
    is not scored;
 2. the rest is cut into micro-batches of ``batch_size`` events in log order. For each batch:
-   every interaction is scored as a one-candidate request (:mod:`processors.prequential`),
+   every interaction is scored as a one-candidate request (:mod:`reloop.processors.prequential`),
    then the batch's labels are fed back (``FeedbackCore``) and the resulting error records
    are applied to the compensation. **A batch is scored before its feedback is applied**:
    the worker follows the same rule per polled batch.
@@ -24,18 +24,18 @@ from typing import Callable, Iterator, Sequence
 import msgspec
 import numpy as np
 
-from models.fit import FittedModel, fit_model
-from models.metrics import auc, logloss
-from processors.compensation import Compensation
-from processors.feedback import FeedbackCore
-from processors.media import MediaCore, annotate_log
-from processors.metrics import OnlineMetrics
-from processors.pending import PendingStore
-from processors.prequential import as_feedback, as_request
-from processors.scoring import ScoringCore
-from ops.logs import LoadedLog
-from ops.settings import Settings
-from streams.events import Interaction, MediaEvent
+from reloop.models.fit import FittedModel, fit_model
+from reloop.models.metrics import auc, logloss
+from reloop.processors.compensation import Compensation
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.media import MediaCore, annotate_log
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import PendingStore
+from reloop.processors.prequential import as_feedback, as_request
+from reloop.processors.scoring import ScoringCore
+from reloop.ops.logs import LoadedLog
+from reloop.ops.settings import Settings
+from reloop.streams.events import Interaction, MediaEvent
 
 log = logging.getLogger("reloop.replay")
 

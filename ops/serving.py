@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from models.scorer import OnnxScorer
-from ops.replay import CompensationFactory
-from ops.settings import Settings
-from processors.compensation import Compensation
-from processors.error_memory import ErrorMemoryCompensation
-from state.error_memory import ErrorMemory
+from reloop.models.scorer import OnnxScorer
+from reloop.ops.replay import CompensationFactory
+from reloop.ops.settings import Settings
+from reloop.processors.compensation import Compensation
+from reloop.processors.error_memory import ErrorMemoryCompensation
+from reloop.state.error_memory.memory import ErrorMemory
 
 
 def make_compensation(settings: Settings, scorer: OnnxScorer) -> Compensation | None:
@@ -19,7 +19,7 @@ def make_compensation(settings: Settings, scorer: OnnxScorer) -> Compensation | 
 
 
 def compensation_factory(settings: Settings) -> CompensationFactory | None:
-    """Factory for :class:`ops.replay.ReplayEngine` (None = slow model only)."""
+    """Factory for :class:`reloop.ops.replay.ReplayEngine` (None = slow model only)."""
     if settings.worker.compensation == "none":
         return None
     return lambda fitted: make_compensation(settings, fitted.scorer)  # type: ignore[return-value]

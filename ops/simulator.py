@@ -72,8 +72,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from streams.codec import encode
-from streams.events import Candidate, Event, Interaction, MediaEvent, RecommendationRequest
+from reloop.streams.codec import encode
+from reloop.streams.events import Candidate, Event, Interaction, MediaEvent, RecommendationRequest
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ class Simulator:
 
 
 def write_jsonl(events: Iterable[msgspec.Struct], path: str | Path) -> int:
-    """Write events to ``path`` as JSON lines (``streams.codec.encode``); returns the count."""
+    """Write events to ``path`` as JSON lines (``reloop.streams.codec.encode``); returns the count."""
     n = 0
     buf: list[bytes] = []
     with open(path, "wb") as f:
@@ -552,8 +552,8 @@ def write_jsonl(events: Iterable[msgspec.Struct], path: str | Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m ops.simulator --requests N --out log.jsonl [--labelled] [--seed S]``."""
-    ap = argparse.ArgumentParser(prog="python -m ops.simulator", description=__doc__.splitlines()[0])
+    """CLI: ``python -m reloop.ops.simulator --requests N --out log.jsonl [--labelled] [--seed S]``."""
+    ap = argparse.ArgumentParser(prog="python -m reloop.ops.simulator", description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, required=True, help="number of requests to simulate")
     ap.add_argument("--out", required=True, help="output JSONL path")
     ap.add_argument("--labelled", action="store_true", help="write the labelled (prequential) log")

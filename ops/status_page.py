@@ -1,6 +1,6 @@
 """The worker's live status page: one self-contained HTML document (inline CSS, JS and SVG).
 
-Served by the worker at ``/`` and ``/ui`` (see :mod:`ops.worker`). The page polls ``/status``
+Served by the worker at ``/`` and ``/ui`` (see :mod:`reloop.ops.worker`). The page polls ``/status``
 every ``POLL_MS`` milliseconds (same origin, no external assets, no build step) and draws:
 
 - a header: model version, pending predictions, labelled samples, events in/out, dead

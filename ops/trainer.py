@@ -2,13 +2,13 @@
 
 The trainer consumes ``errors`` with its own consumer group (``trainer.group_id``; aiokafka
 ``getmany``), turns each error record into a labelled sample in the durable
-:class:`~state.sample_window.SampleWindow` (``<data_dir>/window``), asks
-:class:`~processors.trainer.TrainerCore` whether a retrain is due (schedule or drift) and, if
+:class:`~reloop.state.sample_window.SampleWindow` (``<data_dir>/window``), asks
+:class:`~reloop.processors.trainer.TrainerCore` whether a retrain is due (schedule or drift) and, if
 so, runs :func:`retrain_once` in a thread:
 
 1. warm start from the serving version (``CURRENT``) on the time-ordered window, last
-   ``holdout_fraction`` held out (:func:`models.fit.fit_model` with ``init=``);
-2. export ONNX and run the gates (:func:`models.checks.validate_candidate`: parity torch vs
+   ``holdout_fraction`` held out (:func:`reloop.models.fit.fit_model` with ``init=``);
+2. export ONNX and run the gates (:func:`reloop.models.checks.validate_candidate`: parity torch vs
    onnxruntime, holdout AUC / log loss vs the serving model on the same rows);
 3. if every gate passed: register the version atomically (parent, window bounds, metrics
    including the gate results) and make it current; then announce it on the compacted
@@ -17,14 +17,14 @@ so, runs :func:`retrain_once` in a thread:
 
 Event-time order matters to the drift detector, and a backlog (e.g. after a restart) is read
 partition by partition. So polled records go through
-:class:`~processors.trainer.EventTimeMerge`: buffered per partition and released in event-time
+:class:`~reloop.processors.trainer.EventTimeMerge`: buffered per partition and released in event-time
 order up to the slowest lagging partition's progress (a partition with too much buffered is
 paused), and only offsets of released records are committed.
 
 Offsets are committed only after the window is flushed (fsync), so a crash loses no sample
 and redelivered records are dropped by the window's dedupe. Consumption pauses during a
 retrain (the records wait in Kafka). At most one trainer runs per registry:
-:class:`~models.registry.RegistryLock` (``flock`` on ``<registry>/trainer.lock``) is taken at
+:class:`~reloop.models.registry.RegistryLock` (``flock`` on ``<registry>/trainer.lock``) is taken at
 start and a second trainer exits with code 3. On start the trainer re-announces ``CURRENT``,
 so a version registered just before a crash is still announced.
 """
@@ -44,19 +44,19 @@ from typing import Any, Callable, NoReturn, Sequence
 import msgspec
 import numpy as np
 
-from models.bundle import CorruptModelError
-from models.checks import CheckConfig, validate_candidate
-from models.export import ParityError
-from models.fit import FittedModel, fit_model
-from models.registry import ModelRegistry, RegistryLock, RegistryLocked
-from models.scorer import OnnxScorer
-from ops.kafka import client_kwargs, make_producer, topic_name
-from ops.settings import Settings
-from ops.worker_process import Abandoned, in_daemon_thread, quiet_onnx_exporter
-from processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
-from state.sample_window import Sample, SampleWindow, sample_from_error
-from streams.codec import InvalidEvent, decode_event, encode
-from streams.events import ErrorRecord
+from reloop.models.bundle import CorruptModelError
+from reloop.models.checks import CheckConfig, validate_candidate
+from reloop.models.export import ParityError
+from reloop.models.fit import FittedModel, fit_model
+from reloop.models.registry import ModelRegistry, RegistryLock, RegistryLocked
+from reloop.models.scorer import OnnxScorer
+from reloop.ops.kafka import client_kwargs, make_producer, topic_name
+from reloop.ops.settings import Settings
+from reloop.ops.children import Abandoned, in_daemon_thread, quiet_onnx_exporter
+from reloop.processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
+from reloop.state.sample_window import Sample, SampleWindow, sample_from_error
+from reloop.streams.codec import InvalidEvent, decode_event, encode
+from reloop.streams.events import ErrorRecord
 
 __all__ = ["RetrainOutcome", "trainer_config", "registry_root", "window_root", "open_window",
            "fit_candidate", "gate_and_register", "retrain_once", "Trainer", "run_trainer"]
@@ -140,7 +140,7 @@ def fit_candidate(samples: Sequence[Sample], settings: Settings, config: Trainer
     A warm start runs ``config.warm_epochs`` passes, a cold start ``settings.train.epochs``.
 
     Raises:
-        models.export.ParityError: the export does not match the torch model.
+        reloop.models.export.ParityError: the export does not match the torch model.
     """
     rows = [s.row for s in samples]
     labels = np.fromiter((s.label for s in samples), np.float32, len(samples))
@@ -278,7 +278,7 @@ class Trainer:
         """One throw-away ONNX export of the serving model before consuming. The first export in
         a process imports and sets up torch's dynamo exporter: ~18 s of a 27 s retrain on the
         loaded 2-core machine (measured), which would otherwise delay the first retrain."""
-        from models.export import export_onnx
+        from reloop.models.export import export_onnx
 
         t0 = time.perf_counter()
         try:

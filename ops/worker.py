@@ -3,7 +3,7 @@
 ``reloop worker`` runs :func:`run_worker`. Faust provides the application (lifecycle, the web
 server with ``/metrics``, ``/health``, ``/ready``, ``/status`` and the live status page at ``/``
 and ``/ui``), and an agent on the low-rate ``models`` topic; the hot topics are read by
-:class:`processors.hot_path.HotPath`, a service inside the app (see DESIGN.md for why).
+:class:`reloop.processors.hot_path.HotPath`, a service inside the app (see DESIGN.md for why).
 
 Before Faust starts, :func:`wait_for_broker` probes the cluster (bootstrap, metadata, the
 catalog's topics) with exponential backoff, logging ``broker_unreachable`` (or
@@ -28,24 +28,24 @@ from typing import Any
 
 import faust
 
-from models.bundle import CorruptModelError
-from models.registry import ModelRegistry
-from ops.broker import free_port
-from ops.kafka import client_kwargs, topic_name
-from ops.settings import KafkaSettings, Settings
-from ops.status_page import status_page
-from ops.web_access import DigestCache, SizesCache, advertised_host, status_url, web_access_denied
-from ops.serving import make_compensation
-from processors.feedback import FeedbackCore
-from processors.hot_path import HotPath
-from processors.media import MediaCore
-from processors.metrics import VARIANTS, OnlineMetrics
-from processors.schemas import SchemaCore
-from processors.pending import PendingStore
-from processors.telemetry import WorkerTelemetry
-from streams.codec import InvalidEvent, decode_event
-from streams.events import ModelAnnouncement
-from streams.topics import CATALOG
+from reloop.models.bundle import CorruptModelError
+from reloop.models.registry import ModelRegistry
+from reloop.ops.broker import free_port
+from reloop.ops.kafka import client_kwargs, topic_name
+from reloop.ops.settings import KafkaSettings, Settings
+from reloop.ops.status_page import status_page
+from reloop.ops.web_access import DigestCache, SizesCache, advertised_host, status_url, web_access_denied
+from reloop.ops.serving import make_compensation
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.hot_path import HotPath
+from reloop.processors.media import MediaCore
+from reloop.processors.metrics import VARIANTS, OnlineMetrics
+from reloop.processors.schemas import SchemaCore
+from reloop.processors.pending import PendingStore
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.streams.codec import InvalidEvent, decode_event
+from reloop.streams.events import ModelAnnouncement
+from reloop.streams.topics import CATALOG
 
 log = logging.getLogger("reloop.worker")
 
@@ -245,7 +245,7 @@ def _faust_credentials(settings: Settings) -> Any:
     ks = settings.kafka
     if ks.security_protocol == "PLAINTEXT":
         return None
-    from ops.kafka import ssl_context
+    from reloop.ops.kafka import ssl_context
 
     if ks.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(username=ks.sasl_username, password=ks.sasl_password,
@@ -344,7 +344,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     port = app.conf.web_port  # the port picked when worker.web_port is 0
     print(f"reloop worker: web on {settings.worker.web_bind}:{port}, status page "
           f"{status_url(settings.worker.web_bind, port)}", file=sys.stderr, flush=True)
-    # Keep ReLoop's JSON log lines (ops.logging_setup) instead of mode's text format.
+    # Keep ReLoop's JSON log lines (reloop.ops.logging_setup) instead of mode's text format.
     worker = _bounded_stop_worker(Worker, settings.kafka.connect_give_up_s)(
         app, loglevel=loglevel, override_logging=False, redirect_stdouts=False)
     try:

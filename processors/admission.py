@@ -1,7 +1,7 @@
 """Admission: which decoded inputs enter the cores (event-time policy, reused request ids).
 
 Decoding already rejected what is malformed or from a clock too far ahead
-(:func:`streams.validation.check_limits`). What is left depends on the partition's state, so
+(:func:`reloop.streams.validation.check_limits`). What is left depends on the partition's state, so
 it is decided here, per partition, before scoring (docs/guarantees.md, "Event time" and
 "Bad input"):
 
@@ -12,7 +12,7 @@ it is decided here, per partition, before scoring (docs/guarantees.md, "Event ti
   own ``requests`` log, so the decision depends on that log alone, never on where batches
   were cut or how the topics interleaved;
 * a request id already scored on the partition (pending, or resolved within the last
-  window) with the same bytes (:func:`processors.pending.request_digest`) is a
+  window) with the same bytes (:func:`reloop.processors.pending.request_digest`) is a
   **duplicate**: no second recommendation, nothing registered twice;
 * the same id with other content is **reused**: a dead letter (its recommendation would share
   an id with another, and consumers drop copies by id).
@@ -22,10 +22,10 @@ Pure and synchronous; the worker and replay call it the same way.
 
 from __future__ import annotations
 
-from processors.pending import request_digest
-from processors.scoring import unique_candidates
-from processors.tasks import FeedbackTasks
-from streams.events import RecommendationRequest
+from reloop.processors.pending import request_digest
+from reloop.processors.scoring import unique_candidates
+from reloop.processors.tasks import FeedbackTasks
+from reloop.streams.events import RecommendationRequest
 
 __all__ = ["Admission", "DUPLICATE"]
 
@@ -36,12 +36,12 @@ DUPLICATE = "duplicate"
 class Admission:
     """Per-batch admission of requests against the partitions' feedback state.
 
-    >>> from processors.metrics import OnlineMetrics
-    >>> from streams.events import Candidate
+    >>> from reloop.processors.metrics import OnlineMetrics
+    >>> from reloop.streams.events import Candidate
     >>> tasks = FeedbackTasks(window_s=10.0, limit=100, metrics=OnlineMetrics(window=10))
     >>> adm = Admission(tasks)
     >>> r = RecommendationRequest(request_id="r1", user_id="u", ts=5.0, candidates=[Candidate(item_id="a")])
-    >>> from streams.codec import encode
+    >>> from reloop.streams.codec import encode
     >>> adm.request(0, r, encode(r))[1], adm.request(0, r, encode(r))[1]
     (None, 'duplicate')
     >>> other = RecommendationRequest(request_id="r1", user_id="v", ts=5.0, candidates=[Candidate(item_id="a")])

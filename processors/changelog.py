@@ -21,7 +21,7 @@ and are journaled with them (write-ahead), so a worker that restarts on its own 
 re-send them. Records after the last ``meta`` belong to a batch cut off mid-produce: a restore
 ignores them and re-writes those keys from the state it restored (:func:`repair_records`).
 
-Pure: no Kafka client here; the shell (:mod:`processors.hot_state`) reads and writes the topic.
+Pure: no Kafka client here; the shell (:mod:`reloop.processors.hot_state`) reads and writes the topic.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Iterable, Sequence
 
 import msgspec
 
-from processors.feedback import FeedbackCore
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore, _join_pair, _Request, _split_pair
-from processors.tasks import FeedbackTasks
-from streams.events import Interaction
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore, _join_pair, _Request, _split_pair
+from reloop.processors.tasks import FeedbackTasks
+from reloop.streams.events import Interaction
 
 __all__ = ["Meta", "Restored", "changed_records", "key_partition", "restore", "repair_records", "META"]
 

@@ -5,7 +5,7 @@ delivery, effectively-once state):
 
 - **input side** (:class:`InputCheckpoint`): the feedback tasks (pending predictions, orphans,
   stream times, online metrics), the media memory and the input offsets they include, in one
-  atomic ``inputs.npz``, plus the :class:`~processors.journal.InputJournal` of the batches
+  atomic ``inputs.npz``, plus the :class:`~reloop.processors.journal.InputJournal` of the batches
   processed since. Recovery = load the file, re-apply the journal;
 - **replica side** (``error_memory.npz`` / ``schema_cache.npz``, written by the hot path): the
   error-memory sketch and the schema cache with the ``errors`` offsets they include and the
@@ -23,15 +23,15 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
-from processors.changelog import decode_meta, key_partition
-from processors.journal import InputJournal, JournalEntry
-from processors.media import MediaCore
-from processors.outputs import Output
-from processors.tasks import FeedbackTasks
-from state.snapshots import read_npz
-from streams.codec import decode_event
-from streams.events import Interaction, MediaEvent, RecommendationRequest
-from streams.validation import Limits
+from reloop.processors.changelog import decode_meta, key_partition
+from reloop.processors.journal import InputJournal, JournalEntry
+from reloop.processors.media import MediaCore
+from reloop.processors.outputs import Output
+from reloop.processors.tasks import FeedbackTasks
+from reloop.state.snapshots import read_npz
+from reloop.streams.codec import decode_event
+from reloop.streams.events import Interaction, MediaEvent, RecommendationRequest
+from reloop.streams.validation import Limits
 
 log = logging.getLogger("reloop.checkpoint")
 

@@ -3,7 +3,7 @@
 ``ScoringCore`` hands every batch of base predictions and hidden representations to a
 :class:`Compensation`; ``FeedbackCore``'s error records flow back into it through
 ``apply_errors``. :class:`NoCompensation` is the identity (the slow model alone); the error
-memory (ReLoop2) implements the same protocol in :mod:`processors.error_memory`.
+memory (ReLoop2) implements the same protocol in :mod:`reloop.processors.error_memory`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from streams.events import ErrorRecord
-from streams.memory_batch import MemoryBatch
+from reloop.streams.events import ErrorRecord
+from reloop.streams.memory_batch import MemoryBatch
 
 if TYPE_CHECKING:
-    from models.scorer import OnnxScorer
+    from reloop.models.scorer import OnnxScorer
 
 
 class Compensated(NamedTuple):

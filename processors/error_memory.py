@@ -1,4 +1,4 @@
-"""ReLoop2 compensation: the error memory (:mod:`state.error_memory`) behind the hook.
+"""ReLoop2 compensation: the error memory (:mod:`reloop.state.error_memory.memory`) behind the hook.
 
 Serving hashes each candidate's hidden vector once; the codes travel with the pending
 prediction and come back in the error record, so feedback writes need no re-hashing.
@@ -19,13 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from models.features import FeatureEncoder
-from models.scorer import OnnxScorer
-from processors.compensation import Compensated
-from state.error_memory import ErrorMemory, key_uniforms, stable_keys
-from state.knn_memory import ExactKnnMemory
-from streams.events import CODE_DTYPE, ErrorRecord
-from streams.memory_batch import MAX_ROWS, MemoryBatch, encode_rows
+from reloop.models.features import FeatureEncoder
+from reloop.models.scorer import OnnxScorer
+from reloop.processors.compensation import Compensated
+from reloop.state.error_memory.memory import ErrorMemory, key_uniforms, stable_keys
+from reloop.state.error_memory.knn import ExactKnnMemory
+from reloop.streams.events import CODE_DTYPE, ErrorRecord
+from reloop.streams.memory_batch import MAX_ROWS, MemoryBatch, encode_rows
 
 
 class ErrorMemoryCompensation:
@@ -97,7 +97,7 @@ class ErrorMemoryCompensation:
         return written
 
     def apply_memory_batch(self, batch: MemoryBatch) -> int:
-        """Write one ``memory`` batch (:mod:`streams.memory_batch`); returns rows written.
+        """Write one ``memory`` batch (:mod:`reloop.streams.memory_batch`); returns rows written.
 
         No Python work per row: rows of the current model with codes in range go to the
         sketch in one kernel call. Rows of another model version (or with codes out of range)
@@ -236,13 +236,13 @@ class ExactKnnCompensation:
 
 
 def memory_batches(records: Sequence[ErrorRecord], tables: int, write_sample: float = 1.0) -> list[bytes]:
-    """The ``memory`` records of one scored batch's error records (see :mod:`streams.memory_batch`).
+    """The ``memory`` records of one scored batch's error records (see :mod:`reloop.streams.memory_batch`).
 
     Rows without ``tables`` packed codes (no error memory, or a foreign producer's list form)
     are left out: they reach the error memory only through ``errors``-fed paths. With
     ``write_sample < 1`` (the cluster's write budget) only the rows whose error id hashes below
     it are sent, with their keys, so every replica writes the same rows. At most
-    :data:`~streams.memory_batch.MAX_ROWS` rows per record, in the records' order.
+    :data:`~reloop.streams.memory_batch.MAX_ROWS` rows per record, in the records' order.
     """
     width = 4 * tables
     rows = [r for r in records if r.codes.__class__ is bytes and len(r.codes) == width] if tables else []

@@ -22,9 +22,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore, Resolved
-from streams.events import ErrorRecord, Interaction, error_id_for, pack_codes
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore, Resolved
+from reloop.streams.events import ErrorRecord, Interaction, error_id_for, pack_codes
 
 
 def error_record(r: Resolved) -> ErrorRecord:

@@ -1,6 +1,6 @@
 """The hot path's input side: decode, validate and admit each polled record, and the outputs
 that are not the cores' (dead letters, binary ``memory`` batches). A mixin of
-:class:`processors.hot_path.HotPath` (see :mod:`processors.admission`, :mod:`processors.step`).
+:class:`reloop.processors.hot_path.HotPath` (see :mod:`reloop.processors.admission`, :mod:`reloop.processors.step`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any, Callable, Sequence
 
 from aiokafka import TopicPartition
 
-from processors.admission import DUPLICATE
-from processors.crash_guard import fault_point
-from processors.error_memory import ErrorMemoryCompensation, memory_batches
-from processors.outputs import Output
-from processors.step import Admitted
-from streams.codec import InvalidEvent, dead_letter, decode_event, encode
-from streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+from reloop.processors.admission import DUPLICATE
+from reloop.processors.crash_guard import fault_point
+from reloop.processors.error_memory import ErrorMemoryCompensation, memory_batches
+from reloop.processors.outputs import Output
+from reloop.processors.step import Admitted
+from reloop.streams.codec import InvalidEvent, dead_letter, decode_event, encode
+from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 
 log = logging.getLogger("reloop.hot_path")
 
@@ -49,7 +49,7 @@ class HotPathInputs:
         fault_point([one])
 
     def _admit(self, batch: dict[TopicPartition, list[Any]], outputs: list[Output]) -> list[Admitted]:
-        """Decode, validate and admit every record (:mod:`processors.admission`); the rejected
+        """Decode, validate and admit every record (:mod:`reloop.processors.admission`); the rejected
         ones become dead letters in ``outputs``, byte-identical request copies are counted."""
         admission = self.admission
         admission.begin_batch(self.tasks)

@@ -8,28 +8,28 @@ partitions with manual assignment).
 
 Per polled batch, in this order (the rule the replay engine shares):
 
-1. decode and validate every record, then admit it (:mod:`processors.admission`: event-time
+1. decode and validate every record, then admit it (:mod:`reloop.processors.admission`: event-time
    policy, reused request ids); a rejected one becomes a dead letter (original bytes, source
    topic/partition/offset, reason) and processing goes on;
-2. the batch step (:mod:`processors.step`): media, then scoring, then feedback per user
+2. the batch step (:mod:`reloop.processors.step`): media, then scoring, then feedback per user
    partition; if it raises, the same step runs record by record and the record that raises
    becomes a dead letter (poison-pill rule); a record that crashes the process itself again
-   and again is skipped by :class:`~processors.crash_guard.CrashGuard`;
+   and again is skipped by :class:`~reloop.processors.crash_guard.CrashGuard`;
 3. what the batch changed in each partition's state becomes ``changelog`` records
-   (:mod:`processors.changelog`); the batch is journaled (write-ahead: inputs, pending
+   (:mod:`reloop.processors.changelog`); the batch is journaled (write-ahead: inputs, pending
    predictions, outputs, changelog records), its outputs are produced and flushed, then its
    input offsets are committed (at-least-once).
 
 Error-memory writes also go out as binary ``memory`` batches (one per scored batch and input
-partition, :mod:`streams.memory_batch`), which every worker reads back into its error-memory
+partition, :mod:`reloop.streams.memory_batch`), which every worker reads back into its error-memory
 replica; only the elected worker (partition 0 of ``requests``) reads ``errors`` back, into the
 schema cache, and the others match against ``schemas``. Per-partition offsets make a
 redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
 worker produced twice.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
-(:mod:`processors.checkpoint`); on assignment each partition's state is kept if it is what the
-changelog holds, else rebuilt from the changelog (:mod:`processors.hot_state`), and each input
+(:mod:`reloop.processors.checkpoint`); on assignment each partition's state is kept if it is what the
+changelog holds, else rebuilt from the changelog (:mod:`reloop.processors.hot_state`), and each input
 partition is sought to the offset its state includes; the replica side restarts from its
 snapshot and the ``errors`` offsets in it.
 """
@@ -47,27 +47,27 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
-from models.scorer import OnnxScorer
-from processors.admission import Admission
-from processors.checkpoint import InputCheckpoint
-from processors.compensation import Compensation, NoCompensation
-from processors.crash_guard import CrashGuard, fault_point
-from processors.feedback import FeedbackCore
-from processors.hot_inputs import INPUT_KINDS, HotPathInputs
-from processors.hot_replica import HotPathReplica
-from processors.hot_state import HotPathState, SeekToCheckpoint, ends_quietly_on_stop, writer_id
-from processors.journal import JournalEntry
-from processors.media import MediaCore
-from processors.outputs import KeyPartitioner, Output, produce_batched
-from processors.replica import ErrorsReplica, write_files
-from processors.schemas import PublishedSchemas, SchemaCore
-from processors.scoring import ScoringCore
-from processors.step import run_one_by_one, run_step
-from processors.tasks import FeedbackTasks
-from processors.warmup import warm_up
-from processors.telemetry import WorkerTelemetry
-from streams.codec import encode
-from streams.validation import Limits
+from reloop.models.scorer import OnnxScorer
+from reloop.processors.admission import Admission
+from reloop.processors.checkpoint import InputCheckpoint
+from reloop.processors.compensation import Compensation, NoCompensation
+from reloop.processors.crash_guard import CrashGuard, fault_point
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.hot_inputs import INPUT_KINDS, HotPathInputs
+from reloop.processors.hot_replica import HotPathReplica
+from reloop.processors.hot_state import HotPathState, SeekToCheckpoint, ends_quietly_on_stop, writer_id
+from reloop.processors.journal import JournalEntry
+from reloop.processors.media import MediaCore
+from reloop.processors.outputs import KeyPartitioner, Output, produce_batched
+from reloop.processors.replica import ErrorsReplica, write_files
+from reloop.processors.schemas import PublishedSchemas, SchemaCore
+from reloop.processors.scoring import ScoringCore
+from reloop.processors.step import run_one_by_one, run_step
+from reloop.processors.tasks import FeedbackTasks
+from reloop.processors.warmup import warm_up
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.streams.codec import encode
+from reloop.streams.validation import Limits
 
 log = logging.getLogger("reloop.hot_path")
 
@@ -97,7 +97,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         recent_ids: size of the replica's duplicate filter per ``errors`` partition.
         crash_threshold: process crashes inside one batch before its records are processed
             one at a time, and of one record before it is dead-lettered unprocessed
-            (:class:`~processors.crash_guard.CrashGuard`; ``worker.crash_threshold``).
+            (:class:`~reloop.processors.crash_guard.CrashGuard`; ``worker.crash_threshold``).
         media: the per-user media memories (None = media events are validated, not kept).
         schema_core: the error-schema cache fed from ``errors`` (None = off); its updates go
             to ``schemas`` and its alerts to ``alerts``.

@@ -1,11 +1,11 @@
 """The hot path's replica side: which replica topics a worker reads, applying them, and
-publishing what the elected worker distils (see :mod:`processors.hot_path`).
+publishing what the elected worker distils (see :mod:`reloop.processors.hot_path`).
 
 Every worker reads ``memory`` (binary error-memory writes, into its error-memory replica); the
 elected worker (owner of partition 0 of ``requests``) also reads ``errors`` into the schema
 cache and publishes its updates, alerts and the dead letters of bad error records; the others
 read ``schemas`` and match against what it published. A mixin of
-:class:`processors.hot_path.HotPath`.
+:class:`reloop.processors.hot_path.HotPath`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 from aiokafka import TopicPartition
 
-from processors.compensation import Compensation
-from processors.schemas import PublishedSchemas, SchemaCore, SchemaUpdate, topic_key
-from streams.codec import encode
+from reloop.processors.compensation import Compensation
+from reloop.processors.schemas import PublishedSchemas, SchemaCore, SchemaUpdate, topic_key
+from reloop.streams.codec import encode
 
 log = logging.getLogger("reloop.hot_path")
 

@@ -1,10 +1,10 @@
 """The hot path's state side: checkpoints, replica snapshots, recovery, the changelog, and where
-each input partition starts when the group assigns it (see :mod:`processors.hot_path`,
+each input partition starts when the group assigns it (see :mod:`reloop.processors.hot_path`,
 docs/guarantees.md).
 
 On assignment of user partition p (:class:`SeekToCheckpoint`; aiokafka awaits it before it
 fetches): the last record of changelog partition p says who wrote p's state last and up to which
-input offsets (:class:`processors.changelog.Meta`). If this worker wrote it and its local state
+input offsets (:class:`reloop.processors.changelog.Meta`). If this worker wrote it and its local state
 (checkpoint + journal) is that state, or one batch newer (the batch was journaled but cut off
 mid-produce: its outputs, changelog records included, are re-sent now), the local state is kept
 (fast path). Otherwise the partition is rebuilt from its changelog, from the beginning to the end
@@ -12,7 +12,7 @@ offset, and the input partitions are sought to the offsets the rebuilt state inc
 no longer assigned are dropped. On revocation the batch in flight finishes first (its changelog
 records acknowledged), so the next owner reads them.
 
-A mixin of :class:`processors.hot_path.HotPath`: plain methods on its attributes (``tasks``,
+A mixin of :class:`reloop.processors.hot_path.HotPath`: plain methods on its attributes (``tasks``,
 ``media``, ``positions``, ``checkpoint``, ``replica``, ``snapshot_path``), kept apart so the
 shell's module holds the consume/produce loop and this one what is persisted.
 """
@@ -30,10 +30,10 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from processors.changelog import META, Meta, changed_records, decode_meta, key_partition, meta_record, \
+from reloop.processors.changelog import META, Meta, changed_records, decode_meta, key_partition, meta_record, \
     repair_records, restore
-from processors.replica import write_files
-from state.snapshots import write_npz_atomic
+from reloop.processors.replica import write_files
+from reloop.state.snapshots import write_npz_atomic
 
 log = logging.getLogger("reloop.hot_path")
 
@@ -90,7 +90,7 @@ class HotPathState:
         write_files(self.collect_snapshot())
 
     def _recover_inputs(self) -> None:
-        """Input side: ``inputs.npz`` + the journal since (see :mod:`processors.checkpoint`)."""
+        """Input side: ``inputs.npz`` + the journal since (see :mod:`reloop.processors.checkpoint`)."""
         assert self.checkpoint is not None
         rec = self.checkpoint.recover(self.tasks, self.media)
         self.tasks, self.media, self.positions, self._resend = rec.tasks, rec.media, rec.positions, rec.resend

@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterator
 
 import msgspec
 
-from processors.pending import Pending
+from reloop.processors.pending import Pending
 
 log = logging.getLogger("reloop.journal")
 

@@ -9,7 +9,7 @@ own event time ``ts``.
 
 Serving: :meth:`MediaCore.features_for_requests` returns one ``(n_candidates, F) float32``
 row per candidate of the flattened requests (the order ``ScoringCore.score`` builds its
-rows in), columns :data:`state.media_memory.FEATURE_NAMES`; :meth:`MediaCore.merge_into_rows`
+rows in), columns :data:`reloop.state.media.memory.FEATURE_NAMES`; :meth:`MediaCore.merge_into_rows`
 merges them into the rows' feature dicts, where ``FeatureSpec.infer`` picks them up as dense
 model inputs. A candidate whose content embedding was never seen on ``media`` (the item
 content table is learned from media events carrying ``item_id``) gets zeros and
@@ -23,8 +23,8 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
-from state.media_memory import FEATURE_NAMES, MediaMemory, MediaMemoryConfig
-from streams.events import Event, Interaction, MediaEvent, RecommendationRequest
+from reloop.state.media.memory import FEATURE_NAMES, MediaMemory, MediaMemoryConfig
+from reloop.streams.events import Event, Interaction, MediaEvent, RecommendationRequest
 
 __all__ = ["FEATURE_NAMES", "MediaCore", "annotate_log"]
 
@@ -104,7 +104,7 @@ class MediaCore:
         return out
 
     def describe(self, user_id: str) -> dict:
-        """See :meth:`state.media_memory.MediaMemory.describe`."""
+        """See :meth:`reloop.state.media.memory.MediaMemory.describe`."""
         return self.memory.describe(user_id)
 
     def snapshot(self) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 from river import metrics as river_metrics
 
-from models.metrics import auc, logloss
+from reloop.models.metrics import auc, logloss
 
 _BINS = 4096
 _EPS = 1e-7

@@ -22,14 +22,14 @@ from typing import Iterator, NamedTuple
 
 import msgspec
 
-from streams.events import DerivedFeatures, Interaction
+from reloop.streams.events import DerivedFeatures, Interaction
 
 
 class Pending(NamedTuple):
     """One scored candidate awaiting feedback.
 
     ``codes`` are the error-memory bucket indices (K, packed as in
-    :func:`streams.events.pack_codes`; empty without error memory), kept so that feedback
+    :func:`reloop.streams.events.pack_codes`; empty without error memory), kept so that feedback
     writes need no re-hashing. Checkpoints written before 2026-11-29 hold a tuple of ints.
     """
 
@@ -219,7 +219,7 @@ class PendingStore:
 
     def take_dirty(self) -> _Dirty:
         """The keys changed since the last call (requests, resolved ids, orphans), and track
-        anew (:mod:`processors.changelog` writes them)."""
+        anew (:mod:`reloop.processors.changelog` writes them)."""
         out, self.dirty = self.dirty or _Dirty(), _Dirty()
         return out
 
@@ -242,7 +242,7 @@ class PendingStore:
 
     def expire_oldest(self) -> list[Resolved | Interaction]:
         """Force out the entry with the earliest deadline, whatever the watermark (the
-        worker-wide limit, :meth:`processors.tasks.FeedbackTasks.apply`); [] if none is held."""
+        worker-wide limit, :meth:`reloop.processors.tasks.FeedbackTasks.apply`); [] if none is held."""
         while self._deadlines:
             deadline, kind, ident = heapq.heappop(self._deadlines)
             if kind == 0 and ident in self._requests:

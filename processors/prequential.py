@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from streams.events import Candidate, Interaction, RecommendationRequest
+from reloop.streams.events import Candidate, Interaction, RecommendationRequest
 
 
 def request_id_for(seq: int) -> str:

@@ -2,7 +2,7 @@
 
 Every worker reads all partitions of ``errors``; how a poll interleaves them is up to the
 consumer, and the schema cache's result depends on the order of its input (its clock, its
-Space-Saving eviction). This buffer sits in front of it (:class:`processors.replica.ErrorsReplica`)
+Space-Saving eviction). This buffer sits in front of it (:class:`reloop.processors.replica.ErrorsReplica`)
 and releases records in an order that does not depend on the interleaving.
 
 Rule. Each record gets a *key* when it arrives on partition ``p``:
@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from streams.codec import encode
-from streams.events import ErrorRecord
+from reloop.streams.codec import encode
+from reloop.streams.events import ErrorRecord
 
 __all__ = ["EventTimeReorder", "REORDER_FORMAT"]
 
@@ -83,7 +83,7 @@ class EventTimeReorder:
 
     def approx_nbytes(self, sample: int = 32) -> int:
         """Approximate bytes of the held records (measured on up to ``sample``, scaled)."""
-        from processors.pending import deep_size
+        from reloop.processors.pending import deep_size
 
         heap = self._heap
         if not heap:

@@ -1,10 +1,10 @@
 """The replicas every worker keeps: error memory (from ``memory``) + schema cache (from ``errors``).
 
-The error memory is fed by the binary ``memory`` topic (:mod:`streams.memory_batch`: one
+The error memory is fed by the binary ``memory`` topic (:mod:`reloop.streams.memory_batch`: one
 record per scored batch, arrays of codes, labels, predictions, times), read over all
 partitions by every worker: no per-row Python work. The schema cache reads the per-record
 JSON ``errors`` topic. Per-partition offsets make a redelivered record a no-op;
-:class:`~processors.checkpoint.RecentIds` drops the byte-identical copies a crashed worker
+:class:`~reloop.processors.checkpoint.RecentIds` drops the byte-identical copies a crashed worker
 produced twice (by error id on ``errors``, by batch id on ``memory``). Both replicas are
 snapshotted with the offsets and filters they include (the error memory's file carries both
 topics' offsets), atomically; a restart resumes after those offsets.
@@ -14,7 +14,7 @@ writes no batches) the error memory is fed from ``errors`` as before.
 
 The error memory gets every record at once (additive: order does not matter, and serving
 wants it fresh). The schema cache is order-sensitive, so its records pass through an
-:class:`~processors.reorder.EventTimeReorder` first, which releases them in an order that does
+:class:`~reloop.processors.reorder.EventTimeReorder` first, which releases them in an order that does
 not depend on how polls interleave the partitions; the held records are part of the
 schema-cache snapshot (an older snapshot without them restores with an empty buffer).
 """
@@ -29,18 +29,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.scorer import OnnxScorer
-from processors.checkpoint import RecentIds
-from processors.compensation import Compensation, NoCompensation
-from processors.reorder import EventTimeReorder
-from processors.schemas import SchemaCore
-from processors.telemetry import WorkerTelemetry
-from state.snapshots import read_npz, write_npz_atomic
-from streams.codec import InvalidEvent, dead_letter, decode_event
-from streams.events import ErrorRecord
-from streams.memory_batch import InvalidMemoryBatch, decode_batch
-from streams.topics import TOPICS
-from streams.validation import Limits
+from reloop.models.scorer import OnnxScorer
+from reloop.processors.checkpoint import RecentIds
+from reloop.processors.compensation import Compensation, NoCompensation
+from reloop.processors.reorder import EventTimeReorder
+from reloop.processors.schemas import SchemaCore
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.state.snapshots import read_npz, write_npz_atomic
+from reloop.streams.codec import InvalidEvent, dead_letter, decode_event
+from reloop.streams.events import ErrorRecord
+from reloop.streams.memory_batch import InvalidMemoryBatch, decode_batch
+from reloop.streams.topics import TOPICS
+from reloop.streams.validation import Limits
 
 log = logging.getLogger("reloop.replica")
 

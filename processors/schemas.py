@@ -1,11 +1,11 @@
 """SchemaCore: error records -> error-schema cache -> ``schemas`` updates and ``alerts``.
 
 Pure, synchronous and batch-first like every core: no Kafka, no clocks (event time comes
-from the records). The cache (:class:`state.schema_cache.SchemaCache`) decides at event-time
+from the records). The cache (:class:`reloop.state.schemas.cache.SchemaCache`) decides at event-time
 ticks, so the output does not depend on how the ``errors`` stream is cut into batches.
 
 Messages (msgspec Structs with a ``type`` tag and ``schema_version``, like
-:mod:`streams.events`; defined here until they move to ``streams/events.py``):
+:mod:`reloop.streams.events`; defined here until they move to ``streams/events.py``):
 
 - :class:`SchemaUpdate` -- one per cache change (``promoted``, ``updated``, ``resolved``),
   for the compacted ``schemas`` topic, key ``schema_id``: the latest value per key is the
@@ -26,8 +26,8 @@ from typing import Literal
 import msgspec
 import numpy as np
 
-from state.schema_cache import Schema, SchemaCache, SchemaCacheConfig, SchemaChange
-from streams.events import ErrorRecord, _Event
+from reloop.state.schemas.cache import Schema, SchemaCache, SchemaCacheConfig, SchemaChange
+from reloop.streams.events import ErrorRecord, _Event
 
 __all__ = ["SchemaAlert", "SchemaCore", "SchemaUpdate", "describe", "format_table", "latest", "topic_key"]
 
@@ -36,7 +36,7 @@ class SchemaUpdate(_Event, tag="schema_update"):
     """A change of one schema (topic ``schemas``, compacted, key ``schema_id``).
 
     ``change`` is what happened at event time ``ts`` (s); the other fields are the schema
-    after it (see :class:`state.schema_cache.Schema` for their meaning and units).
+    after it (see :class:`reloop.state.schemas.cache.Schema` for their meaning and units).
     """
 
     schema_id: str
@@ -200,7 +200,7 @@ class PublishedSchemas:
     """
 
     def __init__(self, config: SchemaCacheConfig) -> None:
-        from state.schema_match import SchemaMatcher
+        from reloop.state.schemas.match import SchemaMatcher
 
         self.config = config
         self.latest: dict[str, SchemaUpdate] = {}

@@ -5,7 +5,7 @@ compensated in one call each; the batch is then split back per request and ranke
 synchronous: no Kafka, no clocks (event time comes from the requests).
 
 With an error-schema cache (``schemas``), every candidate is matched against the active
-schemata in one column-wise pass per batch (:class:`state.schema_match.SchemaMatcher`): the
+schemata in one column-wise pass per batch (:class:`reloop.state.schemas.match.SchemaMatcher`): the
 ids of the schemata it matches go into ``ScoredItem.schemas``, and when its error-memory
 evidence is cold (``evidence < cold_evidence``) and ``bias_when_cold`` is on, the schemata's
 shrunk logit shift is added to its compensated score (``sigmoid(logit(score) + beta)``).
@@ -21,14 +21,14 @@ import time
 import msgspec
 import numpy as np
 
-from models.features import FeatureEncoder
-from models.scorer import OnnxScorer
-from processors.compensation import Compensation, NoCompensation
-from processors.media import MediaCore
-from processors.pending import Pending
-from processors.schemas import SchemaCore
-from state.schema_match import logit, sigmoid
-from streams.events import CODE_DTYPE, Recommendation, RecommendationRequest, ScoredItem
+from reloop.models.features import FeatureEncoder
+from reloop.models.scorer import OnnxScorer
+from reloop.processors.compensation import Compensation, NoCompensation
+from reloop.processors.media import MediaCore
+from reloop.processors.pending import Pending
+from reloop.processors.schemas import SchemaCore
+from reloop.state.schemas.match import logit, sigmoid
+from reloop.streams.events import CODE_DTYPE, Recommendation, RecommendationRequest, ScoredItem
 
 
 class ScoringCore:
@@ -154,7 +154,7 @@ def unique_candidates(r: RecommendationRequest) -> RecommendationRequest:
     """``r`` with repeated candidate item ids collapsed (the first one kept), so 1,000 copies
     of one item are scored and ranked once (docs/guarantees.md); ``r`` itself if none repeat.
 
-    >>> from streams.events import Candidate
+    >>> from reloop.streams.events import Candidate
     >>> r = RecommendationRequest(request_id="r", user_id="u", ts=1.0,
     ...     candidates=[Candidate(item_id="a"), Candidate(item_id="b"), Candidate(item_id="a")])
     >>> [c.item_id for c in unique_candidates(r).candidates]
@@ -170,7 +170,7 @@ def unique_candidates(r: RecommendationRequest) -> RecommendationRequest:
 
 def model_features(features: dict, keep: tuple[int, tuple[str, ...]]) -> dict:
     """The features a pending prediction (and so its error record) keeps: those the model
-    reads (:mod:`models.features`: the first ``n_categorical`` categorical names in ascending
+    reads (:mod:`reloop.models.features`: the first ``n_categorical`` categorical names in ascending
     order, and the dense names). The trainer joins no more than that, and a record's size is
     bounded by the model's spec, not by what a producer sent.
 
@@ -193,9 +193,9 @@ def model_features(features: dict, keep: tuple[int, tuple[str, ...]]) -> dict:
 
 
 def packed_rows(codes: np.ndarray) -> list[bytes]:
-    """``(n, K)`` codes -> n wire-form rows (:func:`streams.events.pack_codes` of each row).
+    """``(n, K)`` codes -> n wire-form rows (:func:`reloop.streams.events.pack_codes` of each row).
 
-    >>> from streams.events import pack_codes
+    >>> from reloop.streams.events import pack_codes
     >>> packed_rows(np.array([[1, 2], [3, 4]], dtype=np.int32))[1] == pack_codes([3, 4])
     True
     """

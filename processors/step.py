@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
-from processors.journal import TaskDelta
-from processors.media import MediaCore
-from processors.pending import Pending, request_digest
-from processors.scoring import ScoringCore
-from processors.tasks import FeedbackTasks
-from streams.events import ErrorRecord, Interaction, Recommendation
+from reloop.processors.journal import TaskDelta
+from reloop.processors.media import MediaCore
+from reloop.processors.pending import Pending, request_digest
+from reloop.processors.scoring import ScoringCore
+from reloop.processors.tasks import FeedbackTasks
+from reloop.streams.events import ErrorRecord, Interaction, Recommendation
 
 __all__ = ["Admitted", "StepResult", "run_step", "run_one_by_one"]
 

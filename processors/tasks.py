@@ -20,10 +20,10 @@ from typing import Sequence
 
 import msgspec
 
-from processors.feedback import FeedbackCore
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore
-from streams.events import ErrorRecord, Interaction
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore
+from reloop.streams.events import ErrorRecord, Interaction
 
 
 STREAMS = ("requests", "interactions")
@@ -32,7 +32,7 @@ STREAMS = ("requests", "interactions")
 class FeedbackTasks:
     """One :class:`FeedbackCore` per user partition, sharing one :class:`OnlineMetrics`.
 
-    >>> from processors.metrics import OnlineMetrics
+    >>> from reloop.processors.metrics import OnlineMetrics
     >>> t = FeedbackTasks(window_s=10.0, limit=1000, metrics=OnlineMetrics(window=10))
     >>> p = Pending("r1", "i1", "u1", 100.0, 0.3, 0.3, "v1", (), {})
     >>> t.apply(0, [p], [], {"requests": 500.0})  # no interactions seen yet: time holds
@@ -97,7 +97,7 @@ class FeedbackTasks:
     def apply(self, partition: int, pending: Sequence[Pending], interactions: Sequence[Interaction],
               stream_times: dict[str, float], digests: Sequence[tuple[str, int]] = ()) -> list[ErrorRecord]:
         """One batch's effect on one task: remember the scored requests' content digests
-        (``(request id, digest)``, :func:`processors.pending.request_digest`), register scored
+        (``(request id, digest)``, :func:`reloop.processors.pending.request_digest`), register scored
         candidates, label them, move the task's stream time to ``stream_times`` and close the
         windows it passed."""
         core = self.task(partition)

@@ -1,6 +1,6 @@
 """TrainerCore: when to retrain the slow model (schedule and drift). Pure: no I/O, no clocks.
 
-The trainer shell (:mod:`ops.trainer`) feeds every batch of *new* error records (after the
+The trainer shell (:mod:`reloop.ops.trainer`) feeds every batch of *new* error records (after the
 window's dedupe) to :meth:`TrainerCore.on_batch`, which returns a :class:`RetrainDecision` when
 a retrain is due, else None. Triggers, checked after each batch:
 
@@ -37,7 +37,7 @@ from typing import Any, Literal, Sequence
 import msgspec
 import numpy as np
 
-from streams.events import ErrorRecord
+from reloop.streams.events import ErrorRecord
 
 __all__ = ["TrainerConfig", "RetrainDecision", "DriftMonitor", "TrainerCore", "RetrainReason", "EventTimeMerge"]
 

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from processors.media import MediaCore
-from processors.schemas import SchemaCore
-from state.media_memory import MediaMemoryConfig
-from state.schema_config import SchemaCacheConfig
-from streams.events import Candidate, ErrorRecord, MediaEvent, RecommendationRequest
+from reloop.processors.media import MediaCore
+from reloop.processors.schemas import SchemaCore
+from reloop.state.media.memory import MediaMemoryConfig
+from reloop.state.schemas.config import SchemaCacheConfig
+from reloop.streams.events import Candidate, ErrorRecord, MediaEvent, RecommendationRequest
 
 __all__ = ["warm_up"]
 

@@ -38,7 +38,7 @@ from typing import Annotated, BinaryIO, Iterable, Sequence
 
 import msgspec
 
-from streams.events import DerivedFeatures, ErrorRecord
+from reloop.streams.events import DerivedFeatures, ErrorRecord
 
 __all__ = ["Sample", "SampleWindow", "sample_from_error"]
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from streams.events import DEAD_LETTER_MAX_ORIGINAL, DeadLetter, Event, MediaEvent, RecommendationRequest
-from streams.validation import Limits, check_limits
+from reloop.streams.events import DEAD_LETTER_MAX_ORIGINAL, DeadLetter, Event, MediaEvent, RecommendationRequest
+from reloop.streams.validation import Limits, check_limits
 
 E = TypeVar("E")
 
@@ -91,7 +91,7 @@ def dead_letter(
     now: float | None = None,
 ) -> DeadLetter:
     """Wrap undecodable input in a :class:`DeadLetter` (original bytes base64-encoded, cut to
-    :data:`~streams.events.DEAD_LETTER_MAX_ORIGINAL` bytes with its size and sha256 recorded).
+    :data:`~reloop.streams.events.DEAD_LETTER_MAX_ORIGINAL` bytes with its size and sha256 recorded).
 
     >>> d = dead_letter(b"x" * 600_000, "too big", topic="requests")
     >>> d.truncated, d.original_size, len(original_bytes(d))

@@ -4,12 +4,12 @@ Every event is a ``msgspec.Struct`` tagged by a ``type`` field, so one decoder c
 event and a JSONL log can mix kinds. Wire format is JSON. Static checks (types, required
 fields, ranges, string and list sizes) are expressed as ``msgspec.Meta`` constraints and run
 while decoding; checks that depend on deployment limits (embedding length, candidate count,
-payload bytes) live in :mod:`streams.validation`.
+payload bytes) live in :mod:`reloop.streams.validation`.
 
 Feature dictionaries map a feature name to a categorical value (``str``) or a dense value
 (finite ``float``). Event time ``ts`` is unix seconds (float).
 
->>> from streams.codec import encode, decode_event
+>>> from reloop.streams.codec import encode, decode_event
 >>> ev = Interaction(user_id="u1", item_id="i9", ts=10.0, label=1)
 >>> decode_event(encode(ev)) == ev
 True

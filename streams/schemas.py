@@ -1,6 +1,6 @@
-"""Generate JSON Schema files for every event type (``python -m streams.schemas docs/schemas``).
+"""Generate JSON Schema files for every event type (``python -m reloop.streams.schemas docs/schemas``).
 
-The files are derived from the msgspec classes in :mod:`streams.events`, so the wire contract
+The files are derived from the msgspec classes in :mod:`reloop.streams.events`, so the wire contract
 in docs/ can never drift from the code (a test regenerates and compares them).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from streams.events import ALL_EVENT_TYPES
+from reloop.streams.events import ALL_EVENT_TYPES
 
 
 def event_schemas() -> dict[str, dict]:

@@ -1,7 +1,7 @@
 """The topic catalog: every topic ReLoop reads or writes, with key, partitions and retention.
 
 The same catalog creates topics (``reloop topics create``), configures consumers, and renders
-the table in docs/topics.md (``python -m streams.topics``).
+the table in docs/topics.md (``python -m reloop.streams.topics``).
 
 >>> TOPICS["requests"].partitions == TOPICS["interactions"].partitions == TOPICS["media"].partitions
 True

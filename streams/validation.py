@@ -6,7 +6,7 @@ import time
 
 import msgspec
 
-from streams.events import ErrorRecord, MediaEvent, RecommendationRequest
+from reloop.streams.events import ErrorRecord, MediaEvent, RecommendationRequest
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,7 +42,7 @@ def check_limits(event: object, limits: Limits, now: float | None = None) -> str
     Args:
         now: the wall clock, unix seconds (default: ``time.time()``).
 
-    >>> from streams.events import Interaction
+    >>> from reloop.streams.events import Interaction
     >>> check_limits(Interaction(user_id="u", item_id="i", ts=3.25e10, label=1), Limits(), now=1.7e9)
     'event time 32500000000.0 is 30800000000 s ahead of the wall clock (limit 3600 s)'
     """

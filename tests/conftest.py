@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from ops.broker import EmbeddedBroker
-from ops.settings import Settings
-from ops.worker_process import WorkerProcess as _WorkerProcess
+from reloop.ops.broker import EmbeddedBroker
+from reloop.ops.settings import Settings
+from reloop.testing.worker_process import WorkerProcess as _WorkerProcess
 
 _ids = itertools.count()
 
@@ -58,8 +58,8 @@ class WorkerProcess(_WorkerProcess):
 @pytest.fixture(scope="session")
 def small_log():
     """A small labelled simulator log (prequential form): 400 requests x 20 candidates."""
-    from ops.simulator import SimConfig, Simulator
-    from streams.events import Interaction
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.streams.events import Interaction
 
     sim = Simulator(SimConfig(seed=3, n_users=300, n_items=200))
     return [e for e in sim.labelled_log(400)]
@@ -68,8 +68,8 @@ def small_log():
 @pytest.fixture(scope="session")
 def small_model(small_log):
     """A small model fitted on the first 200 requests of ``small_log`` (version v1)."""
-    from ops.replay import fit_initial_model
-    from streams.events import Interaction
+    from reloop.ops.replay import fit_initial_model
+    from reloop.streams.events import Interaction
 
     s = Settings().with_overrides(**SMALL)
     warm = [e for e in small_log if isinstance(e, Interaction)][:4000]

@@ -1,8 +1,8 @@
 """Hypothesis strategies for ReLoop's input events, valid and hostile, built from the schemas.
 
 Valid values come from the msgspec type information of the event classes in
-:mod:`streams.events` (``msgspec.inspect``: string lengths, numeric bounds, list and map
-sizes, literals) and from the deployment limits in :mod:`streams.validation`; hostile ones
+:mod:`reloop.streams.events` (``msgspec.inspect``: string lengths, numeric bounds, list and map
+sizes, literals) and from the deployment limits in :mod:`reloop.streams.validation`; hostile ones
 break exactly one of those constraints, or stay valid while being as awkward as the schema
 allows (control characters in ids, extreme finite numbers, 1,000 copies of one candidate,
 64-entry feature maps of 256-character values, payloads a few bytes under the size limit).
@@ -43,10 +43,10 @@ import msgspec
 from hypothesis import HealthCheck, Phase, given, seed as hseed, settings as hsettings, strategies as st
 from msgspec import inspect as mi
 
-from streams.codec import decode_event, encode
-from streams.events import (Candidate, DeadLetter, ErrorRecord, Interaction, MediaEvent, ModelAnnouncement,
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import (Candidate, DeadLetter, ErrorRecord, Interaction, MediaEvent, ModelAnnouncement,
                             Recommendation, RecommendationRequest, ScoredItem)
-from streams.validation import Limits
+from reloop.streams.validation import Limits
 
 INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction, "media": MediaEvent}
 TOPIC_OF: dict[type, str] = {v: k for k, v in INPUT_KINDS.items()}
@@ -289,7 +289,7 @@ KNOWN_GAPS: dict[str, int] = {}
 
 def hostile_event(ctx: Context, categories: dict[str, int] | None = None) -> st.SearchStrategy[Hostile]:
     """One hostile message inserted after a drawn position of ``ctx.valid`` (before the
-    log's last eight events, the flush of ``ops.chaos.traffic``)."""
+    log's last eight events, the flush of ``reloop.testing.chaos.traffic``)."""
     cats = categories or CATEGORIES
     names = [c for c, w in cats.items() for _ in range(w)]
     last = max(1, len(ctx.valid) - 9)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.cli import build_parser
-from ops.settings import load_settings
+from reloop.ops.cli import build_parser
+from reloop.ops.settings import load_settings
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 

@@ -8,16 +8,16 @@ from typing import Any, Callable
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from ops.kafka import client_kwargs, topic_name
-from ops.settings import Settings
-from streams.codec import encode
+from reloop.ops.kafka import client_kwargs, topic_name
+from reloop.ops.settings import Settings
+from reloop.streams.codec import encode
 
 
 async def produce(settings: Settings, topic: str, values: list[bytes | msgspec.Struct],
                   keys: list[bytes] | None = None, partitions: list[int] | None = None) -> None:
     """Produce values (events are encoded) to a catalog topic and wait for the acks
     (``partitions``: explicit partition per value instead of the key's)."""
-    from ops.kafka import make_producer
+    from reloop.ops.kafka import make_producer
 
     p = make_producer(settings.kafka, max_request_size=16 << 20)
     await p.start()

@@ -17,13 +17,13 @@ import aiohttp
 import msgspec
 import pytest
 
-from models.registry import ModelRegistry
-from ops.broker import EmbeddedBroker
-from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, wait_ready
-from streams.codec import decode_event
-from streams.events import ErrorRecord, Interaction, Recommendation, RecommendationRequest, error_id_for
+from reloop.models.registry import ModelRegistry
+from reloop.ops.broker import EmbeddedBroker
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.streams.codec import decode_event
+from reloop.streams.events import ErrorRecord, Interaction, Recommendation, RecommendationRequest, error_id_for
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 

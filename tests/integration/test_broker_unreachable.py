@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.broker import EmbeddedBroker, free_port
-from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import wait_ready
-from ops.worker import BrokerUnreachable, wait_for_broker
-from streams.codec import decode_event
-from streams.events import Recommendation, RecommendationRequest
+from reloop.models.registry import ModelRegistry
+from reloop.ops.broker import EmbeddedBroker, free_port
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import wait_ready
+from reloop.ops.worker import BrokerUnreachable, wait_for_broker
+from reloop.streams.codec import decode_event
+from reloop.streams.events import Recommendation, RecommendationRequest
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce, log_events
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from models.registry import ModelRegistry
-from ops.cold_start import cold_start
-from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator, write_jsonl
-from ops.webclient import get_json, get_text, wait_ready
-from streams.codec import decode_event
-from streams.events import Recommendation, RecommendationRequest
+from reloop.models.registry import ModelRegistry
+from reloop.ops.cold_start import cold_start
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import SimConfig, Simulator, write_jsonl
+from reloop.ops.webclient import get_json, get_text, wait_ready
+from reloop.streams.codec import decode_event
+from reloop.streams.events import Recommendation, RecommendationRequest
 from tests.conftest import SMALL
 from tests.conftest import WorkerProcess as _SmallWorker
 from tests.integration.helpers import consume_until, poll_until, produce
@@ -85,7 +85,7 @@ class WorkerProcess(_SmallWorker):
             return
         self.port, self.log_path = web_port, log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
+            [sys.executable, "-m", "reloop.ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
              "--data-dir", settings.worker.data_dir, "--web-port", str(web_port)],
             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env={**small_env(settings), **(extra_env or {})})
 
@@ -122,7 +122,7 @@ async def test_empty_cluster_to_serving_and_web_exposure(kafka_settings, tmp_pat
         assert listening_addresses(w.port) == {"127.0.0.1"}
         assert await status_of(w.port, "/ready") == 503  # alive, no model yet
 
-        boot = subprocess.run([sys.executable, "-m", "ops.cli", "train", "--from-log", str(log), "--broker",
+        boot = subprocess.run([sys.executable, "-m", "reloop.ops.cli", "train", "--from-log", str(log), "--broker",
                                s.kafka.broker, "--data-dir", s.worker.data_dir],
                               capture_output=True, text=True, env=small_env(s), timeout=600)
         assert boot.returncode == 0, boot.stderr[-3000:]

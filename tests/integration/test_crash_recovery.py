@@ -2,7 +2,7 @@
 
 The same log (simulator requests with 20 candidates, clicks, media, and a flush per
 partition) goes through a worker that is never killed (A) and one that is SIGKILLed three
-times while busy (B, restarted on the same data dir each time). ``ops.chaos.compare`` then
+times while busy (B, restarted on the same data dir each time). ``reloop.testing.chaos.compare`` then
 checks: every request answered, duplicated outputs byte-identical, the same error ids with the
 same labels / base predictions / codes, the media memory bit-identical, the same pending
 predictions and labelled counts, the error memory equal to rtol 1e-9 (sums accumulate in a
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.chaos import run_trial
-from ops.simulator import SimConfig
+from reloop.models.registry import ModelRegistry
+from reloop.testing.chaos import run_trial
+from reloop.ops.simulator import SimConfig
 from tests.conftest import SMALL
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

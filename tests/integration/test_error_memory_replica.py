@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.serving import make_compensation
-from ops.webclient import get_json, wait_ready
-from processors.error_memory import memory_batches
-from processors.prequential import as_feedback, as_request
-from state.snapshots import read_npz
-from streams.codec import decode_event
-from streams.events import ErrorRecord, Interaction
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.serving import make_compensation
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.processors.error_memory import memory_batches
+from reloop.processors.prequential import as_feedback, as_request
+from reloop.state.snapshots import read_npz
+from reloop.streams.codec import decode_event
+from reloop.streams.events import ErrorRecord, Interaction
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import poll_until, produce
 
@@ -38,11 +38,11 @@ def applied(status: dict) -> int:
 
 def error_records(model, log_events) -> list[ErrorRecord]:
     """Real error records (with codes) of a logged stream, scored and joined in-process."""
-    from ops.settings import Settings
-    from processors.feedback import FeedbackCore
-    from processors.metrics import OnlineMetrics
-    from processors.pending import PendingStore
-    from processors.scoring import ScoringCore
+    from reloop.ops.settings import Settings
+    from reloop.processors.feedback import FeedbackCore
+    from reloop.processors.metrics import OnlineMetrics
+    from reloop.processors.pending import PendingStore
+    from reloop.processors.scoring import ScoringCore
 
     comp = make_compensation(Settings(), model.scorer)
     scoring = ScoringCore(model.scorer, comp)

@@ -16,11 +16,11 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.webclient import wait_ready
-from streams.codec import decode_event, encode
-from streams.events import Candidate, DeadLetter, Interaction, MediaEvent, Recommendation, RecommendationRequest
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.webclient import wait_ready
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import Candidate, DeadLetter, Interaction, MediaEvent, Recommendation, RecommendationRequest
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 
@@ -120,7 +120,7 @@ async def test_dlq_show_and_replay(kafka_settings, small_model, tmp_path) -> Non
     ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
     w = WorkerProcess(s, tmp_path / "dlq.log")
     env = {**os.environ, "RELOOP_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix}
-    cli = [sys.executable, "-m", "ops.cli"]
+    cli = [sys.executable, "-m", "reloop.ops.cli"]
     try:
         await wait_ready(w.port, 120.0, w.proc)
         await produce(s, "interactions", [b'{"type":"interaction","oops":1}'], keys=[b"u9"])

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from bench.fuzz import SIM, model_shas, plan, run_pair, summary, worker_env
-from models.registry import ModelRegistry
-from ops.settings import Settings
-from streams.validation import Limits
+from reloop.models.registry import ModelRegistry
+from reloop.ops.settings import Settings
+from reloop.streams.validation import Limits
 from tests.conftest import SMALL
 from tests.strategies import CATEGORIES, KNOWN_GAPS, Context, draw, hostile_event, materialize, static_reason
 
@@ -62,7 +62,7 @@ def test_strategies_cover_every_category_and_fate() -> None:
     without a broker: every expected static dead letter is one for ``decode_event``."""
     import hypothesis.strategies as st
 
-    from ops.chaos import traffic
+    from reloop.testing.chaos import traffic
 
     limits = Limits(max_event_bytes=200_000)
     ctx = Context(traffic(SIM, 60), limits, {"v2": "a" * 64})

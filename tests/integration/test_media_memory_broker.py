@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, wait_ready
-from streams.events import MediaEvent
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.streams.events import MediaEvent
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import poll_until, produce
 
@@ -44,6 +44,6 @@ async def test_media_memory_survives_restart(kafka_settings, small_model, tmp_pa
     finally:
         assert w2.stop() == 0, w2.log_tail()
     assert after == before
-    shown = subprocess.run([sys.executable, "-m", "ops.cli", "memory", "show", user, "--data-dir",
+    shown = subprocess.run([sys.executable, "-m", "reloop.ops.cli", "memory", "show", user, "--data-dir",
                             s.worker.data_dir], capture_output=True, text=True, check=True)
     assert json.loads(shown.stdout)["stats"]["frames_seen"] == n_user

@@ -26,21 +26,21 @@ import pytest
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.export import export_onnx
-from models.features import FeatureEncoder
-from models.fit import FittedModel
-from models.registry import ModelRegistry
-from models.scorer import OnnxScorer
-from ops.kafka import client_kwargs, create_topics, make_producer, topic_name
-from ops.models_cli import run as models_cli
-from ops.settings import Settings
-from ops.simulator import SimConfig, Simulator
-from ops.trainer import Trainer, open_window
-from ops.webclient import get_json, wait_ready
-from processors.trainer import TrainerConfig
-from streams.codec import decode_event, encode
-from streams.events import ModelAnnouncement, Recommendation, RecommendationRequest
-from streams.topics import TOPICS
+from reloop.models.export import export_onnx
+from reloop.models.features import FeatureEncoder
+from reloop.models.fit import FittedModel
+from reloop.models.registry import ModelRegistry
+from reloop.models.scorer import OnnxScorer
+from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name
+from reloop.ops.models_cli import run as models_cli
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.trainer import Trainer, open_window
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.processors.trainer import TrainerConfig
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import ModelAnnouncement, Recommendation, RecommendationRequest
+from reloop.streams.topics import TOPICS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 from tests.processors.test_trainer import drift_world
@@ -206,7 +206,7 @@ async def test_trainer_retrains_on_drift_registers_and_announces(kafka_settings,
     try:
         await wait_for(lambda: trainer.core is not None or task.done(), 30, "the trainer to start")
         env = {**os.environ, "RELOOP_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix}
-        second = subprocess.run([sys.executable, "-m", "ops.models_cli", "train", "--broker", s.kafka.broker,
+        second = subprocess.run([sys.executable, "-m", "reloop.ops.models_cli", "train", "--broker", s.kafka.broker,
                                  "--data-dir", s.worker.data_dir, "--no-progress"],
                                 capture_output=True, text=True, timeout=60, env=env)
         assert second.returncode == 3, second.stderr

@@ -15,12 +15,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.webclient import wait_ready
-from processors.crash_guard import FAULT_ENV
-from streams.codec import decode_event, encode, original_bytes
-from streams.events import (Candidate, DeadLetter, ErrorRecord, Interaction, Recommendation,
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.webclient import wait_ready
+from reloop.processors.crash_guard import FAULT_ENV
+from reloop.streams.codec import decode_event, encode, original_bytes
+from reloop.streams.events import (Candidate, DeadLetter, ErrorRecord, Interaction, Recommendation,
                             RecommendationRequest, error_id_for)
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce

@@ -3,7 +3,7 @@ membership changes mid-stream gives the outputs and state of one uninterrupted w
 
 Each test runs the same log (simulator requests with 20 candidates, clicks, media, a flush per
 partition) through a worker that is never disturbed (A) and through a group (B) whose
-membership changes while it is busy (``ops.rebalance``); B's error records must have A's ids
+membership changes while it is busy (``reloop.testing.rebalance``); B's error records must have A's ids
 and labels, and B's state rebuilt from its ``changelog`` topic must equal A's final state.
 ``bench/rebalance.py`` runs seeded sequences of three workers joining, leaving, lost and
 restarting.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.rebalance import Step, run_group_trial
-from ops.simulator import SimConfig
+from reloop.models.registry import ModelRegistry
+from reloop.testing.rebalance import Step, run_group_trial
+from reloop.ops.simulator import SimConfig
 from tests.conftest import SMALL
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -28,11 +28,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from bench._schema_pipeline import SHIFT_PREDICATE, error_stream, truth_direction
-from models.registry import ModelRegistry
-from ops.kafka import client_kwargs, create_topics, topic_name
-from ops.webclient import wait_ready
-from processors.schemas import SchemaAlert
-from streams.codec import decode_event
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import client_kwargs, create_topics, topic_name
+from reloop.ops.webclient import wait_ready
+from reloop.processors.schemas import SchemaAlert
+from reloop.streams.codec import decode_event
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 from tests.integration.test_schema_restart import _until_snapshot_includes
@@ -54,7 +54,7 @@ def _streams():
     """The stationary stream, then the shifted one (same seed, same draws) moved ``GAP_S`` past
     its end with fresh error ids: one worker reads both, one after the other. Returns the
     records and the shifted stream's (shift time, truth) in the moved clock."""
-    from ops.settings import Settings
+    from reloop.ops.settings import Settings
     from tests.conftest import SMALL
 
     s = Settings().with_overrides(**SMALL)

@@ -9,14 +9,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.simulator import FaultSpec, SimConfig, Simulator
-from ops.webclient import get_json, wait_ready
-from processors.schemas import SchemaUpdate
-from streams.codec import decode_event
-from streams.events import Candidate, Recommendation, RecommendationRequest
-from streams.topics import USER_PARTITIONS
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import FaultSpec, SimConfig, Simulator
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.processors.schemas import SchemaUpdate
+from reloop.streams.codec import decode_event
+from reloop.streams.events import Candidate, Recommendation, RecommendationRequest
+from reloop.streams.topics import USER_PARTITIONS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, poll_until, produce
 from tests.processors.test_schema_core import _oracle_records

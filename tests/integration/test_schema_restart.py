@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.simulator import FaultSpec, SimConfig, Simulator
-from ops.webclient import wait_ready
-from processors.schemas import SchemaAlert, SchemaCore
-from state.snapshots import read_npz
-from streams.codec import decode_event
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import FaultSpec, SimConfig, Simulator
+from reloop.ops.webclient import wait_ready
+from reloop.processors.schemas import SchemaAlert, SchemaCore
+from reloop.state.snapshots import read_npz
+from reloop.streams.codec import decode_event
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, poll_until, produce
 from tests.processors.test_schema_core import _oracle_records
@@ -113,7 +113,7 @@ async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_m
     assert [a.schema_id for a in gone] == [new.schema_id]
     assert gone[0].since == new.since and gone[0].ts >= fault_end  # the restored schema, not a new one
     assert [a.kind for a in resolved].count("new") == 1  # the restart promoted nothing again
-    shown = subprocess.run([sys.executable, "-m", "ops.cli", "schemas", "--all", "--json", "--data-dir",
+    shown = subprocess.run([sys.executable, "-m", "reloop.ops.cli", "schemas", "--all", "--json", "--data-dir",
                             s.worker.data_dir], capture_output=True, text=True, check=True)
     listed = {row["schema_id"]: row for row in json.loads(shown.stdout)}
     assert listed[new.schema_id]["state"] == "resolved" and listed[new.schema_id]["first_seen"] == new.since

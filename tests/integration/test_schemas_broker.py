@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.simulator import FaultSpec, SimConfig, Simulator
-from ops.webclient import wait_ready
-from processors.schemas import SchemaAlert, SchemaUpdate
-from streams.codec import decode_event
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import FaultSpec, SimConfig, Simulator
+from reloop.ops.webclient import wait_ready
+from reloop.processors.schemas import SchemaAlert, SchemaUpdate
+from reloop.streams.codec import decode_event
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce
 from tests.processors.test_schema_core import _oracle_records
@@ -42,6 +42,6 @@ async def test_planted_fault_becomes_schema_and_alert(kafka_settings, small_mode
         assert w.stop() == 0, w.log_tail()
     assert "genre=comedy" in alerts[0].description, alerts[0].description
     assert any("genre=comedy" in u.signature for u in updates)
-    shown = subprocess.run([sys.executable, "-m", "ops.cli", "schemas", "--data-dir", s.worker.data_dir],
+    shown = subprocess.run([sys.executable, "-m", "reloop.ops.cli", "schemas", "--data-dir", s.worker.data_dir],
                            capture_output=True, text=True, check=True)
     assert "genre=comedy" in shown.stdout

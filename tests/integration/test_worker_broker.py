@@ -17,17 +17,17 @@ import msgspec
 import numpy as np
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.logs import LoadedLog
-from ops.replay import ReplayEngine
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, get_text, wait_ready
-from processors.prequential import as_feedback, as_request
-from streams.codec import decode_event
-from streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.logs import LoadedLog
+from reloop.ops.replay import ReplayEngine
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import get_json, get_text, wait_ready
+from reloop.processors.prequential import as_feedback, as_request
+from reloop.streams.codec import decode_event
+from reloop.streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,
                             RecommendationRequest, error_id_for)
-from streams.topics import USER_PARTITIONS
+from reloop.streams.topics import USER_PARTITIONS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, poll_until, produce
 

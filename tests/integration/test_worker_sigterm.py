@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.broker import EmbeddedBroker
-from ops.kafka import create_topics
-from ops.webclient import wait_ready
+from reloop.models.registry import ModelRegistry
+from reloop.ops.broker import EmbeddedBroker
+from reloop.ops.kafka import create_topics
+from reloop.ops.webclient import wait_ready
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import log_events
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.ctr import CTRModel
-from models.train import train_model
+from reloop.models.ctr import CTRModel
+from reloop.models.train import train_model
 
 from .synthetic import FAST_TRAIN, SMALL_MODEL, Dataset, make_dataset
 
@@ -23,7 +23,7 @@ def trained(dataset: Dataset) -> tuple[CTRModel, dict]:
 
 @pytest.fixture(scope="session")
 def onnx_bytes(trained: tuple[CTRModel, dict]) -> bytes:
-    from models.export import export_onnx
+    from reloop.models.export import export_onnx
 
     model, _ = trained
     return export_onnx(model, model.spec)

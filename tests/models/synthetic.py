@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.ctr import ModelConfig
-from models.features import FeatureEncoder, FeatureSpec, Row
-from models.train import TrainConfig
+from reloop.models.ctr import ModelConfig
+from reloop.models.features import FeatureEncoder, FeatureSpec, Row
+from reloop.models.train import TrainConfig
 
 SMALL_MODEL = ModelConfig(emb_dim=8, hidden_dim=16, cross_layers=2, deep_sizes=(32, 16), seed=3)
 FAST_TRAIN = TrainConfig(epochs=3, batch_size=128, lr=5e-3, holdout_fraction=0.2, seed=1)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import CorruptModelError, load_bundle, load_scorer, save_bundle
-from models.ctr import CTRModel
-from models.train import TrainConfig, predict, train_model
+from reloop.models.bundle import CorruptModelError, load_bundle, load_scorer, save_bundle
+from reloop.models.ctr import CTRModel
+from reloop.models.train import TrainConfig, predict, train_model
 
 from .synthetic import Dataset
 

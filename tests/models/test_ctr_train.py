@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.ctr import CTRModel, ModelConfig
-from models.features import FeatureSpec
-from models.metrics import auc, logloss
-from models.train import TrainConfig, predict, train_model
+from reloop.models.ctr import CTRModel, ModelConfig
+from reloop.models.features import FeatureSpec
+from reloop.models.metrics import auc, logloss
+from reloop.models.train import TrainConfig, predict, train_model
 
 from .synthetic import FAST_TRAIN, SMALL_MODEL, Dataset, make_dataset
 

@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
-from models.ctr import CTRModel
-from models.export import OPSET, ParityError, check_parity, export_onnx
-from models.features import FeatureEncoder, FeatureSpec
-from models.scorer import OnnxScorer
-from models.train import TrainConfig, predict, train_model
+from reloop.models.ctr import CTRModel
+from reloop.models.export import OPSET, ParityError, check_parity, export_onnx
+from reloop.models.features import FeatureEncoder, FeatureSpec
+from reloop.models.scorer import OnnxScorer
+from reloop.models.train import TrainConfig, predict, train_model
 
 from .synthetic import SMALL_MODEL, Dataset, make_dataset
 

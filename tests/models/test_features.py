@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from models.features import FeatureEncoder, FeatureSpec, check_inputs, pad_dense, token_id
+from reloop.models.features import FeatureEncoder, FeatureSpec, check_inputs, pad_dense, token_id
 
 SPEC = FeatureSpec(n_buckets=1000, max_tokens=6, dense_names=("age", "price"))
 
@@ -30,7 +30,7 @@ def test_hashing_is_stable_across_processes_and_hash_seeds() -> None:
     rows = [("user-ü", "item/7", {"colour": "red", "price": 3.5}), ("u2", "i2", {})]
     here = FeatureEncoder(SPEC).encode(rows)[0].tolist()
     code = (
-        "from models.features import FeatureEncoder, FeatureSpec\n"
+        "from reloop.models.features import FeatureEncoder, FeatureSpec\n"
         "spec = FeatureSpec(n_buckets=1000, max_tokens=6, dense_names=('age', 'price'))\n"
         f"print(FeatureEncoder(spec).encode({rows!r})[0].tolist())\n"
     )

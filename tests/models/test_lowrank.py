@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import load_bundle, load_scorer, save_bundle
-from models.checks import CheckConfig, validate_candidate
-from models.ctr import (LEGACY_MODEL_CONFIG, CrossLayer, CTRModel, LowRankCrossLayer, ModelConfig,
+from reloop.models.bundle import load_bundle, load_scorer, save_bundle
+from reloop.models.checks import CheckConfig, validate_candidate
+from reloop.models.ctr import (LEGACY_MODEL_CONFIG, CrossLayer, CTRModel, LowRankCrossLayer, ModelConfig,
                         config_from_meta, same_architecture)
-from models.export import ParityError, check_parity, export_onnx
-from models.fit import FittedModel, fit_model
-from models.features import FeatureSpec
-from models.scorer import OnnxScorer
-from models.train import TrainConfig, predict, train_model
+from reloop.models.export import ParityError, check_parity, export_onnx
+from reloop.models.fit import FittedModel, fit_model
+from reloop.models.features import FeatureSpec
+from reloop.models.scorer import OnnxScorer
+from reloop.models.train import TrainConfig, predict, train_model
 
 from .synthetic import FAST_TRAIN, SMALL_MODEL, Dataset
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import CorruptModelError
-from models.ctr import CTRModel
-from models.fit import FittedModel
-from models.registry import ModelRegistry, RegistryLock, RegistryLocked
-from models.scorer import OnnxScorer
-from ops.models_cli import run as cli_main
-from streams.codec import decode_event, encode
-from streams.events import ModelAnnouncement
+from reloop.models.bundle import CorruptModelError
+from reloop.models.ctr import CTRModel
+from reloop.models.fit import FittedModel
+from reloop.models.registry import ModelRegistry, RegistryLock, RegistryLocked
+from reloop.models.scorer import OnnxScorer
+from reloop.ops.models_cli import run as cli_main
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import ModelAnnouncement
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_trainer_lock_is_exclusive_and_released_when_the_holder_dies(tmp_path):
         assert info.value.pid == os.getpid()
     RegistryLock(root).acquire().release()  # released on exit
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from models.registry import RegistryLock; "
+        [sys.executable, "-c", "import sys; from reloop.models.registry import RegistryLock; "
          f"RegistryLock({str(root)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
     try:

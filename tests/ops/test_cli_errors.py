@@ -4,7 +4,7 @@ Each subprocess that loads settings imports torch (``ops/settings.py`` -> ``mode
 ~3 s of CPU, so the table keeps one row per kind of failure; the messages of every rejected
 setting are checked in-process by ``tests/ops/test_settings_validation.py``.
 
-Table-driven: each row (the paths issue 16 lists, plus one per kind of failure) runs the real ``reloop`` entry point (``python -m ops.cli``) as a
+Table-driven: each row (the paths issue 16 lists, plus one per kind of failure) runs the real ``reloop`` entry point (``python -m reloop.ops.cli``) as a
 subprocess (no broker: the broker paths point at a closed loopback port), then checks the exit
 code, that stderr is a single line naming the problem, and that no "Traceback" appears.
 Ctrl-C is sent as a real SIGINT once the process shows it is running; a broken pipe is a real
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.broker import free_port
+from reloop.ops.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLOSED = f"kafka://127.0.0.1:{free_port()}"  # nothing listens there
@@ -34,7 +34,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def reloop(args: list[str], extra_env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "reloop.ops.cli", *args], capture_output=True, text=True,
                           env=env(**(extra_env or {})), timeout=timeout, cwd=REPO)
 
 
@@ -79,7 +79,7 @@ def test_error_path_is_one_line(workdir, argv, extra, code, needle):
 
 
 def test_options_before_or_after_the_command(workdir):
-    from ops.cli import build_parser
+    from reloop.ops.cli import build_parser
 
     for argv in (["--config", "c.toml", "--log-level", "info", "schemas"],
                  ["schemas", "--config", "c.toml", "--log-level", "info"]):
@@ -91,14 +91,14 @@ def test_options_before_or_after_the_command(workdir):
 def test_version_and_fast_help_import_no_torch():
     r = reloop(["--version"])
     assert r.returncode == 0 and r.stdout.startswith("reloop ")
-    probe = subprocess.run([sys.executable, "-c", "import sys, ops.cli; ops.cli.build_parser().format_help(); "
+    probe = subprocess.run([sys.executable, "-c", "import sys, reloop.ops.cli; reloop.ops.cli.build_parser().format_help(); "
                             "print(sorted(m for m in ('torch', 'numba', 'faust', 'onnxruntime') if m in sys.modules))"],
                            capture_output=True, text=True, env=env(), cwd=REPO, check=True)
     assert probe.stdout.strip() == "[]"
 
 
 def test_help_has_no_rst_markup_and_every_option_has_help():
-    from ops.cli import build_parser
+    from reloop.ops.cli import build_parser
 
     parser = build_parser()
     stack = [parser]
@@ -114,8 +114,8 @@ def test_help_has_no_rst_markup_and_every_option_has_help():
 
 
 def test_source_topics_match_the_catalog():
-    from ops.cli import SOURCE_TOPICS
-    from streams.topics import TOPICS
+    from reloop.ops.cli import SOURCE_TOPICS
+    from reloop.streams.topics import TOPICS
 
     assert set(SOURCE_TOPICS) == set(TOPICS) - {"dlq"}
 
@@ -141,12 +141,12 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> str
     (["replay", "{log}", "--log-level", "INFO"], {}, '"level"'),
 ], ids=["worker-waiting-for-broker", "replay"])
 def test_ctrl_c_exits_130_with_one_line(workdir, argv, extra, needle):
-    from ops.simulator import SimConfig, Simulator, write_jsonl
+    from reloop.ops.simulator import SimConfig, Simulator, write_jsonl
 
     log = workdir / "labelled.jsonl"  # what `reloop simulate --labelled --requests 400` writes
     if not log.exists():
         write_jsonl(Simulator(SimConfig(seed=0)).labelled_log(400), log)
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *[a.replace("{log}", str(log)) for a in argv]],
+    proc = subprocess.Popen([sys.executable, "-m", "reloop.ops.cli", *[a.replace("{log}", str(log)) for a in argv]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra), cwd=REPO)
     try:
         _wait_for_line(proc, needle, 120.0)
@@ -162,7 +162,7 @@ def test_ctrl_c_exits_130_with_one_line(workdir, argv, extra, needle):
 
 
 def test_broken_pipe_is_quiet():
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "topics", "list"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "reloop.ops.cli", "topics", "list"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env(), cwd=REPO)
     proc.stdout.readline()
     proc.stdout.close()  # the reader goes away, like `| head -1`

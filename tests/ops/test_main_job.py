@@ -7,8 +7,8 @@ import doctest
 import pytest
 from pathlib import Path
 
-import ops.main_job as main_job
-from ops.main_job import RUN_STATE, set_aside_previous_run
+import reloop.ops.main_job as main_job
+from reloop.ops.main_job import RUN_STATE, set_aside_previous_run
 
 
 def test_docstring_examples() -> None:
@@ -35,17 +35,17 @@ def test_a_second_run_sets_the_first_runs_state_aside_and_keeps_one_generation(t
 
 
 def test_docstring_examples_of_the_report_and_the_children() -> None:
-    import ops.report
-    import ops.worker_process
+    import reloop.ops.report
+    import reloop.ops.children
 
-    for module in (ops.report, ops.worker_process):
+    for module in (reloop.ops.report, reloop.ops.children):
         result = doctest.testmod(module)
         assert result.attempted >= 2 and result.failed == 0, module.__name__
 
 
 def test_children_load_the_parents_effective_settings() -> None:
-    from ops.settings import Settings, load_settings
-    from ops.worker_process import settings_env
+    from reloop.ops.settings import Settings, load_settings
+    from reloop.ops.children import settings_env
 
     parent = Settings().with_overrides(
         kafka={"broker": "kafka://127.0.0.1:9", "topic_prefix": 'a "quoted" prefix.'},
@@ -56,9 +56,9 @@ def test_children_load_the_parents_effective_settings() -> None:
 
 
 def test_run_settings_keep_what_the_user_set_and_schedule_a_retrain_after_the_shift() -> None:
-    from ops.main_job import RETRAIN_AFTER_SHIFT_S, RUN_TRAINER, run_settings
-    from ops.settings import Settings
-    from ops.simulator import SimConfig, Simulator
+    from reloop.ops.main_job import RETRAIN_AFTER_SHIFT_S, RUN_TRAINER, run_settings
+    from reloop.ops.settings import Settings
+    from reloop.ops.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=7))
     s = run_settings(Settings(), sim, 2000, 400)
@@ -72,7 +72,7 @@ def test_run_settings_keep_what_the_user_set_and_schedule_a_retrain_after_the_sh
 
 
 def test_run_summary_splits_quality_at_the_shift_and_the_swap_and_joins_alert_rates() -> None:
-    from ops.report import run_summary
+    from reloop.ops.report import run_summary
 
     answered = [[float(t), "v1" if t < 70 else "v2"] for t in range(0, 100)]
     series = [{"ts": float(t), "auc_base": 0.7 if t < 50 else 0.6 if t < 70 else 0.65,
@@ -107,8 +107,8 @@ def test_a_busy_web_port_is_refused_not_replaced(tmp_path: Path, capsys) -> None
     import asyncio
     import socket
 
-    from ops.main_job import MainJobOptions, run_main_job
-    from ops.settings import Settings
+    from reloop.ops.main_job import MainJobOptions, run_main_job
+    from reloop.ops.settings import Settings
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -123,7 +123,7 @@ def test_a_busy_web_port_is_refused_not_replaced(tmp_path: Path, capsys) -> None
 
 
 def test_run_summary_says_when_a_registered_version_served_nothing() -> None:
-    from ops.report import run_summary
+    from reloop.ops.report import run_summary
 
     report = {"answered": [[0.0, "v1"], [100.0, "v1"]], "shift_ts": 50.0, "live_from_ts": 0.0, "elapsed_seconds": 1.0,
               "attribution_window_s": 60.0, "worker": {"summary": {"labelled": 10}},
@@ -141,7 +141,7 @@ async def test_the_run_stops_driving_when_its_worker_dies() -> None:
     import subprocess
     import sys
 
-    from ops.main_job import while_alive
+    from reloop.ops.main_job import while_alive
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     cancelled = asyncio.Event()

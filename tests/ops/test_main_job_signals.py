@@ -1,7 +1,7 @@
 """Ctrl-C stops ``reloop run``: driver, worker, trainer and broker within 10 s, final snapshots
 written, exit code 130, a one-line note, no process left behind (no zombie broker).
 
-Real processes: ``python -m ops.cli run`` in its own session (so the test can signal its
+Real processes: ``python -m reloop.ops.cli run`` in its own session (so the test can signal its
 whole process group as a terminal does), with its embedded broker, worker and trainer.
 """
 
@@ -47,7 +47,7 @@ def test_ctrl_c_stops_everything_within_10_s(tmp_path: Path, target: str) -> Non
     out_path = tmp_path / "out.txt"
     env = {**os.environ, **SMALL_ENV, "PYTHONUNBUFFERED": "1"}
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--events", "4000", "--web-port", "0",
+        proc = subprocess.Popen([sys.executable, "-m", "reloop.ops.cli", "run", "--events", "4000", "--web-port", "0",
                                  "--data-dir", str(data), "--report", str(tmp_path / "run.json")],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 
-from ops.cli import main as cli_main
-from ops.logs import read_jsonl, read_movielens
-from ops.replay import ReplayEngine
-from ops.serving import compensation_factory
-from streams.codec import encode
-from streams.events import Interaction
-from streams.validation import Limits
+from reloop.ops.cli import main as cli_main
+from reloop.ops.logs import read_jsonl, read_movielens
+from reloop.ops.replay import ReplayEngine
+from reloop.ops.serving import compensation_factory
+from reloop.streams.codec import encode
+from reloop.streams.events import Interaction
+from reloop.streams.validation import Limits
 
 
 def write_log(path, events, bad_lines=()):
@@ -44,7 +44,7 @@ def test_movielens_u_data(tmp_path) -> None:
 
 
 def test_replay_is_deterministic_and_compensation_moves_scores(settings, small_log, small_model) -> None:
-    from ops.logs import LoadedLog
+    from reloop.ops.logs import LoadedLog
 
     log = LoadedLog([e for e in small_log if isinstance(e, Interaction)][4000:6000], [], "sim")
     engine = ReplayEngine(settings, compensation_factory(settings))

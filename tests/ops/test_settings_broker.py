@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from ops.broker import EmbeddedBroker, bootstrap_servers, wait_for_metadata
-from ops.settings import load_settings
+from reloop.ops.broker import EmbeddedBroker, bootstrap_servers, wait_for_metadata
+from reloop.ops.settings import load_settings
 
 
 def test_settings_layering(tmp_path) -> None:
@@ -52,7 +52,7 @@ async def test_embedded_broker_answers_and_stops() -> None:
 
 def test_broker_dies_with_its_parent(tmp_path) -> None:
     """A parent killed with SIGKILL takes its broker with it (PR_SET_PDEATHSIG)."""
-    code = ("import sys, time; from ops.broker import EmbeddedBroker; b = EmbeddedBroker().start(); "
+    code = ("import sys, time; from reloop.ops.broker import EmbeddedBroker; b = EmbeddedBroker().start(); "
             "print(b.proc.pid, b.port, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     pid, port = map(int, parent.stdout.readline().split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops.settings import Settings, SettingsError, load_settings
+from reloop.ops.settings import Settings, SettingsError, load_settings
 
 
 @pytest.mark.parametrize("name,value,needle", [

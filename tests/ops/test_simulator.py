@@ -1,4 +1,4 @@
-"""Tests of the deterministic traffic simulator (ops.simulator)."""
+"""Tests of the deterministic traffic simulator (reloop.ops.simulator)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections import defaultdict, deque
 import numpy as np
 import pytest
 
-from ops.simulator import SEGMENTS, SimConfig, Simulator, main, write_jsonl
-from streams.codec import decode_event, encode
-from streams.events import Interaction, MediaEvent, RecommendationRequest
-from streams.validation import Limits
+from reloop.ops.simulator import SEGMENTS, SimConfig, Simulator, main, write_jsonl
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import Interaction, MediaEvent, RecommendationRequest
+from reloop.streams.validation import Limits
 
 
 def _bytes(events) -> list[bytes]:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelRegistry
-from ops.kafka import create_topics
-from ops.simulator import SimConfig, Simulator
-from ops.status_page import SVG_NS, status_page
-from ops.webclient import get_json, wait_ready
-from streams.events import Interaction, RecommendationRequest
+from reloop.models.registry import ModelRegistry
+from reloop.ops.kafka import create_topics
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.status_page import SVG_NS, status_page
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.streams.events import Interaction, RecommendationRequest
 from tests.conftest import WorkerProcess
 from tests.integration.test_broker_pause import close_all_windows
 from tests.integration.helpers import consume_until, poll_until, produce

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ops.web_access import DigestCache, SizesCache, is_loopback, status_url, web_access_denied
+from reloop.ops.web_access import DigestCache, SizesCache, is_loopback, status_url, web_access_denied
 
 
 @pytest.mark.parametrize("remote,ok", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True),

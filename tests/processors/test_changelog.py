@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 
-from ops.chaos import pending_view
-from processors.changelog import changed_records, key_partition, repair_records, restore
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending
-from processors.tasks import FeedbackTasks
-from streams.events import Interaction
+from reloop.testing.chaos import pending_view
+from reloop.processors.changelog import changed_records, key_partition, repair_records, restore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending
+from reloop.processors.tasks import FeedbackTasks
+from reloop.streams.events import Interaction
 
 
 def _batches(seed: int, n: int = 60) -> list[tuple[list[Pending], list[Interaction], float]]:

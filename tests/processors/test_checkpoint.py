@@ -12,14 +12,14 @@ import random
 import numpy as np
 import pytest
 
-from processors.checkpoint import InputCheckpoint, RecentIds, Recovered
-from processors.journal import InputJournal, JournalEntry, TaskDelta
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore
-from processors.tasks import FeedbackTasks
-from streams.codec import encode
-from streams.events import Interaction
-from streams.validation import Limits
+from reloop.processors.checkpoint import InputCheckpoint, RecentIds, Recovered
+from reloop.processors.journal import InputJournal, JournalEntry, TaskDelta
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore
+from reloop.processors.tasks import FeedbackTasks
+from reloop.streams.codec import encode
+from reloop.streams.events import Interaction
+from reloop.streams.validation import Limits
 
 
 def make_batches(seed: int, n_batches: int = 30, parts: int = 3) -> list[JournalEntry]:
@@ -86,7 +86,7 @@ def test_checkpoint_plus_journal_equals_uninterrupted(tmp_path, seed):
         ck.apply(e, live)
         ck.journal.append(e)
         if i == k:  # checkpoint after batch k
-            from state.snapshots import write_npz_atomic
+            from reloop.state.snapshots import write_npz_atomic
             seq, arrays = ck.collect(live.tasks, None, live.positions)
             write_npz_atomic(ck.path, arrays)
             ck.journal.delete_before(seq)

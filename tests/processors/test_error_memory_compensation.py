@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from processors.error_memory import ErrorMemoryCompensation
-from state.error_memory import ErrorMemory, ErrorMemoryConfig
-from streams.events import ErrorRecord
+from reloop.processors.error_memory import ErrorMemoryCompensation
+from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig
+from reloop.streams.events import ErrorRecord
 
 CFG = ErrorMemoryConfig(tables=8, bits=6, half_life_s=86400.0)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from processors.feedback import FeedbackCore
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore
-from streams.events import Interaction
+from reloop.processors.feedback import FeedbackCore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore
+from reloop.streams.events import Interaction
 
 
 def pending(rid: str, iid: str, ts: float = 100.0, p: float = 0.3) -> Pending:
@@ -132,8 +132,8 @@ def test_emitted_records_trail_the_newest_by_less_than_a_window() -> None:
 
 
 def test_version_1_error_records_still_decode_with_their_single_clock() -> None:
-    from streams.codec import decode_event, encode
-    from streams.events import ErrorRecord
+    from reloop.streams.codec import decode_event, encode
+    from reloop.streams.events import ErrorRecord
 
     v2 = ErrorRecord(error_id="r1:a", user_id="u", item_id="a", ts=100.0, label_ts=104.5, label=1, base_pred=0.3,
                      comp_pred=0.3, model_version="v1")

@@ -10,18 +10,18 @@ from collections import namedtuple
 import msgspec
 import pytest
 
-from processors.admission import DUPLICATE, Admission
-from processors.compensation import NoCompensation
-from processors.feedback import error_record
-from processors.metrics import OnlineMetrics
-from processors.pending import Pending, PendingStore, Resolved, request_digest
-from processors.replica import ErrorsReplica
-from processors.scoring import model_features, unique_candidates
-from processors.tasks import FeedbackTasks
-from processors.telemetry import WorkerTelemetry
-from streams.codec import InvalidEvent, dead_letter, decode_event, encode, original_bytes
-from streams.events import (Candidate, ErrorRecord, Interaction, RecommendationRequest, error_id_for)
-from streams.validation import Limits, check_limits
+from reloop.processors.admission import DUPLICATE, Admission
+from reloop.processors.compensation import NoCompensation
+from reloop.processors.feedback import error_record
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.pending import Pending, PendingStore, Resolved, request_digest
+from reloop.processors.replica import ErrorsReplica
+from reloop.processors.scoring import model_features, unique_candidates
+from reloop.processors.tasks import FeedbackTasks
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.streams.codec import InvalidEvent, dead_letter, decode_event, encode, original_bytes
+from reloop.streams.events import (Candidate, ErrorRecord, Interaction, RecommendationRequest, error_id_for)
+from reloop.streams.validation import Limits, check_limits
 
 NOW = 1_700_000_000.0
 TP = namedtuple("TP", "topic partition")
@@ -209,7 +209,7 @@ def test_memory_batches_with_hostile_values_are_rejected():
     outside 0/1 or predictions outside [0, 1] into every replica's error memory."""
     import numpy as np
 
-    from streams.memory_batch import InvalidMemoryBatch, decode_batch, encode_rows
+    from reloop.streams.memory_batch import InvalidMemoryBatch, decode_batch, encode_rows
 
     def raw(y=(0.0, 1.0), p=(0.2, 0.3), ts=(NOW, NOW)) -> bytes:
         return encode_rows(error_ids=["a", "b"], codes=np.zeros((2, 4), np.uint32), y=np.array(y), p=np.array(p),

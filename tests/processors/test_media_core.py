@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ops.simulator import SimConfig, Simulator
-from processors.media import FEATURE_NAMES, MediaCore, annotate_log
-from state.media_memory import MediaMemoryConfig
-from streams.events import Candidate, Interaction, MediaEvent, RecommendationRequest
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.processors.media import FEATURE_NAMES, MediaCore, annotate_log
+from reloop.state.media.memory import MediaMemoryConfig
+from reloop.streams.events import Candidate, Interaction, MediaEvent, RecommendationRequest
 
 D = 8
 

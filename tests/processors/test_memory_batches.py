@@ -8,14 +8,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from processors.compensation import NoCompensation
-from processors.error_memory import ErrorMemoryCompensation, memory_batches
-from processors.replica import ErrorsReplica
-from processors.telemetry import WorkerTelemetry
-from state.error_memory import ErrorMemory, ErrorMemoryConfig, key_uniforms, stable_keys
-from streams.events import ErrorRecord, pack_codes
-from streams.memory_batch import MAX_ROWS, InvalidMemoryBatch, MemoryBatch, decode_batch, encode_rows
-from streams.validation import Limits
+from reloop.processors.compensation import NoCompensation
+from reloop.processors.error_memory import ErrorMemoryCompensation, memory_batches
+from reloop.processors.replica import ErrorsReplica
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig, key_uniforms, stable_keys
+from reloop.streams.events import ErrorRecord, pack_codes
+from reloop.streams.memory_batch import MAX_ROWS, InvalidMemoryBatch, MemoryBatch, decode_batch, encode_rows
+from reloop.streams.validation import Limits
 
 CFG = ErrorMemoryConfig(tables=8, bits=6, half_life_s=86400.0)
 TP = namedtuple("TP", "topic partition")
@@ -139,7 +139,7 @@ def test_replica_skips_redelivered_offsets_copies_and_malformed_records(small_mo
     assert twice.duplicates_skipped == 1 and twice.memory_invalid == 1 and twice.memory_applied == {0: 6}
     np.testing.assert_array_equal(state(twice.compensation), state(once.compensation))
     # snapshot with the memory offsets and the batch-id filter; restore resumes after them
-    from processors.replica import write_files
+    from reloop.processors.replica import write_files
     path = tmp_path / "error_memory.npz"
     write_files(twice.collect_snapshot(path))
     back = ErrorsReplica(compensation(small_model.scorer), None, Limits(), WorkerTelemetry())
@@ -157,7 +157,7 @@ def test_snapshot_without_memory_offsets_is_rebuilt(small_model, tmp_path) -> No
     files = r.collect_snapshot(path)
     for k in [k for k in files[path] if k.startswith("memory_")]:
         del files[path][k]  # the format before the memory topic
-    from processors.replica import write_files
+    from reloop.processors.replica import write_files
     write_files(files)
     back = replica(small_model.scorer)
     back.restore(path, small_model.scorer, lambda s: compensation(s))

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from ops.kafka import create_topics, make_producer, topic_name
-from ops.chaos import read_topic
-from processors.outputs import KeyPartitioner, produce_batched
+from reloop.ops.kafka import create_topics, make_producer, topic_name
+from reloop.testing.chaos import read_topic
+from reloop.processors.outputs import KeyPartitioner, produce_batched
 
 pytestmark = [pytest.mark.broker]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from processors.schemas import PublishedSchemas, SchemaUpdate
-from state.schema_cache import SchemaCacheConfig
+from reloop.processors.schemas import PublishedSchemas, SchemaUpdate
+from reloop.state.schemas.cache import SchemaCacheConfig
 
 
 def update(sid: str, sig: list[str], state: str = "active", impact: float = 1.0, ts: float = 1.0) -> SchemaUpdate:

@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from processors.replica import _matching_snapshots, previous, write_files
+from reloop.processors.replica import _matching_snapshots, previous, write_files
 
 
 def gen(offset: int, tag: float) -> dict[str, np.ndarray]:
@@ -41,15 +41,15 @@ from collections import namedtuple  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from processors.compensation import NoCompensation  # noqa: E402
-from processors.reorder import EventTimeReorder  # noqa: E402
-from processors.replica import ErrorsReplica  # noqa: E402
-from processors.schemas import SchemaCore  # noqa: E402
-from processors.telemetry import WorkerTelemetry  # noqa: E402
-from state.schema_cache import SchemaCacheConfig  # noqa: E402
-from streams.codec import encode  # noqa: E402
-from streams.events import ErrorRecord  # noqa: E402
-from streams.validation import Limits  # noqa: E402
+from reloop.processors.compensation import NoCompensation  # noqa: E402
+from reloop.processors.reorder import EventTimeReorder  # noqa: E402
+from reloop.processors.replica import ErrorsReplica  # noqa: E402
+from reloop.processors.schemas import SchemaCore  # noqa: E402
+from reloop.processors.telemetry import WorkerTelemetry  # noqa: E402
+from reloop.state.schemas.cache import SchemaCacheConfig  # noqa: E402
+from reloop.streams.codec import encode  # noqa: E402
+from reloop.streams.events import ErrorRecord  # noqa: E402
+from reloop.streams.validation import Limits  # noqa: E402
 
 TP = namedtuple("TP", "topic partition")
 Msg = namedtuple("Msg", "offset value")

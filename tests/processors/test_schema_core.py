@@ -1,4 +1,4 @@
-"""Tests of SchemaCore (processors.schemas) and the simulator's fault injection feeding it."""
+"""Tests of SchemaCore (reloop.processors.schemas) and the simulator's fault injection feeding it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from ops.simulator import FaultSpec, SimConfig, Simulator
-from processors.schemas import SchemaAlert, SchemaCore, SchemaUpdate, describe, format_table, latest, topic_key
-from state.schema_cache import SchemaCacheConfig
-from streams.events import ErrorRecord, Interaction
+from reloop.ops.simulator import FaultSpec, SimConfig, Simulator
+from reloop.processors.schemas import SchemaAlert, SchemaCore, SchemaUpdate, describe, format_table, latest, topic_key
+from reloop.state.schemas.cache import SchemaCacheConfig
+from reloop.streams.events import ErrorRecord, Interaction
 
 N_REQUESTS = 3000  # x 20 candidates, 50 requests/s: 60 s of event time
 

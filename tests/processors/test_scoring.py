@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ops.serving import make_compensation
-from ops.settings import Settings
-from processors.scoring import ScoringCore
-from streams.events import Candidate, RecommendationRequest
+from reloop.ops.serving import make_compensation
+from reloop.ops.settings import Settings
+from reloop.processors.scoring import ScoringCore
+from reloop.streams.events import Candidate, RecommendationRequest
 
 
 def requests(n: int, k: int) -> list[RecommendationRequest]:
@@ -55,9 +55,9 @@ def test_lambda_zero_error_memory_is_the_identity(small_model) -> None:
     comp = make_compensation(s, small_model.scorer)
     core = ScoringCore(small_model.scorer, comp)
     _, pend = core.score(requests(4, 4))
-    from processors.feedback import FeedbackCore
-    from processors.metrics import OnlineMetrics
-    from processors.pending import PendingStore
+    from reloop.processors.feedback import FeedbackCore
+    from reloop.processors.metrics import OnlineMetrics
+    from reloop.processors.pending import PendingStore
     fc = FeedbackCore(PendingStore(1.0), OnlineMetrics())
     fc.on_scored(pend)
     comp.apply_errors(fc.drain())

@@ -6,13 +6,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from ops.serving import make_compensation
-from ops.settings import Settings
-from processors.schemas import SchemaCore
-from processors.scoring import ScoringCore
-from state.schema_cache import SchemaCache, SchemaCacheConfig
-from state.schema_match import SchemaMatcher, logit, sigmoid
-from streams.events import Candidate, RecommendationRequest
+from reloop.ops.serving import make_compensation
+from reloop.ops.settings import Settings
+from reloop.processors.schemas import SchemaCore
+from reloop.processors.scoring import ScoringCore
+from reloop.state.schemas.cache import SchemaCache, SchemaCacheConfig
+from reloop.state.schemas.match import SchemaMatcher, logit, sigmoid
+from reloop.streams.events import Candidate, RecommendationRequest
 from tests.state.test_schema_cache import T0, _feed, _stream
 
 
@@ -81,9 +81,9 @@ def test_only_cold_candidates_are_biased(small_model, g3_cache) -> None:
     comp = make_compensation(s, small_model.scorer)
     reqs = _requests(6, 10, T0 + 40)
     # warm the error memory on some of the same candidates
-    from processors.feedback import FeedbackCore
-    from processors.metrics import OnlineMetrics
-    from processors.pending import PendingStore
+    from reloop.processors.feedback import FeedbackCore
+    from reloop.processors.metrics import OnlineMetrics
+    from reloop.processors.pending import PendingStore
     _, pend = ScoringCore(small_model.scorer, comp).score(reqs[:3])
     fc = FeedbackCore(PendingStore(1.0), OnlineMetrics())
     fc.on_scored(pend)

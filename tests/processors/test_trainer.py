@@ -14,18 +14,18 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from models.export import export_onnx
-from models.features import FeatureEncoder
-from models.fit import FittedModel
-from models.registry import ModelRegistry
-from models.scorer import OnnxScorer
-from ops.replay import fit_initial_model
-from ops.settings import Settings
-from ops.simulator import SimConfig, Simulator
-from ops.trainer import gate_and_register, retrain_once
-from processors.trainer import EventTimeMerge, TrainerConfig, TrainerCore
-from state.sample_window import Sample, sample_from_error
-from streams.events import ErrorRecord, Interaction
+from reloop.models.export import export_onnx
+from reloop.models.features import FeatureEncoder
+from reloop.models.fit import FittedModel
+from reloop.models.registry import ModelRegistry
+from reloop.models.scorer import OnnxScorer
+from reloop.ops.replay import fit_initial_model
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.trainer import gate_and_register, retrain_once
+from reloop.processors.trainer import EventTimeMerge, TrainerConfig, TrainerCore
+from reloop.state.sample_window import Sample, sample_from_error
+from reloop.streams.events import ErrorRecord, Interaction
 from tests.conftest import SMALL
 
 N_REQUESTS, WARM_ROWS = 800, 5000  # 20 candidates per request; shift at request 480

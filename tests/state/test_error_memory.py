@@ -1,4 +1,4 @@
-"""Tests of the ReLoop2 error memory (state.error_memory) and its kernels (state._lsh_kernels)."""
+"""Tests of the ReLoop2 error memory (reloop.state.error_memory.memory) and its kernels (reloop.state.error_memory.kernels)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import state._lsh_kernels as kernels
-import state.error_memory as error_memory_module
-from state.error_memory import (
+import reloop.state.error_memory.kernels as kernels
+import reloop.state.error_memory.memory as error_memory_module
+from reloop.state.error_memory.memory import (
     ErrorMemory,
     ErrorMemoryConfig,
     apply_compensation,

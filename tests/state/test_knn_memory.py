@@ -1,4 +1,4 @@
-"""Tests of the exact-kNN error memory baseline (state.knn_memory)."""
+"""Tests of the exact-kNN error memory baseline (reloop.state.error_memory.knn)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import state.knn_memory as knn_module
-from state.error_memory import ErrorMemory, ErrorMemoryConfig
-from state.knn_memory import ExactKnnMemory, knn_search, knn_search_ref
+import reloop.state.error_memory.knn as knn_module
+from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig
+from reloop.state.error_memory.knn import ExactKnnMemory, knn_search, knn_search_ref
 
 
 def _norms(h: np.ndarray) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from state._media_kernels import (compress_clip, media_features, merge_vectors, most_similar_pair, segment_stream,
+from reloop.state.media.kernels import (compress_clip, media_features, merge_vectors, most_similar_pair, segment_stream,
                                   topk_cosine)
-from state._media_numpy import (compress_clip_ref, media_features_ref, merge_vectors_ref, most_similar_pair_ref,
+from reloop.state.media.reference import (compress_clip_ref, media_features_ref, merge_vectors_ref, most_similar_pair_ref,
                                 segment_stream_ref, topk_cosine_ref, unit_rows)
 
 D = 8

@@ -9,10 +9,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from state._media_numpy import unit_rows
-from state.media_memory import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, MERGED, ItemContent, MediaMemory,
+from reloop.state.media.reference import unit_rows
+from reloop.state.media.memory import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, MERGED, ItemContent, MediaMemory,
                                 MediaMemoryConfig, UserMediaMemory)
-from streams.events import MediaEvent
+from reloop.streams.events import MediaEvent
 
 D = 8
 

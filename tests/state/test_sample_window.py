@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from state.sample_window import Sample, SampleWindow, sample_from_error
-from streams.events import ErrorRecord
+from reloop.state.sample_window import Sample, SampleWindow, sample_from_error
+from reloop.streams.events import ErrorRecord
 
 
 def s(i: int, ts: float | None = None, label: int = 0) -> Sample:

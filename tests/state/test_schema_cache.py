@@ -1,4 +1,4 @@
-"""Tests of the error-schema cache (state.schema_cache) and its kernels (state._schema_kernels)."""
+"""Tests of the error-schema cache (reloop.state.schemas.cache) and its kernels (reloop.state.schemas.kernels)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import state._schema_kernels as kernels
-from state._schema_reference import space_saving_update_ref
-from state._schema_select import two_sample_z
-from state.schema_cache import Schema, SchemaCache, SchemaCacheConfig, schema_id_of
-from streams.events import ErrorRecord
+import reloop.state.schemas.kernels as kernels
+from reloop.state.schemas.reference import space_saving_update_ref
+from reloop.state.schemas.select import two_sample_z
+from reloop.state.schemas.cache import Schema, SchemaCache, SchemaCacheConfig, schema_id_of
+from reloop.streams.events import ErrorRecord
 
 T0 = 1_700_000_000.0
 GENRES = [f"g{i}" for i in range(10)]

@@ -1,4 +1,4 @@
-"""The prediction-shift screen of the schema cache (state._schema_shift): a broken input is
+"""The prediction-shift screen of the schema cache (reloop.state.schemas.shift): a broken input is
 promoted sooner than by the residual tests alone; a calibrated covariate shift is not."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from state._schema_kernels import FAST, N_STATS
-from state.schema_cache import SchemaCache, SchemaCacheConfig
-from streams.events import ErrorRecord
+from reloop.state.schemas.kernels import FAST, N_STATS
+from reloop.state.schemas.cache import SchemaCache, SchemaCacheConfig
+from reloop.streams.events import ErrorRecord
 
 T0 = 1_700_000_000.0
 DEVICES = ["phone", "tv", "web"]

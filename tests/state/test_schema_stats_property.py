@@ -25,8 +25,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from state.schema_cache import SchemaCache, SchemaCacheConfig
-from streams.events import ErrorRecord
+from reloop.state.schemas.cache import SchemaCache, SchemaCacheConfig
+from reloop.streams.events import ErrorRecord
 
 T0 = 1_700_000_000.0
 RTOL = 1e-9

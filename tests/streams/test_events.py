@@ -9,11 +9,11 @@ import msgspec
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from streams.codec import InvalidEvent, dead_letter, decode_event, encode, original_bytes
-from streams.events import (Candidate, ErrorRecord, Interaction, MediaEvent, RecommendationRequest)
-from streams.schemas import event_schemas
-from streams.topics import CATALOG, TOPICS, USER_KEYED
-from streams.validation import Limits
+from reloop.streams.codec import InvalidEvent, dead_letter, decode_event, encode, original_bytes
+from reloop.streams.events import (Candidate, ErrorRecord, Interaction, MediaEvent, RecommendationRequest)
+from reloop.streams.schemas import event_schemas
+from reloop.streams.topics import CATALOG, TOPICS, USER_KEYED
+from reloop.streams.validation import Limits
 
 LIMITS = Limits(media_dim=4, max_candidates=3, max_event_bytes=2000)
 
@@ -85,16 +85,16 @@ def test_catalog_co_partitions_user_keyed_topics() -> None:
 def test_docstring_examples() -> None:
     import doctest
 
-    import processors.scoring
-    import streams.events
+    import reloop.processors.scoring
+    import reloop.streams.events
 
-    for module in (streams.events, processors.scoring):
+    for module in (reloop.streams.events, reloop.processors.scoring):
         result = doctest.testmod(module)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
 
 
 def test_codes_travel_packed_and_lists_are_still_read() -> None:
-    from streams.events import pack_codes
+    from reloop.streams.events import pack_codes
 
     packed = ErrorRecord(error_id="r:i", user_id="u", item_id="i", ts=1.0, label=0, base_pred=0.2,
                          comp_pred=0.3, model_version="v1", codes=pack_codes([5, 65535, 2**24]))

@@ -31,17 +31,17 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
-from ops.kafka import client_kwargs, create_topics, make_producer, topic_name
-from ops.settings import Settings
-from ops.simulator import SimConfig, Simulator
-from ops.webclient import get_json, wait_ready
-from ops.worker_process import WorkerProcess
-from processors.reorder import EventTimeReorder
-from processors.tasks import FeedbackTasks
-from state.snapshots import read_npz
-from streams.codec import decode_event, encode
-from streams.events import Candidate, ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
-from streams.topics import USER_PARTITIONS
+from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig, Simulator
+from reloop.ops.webclient import get_json, wait_ready
+from reloop.testing.worker_process import WorkerProcess
+from reloop.processors.reorder import EventTimeReorder
+from reloop.processors.tasks import FeedbackTasks
+from reloop.state.snapshots import read_npz
+from reloop.streams.codec import decode_event, encode
+from reloop.streams.events import Candidate, ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
+from reloop.streams.topics import USER_PARTITIONS
 
 log = logging.getLogger("reloop.chaos")
 
@@ -255,7 +255,7 @@ def media_equal(ia: dict[str, np.ndarray], ib: dict[str, np.ndarray]) -> tuple[b
     """Whether two media snapshots hold the same memories: per user, every array and counter
     bit-identical (but :data:`RETRIEVAL_COUNTERS`); per item, the same content vector. (Row order of the users and items tables
     follows arrival order across partitions, which batching changes, so rows are matched by id.)"""
-    from processors.media import MediaCore
+    from reloop.processors.media import MediaCore
 
     def core(snap: dict[str, np.ndarray]) -> MediaCore | None:
         arrays = {k[6:]: v for k, v in snap.items() if k.startswith("media.")}
@@ -366,7 +366,7 @@ def compare_schema_caches(qa_snap: dict[str, np.ndarray], qb_snap: dict[str, np.
     """The schema cache is fed through an event-time reorder buffer (processors/reorder.py), so
     A and B, which read the same records, must hold the same cache and the same buffer, bit
     for bit, and so the same schemata (docs/guarantees.md)."""
-    from processors.schemas import SchemaCore
+    from reloop.processors.schemas import SchemaCore
 
     c = result.checks
     qa, qb = SchemaCore.restore(qa_snap), SchemaCore.restore(qb_snap)

@@ -1,6 +1,7 @@
-"""Child processes of the real CLI: a ``reloop worker`` for tests, benches and chaos runs
-(:class:`WorkerProcess`), and the main job's worker and trainer (:func:`spawn_child`,
-:func:`stop_children`, :func:`settings_env`)."""
+"""The main job's children (``reloop worker``, ``reloop train``): the effective settings in
+their environment (:func:`settings_env`), spawning (:func:`spawn_child`), ordered shutdown
+(:func:`stop_children`), and running uninterruptible work in a daemon thread
+(:func:`in_daemon_thread`)."""
 
 from __future__ import annotations
 
@@ -20,50 +21,10 @@ from typing import Any, Callable
 
 import msgspec
 
-from ops.broker import free_port
-from ops.settings import Settings
+from reloop.ops.settings import Settings
 
 log = logging.getLogger("reloop.children")
 
-
-class WorkerProcess:
-    """Start ``python -m ops.cli worker`` for ``settings`` with its own web port and log file.
-
-    ``env`` adds environment variables (e.g. ``RELOOP_WORKER__SNAPSHOT_EVERY_S``); the topic
-    prefix, group, broker and data dir always come from ``settings``.
-    """
-
-    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}),
-                    "RELOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-                    "RELOOP_KAFKA__GROUP_ID": settings.kafka.group_id}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "--log-level", "INFO", "worker", "--broker", settings.kafka.broker,
-             "--data-dir", settings.worker.data_dir, "--web-port", str(self.port)],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=full_env)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the worker's log (for a failed assertion's message)."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` and wait (SIGKILL after 30 s); returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-# ---- the main job's children (worker, trainer): settings, spawning, ordered shutdown -------
 
 def _toml_value(value: Any) -> str | None:
     """``value`` as a TOML scalar, array or inline table (what ``load_settings`` parses from an
@@ -99,7 +60,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     effective settings as its parent, whatever mix of ``--config``, env vars and overrides
     made them (env vars win over a config file in the child too).
 
-    >>> from ops.settings import load_settings
+    >>> from reloop.ops.settings import load_settings
     >>> env = settings_env(Settings().with_overrides(trainer={"min_samples": 5}, worker={"data_dir": "d"}))
     >>> sorted(env.items())
     [('RELOOP_TRAINER__MIN_SAMPLES', '5'), ('RELOOP_WORKER__DATA_DIR', '"d"')]
@@ -132,8 +93,8 @@ def _child_setup(niceness: int) -> Callable[[], None]:
 
 
 def reloop_cmd(command: str, settings: Settings, *extra: str) -> list[str]:
-    """``python -m ops.cli --log-level INFO <command> --broker ... --data-dir ... <extra>``."""
-    return [sys.executable, "-m", "ops.cli", "--log-level", "INFO", command, "--broker", settings.kafka.broker,
+    """``python -m reloop.ops.cli --log-level INFO <command> --broker ... --data-dir ... <extra>``."""
+    return [sys.executable, "-m", "reloop.ops.cli", "--log-level", "INFO", command, "--broker", settings.kafka.broker,
             "--data-dir", settings.worker.data_dir, *extra]
 
 

@@ -32,7 +32,7 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         shift_half_life_s: half-life of the short *shift* window (0 = no shift screen). A
             pattern whose mean prediction on it jumped (``|z| >= shift_z``) while its residual
             moved the other way is promoted on that window's residual test (see
-            :mod:`state._schema_shift`): fast detection of broken inputs.
+            :mod:`reloop.state.schemas.shift`): fast detection of broken inputs.
         shift_z: |z| of the prediction shift (fast vs main window mean) that opens the screen.
         shift_alpha: family-wise error of the screened residual test (Bonferroni over the
             patterns whose predictions shifted).
@@ -64,14 +64,14 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         bias_prior: shrinkage of the schema-level bias, in decayed records: a schema of
             support ``n`` applies ``n / (n + prior)`` of its correction.
         bias_when_cold: ``ScoringCore`` applies the schema-level bias (a logit shift, see
-            :mod:`state.schema_match`) to candidates whose error-memory evidence is below
+            :mod:`reloop.state.schemas.match`) to candidates whose error-memory evidence is below
             ``cold_evidence``; recommendations carry matching schema ids either way.
         cold_evidence: evidence (mean decayed error-memory bucket count, as in
             ``ScoredItem.evidence``) below which a candidate is cold (>= 0).
         max_logit_bias: bound of one candidate's total schema logit shift (> 0).
         var_floor: lower bound of residual variances in the z statistic.
         reorder_lateness_s: the worker feeds the cache through an event-time reorder buffer
-            (:mod:`processors.reorder`): records up to this many event seconds behind their
+            (:mod:`reloop.processors.reorder`): records up to this many event seconds behind their
             ``errors`` partition's newest are ordered by their own time, later ones where their
             partition's order puts them; also the delay added before release (>= 0). Records
             carry their prediction's time (error records v2), so a partition is in time order

@@ -6,7 +6,7 @@
   (retrieval over clip keys and open clips, finest-vector / flash maxima, recency) in one
   call.
 
-References: :func:`state._media_numpy.topk_cosine_ref`, :func:`state._media_numpy.
+References: :func:`reloop.state.media.reference.topk_cosine_ref`, :func:`reloop.state.media.reference.
 media_features_ref`. Dot products accumulate in float64; ties go to the lower index.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from state._media_jit import dot as _dot
-from state._media_jit import normalise_into as _normalise_into
+from reloop.state.media.jit import dot as _dot
+from reloop.state.media.jit import normalise_into as _normalise_into
 
 __all__ = ["N_FEATURES", "media_features", "topk_cosine"]
 
@@ -71,7 +71,7 @@ def topk_cosine(queries: np.ndarray, keys: np.ndarray, k: int,
                                np.ascontiguousarray(keys, np.float32), int(k), float(tau))
 
 
-N_FEATURES = 7  # columns of media_features (see state.media_memory.FEATURE_NAMES)
+N_FEATURES = 7  # columns of media_features (see reloop.state.media.memory.FEATURE_NAMES)
 
 
 @njit(cache=True, nogil=True)

@@ -1,4 +1,4 @@
-"""Plain-Python specification of the Space-Saving kernel (:mod:`state._schema_kernels`).
+"""Plain-Python specification of the Space-Saving kernel (:mod:`reloop.state.schemas.kernels`).
 
 Tests check that the numba kernel agrees with it bit for bit.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from state._schema_kernels import (F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, N_GLOBAL, N_STATS, OWN, PRIORITY, SUM_P,
+from reloop.state.schemas.kernels import (F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, N_GLOBAL, N_STATS, OWN, PRIORITY, SUM_P,
                                    SUM_R, SUM_R2, SUM_Y, pair_key)
 
 __all__ = ["space_saving_update_ref"]
@@ -17,7 +17,7 @@ def space_saving_update_ref(pids: np.ndarray, pairable: np.ndarray, w: np.ndarra
                             y: np.ndarray, p: np.ndarray, ts: np.ndarray, keys: np.ndarray,
                             stats: np.ndarray, times: np.ndarray, meta: np.ndarray,
                             glob: np.ndarray) -> None:
-    """Specification of :func:`state._schema_kernels.space_saving_update`: a dict of slots and
+    """Specification of :func:`reloop.state.schemas.kernels.space_saving_update`: a dict of slots and
     ``np.argmin`` eviction. Same arguments minus the heap and index; same results bit for bit.
     """
     capacity = keys.shape[0]

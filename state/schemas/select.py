@@ -1,7 +1,7 @@
 """Schema decisions: the Welch z statistic and the greedy choice of schemata at a tick.
 
 :func:`two_sample_z` is the test every decision uses; :func:`select_schemata` chooses the
-schemata among the tracked patterns (see :mod:`state.schema_cache` for the rule).
+schemata among the tracked patterns (see :mod:`reloop.state.schemas.cache` for the rule).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Thresholds(NamedTuple):
 
 
 class Screen(NamedTuple):
-    """Patterns that passed the prediction-shift screen (:mod:`state._schema_shift`).
+    """Patterns that passed the prediction-shift screen (:mod:`reloop.state.schemas.shift`).
 
     ``screened`` ``(n,) bool``; ``z``, ``gap`` ``(n,)``: the fast-window test of each pattern;
     ``theta``: the |z| it had to reach.

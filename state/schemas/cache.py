@@ -6,9 +6,9 @@ hidden-space region of the error memory) where the mean residual ``y - p`` diffe
 significantly from comparable traffic.
 
 Candidates: each error record adds to all its single predicates and (``pairs``) to all pairs
-of them, in a weighted Space-Saving summary of ``capacity`` slots (:mod:`state._schema_kernels`)
+of them, in a weighted Space-Saving summary of ``capacity`` slots (:mod:`reloop.state.schemas.kernels`)
 holding decayed count, residual sum, squared-residual sum, label sum and prediction sum.
-Weights use *forward decay* as :mod:`state.error_memory` does (``w = exp((ts - t0) / T)``,
+Weights use *forward decay* as :mod:`reloop.state.error_memory.memory` does (``w = exp((ts - t0) / T)``,
 ``T = half_life_s / ln 2``, landmark ``t0`` on a ``100 T`` grid set by the largest event time),
 so the summary stays additive. Eviction: a new pattern takes the slot with the smallest
 ``(Space-Saving count, slot)``. The last ``recent_window`` records are kept too (examples,
@@ -20,8 +20,8 @@ State and decisions therefore do not depend on how the stream is cut into batche
 are applied in segments between ticks and landmark moves, and unused predicate ids are freed
 at ticks only, so a sequence gives bit-identical state however it is split (tested). The
 order of the sequence does matter (Space-Saving eviction, which records a tick sees): the
-worker feeds it in event-time order (:mod:`processors.reorder`). At a tick
-(:func:`state._schema_kernels.select_schemata`), a single is tested (Welch z) against the
+worker feeds it in event-time order (:mod:`reloop.processors.reorder`). At a tick
+(:func:`reloop.state.schemas.kernels.select_schemata`), a single is tested (Welch z) against the
 other values of its column, a pair against the rest of each parent; patterns are chosen
 greedily, and a pattern is promoted when it has ``min_support``, ``|z| >=`` the Bonferroni
 threshold ``max(z_min, Phi^-1(1 - alpha / 2m))`` (``m`` patterns with ``min_support``),
@@ -34,12 +34,12 @@ effect), and has passed the promotion ones within ``hold_s``: hysteresis. A sche
 chosen is *resolved* (reason ``support``, ``significance``, ``weak``, ``untracked``, ``evicted``
 or ``explained by ...``) and cannot come back for ``cooldown_s``. At most ``max_schemata``
 are active; schemata rank by impact ``|gap| * support``. A second, short *shift* window
-(``shift_half_life_s``) feeds the prediction-shift screen (:mod:`state._schema_shift`): a
+(``shift_half_life_s``) feeds the prediction-shift screen (:mod:`reloop.state.schemas.shift`): a
 pattern whose predictions jumped while its residual moved the other way (a broken input) is
 promoted on that window's residual test before the main window catches up.
 
-Reads: :meth:`SchemaCache.match` / :attr:`SchemaCache.matcher` (:mod:`state.schema_match`)
-for the scoring path; persistence in :mod:`state.schema_snapshot`.
+Reads: :meth:`SchemaCache.match` / :attr:`SchemaCache.matcher` (:mod:`reloop.state.schemas.match`)
+for the scoring path; persistence in :mod:`reloop.state.schemas.snapshot`.
 
 Not thread-safe: one writer; reads between writes.
 """
@@ -56,18 +56,18 @@ from statistics import NormalDist
 import msgspec
 import numpy as np
 
-from state._schema_kernels import (FAST, FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
+from reloop.state.schemas.kernels import (FAST, FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
                                    index_size, lookup_slots, rebuild_index, space_saving_update, split_key)
-from state._schema_recent import RecentRecords
-from state._schema_select import Thresholds, select_schemata
-from state._schema_shift import shift_screen
-from state._schema_vocab import PredicateVocab
-from state.schema_config import SchemaCacheConfig
-from state.schema_match import SchemaMatcher
-from state.schema_snapshot import config_of, restore_into, snapshot_of
-from state.schema_types import Schema, SchemaChange, schema_id_of
-from state.snapshots import read_npz, write_npz_atomic
-from streams.events import ErrorRecord
+from reloop.state.schemas.recent import RecentRecords
+from reloop.state.schemas.select import Thresholds, select_schemata
+from reloop.state.schemas.shift import shift_screen
+from reloop.state.schemas.vocab import PredicateVocab
+from reloop.state.schemas.config import SchemaCacheConfig
+from reloop.state.schemas.match import SchemaMatcher
+from reloop.state.schemas.snapshot import config_of, restore_into, snapshot_of
+from reloop.state.schemas.types import Schema, SchemaChange, schema_id_of
+from reloop.state.snapshots import read_npz, write_npz_atomic
+from reloop.streams.events import ErrorRecord
 
 __all__ = ["Schema", "SchemaCache", "SchemaCacheConfig", "SchemaChange", "SchemaMatcher", "schema_id_of"]
 
@@ -76,7 +76,7 @@ _LANDMARK_SPAN = 100.0  # landmark grid step, in units of T
 
 
 class SchemaCache:
-    """Online cache of error schemata over :class:`~streams.events.ErrorRecord` streams."""
+    """Online cache of error schemata over :class:`~reloop.streams.events.ErrorRecord` streams."""
 
     def __init__(self, config: SchemaCacheConfig | None = None) -> None:
         self.config = cfg = config or SchemaCacheConfig()
@@ -343,7 +343,7 @@ class SchemaCache:
         ``sum_j calibration_gap_j * n_j / (n_j + bias_prior)`` over matching schemata, skipping
         one whose signature is contained in another matching one (the more specific wins);
         clipped to [-1, 1]. The scorer applies the logit form instead
-        (:class:`state.schema_match.SchemaMatcher`).
+        (:class:`reloop.state.schemas.match.SchemaMatcher`).
         """
         return self._matcher.prob_bias(features, model_version, codes)
 
@@ -360,7 +360,7 @@ class SchemaCache:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """Plain arrays (text as 0-d str arrays of JSON); no pickle. See :mod:`state.schema_snapshot`."""
+        """Plain arrays (text as 0-d str arrays of JSON); no pickle. See :mod:`reloop.state.schemas.snapshot`."""
         return snapshot_of(self)
 
     @classmethod
@@ -369,7 +369,7 @@ class SchemaCache:
         return restore_into(cls(config_of(snap)), snap)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`state.snapshots`)."""
+        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`reloop.state.snapshots`)."""
         write_npz_atomic(path, self.snapshot())
 
     @classmethod

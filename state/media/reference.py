@@ -1,7 +1,7 @@
 """Plain-numpy references of the media-memory kernels (the specification the kernels must meet).
 
 Each ``*_ref`` function here is the readable definition of the numba kernel of the same name
-without the suffix (:mod:`state._media_kernels`, :mod:`state._media_retrieval`); the tests
+without the suffix (:mod:`reloop.state.media.kernels`, :mod:`reloop.state.media.retrieval`); the tests
 check every kernel against its reference. Cosines are computed in float64 (by BLAS here,
 sequentially in the kernels), so they agree to ~1e-12 and selections (argmax, top-k,
 boundaries, the key-only test) are equal unless two candidates tie within that tolerance.
@@ -33,7 +33,7 @@ def fine_vectors(key: np.ndarray, slots: np.ndarray, n_slots: int) -> np.ndarray
 
 def segment_stream_ref(frames: np.ndarray, open_len: int, min_frames: int, max_frames: int,
                        novelty_cos: float) -> np.ndarray:
-    """Reference of :func:`state._media_kernels.segment_stream` (cosines by ``einsum``)."""
+    """Reference of :func:`reloop.state.media.kernels.segment_stream` (cosines by ``einsum``)."""
     f64 = np.asarray(frames, dtype=np.float64)
     cos = np.concatenate(([np.inf], np.einsum("ij,ij->i", f64[:-1], f64[1:])))
     cuts: list[tuple[int, int]] = []
@@ -51,7 +51,7 @@ def segment_stream_ref(frames: np.ndarray, open_len: int, min_frames: int, max_f
 
 def compress_clip_ref(frames: np.ndarray, n_slots: int, iters: int = 4,
                       slot_min_cos: float = 2.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reference of :func:`state._media_kernels.compress_clip`."""
+    """Reference of :func:`reloop.state.media.kernels.compress_clip`."""
     f64 = np.asarray(frames, dtype=np.float64)
     m = f64.shape[0]
     key = unit_rows(f64.sum(axis=0)[None, :])[0]
@@ -74,7 +74,7 @@ def compress_clip_ref(frames: np.ndarray, n_slots: int, iters: int = 4,
 def merge_vectors_ref(key_a: np.ndarray, slots_a: np.ndarray, n_a: int, w_a: float, key_b: np.ndarray,
                       slots_b: np.ndarray, n_b: int, w_b: float,
                       slot_min_cos: float = 2.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reference of :func:`state._media_kernels.merge_vectors`."""
+    """Reference of :func:`reloop.state.media.kernels.merge_vectors`."""
     fa = fine_vectors(key_a, slots_a, n_a).astype(np.float64)
     fb = fine_vectors(key_b, slots_b, n_b).astype(np.float64)
     n_max, d = slots_a.shape
@@ -102,7 +102,7 @@ def merge_vectors_ref(key_a: np.ndarray, slots_a: np.ndarray, n_a: int, w_a: flo
 
 
 def most_similar_pair_ref(keys: np.ndarray, eligible: np.ndarray) -> tuple[int, int, float]:
-    """Reference of :func:`state._media_kernels.most_similar_pair` (row-major upper triangle)."""
+    """Reference of :func:`reloop.state.media.kernels.most_similar_pair` (row-major upper triangle)."""
     k64 = keys.astype(np.float64)
     sim = k64 @ k64.T
     mask = np.triu(np.outer(eligible, eligible), k=1)
@@ -115,7 +115,7 @@ def most_similar_pair_ref(keys: np.ndarray, eligible: np.ndarray) -> tuple[int, 
 
 def topk_cosine_ref(queries: np.ndarray, keys: np.ndarray, k: int,
                     tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference of :func:`state._media_retrieval.topk_cosine` (stable sort: lower index first)."""
+    """Reference of :func:`reloop.state.media.retrieval.topk_cosine` (stable sort: lower index first)."""
     n, m = queries.shape[0], keys.shape[0]
     sim = queries.astype(np.float64) @ keys.astype(np.float64).T
     order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
@@ -134,7 +134,7 @@ def media_features_ref(q: np.ndarray, keys: np.ndarray, slots: np.ndarray, n_slo
                        write_seq: np.ndarray, n_flash: int, last_ts: np.ndarray, counts: np.ndarray,
                        open_frames: np.ndarray, open_len: np.ndarray, open_ts: np.ndarray, k: int, tau: float,
                        now: float, recency_scale_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Reference of :func:`state._media_retrieval.media_features`."""
+    """Reference of :func:`reloop.state.media.retrieval.media_features`."""
     n, C, d = q.shape[0], keys.shape[0], keys.shape[1]
     n_features = 7
     rows = np.flatnonzero(live)

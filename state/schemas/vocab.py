@@ -2,7 +2,7 @@
 
 A record becomes a row of ``F`` predicate ids, one per *column* (``model_version``,
 ``code[k]``, then one per categorical feature name), ``0`` = absent (see
-:mod:`state._schema_kernels`). The vocabulary is bounded (``max_predicates``) and recycles ids
+:mod:`reloop.state.schemas.kernels`). The vocabulary is bounded (``max_predicates``) and recycles ids
 that no tracked pattern uses; the owner decides when (:meth:`PredicateVocab.collect`, at the
 cache's event-time ticks), so which values are dropped depends on the record sequence only,
 never on how it is cut into batches.

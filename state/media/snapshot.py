@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 
-from state._media_kernels import ALWAYS_SLOTS
-from state.media_config import FREE, SNAPSHOT_FORMAT, MediaMemoryConfig
-from state.media_store import UserMediaMemory
+from reloop.state.media.kernels import ALWAYS_SLOTS
+from reloop.state.media.config import FREE, SNAPSHOT_FORMAT, MediaMemoryConfig
+from reloop.state.media.store import UserMediaMemory
 
 if TYPE_CHECKING:
-    from state.media_memory import MediaMemory
+    from reloop.state.media.memory import MediaMemory
 
 __all__ = ["pack_ids", "restore_memory", "snapshot_memory", "unpack_ids"]
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from state.schema_types import Schema
+from reloop.state.schemas.types import Schema
 
 __all__ = ["SchemaMatcher", "logit", "sigmoid"]
 

@@ -6,7 +6,7 @@ tests see it slowly: the residual's noise is Bernoulli (sd ~0.35 at CTR 0.15), a
 window mixes the new errors with the slice's clean history. The predictions themselves are
 far less noisy, so their jump is visible within a few hundred records.
 
-Per tracked pattern, on the short *shift* window (sums ``F_*`` of :mod:`state._schema_kernels`,
+Per tracked pattern, on the short *shift* window (sums ``F_*`` of :mod:`reloop.state.schemas.kernels`,
 half-life ``shift_half_life_s``) and the main window:
 
 * prediction shift ``z_p = (mean_f(p) - mean(p)) / sqrt(var_f(p) / n_f)``, fast mean
@@ -33,8 +33,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from state._schema_kernels import F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, OWN, SUM_P
-from state._schema_select import Screen, two_sample_z
+from reloop.state.schemas.kernels import F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, OWN, SUM_P
+from reloop.state.schemas.select import Screen, two_sample_z
 
 __all__ = ["shift_screen"]
 
@@ -52,7 +52,7 @@ def shift_screen(stats: np.ndarray, keys: np.ndarray, cols: np.ndarray, lookup: 
         active: ``(n,) bool``, patterns that are active schemata: they stay screened on looser
             thresholds (hysteresis, as the main test: ``retire_support``, ``|z_p| >= shift_z / 2``,
             ``|z_f| >= z_retire``, half the effect).
-        min_support .. var_floor: thresholds (see :class:`state.schema_config.SchemaCacheConfig`).
+        min_support .. var_floor: thresholds (see :class:`reloop.state.schemas.config.SchemaCacheConfig`).
     """
     n = keys.shape[0]
     fast = stats[:, [F_OWN, F_SUM_R, F_SUM_R2]]

@@ -16,13 +16,13 @@ import msgspec
 __all__ = ["ACTIVATED", "ARCHIVED", "EXPIRED", "FEATURE_NAMES", "FREE", "MERGED", "MODALITIES",
            "MediaMemoryConfig", "SNAPSHOT_FORMAT", "STATES"]
 
-#: Version of :meth:`state.media_memory.MediaMemory.snapshot`. Format 1 (every live row held
-#: ``slots_per_clip`` slots, no ``n_slots`` array) is still read; see :mod:`state.media_snapshot`.
+#: Version of :meth:`reloop.state.media.memory.MediaMemory.snapshot`. Format 1 (every live row held
+#: ``slots_per_clip`` slots, no ``n_slots`` array) is still read; see :mod:`reloop.state.media.snapshot`.
 SNAPSHOT_FORMAT = 2
 MODALITIES: tuple[str, ...] = ("video", "audio", "mixed")  # modality codes 0, 1, 2 (merged rows)
 STATES: tuple[str, ...] = ("free", "activated", "merged", "archived", "expired")  # state codes
 FREE, ACTIVATED, MERGED, ARCHIVED, EXPIRED = range(5)
-#: Columns of :meth:`state.media_memory.MediaMemory.features`, in order.
+#: Columns of :meth:`reloop.state.media.memory.MediaMemory.features`, in order.
 FEATURE_NAMES: tuple[str, ...] = ("media_max_cos", "media_soft_cos", "media_recency", "media_slot_max_cos",
                                   "media_flash_max_cos", "media_log_count", "media_known")
 

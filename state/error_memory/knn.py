@@ -2,7 +2,7 @@
 
 Stores up to ``capacity`` records ``(h, y, p, ts)`` in a ring buffer (the oldest slot is
 overwritten first) and answers a query by brute-force cosine similarity over all of them,
-then applies the same compensation as :class:`state.error_memory.ErrorMemory`:
+then applies the same compensation as :class:`reloop.state.error_memory.memory.ErrorMemory`:
 
     y_err = gamma * (y_bar - p) + (1 - gamma) * (y_bar - p_bar)
     compensated = clip(p + lam * y_err, 0, 1)
@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-from state.error_memory import apply_compensation
+from reloop.state.error_memory.memory import apply_compensation
 
 __all__ = ["ExactKnnMemory", "knn_search", "knn_search_ref"]
 

@@ -3,8 +3,8 @@
 Per user and modality (0 video, 1 audio) the frames (unit segment embeddings) of the *open
 clip* are kept raw. New frames are appended in event order; a clip closes, once it has
 ``min_clip_frames``, on novelty (consecutive cosine ``<= novelty_cos``) and always at
-``max_clip_frames`` (:func:`state._media_kernels.segment_stream`). Closed clips are handed
-to the long-term store (:class:`state.media_store.UserMediaMemory`) in the order their
+``max_clip_frames`` (:func:`reloop.state.media.kernels.segment_stream`). Closed clips are handed
+to the long-term store (:class:`reloop.state.media.store.UserMediaMemory`) in the order their
 closing frames arrived. The buffers are canonical (unused positions zero), so the state
 does not depend on where a stream is cut into batches.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from state._media_kernels import segment_stream
-from state.media_config import MediaMemoryConfig
+from reloop.state.media.kernels import segment_stream
+from reloop.state.media.config import MediaMemoryConfig
 
 __all__ = ["Clip", "ShortTermBuffers"]
 
@@ -24,7 +24,7 @@ Clip = tuple[int, int, np.ndarray, np.ndarray, list[str], list["str | None"]]
 
 
 class ShortTermBuffers:
-    """The open clips of one user (mixed into :class:`state.media_store.UserMediaMemory`).
+    """The open clips of one user (mixed into :class:`reloop.state.media.store.UserMediaMemory`).
 
     Arrays (``F = max_clip_frames``): ``open_frames (2, F, d) float32``, ``open_ts (2, F)
     float64`` event seconds, ``open_len (2,) int64``; lists ``open_sources``,

@@ -1,7 +1,7 @@
 """Long-term media memory of one user: a bounded store of compressed clips (MemOS units).
 
 ``capacity_clips`` rows per user, both modalities together (tagged). A closed clip (from
-:mod:`state.media_short_term`) is compressed to a key (normalised mean frame) plus, only
+:mod:`reloop.state.media.short_term`) is compressed to a key (normalised mean frame) plus, only
 where the key does not cover its frames (some frame below ``slot_min_cos``), up to
 ``slots_per_clip`` slot vectors (spherical k-means). Every row is a MemOS-style memory unit:
 provenance (the last ``provenance_cap`` source segment ids and distinct item ids), version
@@ -12,7 +12,7 @@ time). Write policy (``update_rule``):
   non-flash rows (by key cosine) is merged, weighted by frame counts (counts added,
   provenance concatenated, version ``max + 1``, state ``merged``; the two rows' finest
   vectors are kept side by side as slots while they fit, blended beyond, see
-  :func:`state._media_kernels.merge_vectors`). The ``flash_clips`` most recently written
+  :func:`reloop.state.media.kernels.merge_vectors`). The ``flash_clips`` most recently written
   rows (SCM's flash memory) are never merged.
 * ``titans``: surprise ``s = 1 - max cos(key, keys)`` drives a momentum ``S <- eta S +
   theta s`` and a write strength ``w = min(1, S)``; every write first decays all row
@@ -35,9 +35,9 @@ import sys
 
 import numpy as np
 
-from state._media_kernels import compress_clip, merge_vectors, most_similar_pair
-from state.media_config import ACTIVATED, ARCHIVED, EXPIRED, FREE, MERGED, MediaMemoryConfig
-from state.media_short_term import ShortTermBuffers
+from reloop.state.media.kernels import compress_clip, merge_vectors, most_similar_pair
+from reloop.state.media.config import ACTIVATED, ARCHIVED, EXPIRED, FREE, MERGED, MediaMemoryConfig
+from reloop.state.media.short_term import ShortTermBuffers
 
 __all__ = ["UserMediaMemory", "union_recent"]
 
@@ -61,7 +61,7 @@ class UserMediaMemory(ShortTermBuffers):
     (retrievals), ``write_seq`` (order of last write) ``(C,) int64``; ``first_ts``,
     ``last_ts`` (writes), ``used_ts`` (retrievals) ``(C,) float64`` event seconds;
     ``modality``, ``state``, ``version`` ``(C,) int32``; the open clips of
-    :class:`state.media_short_term.ShortTermBuffers`. Lists: ``sources``/``items`` per row.
+    :class:`reloop.state.media.short_term.ShortTermBuffers`. Lists: ``sources``/``items`` per row.
     """
 
     ARRAYS = ("keys", "slots", "n_slots", "strength", "counts", "usage", "write_seq", "first_ts", "last_ts",

@@ -31,20 +31,20 @@ from typing import Any, Callable
 
 import msgspec
 
-from models.registry import ModelRegistry
-from ops.chaos import FLUSH_ERRORS, TrialResult, _answered, _wait_done, pending_view, produce_log, read_topic, \
+from reloop.models.registry import ModelRegistry
+from reloop.testing.chaos import FLUSH_ERRORS, TrialResult, _answered, _wait_done, pending_view, produce_log, read_topic, \
     traffic
-from ops.kafka import create_topics
-from ops.settings import Settings
-from ops.simulator import SimConfig
-from ops.webclient import wait_ready
-from ops.worker_process import WorkerProcess
-from processors.changelog import restore
-from processors.metrics import OnlineMetrics
-from processors.tasks import FeedbackTasks
-from state.snapshots import read_npz
-from streams.events import ErrorRecord, Recommendation, RecommendationRequest
-from streams.topics import USER_PARTITIONS
+from reloop.ops.kafka import create_topics
+from reloop.ops.settings import Settings
+from reloop.ops.simulator import SimConfig
+from reloop.ops.webclient import wait_ready
+from reloop.testing.worker_process import WorkerProcess
+from reloop.processors.changelog import restore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.tasks import FeedbackTasks
+from reloop.state.snapshots import read_npz
+from reloop.streams.events import ErrorRecord, Recommendation, RecommendationRequest
+from reloop.streams.topics import USER_PARTITIONS
 
 __all__ = ["Step", "run_group_trial", "random_script", "compare_group"]
 
@@ -193,8 +193,8 @@ async def changelog_tasks(settings: Settings, window_s: float) -> FeedbackTasks:
     """Every user partition's task rebuilt from the ``changelog`` topic (as a new owner would)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from ops.kafka import client_kwargs, topic_name
-    from processors.hot_state import changelog_read, changelog_tail
+    from reloop.ops.kafka import client_kwargs, topic_name
+    from reloop.processors.hot_state import changelog_read, changelog_tail
 
     tasks = FeedbackTasks(window_s, 1_000_000, OnlineMetrics())
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False,

@@ -1,13 +1,13 @@
-"""Numba kernels of the error-schema cache (:mod:`state.schema_cache`).
+"""Numba kernels of the error-schema cache (:mod:`reloop.state.schemas.cache`).
 
 * :func:`space_saving_update` -- feeds error records into a weighted Space-Saving summary
   (Metwally, Agrawal, El Abbadi, ICDT 2005) of predicate patterns; its plain-Python
-  specification is :func:`state._schema_reference.space_saving_update_ref` (dict + ``argmin``);
+  specification is :func:`reloop.state.schemas.reference.space_saving_update_ref` (dict + ``argmin``);
 * :func:`lookup_slots` / :func:`rebuild_index` -- the open-addressing index and the min-heap
   that make the kernel O(log C) per pattern update.
 
-The rest of the cache lives next to it: :mod:`state._schema_select` (z tests, choice of
-schemata), :mod:`state._schema_vocab` (predicate ids), :mod:`state._schema_recent` (recent
+The rest of the cache lives next to it: :mod:`reloop.state.schemas.select` (z tests, choice of
+schemata), :mod:`reloop.state.schemas.vocab` (predicate ids), :mod:`reloop.state.schemas.recent` (recent
 records ring).
 
 Patterns and keys

@@ -1,4 +1,4 @@
-"""Snapshot and restore of a :class:`state.schema_cache.SchemaCache` (plain arrays, no pickle).
+"""Snapshot and restore of a :class:`reloop.state.schemas.cache.SchemaCache` (plain arrays, no pickle).
 
 A snapshot is a ``dict`` of numpy arrays: the slot arrays (``keys``, ``stats``, ``times``),
 counters, the recent-records ring, and the text parts (configuration, vocabulary, active and
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 
-from state._schema_kernels import N_STATS
-from state.schema_config import SchemaCacheConfig
-from state.schema_types import Schema
+from reloop.state.schemas.kernels import N_STATS
+from reloop.state.schemas.config import SchemaCacheConfig
+from reloop.state.schemas.types import Schema
 
 if TYPE_CHECKING:
-    from state.schema_cache import SchemaCache
+    from reloop.state.schemas.cache import SchemaCache
 
 __all__ = ["SNAPSHOT_FORMAT", "restore_into", "snapshot_of"]
 

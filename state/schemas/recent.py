@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from state._schema_kernels import split_key
+from reloop.state.schemas.kernels import split_key
 
 __all__ = ["RecentRecords"]
 

@@ -4,17 +4,17 @@
 the item content table, and is the one entry point of the media memory:
 
 * write: :meth:`MediaMemory.on_batch` -- frames go to the user's short-term buffers
-  (:mod:`state.media_short_term`: open clips, segmentation by novelty / length); closed clips
-  are compressed and written to the bounded long-term store (:mod:`state.media_store`: key
+  (:mod:`reloop.state.media.short_term`: open clips, segmentation by novelty / length); closed clips
+  are compressed and written to the bounded long-term store (:mod:`reloop.state.media.store`: key
   plus slots only where needed, merge / Titans update rule, MemOS metadata, lifecycle);
 * read: :meth:`MediaMemory.features` -- candidates' content embeddings (learned from media
   events carrying ``item_id``, :class:`ItemContent`) are matched against the user's clip
-  keys, finest vectors and open clips (:mod:`state._media_retrieval`); see
+  keys, finest vectors and open clips (:mod:`reloop.state.media.retrieval`); see
   :data:`FEATURE_NAMES`;
 * persistence: :meth:`MediaMemory.snapshot` / :meth:`MediaMemory.restore`
-  (:mod:`state.media_snapshot`, plain arrays).
+  (:mod:`reloop.state.media.snapshot`, plain arrays).
 
-Configuration and codes: :mod:`state.media_config`. Memory per user is bounded: fixed-size
+Configuration and codes: :mod:`reloop.state.media.config`. Memory per user is bounded: fixed-size
 arrays plus capped id lists (:meth:`UserMediaMemory.nbytes_bound`).
 """
 
@@ -26,14 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
-from state._media_numpy import unit_rows
-from state._media_retrieval import media_features
-from state.media_config import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, FREE, MERGED, MODALITIES,
+from reloop.state.media.reference import unit_rows
+from reloop.state.media.retrieval import media_features
+from reloop.state.media.config import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, FREE, MERGED, MODALITIES,
                                 SNAPSHOT_FORMAT, STATES, MediaMemoryConfig)
-from state.media_items import ItemContent
-from state.media_snapshot import restore_memory, snapshot_memory
-from state.media_store import UserMediaMemory
-from streams.events import MediaEvent
+from reloop.state.media.items import ItemContent
+from reloop.state.media.snapshot import restore_memory, snapshot_memory
+from reloop.state.media.store import UserMediaMemory
+from reloop.streams.events import MediaEvent
 
 __all__ = ["ACTIVATED", "ARCHIVED", "EXPIRED", "FEATURE_NAMES", "FREE", "ItemContent", "MERGED", "MODALITIES",
            "MediaMemory", "MediaMemoryConfig", "SNAPSHOT_FORMAT", "STATES", "UserMediaMemory"]
@@ -201,7 +201,7 @@ class MediaMemory:
     def snapshot(self) -> dict[str, np.ndarray]:
         """Named numpy arrays, no objects (``np.savez`` / ``np.load(allow_pickle=False)`` safe).
 
-        Layout: :mod:`state.media_snapshot`.
+        Layout: :mod:`reloop.state.media.snapshot`.
         """
         return snapshot_memory(self)
 

@@ -11,7 +11,7 @@
   search of the long-term store).
 
 The serving kernels (:func:`topk_cosine`, :func:`media_features`) live in
-:mod:`state._media_retrieval`; the references in :mod:`state._media_numpy` (re-exported here
+:mod:`reloop.state.media.retrieval`; the references in :mod:`reloop.state.media.reference` (re-exported here
 for the tests' convenience). Embeddings are unit-norm ``float32`` rows (zero rows allowed:
 their cosine with anything is 0); dot products are accumulated in float64. All kernels are
 ``nogil`` and serial: one user's memory is a few dozen rows of a few dozen floats, where
@@ -23,11 +23,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from state._media_jit import dot as _dot
-from state._media_jit import normalise_into as _normalise_into
-from state._media_numpy import (compress_clip_ref, merge_vectors_ref, most_similar_pair_ref, segment_stream_ref,
+from reloop.state.media.jit import dot as _dot
+from reloop.state.media.jit import normalise_into as _normalise_into
+from reloop.state.media.reference import (compress_clip_ref, merge_vectors_ref, most_similar_pair_ref, segment_stream_ref,
                                 unit_rows)
-from state._media_retrieval import media_features, topk_cosine
+from reloop.state.media.retrieval import media_features, topk_cosine
 
 __all__ = ["ALWAYS_SLOTS", "compress_clip", "compress_clip_ref", "media_features", "merge_vectors", "merge_vectors_ref",
            "most_similar_pair", "most_similar_pair_ref", "segment_stream", "segment_stream_ref", "topk_cosine",

@@ -36,8 +36,8 @@ from collections.abc import Iterable
 import msgspec
 import numpy as np
 
-from state._lsh_kernels import simhash_codes_t, sketch_read, sketch_write, transpose_planes
-from state.snapshots import read_npz, write_npz_atomic
+from reloop.state.error_memory.kernels import simhash_codes_t, sketch_read, sketch_write, transpose_planes
+from reloop.state.snapshots import read_npz, write_npz_atomic
 
 __all__ = ["ErrorMemory", "ErrorMemoryConfig", "apply_compensation", "stable_key", "stable_keys"]
 
@@ -179,7 +179,7 @@ class ErrorMemory:
     Example (20 identical errors: label 1 where the model said 0.2):
 
     >>> import numpy as np
-    >>> from state.error_memory import ErrorMemory, ErrorMemoryConfig
+    >>> from reloop.state.error_memory.memory import ErrorMemory, ErrorMemoryConfig
     >>> memory = ErrorMemory(4, ErrorMemoryConfig(tables=8, bits=4, lam=1.0, half_life_s=86400.0 * 7))
     >>> hidden = np.tile(np.array([[0.3, -1.2, 0.8, 0.1]], dtype=np.float32), (20, 1))
     >>> codes = memory.codes(hidden)
@@ -424,7 +424,7 @@ class ErrorMemory:
         return memory
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`state.snapshots`)."""
+        """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`reloop.state.snapshots`)."""
         write_npz_atomic(path, self.snapshot())
 
     @classmethod
