@@ -159,7 +159,8 @@ async def in_daemon_thread(fn: Callable[[], Any], stop: asyncio.Event | None = N
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+            # bound now: the name ``exc`` is unset when the except block ends, before the loop runs this
+            loop.call_soon_threadsafe(lambda err=exc: fut.done() or fut.set_exception(err))
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
 

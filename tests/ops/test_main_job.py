@@ -163,3 +163,16 @@ async def test_the_run_stops_driving_when_its_worker_dies() -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+async def test_in_daemon_thread_hands_over_the_result_and_the_exception() -> None:
+    """What the trainer's training thread returns or raises reaches the awaiting task."""
+    from reloop.ops.children import in_daemon_thread
+
+    assert await in_daemon_thread(lambda: 6 * 7) == 42
+
+    def fails() -> None:
+        raise ValueError("training diverged")
+
+    with pytest.raises(ValueError, match="training diverged"):  # not a hang (the callback failing)
+        await asyncio.wait_for(in_daemon_thread(fails), 60)
