@@ -81,33 +81,39 @@ def test_sketch_write_and_read_match_reference(n: int, tables: int, bits: int, s
     weights = np.exp(rng.uniform(-5, 5, n))
     y = (rng.random(n) < 0.5).astype(np.float64)
     p = rng.random(n)
-    shape = (tables, 2**bits)
-    fast = [np.zeros(shape) for _ in range(3)]
-    ref = [np.zeros(shape) for _ in range(3)]
-    kernels.sketch_write(codes, weights, y, p, *fast)
-    kernels.sketch_write_ref(codes, weights, y, p, *ref)
-    for a, b in zip(fast, ref):
-        np.testing.assert_array_equal(a, b)  # same per-bucket order: bit-identical
+    shape = (tables, 2**bits, 3)
+    fast, ref = np.zeros(shape), np.zeros(shape)
+    kernels.sketch_write(codes, weights, y, p, fast)
+    kernels.sketch_write_ref(codes, weights, y, p, ref)
+    np.testing.assert_array_equal(fast, ref)  # same per-bucket order: bit-identical
     queries = rng.integers(0, 2**bits, size=(25, tables)).astype(np.int32)
     for tau in (0.1, 1.0, 2.5):
-        got = kernels.sketch_read(queries, *fast, 0.37, tau)
-        want = kernels.sketch_read_ref(queries, *ref, 0.37, tau)
+        got = kernels.sketch_read(queries, fast, 0.37, tau)
+        want = kernels.sketch_read_ref(queries, ref, 0.37, tau)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0)
 
 
+def test_sketch_block_must_be_contiguous_float64_with_three_sums() -> None:
+    codes = np.zeros((1, 2), dtype=np.int32)
+    for bad in (np.zeros((2, 4, 3))[:, ::2], np.zeros((2, 4, 2)), np.zeros((2, 4, 3), np.float32)):
+        with pytest.raises(ValueError, match="sketch block"):
+            kernels.sketch_read(codes, bad, 1.0, 1.0)
+
+
 def test_sketch_read_pools_buckets_by_count_at_tau_one() -> None:
-    counts, sum_y, sum_p = (np.zeros((2, 2)) for _ in range(3))
+    block = np.zeros((2, 2, 3))
+    counts, sum_y, sum_p = block[:, :, 0], block[:, :, 1], block[:, :, 2]
     # table 0 bucket 0: 3 records, labels sum 3; table 1 bucket 1: 1 record, label 0
     counts[0, 0], sum_y[0, 0], sum_p[0, 0] = 3.0, 3.0, 0.6
     counts[1, 1], sum_y[1, 1], sum_p[1, 1] = 1.0, 0.0, 0.5
     codes = np.array([[0, 1], [1, 0]], dtype=np.int32)
-    y_bar, p_bar, evidence = kernels.sketch_read(codes, counts, sum_y, sum_p, 1.0, 1.0)
+    y_bar, p_bar, evidence = kernels.sketch_read(codes, block, 1.0, 1.0)
     assert y_bar[0] == pytest.approx(3.0 / 4.0)  # pooled: (3 + 0) / (3 + 1)
     assert p_bar[0] == pytest.approx(1.1 / 4.0)
     assert evidence[0] == pytest.approx(2.0)  # (3 + 1) / 2 tables
     assert (y_bar[1], p_bar[1], evidence[1]) == (0.0, 0.0, 0.0)  # both buckets empty
-    y_sharp, _, _ = kernels.sketch_read(codes[:1], counts, sum_y, sum_p, 1.0, 0.1)
+    y_sharp, _, _ = kernels.sketch_read(codes[:1], block, 1.0, 0.1)
     assert y_sharp[0] > 0.999  # tau -> 0 picks the fuller bucket
 
 
@@ -230,7 +236,7 @@ def test_record_one_half_life_old_counts_half() -> None:
     memory.reset()
     memory.write(codes, np.array([1.0]), np.array([0.1]), np.array([1.7e9]))
     memory.write(codes, np.array([0.0]), np.array([0.1]), np.array([1.7e9 + 3600.0]))
-    y_bar, _, _ = kernels.sketch_read(codes, memory.counts, memory.sum_y, memory.sum_p, 1.0, 1.0)
+    y_bar, _, _ = kernels.sketch_read(codes, memory._buckets, 1.0, 1.0)
     assert y_bar[0] == pytest.approx(1.0 / 3.0, rel=1e-12)
 
 
