@@ -118,14 +118,14 @@ def _sketch_write_kernel(
     weights: np.ndarray,
     y: np.ndarray,
     p: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
 ) -> None:
     # Table by table, records inside: one table's buckets (2**16 x 24 B = 1.5 MB at the
     # default size) stay in cache while its n updates land, instead of 64 tables' worth of
-    # random lines per record; ~1.5x the record-outer loop on a 100 MB sketch. Each bucket
-    # still receives its contributions in record order (bit-identical to the reference).
+    # random lines per record. A bucket's three sums are adjacent (one cache line) and the
+    # block is C-contiguous: numba indexes it without strides (2.3x the same loop over three
+    # strided views, measured at 2**16 buckets). Each bucket still receives its contributions
+    # in record order (bit-identical to the reference).
     n, n_tables = codes.shape
     wy = np.empty(n, dtype=np.float64)
     wp = np.empty(n, dtype=np.float64)
@@ -136,11 +136,12 @@ def _sketch_write_kernel(
     for k in range(n_tables):
         for i in range(n):  # gather the table's column first: sequential reads of codes
             col[i] = codes[i, k]
+        table = buckets[k]
         for i in range(n):
             b = col[i]
-            counts[k, b] += weights[i]
-            sum_y[k, b] += wy[i]
-            sum_p[k, b] += wp[i]
+            table[b, 0] += weights[i]
+            table[b, 1] += wy[i]
+            table[b, 2] += wp[i]
 
 
 def sketch_write(
@@ -148,13 +149,11 @@ def sketch_write(
     weights: np.ndarray,
     y: np.ndarray,
     p: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
 ) -> None:
     """Add records into the sketch in place.
 
-    For each record ``i`` and table ``k``, bucket ``b = codes[i, k]`` gets ``counts += w``,
+    For each record ``i`` and table ``k``, bucket ``b = codes[i, k]`` gets ``count += w``,
     ``sum_y += w * y``, ``sum_p += w * p`` with ``w = weights[i]``.
 
     Args:
@@ -162,9 +161,18 @@ def sketch_write(
         weights: ``(n,) float64`` forward-decay weights.
         y: ``(n,) float64`` labels.
         p: ``(n,) float64`` base predictions.
-        counts, sum_y, sum_p: ``(K, 2**L) float64`` sketch arrays, updated in place.
+        buckets: ``(K, 2**L, 3) float64`` C-contiguous sketch block (count, sum_y, sum_p per
+            bucket), updated in place.
     """
-    _sketch_write_kernel(codes, weights, y, p, counts, sum_y, sum_p)
+    _check_block(buckets)
+    _sketch_write_kernel(codes, weights, y, p, buckets)
+
+
+def _check_block(buckets: np.ndarray) -> None:
+    if buckets.ndim != 3 or buckets.shape[2] != 3 or buckets.dtype != np.float64 \
+            or not buckets.flags.c_contiguous:
+        raise ValueError(f"sketch block must be C-contiguous float64 (K, B, 3), got {buckets.dtype} "
+                         f"{buckets.shape}")
 
 
 def sketch_write_ref(
@@ -172,17 +180,15 @@ def sketch_write_ref(
     weights: np.ndarray,
     y: np.ndarray,
     p: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
 ) -> None:
     """Numpy reference of :func:`sketch_write` (``np.add.at``, record order per bucket)."""
     wy = weights * y
     wp = weights * p
     for k in range(codes.shape[1]):
-        np.add.at(counts[k], codes[:, k], weights)
-        np.add.at(sum_y[k], codes[:, k], wy)
-        np.add.at(sum_p[k], codes[:, k], wp)
+        np.add.at(buckets[k, :, 0], codes[:, k], weights)
+        np.add.at(buckets[k, :, 1], codes[:, k], wy)
+        np.add.at(buckets[k, :, 2], codes[:, k], wp)
 
 
 # --------------------------------------------------------------------------- read
@@ -191,9 +197,7 @@ def sketch_write_ref(
 @njit(cache=True, nogil=True)
 def _sketch_read_kernel(
     codes: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
     scale: float,
     tau: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +212,7 @@ def _sketch_read_kernel(
         total = 0.0
         c_max = 0.0
         for k in range(n_tables):
-            c = counts[k, codes[i, k]] * scale
+            c = buckets[k, codes[i, k], 0] * scale
             decayed[k] = c
             if c > 0.0:
                 total += c
@@ -229,10 +233,10 @@ def _sketch_read_kernel(
                 else:
                     w = np.exp(np.log(c / c_max) * inv_tau)
                 b = codes[i, k]
-                c_raw = counts[k, b]
+                c_raw = buckets[k, b, 0]
                 w_sum += w
-                wy_sum += w * (sum_y[k, b] / c_raw)
-                wp_sum += w * (sum_p[k, b] / c_raw)
+                wy_sum += w * (buckets[k, b, 1] / c_raw)
+                wp_sum += w * (buckets[k, b, 2] / c_raw)
         y_bar[i] = wy_sum / w_sum
         p_bar[i] = wp_sum / w_sum
     return y_bar, p_bar, evidence
@@ -240,9 +244,7 @@ def _sketch_read_kernel(
 
 def sketch_read(
     codes: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
     scale: float,
     tau: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -255,7 +257,8 @@ def sketch_read(
 
     Args:
         codes: ``(n, K) int32`` query codes, each in ``[0, 2**L)`` (not checked here).
-        counts, sum_y, sum_p: ``(K, 2**L) float64`` sketch arrays (landmark-weighted).
+        buckets: ``(K, 2**L, 3) float64`` C-contiguous sketch block (count, sum_y, sum_p;
+            landmark-weighted).
         scale: decay from the landmark to the query time, ``exp(-(now - t0) / T)``.
         tau: softmax temperature (> 0).
 
@@ -264,18 +267,18 @@ def sketch_read(
         decayed count over the ``K`` buckets (empty ones count 0); where it is 0, ``y_bar``
         and ``p_bar`` are 0 and carry no information.
     """
-    return _sketch_read_kernel(codes, counts, sum_y, sum_p, float(scale), float(tau))
+    _check_block(buckets)
+    return _sketch_read_kernel(codes, buckets, float(scale), float(tau))
 
 
 def sketch_read_ref(
     codes: np.ndarray,
-    counts: np.ndarray,
-    sum_y: np.ndarray,
-    sum_p: np.ndarray,
+    buckets: np.ndarray,
     scale: float,
     tau: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Numpy reference of :func:`sketch_read` (agrees to 1e-12 relative)."""
+    counts, sum_y, sum_p = buckets[:, :, 0], buckets[:, :, 1], buckets[:, :, 2]
     n_tables = codes.shape[1]
     table = np.arange(n_tables)[None, :]
     c_raw = counts[table, codes]  # (n, K)

@@ -265,9 +265,7 @@ class ErrorMemory:
         if self.landmark is None:
             return p64.copy(), np.zeros(p64.shape[0], dtype=np.float64)
         cfg = self.config
-        y_bar, p_bar, evidence = sketch_read(
-            c, self.counts, self.sum_y, self.sum_p, self._scale(now), cfg.tau
-        )
+        y_bar, p_bar, evidence = sketch_read(c, self._buckets, self._scale(now), cfg.tau)
         confidence = np.zeros_like(evidence)
         np.divide(evidence, evidence + cfg.min_evidence, out=confidence, where=evidence > 0.0)
         return apply_compensation(p64, y_bar, p_bar, confidence, cfg.lam, cfg.gamma), evidence
@@ -335,7 +333,7 @@ class ErrorMemory:
             c, y64, p64, ts64 = c[keep], y64[keep], p64[keep], ts64[keep]
         self._advance_landmark(float(ts64.max()))
         weights = np.exp((ts64 - self.landmark) / self._decay_time_s)
-        sketch_write(c, weights, y64, p64, self.counts, self.sum_y, self.sum_p)
+        sketch_write(c, weights, y64, p64, self._buckets)
         return n_kept
 
     def _advance_landmark(self, ts_max: float) -> None:
