@@ -189,24 +189,34 @@ def bootstrap_metrics(y: np.ndarray, preds: Mapping[str, np.ndarray], users: Seq
     return out, deltas
 
 
-def rolling_metrics(y: np.ndarray, preds: Mapping[str, np.ndarray], ts: np.ndarray,
-                    windows: int = 40) -> list[dict[str, Any]]:
+def rolling_metrics(y: np.ndarray, preds: Mapping[str, np.ndarray], ts: np.ndarray, windows: int = 40, *,
+                    users: Sequence[str] | np.ndarray | None = None, resamples: int = 0,
+                    seed: int = 0) -> list[dict[str, Any]]:
     """Metrics over ``windows`` consecutive equal-count slices of the events (in event-time
-    order): one point per slice with its first/last/median ``ts`` (s) and, per configuration,
-    ``auc`` and ``logloss`` of that slice."""
+    order).
+
+    Returns:
+        One point per slice: ``ts_first``, ``ts_last``, ``ts_median`` (event time, s), ``n``;
+        per configuration ``{"auc", "logloss"}`` of that slice; and ``delta``: per
+        configuration but the reference (the first), ``{"auc", "logloss"}`` each as
+        ``{"value", "lo", "hi"}``, the difference to the reference with the slice's paired
+        user-bootstrap interval (``resamples`` draws, ``users`` the unit; nan bounds when 0).
+    """
     n = len(y)
+    user_arr = np.zeros(n, np.int64) if users is None else np.asarray(users)
     edges = np.linspace(0, n, min(windows, n) + 1).astype(int) if n else np.zeros(1, int)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         if hi <= lo:
             continue
-        yw = np.asarray(y[lo:hi], np.float64)
+        window = {k: p[lo:hi] for k, p in preds.items()}
+        full, deltas = bootstrap_metrics(y[lo:hi], window, user_arr[lo:hi], resamples=resamples, seed=seed)
         point: dict[str, Any] = {"ts_first": float(ts[lo]), "ts_last": float(ts[hi - 1]),
-                                 "ts_mid": float(np.median(ts[lo:hi])), "n": int(hi - lo)}
-        for k, p in preds.items():
-            pr = _Prepared(yw, p[lo:hi], np.zeros(hi - lo, np.int64), 1)
-            m = pr.metrics()
-            point[k] = {"auc": m["auc"], "logloss": m["logloss"]}
+                                 "ts_median": float(np.median(ts[lo:hi])), "n": int(hi - lo)}
+        for k, m in full.items():
+            point[k] = {"auc": m["auc"].value, "logloss": m["logloss"].value}
+        point["delta"] = {k: {m: {"value": e.value, "lo": e.lo, "hi": e.hi} for m, e in d.items()
+                              if m in ("auc", "logloss")} for k, d in deltas.items()}
         out.append(point)
     return out
 

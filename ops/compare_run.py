@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -96,18 +97,22 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
 
     first = next(iter(configs.values()))
     cache: dict[str, Any] = {}
+    t0 = time.perf_counter()
     fitted = fitted or _fit_once(loaded, first)
+    seconds: dict[str, float] = {"fit": time.perf_counter() - t0}
     shared = _SharedScorer(fitted.scorer)
     fitted = cache["v1"] = dataclasses.replace(fitted, scorer=shared)
     runs: dict[str, ConfigRun] = {}
     _, rest = split_warmup(loaded.interactions, first.replay.warmup)
     users = np.array([it.user_id for it in rest])
+    rest_ts = np.fromiter((it.ts for it in rest), np.float64, len(rest))
     for name, settings in configs.items():
-        log.info("compare_run", extra={"config": name})
+        t0 = time.perf_counter()
         result = ReplayEngine(settings, compensation_factory(settings)).run(
             loaded, progress=progress, fitted=fitted, model_cache=cache)
-        ok = len(users) == len(result.labels) and np.array_equal(
-            result.ts, np.fromiter((it.ts for it in rest), np.float64, len(rest)))
+        seconds[name] = time.perf_counter() - t0
+        log.info("compare_run", extra={"config": name, "seconds": seconds[name], "scored": len(result.labels)})
+        ok = len(users) == len(result.labels) and np.array_equal(result.ts, rest_ts)
         if not ok:
             raise RuntimeError(f"config {name!r}: {len(result.labels)} scored events do not line up with the "
                                f"log's {len(rest)} post-warm-up interactions; cannot attribute them to users")
@@ -115,7 +120,7 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     names = list(runs)
     base0 = runs[names[0]].base
     facts = {"base_max_abs_diff": max(float(np.max(np.abs(r.base - base0), initial=0.0)) for r in runs.values()),
-             "base_batches_scored": shared.misses, "base_batches_reused": shared.hits}
+             "base_batches_scored": shared.misses, "base_batches_reused": shared.hits, "seconds": seconds}
     return runs, facts
 
 
@@ -195,11 +200,12 @@ def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int =
             "ece": f"sum_b (n_b/n) |mean p_b - mean y_b| over {ECE_BINS} equal-width bins of p"},
         "configs": {k: {"compensation": configs[k].worker.compensation, "error_memory":
                         msgspec.to_builtins(configs[k].error_memory),
-                        "events_per_s": r.report.get("events_per_s"), "fit_seconds": r.report.get("fit_seconds")}
+                        "events_per_s": r.report.get("events_per_s")}
                     for k, r in runs.items()},
         "sharing": facts,
     }
-    return CompareReport(names[0], metrics, deltas, rolling_metrics(ref.labels, preds, ref.ts, windows), meta)
+    rolling = rolling_metrics(ref.labels, preds, ref.ts, windows, users=ref.users, resamples=resamples, seed=seed)
+    return CompareReport(names[0], metrics, deltas, rolling, meta)
 
 
 # --------------------------------------------------------------------------- the command

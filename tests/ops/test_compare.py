@@ -89,22 +89,29 @@ def test_bootstrap_is_seeded_paired_and_brackets_the_estimate() -> None:
 
 
 def test_rolling_windows_cover_the_events_in_time_order() -> None:
-    y, p, _ = _data(1000)
+    y, p, users = _data(1000)
     ts = np.arange(1000.0) * 60
-    pts = rolling_metrics(y, {"a": p, "b": 1 - p}, ts, windows=7)
+    pts = rolling_metrics(y, {"a": p, "b": 1 - p}, ts, windows=7, users=users, resamples=30)
     assert len(pts) == 7 and sum(q["n"] for q in pts) == 1000
     assert all(q1["ts_first"] > q0["ts_last"] for q0, q1 in zip(pts, pts[1:]))
     assert pts[0]["a"]["auc"] == pytest.approx(ref_auc(y[:142], p[:142]))
+    assert list(pts[0]["delta"]) == ["b"]  # the reference has no delta
+    d = pts[0]["delta"]["b"]["auc"]
+    assert d["value"] == pytest.approx(ref_auc(y[:142], 1 - p[:142]) - ref_auc(y[:142], p[:142]))
+    assert d["lo"] <= d["value"] <= d["hi"] < 0
 
 
-def test_svg_is_well_formed_with_a_line_per_config_and_panel() -> None:
-    y, p, _ = _data(500)
-    pts = rolling_metrics(y, {"off": p, "lam<0.4>": np.clip(p + 0.05, 0, 1)}, 8.8e8 + np.arange(500.0) * 3600)
+def test_svg_is_well_formed_with_lines_and_bands() -> None:
+    y, p, users = _data(500)
+    preds = {"off": p, "lam<0.4>": np.clip(p + 0.05, 0, 1)}
+    pts = rolling_metrics(y, preds, 8.8e8 + np.arange(500.0) * 3600, windows=9, users=users, resamples=20)
     svg = rolling_svg(pts, ["off", "lam<0.4>"], title="a & b")
     root = ET.fromstring(svg)  # raises on malformed XML (names are escaped)
     lines = root.findall("{http://www.w3.org/2000/svg}polyline")
-    assert len(lines) == 2 * len(PANELS)
+    values = sum(kind == "value" for _, kind, _ in PANELS)
+    assert len(lines) == 2 * values + (len(PANELS) - values)  # the reference is the zero line in deltas
     assert all(len(pl.get("points").split()) == len(pts) for pl in lines)
+    assert len(root.findall("{http://www.w3.org/2000/svg}polygon")) == len(PANELS) - values
     assert "1997-" in svg  # event-time axis in UTC dates
 
 
