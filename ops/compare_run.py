@@ -216,7 +216,7 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compare", nargs="+", metavar="CONFIG.toml",
                    help="replay once per settings file and compare them (the first is the reference)")
     g.add_argument("--bootstrap", type=int, default=200, help="user-bootstrap resamples (default 200)")
-    g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    g.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     g.add_argument("--windows", type=int, default=40, help="points of the rolling metrics (default 40)")
     g.add_argument("--plot", help="SVG of the rolling metrics (default: the report's path with .svg)")
 
@@ -241,13 +241,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from reloop.ops.replay import write_report
     from reloop.ops.settings import load_settings
 
+    if getattr(args, "config", None):
+        raise ValueError("--config does not apply with --compare: every --compare file is a complete settings file")
+    if getattr(args, "no_compensation", False):
+        raise ValueError("--no-compensation does not mix with --compare: compare a file with "
+                         "[worker] compensation = \"none\" instead")
+    if args.bootstrap < 0 or args.windows < 1:
+        raise ValueError(f"--bootstrap must be >= 0 and --windows >= 1, got {args.bootstrap} and {args.windows}")
     configs = {}
     for name, path in zip(config_names(args.compare), args.compare):
         s = load_settings(path)
         configs[name] = s.with_overrides(replay={"warmup": args.warmup}) if args.warmup is not None else s
     check_comparable(configs)
     loaded = read_log(args.path, args.format, next(iter(configs.values())).limits)
-    rep = run_compare(loaded, configs, resamples=args.bootstrap, seed=args.seed, windows=args.windows,
+    rep = run_compare(loaded, configs, resamples=args.bootstrap, seed=args.bootstrap_seed, windows=args.windows,
                       progress=True)
     out = Path(args.report or "compare.json")
     write_report(rep.to_json(), str(out))
@@ -256,6 +263,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plot.write_text(rolling_svg(rep.rolling, list(rep.metrics), title=f"{Path(loaded.source).name}: rolling "
                                 f"metrics, {rep.meta['scored']} scored events"))
     print(rep.table())
-    print(f"\n95% percentile intervals from {args.bootstrap} user-bootstrap resamples (seed {args.seed}); "
+    print(f"\n95% percentile intervals from {args.bootstrap} user-bootstrap resamples (seed {args.bootstrap_seed}); "
           f"report {out}, plot {plot}")
     return 0

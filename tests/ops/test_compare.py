@@ -174,3 +174,5 @@ def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, sma
     bad = parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), str(tmp_path / "wide.toml")])
     with pytest.raises(ValueError, match="features.n_buckets"):
         cmd_compare(bad)
+    with pytest.raises(ValueError, match="--windows"):
+        cmd_compare(parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), "--windows", "0"]))
