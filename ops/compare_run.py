@@ -37,13 +37,20 @@ class _SharedScorer:
     the model again. Everything but :meth:`score` is the wrapped scorer's.
 
     Memory: every distinct batch's (base (n,) float64, hidden (n, H) float32) is kept, about
-    ``n (8 + 4 H)`` bytes for n scored events; this is a stopgap until the replay step scores
-    once per batch for all configurations.
+    ``n (8 + 4 H)`` bytes for n scored events, up to ``max_bytes``; batches past that are
+    scored again by each configuration (same results, more time). A stopgap until the replay
+    step scores each batch once for all configurations.
+
+    Args:
+        scorer: the wrapped :class:`reloop.models.scorer.OnnxScorer`.
+        max_bytes: most bytes of remembered outputs (default 2 GiB).
     """
 
-    def __init__(self, scorer: Any) -> None:
+    def __init__(self, scorer: Any, max_bytes: int = 2 << 30) -> None:
         self._scorer = scorer
         self._memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -51,6 +58,7 @@ class _SharedScorer:
         return getattr(self._scorer, name)
 
     def score(self, tokens: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``scorer.score(tokens, dense)``: (base (n,) float64, hidden (n, H) float32), copies."""
         h = hashlib.blake2b(digest_size=16)
         for a in (tokens, dense):
             h.update(str((a.dtype, a.shape)).encode())
@@ -59,7 +67,11 @@ class _SharedScorer:
         got = self._memo.get(key)
         if got is None:
             self.misses += 1
-            got = self._memo[key] = self._scorer.score(tokens, dense)
+            got = self._scorer.score(tokens, dense)
+            size = got[0].nbytes + got[1].nbytes
+            if self.bytes + size <= self.max_bytes:
+                self._memo[key] = got
+                self.bytes += size
         else:
             self.hits += 1
         return got[0].copy(), got[1].copy()
@@ -120,7 +132,8 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     names = list(runs)
     base0 = runs[names[0]].base
     facts = {"base_max_abs_diff": max(float(np.max(np.abs(r.base - base0), initial=0.0)) for r in runs.values()),
-             "base_batches_scored": shared.misses, "base_batches_reused": shared.hits, "seconds": seconds}
+             "base_batches_scored": shared.misses, "base_batches_reused": shared.hits,
+             "base_memo_bytes": shared.bytes, "seconds": seconds}
     return runs, facts
 
 

@@ -176,3 +176,27 @@ def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, sma
         cmd_compare(bad)
     with pytest.raises(ValueError, match="--windows"):
         cmd_compare(parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), "--windows", "0"]))
+
+
+def test_shared_scorer_reuses_exact_outputs_within_its_byte_cap(small_log, small_model) -> None:
+    from reloop.models.features import FeatureEncoder
+    from reloop.ops.compare_run import _SharedScorer
+
+    its = [e for e in small_log if isinstance(e, Interaction)][:300]
+    tokens, dense = FeatureEncoder(small_model.scorer.spec).encode([(i.user_id, i.item_id, i.features) for i in its])
+    want_p, want_h = small_model.scorer.score(tokens, dense)
+    shared = _SharedScorer(small_model.scorer)
+    assert shared.hidden_dim == small_model.scorer.hidden_dim  # everything else is the scorer's
+    p1, h1 = shared.score(tokens, dense)
+    p1[:] = -1.0  # a caller's changes do not reach the memo
+    p2, h2 = shared.score(tokens, dense)
+    np.testing.assert_array_equal(p2, want_p)
+    np.testing.assert_array_equal(h2, want_h)
+    assert (shared.misses, shared.hits, shared.bytes) == (1, 1, want_p.nbytes + want_h.nbytes)
+    shared.score(tokens[:10], dense[:10])  # other inputs: scored, not served from the memo
+    assert shared.misses == 2
+    capped = _SharedScorer(small_model.scorer, max_bytes=100)
+    capped.score(tokens, dense)
+    p3, _ = capped.score(tokens, dense)
+    np.testing.assert_array_equal(p3, want_p)
+    assert (capped.misses, capped.hits, capped.bytes) == (2, 0, 0)
