@@ -153,7 +153,15 @@ def _fit_once(loaded: Any, settings: Any) -> Any:
 
 @dataclass
 class CompareReport:
-    """What :func:`run_compare` found (see the module docstring for the metrics)."""
+    """What :func:`run_compare` found (metric definitions: :mod:`reloop.ops.compare`).
+
+    Attributes:
+        reference: the first configuration's name.
+        metrics: name -> metric -> :class:`Estimate` (value and 95% user-bootstrap interval).
+        deltas: name -> metric -> Estimate of ``metric(name) - metric(reference)`` (paired).
+        rolling: :func:`reloop.ops.compare.rolling_metrics` points over event time.
+        meta: counts, bootstrap settings, definitions, per-config settings, sharing facts.
+    """
 
     reference: str
     metrics: dict[str, dict[str, Estimate]]
@@ -190,6 +198,7 @@ def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int =
     """
     check_comparable(configs)
     runs, facts = runner(log_source, configs, progress=progress, fitted=fitted)
+    t0 = time.perf_counter()
     names = list(runs)
     ref = runs[names[0]]
     for k in names[1:]:
@@ -218,6 +227,7 @@ def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int =
         "sharing": facts,
     }
     rolling = rolling_metrics(ref.labels, preds, ref.ts, windows, users=ref.users, resamples=resamples, seed=seed)
+    facts.setdefault("seconds", {})["metrics_and_bootstrap"] = time.perf_counter() - t0
     return CompareReport(names[0], metrics, deltas, rolling, meta)
 
 
@@ -269,6 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     loaded = read_log(args.path, args.format, next(iter(configs.values())).limits)
     rep = run_compare(loaded, configs, resamples=args.bootstrap, seed=args.bootstrap_seed, windows=args.windows,
                       progress=True)
+    rep.meta["config_files"] = dict(zip(configs, args.compare))
     out = Path(args.report or "compare.json")
     write_report(rep.to_json(), str(out))
     plot = Path(args.plot) if args.plot else out.with_suffix(".svg")

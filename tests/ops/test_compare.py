@@ -168,6 +168,7 @@ def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, sma
     assert cmd_compare(args) == 0
     rep = json.loads(out.read_text())
     assert rep["reference"] == "off" and set(rep["deltas"]) == {"lam"} and rep["scored"] == 2000
+    assert rep["config_files"] == {"off": str(tmp_path / "off.toml"), "lam": str(tmp_path / "lam.toml")}
     ET.fromstring(out.with_suffix(".svg").read_text())
     printed = capsys.readouterr().out
     assert "| lam - off |" in printed and "20 user-bootstrap resamples" in printed
