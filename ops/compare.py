@@ -162,9 +162,13 @@ class Estimate:
     hi: float
 
 
+#: configuration name -> metric name -> :class:`Estimate`
+Table = dict[str, dict[str, Estimate]]
+
+
 def bootstrap_metrics(y: np.ndarray, preds: Mapping[str, np.ndarray], users: Sequence[str] | np.ndarray, *,
                       resamples: int = 200, seed: int = 0, level: float = 0.95,
-                      reference: str | None = None) -> tuple[dict[str, dict[str, Estimate]], dict[str, dict[str, Estimate]]]:
+                      reference: str | None = None) -> tuple[Table, Table]:
     """Metrics of each prediction vector with user-bootstrap intervals, and paired deltas.
 
     Args:

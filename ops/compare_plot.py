@@ -57,7 +57,8 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _series(rolling: Sequence[dict[str, Any]], name: str, metric: str, kind: str) -> list[tuple[float, float, float, float]]:
+def _series(rolling: Sequence[dict[str, Any]], name: str, metric: str,
+            kind: str) -> list[tuple[float, float, float, float]]:
     """(ts, value, lo, hi) of one line; lo = hi = value where there is no band."""
     out = []
     for p in rolling:
@@ -101,7 +102,8 @@ def rolling_svg(rolling: Sequence[dict[str, Any]], names: Sequence[str], *, titl
     for j, name in enumerate(names):  # legend
         lx, ly = left + j * 160, top - 38
         dash = ' stroke-dasharray="5,3"' if j == 0 else ""
-        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 24}" y2="{ly}" stroke="{_colour(j)}" stroke-width="2.5"{dash}/>')
+        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 24}" y2="{ly}" stroke="{_colour(j)}" '
+                   f'stroke-width="2.5"{dash}/>')
         out.append(f'<text x="{lx + 30}" y="{ly + 4}">{escape(name)}{" (reference)" if j == 0 else ""}</text>')
 
     def sx(x: float) -> float:
@@ -139,7 +141,8 @@ def rolling_svg(rolling: Sequence[dict[str, Any]], names: Sequence[str], *, titl
             dash = ' stroke-dasharray="5,3"' if j == 0 else ""
             coords = " ".join(f"{sx(t):.1f},{sy(v):.1f}" for t, v, _, _ in pts)
             out.append(f'<polyline fill="none" stroke="{_colour(j)}" stroke-width="1.8"{dash} points="{coords}">'
-                       f'<title>{escape(names[j])} {metric}{" - reference" if kind == "delta" else ""}</title></polyline>')
+                       f'<title>{escape(names[j])} {metric}{" - reference" if kind == "delta" else ""}</title>'
+                       '</polyline>')
     axis_y = top + len(PANELS) * panel_height + (len(PANELS) - 1) * gap
     for k in range(6):  # event-time ticks, UTC
         t = x0 + (x1 - x0) * k / 5
