@@ -1,0 +1,292 @@
+"""The multi-configuration replay behind ``reloop replay LOG --compare A.toml B.toml ...``.
+
+:func:`run_compare` replays one decoded log under several configurations (which may differ
+only in compensation settings, :func:`reloop.ops.compare.check_comparable`) and compares their
+compensated predictions with the metrics and user bootstrap of :mod:`reloop.ops.compare`.
+:func:`replay_configs` is the one call into the replay engine: today it runs
+:class:`reloop.ops.replay.ReplayEngine` once per configuration, sharing the decoded log, the
+fitted model and (through :class:`_SharedScorer`) the base scores and hidden vectors.
+:func:`add_compare_args` and :func:`cmd_compare` are the command-line side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from reloop.ops.compare import (ECE_BINS, Estimate, bootstrap_metrics, check_comparable, format_table,
+                                rolling_metrics, user_index)
+
+log = logging.getLogger("reloop.compare")
+
+
+# --------------------------------------------------------------------------- the runs
+
+class _SharedScorer:
+    """An ONNX scorer that remembers its outputs by input digest, so replaying the same batches
+    for the next configuration reuses the base scores and hidden vectors instead of running
+    the model again. Everything but :meth:`score` is the wrapped scorer's.
+
+    Memory: every distinct batch's (base (n,) float64, hidden (n, H) float32) is kept, about
+    ``n (8 + 4 H)`` bytes for n scored events, up to ``max_bytes``; batches past that are
+    scored again by each configuration (same results, more time). A stopgap until the replay
+    step scores each batch once for all configurations.
+
+    Args:
+        scorer: the wrapped :class:`reloop.models.scorer.OnnxScorer`.
+        max_bytes: most bytes of remembered outputs (default 2 GiB).
+    """
+
+    def __init__(self, scorer: Any, max_bytes: int = 2 << 30) -> None:
+        self._scorer = scorer
+        self._memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scorer, name)
+
+    def score(self, tokens: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``scorer.score(tokens, dense)``: (base (n,) float64, hidden (n, H) float32), copies."""
+        h = hashlib.blake2b(digest_size=16)
+        for a in (tokens, dense):
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        key = h.digest()
+        got = self._memo.get(key)
+        if got is None:
+            self.misses += 1
+            got = self._scorer.score(tokens, dense)
+            size = got[0].nbytes + got[1].nbytes
+            if self.bytes + size <= self.max_bytes:
+                self._memo[key] = got
+                self.bytes += size
+        else:
+            self.hits += 1
+        return got[0].copy(), got[1].copy()
+
+
+@dataclass
+class ConfigRun:
+    """One configuration's replay: (n,) arrays over the scored interactions, in log order."""
+
+    labels: np.ndarray
+    base: np.ndarray
+    compensated: np.ndarray
+    ts: np.ndarray
+    users: np.ndarray
+    report: dict = field(default_factory=dict)
+
+
+def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = False,
+                   fitted: Any = None) -> tuple[dict[str, ConfigRun], dict]:
+    """Replay ``loaded`` once per configuration with today's :class:`ReplayEngine`; the decoded
+    log and the fitted base model (and any retrained ones) are shared, and base scores are
+    reused across runs (:class:`_SharedScorer`). The one place to swap in a step that scores
+    each batch once for all configurations.
+
+    Args:
+        loaded: the decoded log; configs: name -> Settings (already checked comparable).
+        progress: a progress bar per run; fitted: the initial model (None = fit it on the
+            warm-up, once, with the first configuration's settings).
+
+    Returns:
+        (name -> :class:`ConfigRun`, facts about the sharing).
+    """
+    from reloop.ops.replay import ReplayEngine, split_warmup
+    from reloop.ops.serving import compensation_factory
+
+    first = next(iter(configs.values()))
+    cache: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    fitted = fitted or _fit_once(loaded, first)
+    seconds: dict[str, float] = {"fit": time.perf_counter() - t0}
+    shared = _SharedScorer(fitted.scorer)
+    fitted = cache["v1"] = dataclasses.replace(fitted, scorer=shared)
+    runs: dict[str, ConfigRun] = {}
+    _, rest = split_warmup(loaded.interactions, first.replay.warmup)
+    users = np.array([it.user_id for it in rest])
+    rest_ts = np.fromiter((it.ts for it in rest), np.float64, len(rest))
+    for name, settings in configs.items():
+        t0 = time.perf_counter()
+        result = ReplayEngine(settings, compensation_factory(settings)).run(
+            loaded, progress=progress, fitted=fitted, model_cache=cache)
+        seconds[name] = time.perf_counter() - t0
+        log.info("compare_run", extra={"config": name, "seconds": seconds[name], "scored": len(result.labels)})
+        ok = len(users) == len(result.labels) and np.array_equal(result.ts, rest_ts)
+        if not ok:
+            raise RuntimeError(f"config {name!r}: {len(result.labels)} scored events do not line up with the "
+                               f"log's {len(rest)} post-warm-up interactions; cannot attribute them to users")
+        runs[name] = ConfigRun(result.labels, result.base, result.compensated, result.ts, users, result.report)
+    names = list(runs)
+    base0 = runs[names[0]].base
+    facts = {"base_max_abs_diff": max(float(np.max(np.abs(r.base - base0), initial=0.0)) for r in runs.values()),
+             "base_batches_scored": shared.misses, "base_batches_reused": shared.hits,
+             "base_memo_bytes": shared.bytes, "seconds": seconds}
+    return runs, facts
+
+
+def _fit_once(loaded: Any, settings: Any) -> Any:
+    """The initial model, fitted on the warm-up the way :meth:`ReplayEngine.run` fits it."""
+    from reloop.ops.replay import check_labelled, fit_initial_model, split_warmup
+    from reloop.processors.media import MediaCore, annotate_log
+    from reloop.streams.events import MediaEvent
+
+    has_media = any(isinstance(e, MediaEvent) for e in loaded.events)
+    media = MediaCore(settings.media) if settings.worker.media_features and has_media else None
+    interactions = annotate_log(media, loaded.events) if media is not None else loaded.interactions
+    check_labelled(loaded, interactions)
+    warm, _ = split_warmup(interactions, settings.replay.warmup)
+    return fit_initial_model(warm, settings)
+
+
+@dataclass
+class CompareReport:
+    """What :func:`run_compare` found (metric definitions: :mod:`reloop.ops.compare`).
+
+    Attributes:
+        reference: the first configuration's name.
+        metrics: name -> metric -> :class:`Estimate` (value and 95% user-bootstrap interval).
+        deltas: name -> metric -> Estimate of ``metric(name) - metric(reference)`` (paired).
+        rolling: :func:`reloop.ops.compare.rolling_metrics` points over event time.
+        meta: counts, bootstrap settings, definitions, per-config settings, sharing facts.
+    """
+
+    reference: str
+    metrics: dict[str, dict[str, Estimate]]
+    deltas: dict[str, dict[str, Estimate]]
+    rolling: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def table(self) -> str:
+        """The Markdown table (:func:`format_table`)."""
+        return format_table(self.metrics, self.deltas, self.reference)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (NaN stays NaN; :func:`reloop.ops.replay.write_report` writes null)."""
+        def ests(d: Mapping[str, Mapping[str, Estimate]]) -> dict:
+            return {k: {m: dataclasses.asdict(e) for m, e in v.items()} for k, v in d.items()}
+        return {**self.meta, "reference": self.reference, "metrics": ests(self.metrics),
+                "deltas": ests(self.deltas), "rolling": self.rolling}
+
+
+def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int = 200, seed: int = 0,
+                windows: int = 40, progress: bool = False, fitted: Any = None,
+                runner: Callable[..., tuple[dict[str, ConfigRun], dict]] = replay_configs) -> CompareReport:
+    """Replay one log under several configurations and compare their compensated predictions.
+
+    Args:
+        log_source: a :class:`reloop.ops.logs.LoadedLog` (decoded once, shared by every run).
+        configs: name -> :class:`reloop.ops.settings.Settings`; the first is the reference.
+        resamples, seed: user-bootstrap size and seed; windows: points of the rolling series.
+        fitted: the initial model to replay with (None = fit it once on the warm-up).
+        runner: replays the log per configuration (default :func:`replay_configs`).
+
+    Raises:
+        ValueError: the configurations differ in a setting that changes base scores.
+    """
+    check_comparable(configs)
+    runs, facts = runner(log_source, configs, progress=progress, fitted=fitted)
+    t0 = time.perf_counter()
+    names = list(runs)
+    ref = runs[names[0]]
+    for k in names[1:]:
+        if not np.array_equal(runs[k].labels, ref.labels):
+            raise RuntimeError(f"config {k!r} scored other events than {names[0]!r}")
+    preds = {k: r.compensated for k, r in runs.items()}
+    metrics, deltas = bootstrap_metrics(ref.labels, preds, ref.users, resamples=resamples, seed=seed)
+    idx, n_users = user_index(ref.users)
+    both = np.bincount(idx, ref.labels == 1, n_users) * np.bincount(idx, ref.labels == 0, n_users) > 0
+    meta = {
+        "source": getattr(log_source, "source", ""),
+        "scored": int(len(ref.labels)), "positives": int(ref.labels.sum()),
+        "users": n_users, "users_with_both_labels": int(both.sum()),
+        "bootstrap": {"unit": "user", "resamples": resamples, "seed": seed, "level": 0.95,
+                      "interval": "percentile"},
+        "definitions": {
+            "auc": "ROC AUC over all scored interactions, ties count 1/2",
+            "gauc": "sum_u n_u AUC_u / sum_u n_u over users with both labels (n_u = scored interactions of u)",
+            "logloss": "mean binary cross-entropy, nats, p clipped to [1e-7, 1-1e-7]",
+            "calib": "sum p / sum y (predicted / observed)",
+            "ece": f"sum_b (n_b/n) |mean p_b - mean y_b| over {ECE_BINS} equal-width bins of p"},
+        "configs": {k: {"compensation": configs[k].worker.compensation, "error_memory":
+                        msgspec.to_builtins(configs[k].error_memory),
+                        "events_per_s": r.report.get("events_per_s")}
+                    for k, r in runs.items()},
+        "sharing": facts,
+    }
+    rolling = rolling_metrics(ref.labels, preds, ref.ts, windows, users=ref.users, resamples=resamples, seed=seed)
+    facts.setdefault("seconds", {})["metrics_and_bootstrap"] = time.perf_counter() - t0
+    return CompareReport(names[0], metrics, deltas, rolling, meta)
+
+
+# --------------------------------------------------------------------------- the command
+
+def add_compare_args(parser: argparse.ArgumentParser) -> None:
+    """``reloop replay`` flags of a comparison (wire with :func:`cmd_compare`)."""
+    g = parser.add_argument_group("comparison")
+    g.add_argument("--compare", nargs="+", metavar="CONFIG.toml",
+                   help="replay once per settings file and compare them (the first is the reference)")
+    g.add_argument("--bootstrap", type=int, default=200, help="user-bootstrap resamples (default 200)")
+    g.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    g.add_argument("--windows", type=int, default=40, help="points of the rolling metrics (default 40)")
+    g.add_argument("--plot", help="SVG of the rolling metrics (default: the report's path with .svg)")
+
+
+def config_names(paths: Sequence[str]) -> list[str]:
+    """Short names for config files: their stems, made unique with ``-2``, ``-3``..."""
+    out: list[str] = []
+    for p in paths:
+        stem, n = Path(p).stem, 2
+        name = stem
+        while name in out:
+            name, n = f"{stem}-{n}", n + 1
+        out.append(name)
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``reloop replay PATH --format F --compare A.toml B.toml ... [--report OUT.json]``:
+    prints the table, writes the JSON report (default ``compare.json``) and the SVG beside it."""
+    from reloop.ops.compare_plot import rolling_svg
+    from reloop.ops.logs import read_log
+    from reloop.ops.replay import write_report
+    from reloop.ops.settings import load_settings
+
+    if getattr(args, "config", None):
+        raise ValueError("--config does not apply with --compare: every --compare file is a complete settings file")
+    if getattr(args, "no_compensation", False):
+        raise ValueError("--no-compensation does not mix with --compare: compare a file with "
+                         "[worker] compensation = \"none\" instead")
+    if args.bootstrap < 0 or args.windows < 1:
+        raise ValueError(f"--bootstrap must be >= 0 and --windows >= 1, got {args.bootstrap} and {args.windows}")
+    configs = {}
+    for name, path in zip(config_names(args.compare), args.compare):
+        s = load_settings(path)
+        configs[name] = s.with_overrides(replay={"warmup": args.warmup}) if args.warmup is not None else s
+    check_comparable(configs)
+    loaded = read_log(args.path, args.format, next(iter(configs.values())).limits)
+    rep = run_compare(loaded, configs, resamples=args.bootstrap, seed=args.bootstrap_seed, windows=args.windows,
+                      progress=True)
+    rep.meta["config_files"] = dict(zip(configs, args.compare))
+    out = Path(args.report or "compare.json")
+    write_report(rep.to_json(), str(out))
+    plot = Path(args.plot) if args.plot else out.with_suffix(".svg")
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot.write_text(rolling_svg(rep.rolling, list(rep.metrics), title=f"{Path(loaded.source).name}: rolling "
+                                f"metrics, {rep.meta['scored']} scored events"))
+    print(rep.table())
+    print(f"\n95% percentile intervals from {args.bootstrap} user-bootstrap resamples (seed {args.bootstrap_seed}); "
+          f"report {out}, plot {plot}")
+    return 0
