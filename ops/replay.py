@@ -19,6 +19,7 @@ catalog's). ``reloop replay PATH --format F --report OUT.json`` runs it (docs/re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -183,11 +184,10 @@ class ReplayEngine:
         explicit batches of routed records (e.g. :func:`~reloop.ops.replay_engine.cut_runs`).
         """
         cfg = self.settings.replay
-        scorer = scorer or fitted.scorer
+        if scorer is not None:  # the same model opened another way (e.g. as a worker opens it)
+            fitted = dataclasses.replace(fitted, scorer=scorer)
         comp = self.compensation_factory(fitted) if self.compensation_factory else None
-        if comp is not None and scorer is not fitted.scorer:
-            comp.on_model_change(scorer)
-        state = StepReplay(self.settings, scorer, comp)
+        state = StepReplay(self.settings, fitted.scorer, comp)
         counts = {"requests": 0, "interactions": 0, "media": 0}
         window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
         cache = model_cache if model_cache is not None else {}
