@@ -38,6 +38,7 @@ from reloop.ops.replay_engine import Routed, StepReplay, cut_batches, route_even
 from reloop.ops.settings import Settings
 from reloop.processors.compensation import Compensation
 from reloop.processors.media import MediaCore, annotate_log
+from reloop.processors.warmup import warm_up
 from reloop.streams.codec import InvalidEvent, decode_event
 from reloop.streams.events import Event, Interaction, MediaEvent, Recommendation, ErrorRecord
 from reloop.streams.topics import USER_PARTITIONS
@@ -100,6 +101,13 @@ def fit_initial_model(warm: Sequence[Interaction], settings: Settings, version: 
     labels = np.fromiter((it.label for it in warm), np.float32, len(warm))
     return fit_model(rows, labels, feature_defaults=settings.features, model_config=settings.model,
                      train_config=settings.train, version=version)
+
+
+def fitted_from_scorer(scorer: Any) -> FittedModel:
+    """A served model known only by its scorer (e.g. a bundle from the registry): enough for
+    :meth:`ReplayEngine.run_stream` (no torch model, so no retraining from it)."""
+    return FittedModel(version=scorer.version, spec=scorer.spec, model=None, onnx_bytes=b"",  # type: ignore[arg-type]
+                       scorer=scorer, metrics={})
 
 
 def check_labelled(loaded: LoadedLog, interactions: Sequence[Interaction]) -> None:
@@ -188,6 +196,9 @@ class ReplayEngine:
             fitted = dataclasses.replace(fitted, scorer=scorer)
         comp = self.compensation_factory(fitted) if self.compensation_factory else None
         state = StepReplay(self.settings, fitted.scorer, comp)
+        ws = self.settings.worker  # compile the kernels first, as a worker does before it consumes
+        kernels_s = warm_up(self.settings.media if ws.media_features else None,
+                            self.settings.schemas if ws.schema_cache else None)
         counts = {"requests": 0, "interactions": 0, "media": 0}
         window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
         cache = model_cache if model_cache is not None else {}
@@ -247,7 +258,7 @@ class ReplayEngine:
             "auc_base": auc(y, pb), "auc_compensated": auc(y, pc),
             "logloss_base": logloss(y, pb), "logloss_compensated": logloss(y, pc),
             "events_per_s": n_events / elapsed if elapsed > 0 else float("nan"),
-            "fit_seconds": 0.0, "batch_size": cfg.batch_size, "partitions": self.partitions,
+            "fit_seconds": 0.0, "kernels_seconds": kernels_s, "batch_size": cfg.batch_size, "partitions": self.partitions,
             "model_version": fitted.version, "model_holdout": fitted.metrics,
             "compensation": type(state.scoring.compensation).__name__,
             "retrains": retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
