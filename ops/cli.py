@@ -75,6 +75,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from reloop.ops.serving import compensation_factory
 
     settings = _settings(args)
+    # the reorder buffer warns each time it releases past an idle partition: in a worker a rare
+    # event, in a replay of a sparse log (MovieLens: one rating per ~200 s) one line per batch
+    logging.getLogger("reloop.reorder").setLevel(logging.ERROR)
     if args.warmup is not None:
         settings = settings.with_overrides(replay={"warmup": args.warmup})
     if args.no_compensation:
