@@ -153,17 +153,33 @@ class ReplayEngine:
         interactions = loaded.interactions
         check_labelled(loaded, interactions)
         n_warm = max(1, int(round(len(interactions) * self.settings.replay.warmup)))
-        cut, seen = len(loaded.events), 0
-        for i, e in enumerate(loaded.events):
-            if isinstance(e, Interaction):
-                seen += 1
-                if seen == n_warm:
-                    cut = i + 1
-                    break
+        res = self.run_warm(iter(loaded.events), n_warm, source=loaded.source, progress=progress, fitted=fitted,
+                            model_cache=model_cache, keep_outputs=keep_outputs, total=len(loaded.events) - n_warm)
+        res.report.update({"events": len(loaded.events), "interactions": len(interactions),
+                           "invalid_lines": len(loaded.invalid),
+                           "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]]})
+        return res
+
+    def run_warm(self, events: Iterable[Event], n_warm: int, *, source: str = "", progress: bool = False,
+                 fitted: FittedModel | None = None, model_cache: dict[str, FittedModel] | None = None,
+                 keep_outputs: bool = False, total: int | None = None) -> ReplayResult:
+        """Replay a stream of an interaction log: its first ``n_warm`` interactions (held in
+        memory, with the media events among them) fit the initial model unless ``fitted`` (or
+        ``model_cache["v1"]``) is given and are not scored; the rest streams through
+        :meth:`run_stream` in constant memory. Media events before the cut still reach the
+        media memory."""
+        it = iter(events)
+        warm_events: list[Event] = []
+        seen = 0
+        while seen < n_warm:
+            e = next(it, None)
+            if e is None:
+                break
+            warm_events.append(e)
+            seen += isinstance(e, Interaction)
         t_fit = time.perf_counter()
         cache = model_cache if model_cache is not None else {}
         if fitted is None and "v1" not in cache:
-            warm_events = loaded.events[:cut]
             warm = (annotate_log(MediaCore(self.settings.media), warm_events)
                     if self.settings.worker.media_features and any(isinstance(e, MediaEvent) for e in warm_events)
                     else [e for e in warm_events if isinstance(e, Interaction)])
@@ -171,14 +187,11 @@ class ReplayEngine:
         fitted = fitted or cache["v1"]
         cache.setdefault("v1", fitted)
         fit_s = time.perf_counter() - t_fit
-        # media before the cut still reaches the media memory; interactions before it do not
-        stream = chain((e for e in loaded.events[:cut] if isinstance(e, MediaEvent)), loaded.events[cut:])
-        res = self.run_stream(stream, fitted, source=loaded.source, progress=progress, seq0=n_warm,
-                              model_cache=cache, keep_outputs=keep_outputs, total=len(loaded.events) - n_warm)
-        res.report.update({"events": len(loaded.events), "interactions": len(interactions),
-                           "warmup_events": n_warm, "invalid_lines": len(loaded.invalid),
-                           "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]],
-                           "fit_seconds": fit_s})
+        stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)
+        res = self.run_stream(stream, fitted, source=source, progress=progress, seq0=seen,
+                              model_cache=cache, keep_outputs=keep_outputs, total=total)
+        res.report.update({"events": res.report["events"] + seen, "interactions": res.report["interactions"] + seen,
+                           "warmup_events": seen, "fit_seconds": fit_s})
         return res
 
     def run_stream(self, events: Iterable[Event], fitted: FittedModel, *, source: str = "", progress: bool = False,

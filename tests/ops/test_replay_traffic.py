@@ -113,3 +113,15 @@ def test_a_scorer_alone_is_enough_to_replay(settings, small_model) -> None:
     fitted = fitted_from_scorer(small_model.scorer)
     res = ReplayEngine(settings, compensation_factory(settings)).run_stream(iter(traffic(20)), fitted)
     assert res.report["model_version"] == small_model.version and res.report["recommendations"] > 0
+
+
+def test_an_interaction_log_streams_from_a_generator_as_from_a_list(settings, small_log, small_model) -> None:
+    from reloop.ops.logs import LoadedLog
+
+    events = small_log[4000:5200]
+    engine = ReplayEngine(settings.with_overrides(replay={"warmup": 0.25}), compensation_factory(settings))
+    listed = engine.run(LoadedLog(events, [], "list"), fitted=small_model)
+    streamed = engine.run_warm((e for e in events), listed.report["warmup_events"], fitted=small_model)
+    np.testing.assert_array_equal(listed.compensated, streamed.compensated)
+    assert listed.report["digests"] == streamed.report["digests"]
+    assert streamed.report["events"] == len(events) and streamed.report["scored"] == listed.report["scored"] > 0
