@@ -25,12 +25,10 @@ Events are routed as the producer routes them: partition = murmur2(user_id) % pa
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from reloop.models.scorer import OnnxScorer
-from reloop.ops.settings import Settings
 from reloop.processors.admission import DUPLICATE, Admission
 from reloop.processors.compensation import Compensation, NoCompensation
 from reloop.processors.media import MediaCore
@@ -46,6 +44,10 @@ from reloop.processors.telemetry import WorkerTelemetry
 from reloop.streams.codec import encode
 from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 from reloop.streams.topics import TOPICS, USER_PARTITIONS
+
+if TYPE_CHECKING:  # annotations only: the engine itself needs neither torch nor the settings module
+    from reloop.models.scorer import OnnxScorer
+    from reloop.ops.settings import Settings
 
 __all__ = ["Routed", "route_events", "cut_batches", "cut_runs", "StepReplay", "arrays_digest"]
 
