@@ -1,41 +1,48 @@
-"""Offline replay: the worker's cores fed from a log in event-time order, without Kafka.
+"""Offline replay: the worker's batch step fed from a log, without Kafka.
 
-Protocol (prequential, deterministic):
+Replay runs what a worker runs (:mod:`reloop.ops.replay_engine`): each micro-batch is
+admitted, stepped by :func:`reloop.processors.step.run_step` and its error records applied
+through an :class:`~reloop.processors.replica.ErrorsReplica` (error memory, reorder buffer,
+schema cache) before the next batch is scored. Two kinds of log:
 
-1. the first ``warmup`` fraction of the log's interactions trains the initial slow model and
-   is not scored;
-2. the rest is cut into micro-batches of ``batch_size`` events in log order. For each batch:
-   every interaction is scored as a one-candidate request (:mod:`reloop.processors.prequential`),
-   then the batch's labels are fed back (``FeedbackCore``) and the resulting error records
-   are applied to the compensation. **A batch is scored before its feedback is applied**:
-   the worker follows the same rule per polled batch.
+* **recorded traffic** (``--format topics``): the workers' own input topics as JSON lines,
+  requests with their candidate lists, interactions carrying ``request_id``, media events,
+  each line one event as :mod:`reloop.streams.codec` encodes it;
+* **interaction logs** (``jsonl``, ``movielens``): each labelled interaction without a request
+  becomes a one-candidate request plus that interaction (prequential: scored, then learned
+  from, in the same batch). The first ``replay.warmup`` fraction of the interactions trains
+  the initial model and is not scored.
 
-``reloop replay PATH --format F --report OUT.json`` runs it from the command line.
+Events go to user partitions as the producer would route them (``--partitions``, default the
+catalog's). ``reloop replay PATH --format F --report OUT.json`` runs it (docs/replay.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import msgspec
 import numpy as np
 
 from reloop.models.fit import FittedModel, fit_model
 from reloop.models.metrics import auc, logloss
-from reloop.processors.compensation import Compensation
-from reloop.processors.feedback import FeedbackCore
-from reloop.processors.media import MediaCore, annotate_log
-from reloop.processors.metrics import OnlineMetrics
-from reloop.processors.pending import PendingStore
-from reloop.processors.prequential import as_feedback, as_request
-from reloop.processors.scoring import ScoringCore
 from reloop.ops.logs import LoadedLog
+from reloop.ops.replay_engine import Routed, StepReplay, cut_batches, route_events
 from reloop.ops.settings import Settings
-from reloop.streams.events import Interaction, MediaEvent
+from reloop.processors.compensation import Compensation
+from reloop.processors.media import MediaCore, annotate_log
+from reloop.processors.warmup import warm_up
+from reloop.streams.codec import InvalidEvent, decode_event
+from reloop.streams.events import Event, Interaction, MediaEvent, Recommendation, ErrorRecord
+from reloop.streams.topics import USER_PARTITIONS
+from reloop.streams.validation import Limits
 
 log = logging.getLogger("reloop.replay")
 
@@ -48,9 +55,12 @@ class ReplayResult:
     """What a replay produced.
 
     Attributes:
-        report: the JSON report (see :func:`ReplayEngine.run`).
-        labels, base, compensated, ts: (n,) per scored interaction, in log order.
+        report: the JSON report (see :meth:`ReplayEngine.run`).
+        labels, base, compensated, ts: (n,) per resolved prediction (one error record each),
+            in the order the step emitted them; ``user_ids`` (n,) object array likewise.
         fitted: the initial model.
+        state: the stepped cores and replica at the end (digests: ``state.digests()``).
+        recommendations, errors: every output, when run with ``keep_outputs=True`` (else empty).
     """
 
     report: dict
@@ -59,12 +69,24 @@ class ReplayResult:
     compensated: np.ndarray
     ts: np.ndarray
     fitted: FittedModel
+    user_ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))
+    state: StepReplay | None = None
+    recommendations: list[Recommendation] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
 
 
-def batches(seq: Sequence, size: int) -> Iterator[Sequence]:
-    """Consecutive slices of ``seq`` of length ``size`` (the last may be shorter)."""
-    for lo in range(0, len(seq), size):
-        yield seq[lo:lo + size]
+def iter_topic_events(path: str, limits: Limits, invalid: list[tuple[int, str]] | None = None) -> Iterator[Event]:
+    """Recorded traffic: one event per line in its topic's own JSON (streaming, file order).
+    Lines that do not decode are skipped and appended to ``invalid`` as ``(line, reason)``."""
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield decode_event(line.rstrip(b"\r\n"), None, limits)
+            except InvalidEvent as exc:
+                if invalid is not None:
+                    invalid.append((lineno, str(exc)))
 
 
 def split_warmup(interactions: list[Interaction], fraction: float) -> tuple[list[Interaction], list[Interaction]]:
@@ -79,6 +101,13 @@ def fit_initial_model(warm: Sequence[Interaction], settings: Settings, version: 
     labels = np.fromiter((it.label for it in warm), np.float32, len(warm))
     return fit_model(rows, labels, feature_defaults=settings.features, model_config=settings.model,
                      train_config=settings.train, version=version)
+
+
+def fitted_from_scorer(scorer: Any) -> FittedModel:
+    """A served model known only by its scorer (e.g. a bundle from the registry): enough for
+    :meth:`ReplayEngine.run_stream` (no torch model, so no retraining from it)."""
+    return FittedModel(version=scorer.version, spec=scorer.spec, model=None, onnx_bytes=b"",  # type: ignore[arg-type]
+                       scorer=scorer, metrics={})
 
 
 def check_labelled(loaded: LoadedLog, interactions: Sequence[Interaction]) -> None:
@@ -98,98 +127,156 @@ def check_labelled(loaded: LoadedLog, interactions: Sequence[Interaction]) -> No
 
 
 class ReplayEngine:
-    """Runs the prequential protocol above over a loaded log.
+    """Replays logs through the worker's step (module doc).
 
     Args:
-        settings: the deployment settings (replay, worker, model sections are used).
+        settings: the deployment settings (replay, worker, model, memories).
         compensation_factory: builds the compensation (identity when None).
+        partitions: user partitions events are routed to (default: the topic catalog's).
     """
 
-    def __init__(self, settings: Settings, compensation_factory: CompensationFactory | None = None) -> None:
+    def __init__(self, settings: Settings, compensation_factory: CompensationFactory | None = None,
+                 partitions: int = USER_PARTITIONS) -> None:
         self.settings = settings
         self.compensation_factory = compensation_factory
+        self.partitions = partitions
 
     def run(self, loaded: LoadedLog, *, progress: bool = False, fitted: FittedModel | None = None,
-            model_cache: dict[str, FittedModel] | None = None) -> ReplayResult:
-        """Replay ``loaded``; returns the result (report + per-event predictions).
+            model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False) -> ReplayResult:
+        """Replay an interaction log: fit on the warm-up part, then stream the rest.
 
         With ``replay.retrain_every = N`` the slow model is retrained (warm start) after every
-        N scored events on the last ``retrain_window`` labelled events and swapped in between
+        N scored interactions on the last ``retrain_window`` of them and swapped in between
         batches; the compensation is told (reset or re-key). ``model_cache`` (version -> model)
-        lets several runs over the same log share their retrained models (they depend only on
-        the labels, not on the compensation).
+        lets several runs over the same log share their retrained models.
         """
-        cfg = self.settings.replay
-        has_media = any(isinstance(e, MediaEvent) for e in loaded.events)
-        media = MediaCore(self.settings.media) if self.settings.worker.media_features and has_media else None
-        interactions = annotate_log(media, loaded.events) if media is not None else loaded.interactions
+        interactions = loaded.interactions
         check_labelled(loaded, interactions)
-        warm, rest = split_warmup(interactions, cfg.warmup)
+        n_warm = max(1, int(round(len(interactions) * self.settings.replay.warmup)))
+        res = self.run_warm(iter(loaded.events), n_warm, source=loaded.source, progress=progress, fitted=fitted,
+                            model_cache=model_cache, keep_outputs=keep_outputs, total=len(loaded.events) - n_warm)
+        res.report.update({"events": len(loaded.events), "interactions": len(interactions),
+                           "invalid_lines": len(loaded.invalid),
+                           "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]]})
+        return res
+
+    def run_warm(self, events: Iterable[Event], n_warm: int, *, source: str = "", progress: bool = False,
+                 fitted: FittedModel | None = None, model_cache: dict[str, FittedModel] | None = None,
+                 keep_outputs: bool = False, total: int | None = None) -> ReplayResult:
+        """Replay a stream of an interaction log: its first ``n_warm`` interactions (held in
+        memory, with the media events among them) fit the initial model unless ``fitted`` (or
+        ``model_cache["v1"]``) is given and are not scored; the rest streams through
+        :meth:`run_stream` in constant memory. Media events before the cut still reach the
+        media memory."""
+        it = iter(events)
+        warm_events: list[Event] = []
+        seen = 0
+        while seen < n_warm:
+            e = next(it, None)
+            if e is None:
+                break
+            warm_events.append(e)
+            seen += isinstance(e, Interaction)
         t_fit = time.perf_counter()
         cache = model_cache if model_cache is not None else {}
-        fitted = fitted or cache.get("v1") or fit_initial_model(warm, self.settings)
+        if fitted is None and "v1" not in cache:
+            warm = (annotate_log(MediaCore(self.settings.media), warm_events)
+                    if self.settings.worker.media_features and any(isinstance(e, MediaEvent) for e in warm_events)
+                    else [e for e in warm_events if isinstance(e, Interaction)])
+            cache["v1"] = fit_initial_model(warm, self.settings)
+        fitted = fitted or cache["v1"]
         cache.setdefault("v1", fitted)
-        current = fitted
-        retrains: list[dict] = []
         fit_s = time.perf_counter() - t_fit
-        compensation = self.compensation_factory(fitted) if self.compensation_factory else None
-        scoring = ScoringCore(fitted.scorer, compensation)
-        metrics = OnlineMetrics(window=self.settings.worker.metrics_window)
-        feedback = FeedbackCore(PendingStore(self.settings.worker.attribution_window_s), metrics)
-        n_media = sum(isinstance(e, MediaEvent) for e in loaded.events)
+        stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)
+        res = self.run_stream(stream, fitted, source=source, progress=progress, seq0=seen,
+                              model_cache=cache, keep_outputs=keep_outputs, total=total)
+        res.report.update({"events": res.report["events"] + seen, "interactions": res.report["interactions"] + seen,
+                           "warmup_events": seen, "fit_seconds": fit_s})
+        return res
 
-        base, comp, labels, ts = [], [], [], []
-        seq0 = len(warm)
+    def run_stream(self, events: Iterable[Event], fitted: FittedModel, *, source: str = "", progress: bool = False,
+                   seq0: int = 0, model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False,
+                   batches: Iterable[Sequence[Routed]] | None = None, total: int | None = None,
+                   scorer: Any = None) -> ReplayResult:
+        """Replay ``events`` (any iterable, consumed once, in order) with ``fitted``'s model
+        (or ``scorer``, e.g. the one a worker loads from the registry).
+
+        ``batches`` replaces the default cut (``replay.batch_size`` events per batch) with
+        explicit batches of routed records (e.g. :func:`~reloop.ops.replay_engine.cut_runs`).
+        """
+        cfg = self.settings.replay
+        if scorer is not None:  # the same model opened another way (e.g. as a worker opens it)
+            fitted = dataclasses.replace(fitted, scorer=scorer)
+        comp = self.compensation_factory(fitted) if self.compensation_factory else None
+        state = StepReplay(self.settings, fitted.scorer, comp)
+        ws = self.settings.worker  # compile the kernels first, as a worker does before it consumes
+        kernels_s = warm_up(self.settings.media if ws.media_features else None,
+                            self.settings.schemas if ws.schema_cache else None)
+        counts = {"requests": 0, "interactions": 0, "media": 0}
+        window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
+        cache = model_cache if model_cache is not None else {}
+        current, retrains = fitted, []
+
+        def counted(evs: Iterable[Event]) -> Iterator[Event]:
+            for e in evs:
+                if isinstance(e, Interaction):
+                    counts["interactions"] += 1
+                    if cfg.retrain_every and e.request_id is None:
+                        window.append(e)
+                elif isinstance(e, MediaEvent):
+                    counts["media"] += 1
+                else:
+                    counts["requests"] += 1
+                yield e
+
+        if batches is None:
+            batches = cut_batches(route_events(counted(events), self.partitions, seq0), cfg.batch_size)
+        chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "b", "c", "t", "u")}
+        recs: list[Recommendation] = []
+        errs: list[ErrorRecord] = []
+        scored = 0
         t0 = time.perf_counter()
-        with _progress(progress, len(rest)) as advance:
-            for b, batch in enumerate(batches(rest, cfg.batch_size)):
-                first = seq0 + b * cfg.batch_size
-                reqs = [as_request(it, first + j) for j, it in enumerate(batch)]
-                _, pending = scoring.score(reqs)
-                feedback.on_scored(pending)
-                records = feedback.on_batch([as_feedback(it, first + j) for j, it in enumerate(batch)])
-                scoring.compensation.apply_errors(records)
-                done = (b + 1) * cfg.batch_size
-                if cfg.retrain_every and done // cfg.retrain_every > (done - len(batch)) // cfg.retrain_every \
-                        and done < len(rest):
-                    seen = interactions[max(0, len(warm) + done - cfg.retrain_window): len(warm) + done]
-                    current = self._retrain(current, seen, f"v{len(retrains) + 2}", cache)
-                    scoring.swap_model(current.scorer)
-                    retrains.append({"version": current.version, "after_events": done,
+        with _progress(progress, total) as advance:
+            for batch in batches:
+                res = state.step(batch)
+                e = res.errors
+                if e:
+                    n = len(e)
+                    chunks["y"].append(np.fromiter((r.label for r in e), np.int64, n))
+                    chunks["b"].append(np.fromiter((r.base_pred for r in e), np.float64, n))
+                    chunks["c"].append(np.fromiter((r.comp_pred for r in e), np.float64, n))
+                    chunks["t"].append(np.fromiter((r.ts for r in e), np.float64, n))
+                    chunks["u"].append(np.array([r.user_id for r in e], object))
+                if keep_outputs:
+                    recs += res.recommendations
+                    errs += e
+                before, scored = scored, scored + len(res.recommendations)
+                if cfg.retrain_every and scored // cfg.retrain_every > before // cfg.retrain_every and window:
+                    current = self._retrain(current, list(window), f"v{len(retrains) + 2}", cache)
+                    state.scoring.swap_model(current.scorer)
+                    retrains.append({"version": current.version, "after_events": scored,
                                      "holdout_auc": current.metrics.get("holdout_auc")})
-                for r in records:
-                    base.append(r.base_pred)
-                    comp.append(r.comp_pred)
-                    labels.append(r.label)
-                    ts.append(r.ts)
                 advance(len(batch))
         elapsed = time.perf_counter() - t0
-        y, pb, pc = np.array(labels, np.int64), np.array(base), np.array(comp)
+        cat = {k: np.concatenate(v) if v else np.empty(0, np.int64 if k == "y" else object if k == "u" else np.float64)
+               for k, v in chunks.items()}
+        y, pb, pc = cat["y"], cat["b"], cat["c"]
+        n_events = sum(counts.values())
         report = {
-            "source": loaded.source,
-            "events": len(loaded.events),
-            "interactions": len(interactions),
-            "media_events": n_media,
-            "warmup_events": len(warm),
-            "scored": int(len(y)),
-            "positives": int(y.sum()),
-            "invalid_lines": len(loaded.invalid),
-            "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]],
-            "auc_base": auc(y, pb),
-            "auc_compensated": auc(y, pc),
-            "logloss_base": logloss(y, pb),
-            "logloss_compensated": logloss(y, pc),
-            "events_per_s": len(rest) / elapsed if elapsed > 0 else float("nan"),
-            "fit_seconds": fit_s,
-            "batch_size": cfg.batch_size,
-            "model_version": fitted.version,
-            "model_holdout": fitted.metrics,
-            "compensation": type(scoring.compensation).__name__,
-            "retrains": retrains,
-            "series": metrics.series,
+            "source": source, "events": n_events, "interactions": counts["interactions"],
+            "requests": counts["requests"], "media_events": counts["media"], "warmup_events": 0,
+            "scored": int(len(y)), "positives": int(y.sum()), "recommendations": scored,
+            "dead_letters": len(state.dead_letters), "duplicates": state.duplicates,
+            "invalid_lines": 0, "invalid_examples": [],
+            "auc_base": auc(y, pb), "auc_compensated": auc(y, pc),
+            "logloss_base": logloss(y, pb), "logloss_compensated": logloss(y, pc),
+            "events_per_s": n_events / elapsed if elapsed > 0 else float("nan"),
+            "fit_seconds": 0.0, "kernels_seconds": kernels_s, "batch_size": cfg.batch_size, "partitions": self.partitions,
+            "model_version": fitted.version, "model_holdout": fitted.metrics,
+            "compensation": type(state.scoring.compensation).__name__,
+            "retrains": retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
         }
-        return ReplayResult(report, y, pb, pc, np.array(ts), fitted)
-
+        return ReplayResult(report, y, pb, pc, cat["t"], fitted, cat["u"], state, recs, errs)
 
     def _retrain(self, current: FittedModel, window: Sequence[Interaction], version: str,
                  cache: dict[str, FittedModel]) -> FittedModel:
@@ -205,7 +292,7 @@ class ReplayEngine:
 class _progress:
     """A rich progress bar on a terminal; a no-op otherwise."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, total: int | None) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.total = total
 

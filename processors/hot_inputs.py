@@ -12,19 +12,14 @@ from aiokafka import TopicPartition
 
 from reloop.processors.admission import DUPLICATE
 from reloop.processors.crash_guard import fault_point
-from reloop.processors.error_memory import ErrorMemoryCompensation, memory_batches
 from reloop.processors.outputs import Output
-from reloop.processors.step import Admitted
-from reloop.streams.codec import InvalidEvent, dead_letter, decode_event, encode
-from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+from reloop.processors.step import INPUT_KINDS, Admitted, admit_one, memory_records
+from reloop.streams.codec import dead_letter, encode
+from reloop.streams.events import ErrorRecord
 
 log = logging.getLogger("reloop.hot_path")
 
 __all__ = ["HotPathInputs", "INPUT_KINDS"]
-
-#: The input topics (logical names) and the event each carries.
-INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction,
-                                "media": MediaEvent}
 
 
 class HotPathInputs:
@@ -56,7 +51,6 @@ class HotPathInputs:
         admitted: list[Admitted] = []
         for tp, msgs in batch.items():
             logical = self._by_topic[tp.topic]
-            kind = INPUT_KINDS[logical]
             self.telemetry.events_in.labels(logical).inc(len(msgs))
             for m in msgs:
                 raw = m.value or b""
@@ -67,31 +61,21 @@ class HotPathInputs:
                     outputs.append(self._dead_letter(m, logical, f"crashed the worker {n} times while "
                                                                  "being processed: skipped"))
                     continue
-                try:
-                    ev = decode_event(raw, kind, self.limits)
-                except InvalidEvent as exc:
-                    outputs.append(self._dead_letter(m, logical, str(exc)))
+                ev, reason = admit_one(admission, logical, tp.partition, raw, self.limits)
+                if ev is None:
+                    if reason == DUPLICATE:
+                        self.telemetry.duplicates.labels(logical).inc()
+                    else:
+                        outputs.append(self._dead_letter(m, logical, reason or "rejected"))
                     continue
-                if logical == "requests":
-                    ev, reason = admission.request(tp.partition, ev, raw)
-                    if ev is None:
-                        if reason == DUPLICATE:
-                            self.telemetry.duplicates.labels(logical).inc()
-                        else:
-                            outputs.append(self._dead_letter(m, logical, reason or "rejected"))
-                        continue
                 admitted.append(Admitted(logical, tp.partition, raw, ev, m))
         return admitted
 
     def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
         """The binary ``memory`` records of one partition's error records (keyed by the input
         partition; journaled with the other outputs, so a resend is byte-identical)."""
-        comp = self.compensation
-        if not errors or not isinstance(comp, ErrorMemoryCompensation):
-            return []
-        cfg = comp.memory.config
         key = str(part).encode()
-        return [(self.topics["memory"], key, raw) for raw in memory_batches(errors, cfg.tables, cfg.write_sample)]
+        return [(self.topics["memory"], key, raw) for raw in memory_records(self.compensation, errors)]
 
     def _dead_letter(self, msg: Any, logical: str, reason: str) -> Output:
         self.telemetry.dead_letters.labels(logical).inc()

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
+from reloop.processors.admission import Admission
+from reloop.processors.compensation import Compensation
+from reloop.processors.error_memory import ErrorMemoryCompensation, memory_batches
 from reloop.processors.journal import TaskDelta
 from reloop.processors.media import MediaCore
 from reloop.processors.pending import Pending, request_digest
 from reloop.processors.scoring import ScoringCore
 from reloop.processors.tasks import FeedbackTasks
-from reloop.streams.events import ErrorRecord, Interaction, Recommendation
+from reloop.streams.codec import InvalidEvent, decode_event
+from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
+from reloop.streams.validation import Limits
 
-__all__ = ["Admitted", "StepResult", "run_step", "run_one_by_one"]
+__all__ = ["Admitted", "StepResult", "INPUT_KINDS", "admit_one", "memory_records", "run_step", "run_one_by_one"]
+
+#: The input topics (logical names) and the event each carries.
+INPUT_KINDS: dict[str, type] = {"requests": RecommendationRequest, "interactions": Interaction,
+                                "media": MediaEvent}
 
 
 class Admitted(NamedTuple):
@@ -47,6 +56,34 @@ class StepResult(NamedTuple):
     errors: list[ErrorRecord]
     deltas: list[TaskDelta]
     partition_errors: list[tuple[int, list[ErrorRecord]]]
+
+
+def admit_one(admission: Admission, logical: str, partition: int, raw: bytes,
+              limits: Limits) -> tuple[Any, str | None]:
+    """Decode, validate and admit one input record (``logical``: its topic's logical name).
+
+    Returns:
+        ``(event, None)`` to step; ``(None, DUPLICATE)`` for a byte-identical copy of a request
+        already scored (no output); ``(None, reason)`` for a dead letter. The worker
+        (:mod:`reloop.processors.hot_inputs`) and replay (:mod:`reloop.ops.replay`) both call it,
+        after :meth:`Admission.begin_batch`.
+    """
+    try:
+        ev = decode_event(raw, INPUT_KINDS[logical], limits)
+    except InvalidEvent as exc:
+        return None, str(exc)
+    if logical == "requests":
+        return admission.request(partition, ev, raw)
+    return ev, None
+
+
+def memory_records(compensation: Compensation, errors: Sequence[ErrorRecord]) -> list[bytes]:
+    """The binary ``memory`` records (values) of one partition's error records, as the worker
+    produces them (none unless the compensation is an error memory)."""
+    if not errors or not isinstance(compensation, ErrorMemoryCompensation):
+        return []
+    cfg = compensation.memory.config
+    return memory_batches(errors, cfg.tables, cfg.write_sample)
 
 
 def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTasks,

@@ -2,9 +2,8 @@
 
 One worker serves three scenarios in turn (a worker start costs a consumer-group join):
 requests in -> recommendations out; interactions in -> error records + metrics; malformed
-events on every input topic -> dead letters while valid events flow. A second test checks
-online/offline parity: the same log through ``ReplayEngine`` and through Kafka gives the same
-base predictions.
+events on every input topic -> dead letters while valid events flow. Online/offline parity
+(outputs and state, compensation on) is tests/integration/test_replay_parity.py.
 """
 
 from __future__ import annotations
@@ -14,16 +13,12 @@ import re
 from pathlib import Path
 
 import msgspec
-import numpy as np
 import pytest
 
 from reloop.models.registry import ModelRegistry
 from reloop.ops.kafka import create_topics
-from reloop.ops.logs import LoadedLog
-from reloop.ops.replay import ReplayEngine
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, get_text, wait_ready
-from reloop.processors.prequential import as_feedback, as_request
 from reloop.streams.codec import decode_event
 from reloop.streams.events import (DeadLetter, ErrorRecord, Interaction, MediaEvent, Recommendation,
                             RecommendationRequest, error_id_for)
@@ -149,24 +144,3 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
     finally:
         code = w.stop()
     assert code == 0, w.log_text()[-3000:]
-
-
-async def test_online_offline_parity(kafka_settings, small_model, small_log, tmp_path):
-    """The same labelled log through replay and through Kafka: identical base predictions."""
-    s = kafka_settings.with_overrides(worker={"compensation": "none"})
-    log_events = [e for e in small_log if isinstance(e, Interaction)][4000:4600]
-    # warmup 0.0 keeps one event aside (already fitted model): replay scores log_events[1:]
-    result = ReplayEngine(s.with_overrides(replay={"warmup": 0.0})).run(
-        LoadedLog(log_events, [], "small"), fitted=small_model)
-    w = await start_worker(s, small_model, tmp_path)
-    try:
-        seqs = range(1, len(log_events))
-        reqs = [as_request(log_events[i], i) for i in seqs]
-        await produce(s, "requests", reqs)
-        recs = _recs(await consume_until(s, "recommendations", lambda m: len(m) >= len(reqs)))
-        await produce(s, "interactions", [as_feedback(log_events[i], i) for i in seqs])
-    finally:
-        assert w.stop() == 0, w.log_tail()
-    online = np.array([recs[r.request_id].items[0].base_score for r in reqs])
-    assert len(online) == len(result.base)
-    np.testing.assert_allclose(online, result.base, rtol=0, atol=1e-6)

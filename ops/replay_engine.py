@@ -1,0 +1,237 @@
+"""The replay core: the worker's batch step fed from a stream of events, without Kafka.
+
+What a worker does per polled batch (:mod:`reloop.processors.hot_path`), replay does per batch:
+
+1. every record is decoded, validated and admitted with :func:`reloop.processors.step.admit_one`
+   (the same call the worker's :mod:`reloop.processors.hot_inputs` makes); rejected records are
+   dead letters, byte-identical request copies are dropped;
+2. :func:`reloop.processors.step.run_step` (media, scoring, feedback per user partition), with
+   the poison-pill fallback :func:`reloop.processors.step.run_one_by_one`;
+3. the step's error records go to an :class:`~reloop.processors.replica.ErrorsReplica` the way
+   they come back to a worker from Kafka: the binary ``memory`` records
+   (:func:`reloop.processors.step.memory_records`, keyed by input partition) into the error
+   memory, the JSON ``errors`` records (keyed by user) through the reorder buffer into the
+   schema cache. Offsets are numbered per (topic, partition) as a broker would.
+
+The one difference from a worker: replay applies a batch's error records before the next batch
+is scored (a worker's replica catches up asynchronously, so there the next batch may be scored
+before). The parity test (tests/integration/test_replay_parity.py) makes the worker follow the
+same order and checks outputs and state bit for bit (docs/replay.md).
+
+Events are routed as the producer routes them: partition = murmur2(user_id) % partitions
+(:class:`~reloop.processors.outputs.KeyPartitioner`, the Kafka default partitioner).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from reloop.processors.admission import DUPLICATE, Admission
+from reloop.processors.compensation import Compensation, NoCompensation
+from reloop.processors.media import MediaCore
+from reloop.processors.metrics import OnlineMetrics
+from reloop.processors.outputs import KeyPartitioner
+from reloop.processors.prequential import as_feedback, as_request
+from reloop.processors.replica import ErrorsReplica
+from reloop.processors.schemas import SchemaCore
+from reloop.processors.scoring import ScoringCore
+from reloop.processors.step import Admitted, StepResult, admit_one, memory_records, run_one_by_one, run_step
+from reloop.processors.tasks import FeedbackTasks
+from reloop.processors.telemetry import WorkerTelemetry
+from reloop.streams.codec import encode
+from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
+from reloop.streams.topics import TOPICS, USER_PARTITIONS
+
+if TYPE_CHECKING:  # annotations only: the engine itself needs neither torch nor the settings module
+    from reloop.models.scorer import OnnxScorer
+    from reloop.ops.settings import Settings
+
+__all__ = ["Routed", "route_events", "cut_batches", "cut_runs", "StepReplay", "arrays_digest"]
+
+
+class Routed(NamedTuple):
+    """One input record as a worker would read it: topic (logical name), partition, bytes on
+    the wire, and (for dead letters) the offset replay gave it (-1: none)."""
+
+    logical: str
+    partition: int
+    raw: bytes
+    topic: str = ""
+    offset: int = -1
+    key: bytes | None = None
+    value: bytes | None = None
+
+
+def route_events(events: Iterable[Any], partitions: int = USER_PARTITIONS, seq0: int = 0) -> Iterator[list[Routed]]:
+    """The input records of each event, in order (one list per event; streaming).
+
+    A request, media event or interaction carrying a ``request_id`` is one record on its own
+    topic. A labelled interaction without ``request_id`` (an interaction log: MovieLens, a
+    ``--labelled`` simulator log) is the prequential pair: a one-candidate request then the
+    interaction linked to it (request id ``log-<seq>``, ``seq`` counting such interactions
+    from ``seq0``), both in the same batch. Other event types are skipped.
+    """
+    parts = list(range(partitions))
+    part = KeyPartitioner()
+    seq = seq0
+    for ev in events:
+        if isinstance(ev, RecommendationRequest):
+            logical = "requests"
+        elif isinstance(ev, MediaEvent):
+            logical = "media"
+        elif isinstance(ev, Interaction):
+            if ev.request_id is None:
+                p = part.partition(ev.user_id.encode(), parts)
+                req, fb = as_request(ev, seq), as_feedback(ev, seq)
+                seq += 1
+                yield [Routed("requests", p, encode(req)), Routed("interactions", p, encode(fb))]
+                continue
+            logical = "interactions"
+        else:
+            continue
+        yield [Routed(logical, part.partition(ev.user_id.encode(), parts), encode(ev))]
+
+
+def cut_batches(groups: Iterable[list[Routed]], size: int) -> Iterator[list[Routed]]:
+    """Micro-batches of ``size`` events (a prequential pair is one event, never split)."""
+    batch: list[Routed] = []
+    n = 0
+    for g in groups:
+        batch += g
+        n += 1
+        if n >= size:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+def cut_runs(groups: Iterable[list[Routed]], size: int) -> Iterator[list[Routed]]:
+    """Batches a Kafka consumer is sure to see whole: maximal runs of consecutive records of
+    one (topic, partition), at most ``size`` records (each produced as one record batch, such a
+    run is fetched by one ``getmany``). Used by the parity test."""
+    batch: list[Routed] = []
+    for g in groups:
+        for r in g:
+            if batch and ((r.logical, r.partition) != (batch[-1].logical, batch[-1].partition) or len(batch) >= size):
+                yield batch
+                batch = []
+            batch.append(r)
+    if batch:
+        yield batch
+
+
+class _Msg(NamedTuple):  # the fields of a consumer record the replica reads
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class _TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over named arrays (sorted by name; name, dtype, shape and bytes of each)."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.asarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+    return h.hexdigest()
+
+
+class StepReplay:
+    """A worker's cores and replica, stepped batch by batch (module doc).
+
+    Args:
+        settings: the deployment settings (worker, media, schemas, error_memory, limits).
+        scorer: the model served.
+        compensation: the error-memory replica (None: identity).
+    """
+
+    def __init__(self, settings: Settings, scorer: OnnxScorer, compensation: Compensation | None) -> None:
+        ws = settings.worker
+        self.limits = settings.limits
+        self.tasks = FeedbackTasks(ws.attribution_window_s, ws.pending_limit, OnlineMetrics(window=ws.metrics_window))
+        self.admission = Admission(self.tasks)
+        self.media = MediaCore(settings.media) if ws.media_features else None
+        schema_core = SchemaCore(settings.schemas) if ws.schema_cache else None
+        self.replica = ErrorsReplica(compensation or NoCompensation(), schema_core, self.limits, WorkerTelemetry())
+        self.scoring = ScoringCore(scorer, self.replica.compensation, self.media, schemas=schema_core)
+        self._part = KeyPartitioner()
+        self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+        self._parts = {t: list(range(TOPICS[t].partitions)) for t in ("memory", "errors")}
+        self.dead_letters: list[tuple[Routed, str]] = []
+        self.duplicates = 0
+
+    def _offset(self, topic: str, partition: int) -> int:
+        o = self._next.get((topic, partition), 0)
+        self._next[(topic, partition)] = o + 1
+        return o
+
+    def step(self, batch: Sequence[Routed]) -> StepResult:
+        """One polled batch: admit, :func:`run_step`, then the replica (module doc)."""
+        self.admission.begin_batch(self.tasks)
+        admitted: list[Admitted] = []
+        for r in batch:
+            r = r._replace(offset=self._offset(r.logical, r.partition), value=r.raw)
+            ev, reason = admit_one(self.admission, r.logical, r.partition, r.raw, self.limits)
+            if ev is None:
+                if reason == DUPLICATE:
+                    self.duplicates += 1
+                else:
+                    self.dead_letters.append((r, reason or "rejected"))
+                continue
+            admitted.append(Admitted(r.logical, r.partition, r.raw, ev, r))
+        cores = (self.scoring, self.tasks, self.media)
+        try:
+            res = run_step(admitted, *cores)
+        except Exception:  # noqa: BLE001 - poison-pill rule, as the worker
+            res = run_one_by_one(admitted, *cores, lambda one, why: self.dead_letters.append((one.msg, why)))
+        self.apply_errors(res.partition_errors)
+        return res
+
+    def apply_errors(self, per_partition: Sequence[tuple[int, list[ErrorRecord]]]) -> None:
+        """Feed a step's error records to the replica as the ``memory`` and ``errors`` topics
+        would deliver them (memory first, as :meth:`HotPathReplica.apply_error_batch`)."""
+        memory: dict[_TP, list[_Msg]] = {}
+        for part, errs in per_partition:
+            key = str(part).encode()
+            for raw in memory_records(self.replica.compensation, errs):
+                p = self._part.partition(key, self._parts["memory"])
+                memory.setdefault(_TP("memory", p), []).append(_Msg("memory", p, self._offset("memory", p), key, raw))
+        if memory:
+            self.replica.apply_memory(memory)
+        if self.replica.schema_core is None:
+            return
+        errors: dict[_TP, list[_Msg]] = {}
+        for _, errs in per_partition:
+            for e in errs:
+                key = e.user_id.encode()
+                p = self._part.partition(key, self._parts["errors"])
+                errors.setdefault(_TP("errors", p), []).append(_Msg("errors", p, self._offset("errors", p),
+                                                                    key, encode(e)))
+        if errors:
+            self.replica.apply_batch(errors)
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """The three memories' snapshot arrays (as the worker writes them to its snapshots):
+        ``error_memory``, ``media`` and ``schema_cache`` (cache plus reorder buffer)."""
+        out = {"error_memory": self.replica.compensation.snapshot()}
+        if self.media is not None:
+            out["media"] = self.media.snapshot()
+        if self.replica.schema_core is not None and self.replica.reorder is not None:
+            out["schema_cache"] = {**self.replica.schema_core.snapshot(), **self.replica.reorder.to_arrays()}
+        return out
+
+    def digests(self) -> dict[str, str]:
+        """:func:`arrays_digest` of each memory in :meth:`state_arrays`."""
+        return {k: arrays_digest(v) for k, v in self.state_arrays().items()}
