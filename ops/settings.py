@@ -29,8 +29,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from reloop.models.features import FeatureSpec
-from reloop.models.ctr import ModelConfig
-from reloop.models.train import TrainConfig
+from reloop.models.config import ModelConfig, TrainConfig
 from reloop.state.error_memory.memory import ErrorMemoryConfig
 from reloop.processors.trainer import TrainerConfig
 from reloop.state.media.memory import MediaMemoryConfig
