@@ -84,6 +84,13 @@ class ErrorMemoryConfig(msgspec.Struct, frozen=True, kw_only=True):
     tables 64/128): bits=16, tau=100 (a near-plain mean of bucket means), lam=0.8,
     half-life 3 d gave AUC 0.6848 vs. 0.6796 base (exact kNN, k=128: 0.6854); 128 tables
     gained 0.0002 more at twice the hashing cost. See docs/error_memory.md.
+
+    >>> ErrorMemoryConfig(bits=12).bits, ErrorMemoryConfig().tables
+    (12, 64)
+    >>> ErrorMemoryConfig(bits=40)
+    Traceback (most recent call last):
+    ...
+    ValueError: bits must be in [1, 24]
     """
 
     tables: int = 64
