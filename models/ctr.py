@@ -23,9 +23,6 @@ the weights keep their meaning. ``hidden`` is what the error memory hashes (see 
 
 from __future__ import annotations
 
-from typing import Literal
-
-import msgspec
 import numpy as np
 try:
     import torch

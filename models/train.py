@@ -20,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import numpy as np
 try:
     import torch
