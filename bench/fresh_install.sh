@@ -12,9 +12,15 @@ SRC="$(cd "$(dirname "$0")/.." && pwd)"
 EXTRAS="${1:-}"
 PYTHON="${PYTHON:-python3.11}"
 VENV="${VENV:-$(mktemp -d /tmp/reloop-fresh.XXXXXX)/venv}"
-SPEC="$SRC"
-[ -n "$EXTRAS" ] && SPEC="$SRC[$EXTRAS]"
-cleanup() { [ -n "${KEEP:-}" ] || rm -rf "$(dirname "$VENV")"; }
+# Build from a clean copy: setuptools would leave build/ in the checkout, and a stale
+# build/lib could carry removed modules into the wheel.
+COPY="$(mktemp -d /tmp/reloop-src.XXXXXX)"
+"$PYTHON" -c 'import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], ignore=shutil.ignore_patterns(
+    ".git", ".venv", "var", "build", "*.egg-info", "reports", ".hypothesis", ".pytest_cache", "__pycache__"))' \
+  "$SRC" "$COPY/reloop"
+SPEC="$COPY/reloop"
+[ -n "$EXTRAS" ] && SPEC="$SPEC[$EXTRAS]"
+cleanup() { rm -rf "$COPY"; [ -n "${KEEP:-}" ] || rm -rf "$(dirname "$VENV")"; }
 trap cleanup EXIT
 
 t0=$(date +%s)
