@@ -7,6 +7,7 @@ The fresh-venv check (``pip install .`` then the README example) is bench/fresh_
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,44 @@ def test_training_without_torch_says_how_to_install_it() -> None:
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pip install 'reloop[train]'" in proc.stdout
+
+
+@pytest.mark.broker
+async def test_a_worker_without_torch_serves_on_the_broker(kafka_settings, small_model, tmp_path: Path) -> None:
+    """``reloop worker`` with torch unimportable (a ``torch`` that raises first on its path)
+    serves a model from the registry with onnxruntime and never maps torch's libraries."""
+    from reloop.models.registry import ModelRegistry
+    from reloop.ops.kafka import create_topics
+    from reloop.ops.simulator import SimConfig, Simulator
+    from reloop.ops.webclient import wait_ready
+    from reloop.streams.codec import decode_event
+    from reloop.streams.events import Recommendation, RecommendationRequest
+    from tests.conftest import WorkerProcess
+    from tests.integration.helpers import consume_until, produce
+
+    s = kafka_settings
+    await create_topics(s.kafka)
+    ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
+    no_torch = tmp_path / "no_torch" / "torch"
+    no_torch.mkdir(parents=True)
+    (no_torch / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch' (the train extra is not installed)\", name='torch')\n")
+    path = f"{no_torch.parent}{os.pathsep}{ROOT}"
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": path})
+    assert probe.returncode != 0 and "train extra" in probe.stderr  # the blocker works
+    w = WorkerProcess(s, tmp_path / "worker.log", {"PYTHONPATH": path})
+    try:
+        await wait_ready(w.port, 180.0, w.proc)
+        sim = Simulator(SimConfig(seed=21, n_users=50, n_items=200))
+        requests = [e for e in sim.events(10) if isinstance(e, RecommendationRequest)]
+        await produce(s, "requests", requests)
+        msgs = await consume_until(s, "recommendations", lambda m: len(m) >= len(requests))
+        recs = {r.request_id: r for r in (decode_event(m.value, Recommendation) for m in msgs)}
+        maps = Path(f"/proc/{w.proc.pid}/maps").read_text()
+    finally:
+        code = w.stop()
+    assert code == 0, w.log_tail()
+    assert set(recs) == {r.request_id for r in requests}
+    assert all(r.model_version == "v1" for r in recs.values())
+    assert "libtorch" not in maps and "onnxruntime" in maps
