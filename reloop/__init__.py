@@ -82,14 +82,18 @@ fitted here (``reloop.models.fit``, torch) and served with onnxruntime:
 >>> sorted((e.item_id, e.label, e.model_version) for e in out.errors)  # r1's two, r2's labelled one
 [('i1', 0, 'v1'), ('i2', 0, 'v1'), ('i3', 1, 'v1')]
 
-Replay a log through the same code (a simulated one here; ``reloop replay`` does this from
-the command line):
+Replay a log through the same code (``reloop replay LOG`` does this from the command line):
+a simulated interaction log written as JSON lines, read back with :func:`read_log`, replayed
+with the model fitted above:
 
->>> from reloop.ops.logs import LoadedLog
->>> from reloop.ops.simulator import SimConfig, Simulator
->>> log = [e for e in Simulator(SimConfig(seed=3, n_users=50, n_items=40)).labelled_log(40)
-...        if isinstance(e, Interaction)]
->>> result = reloop.ReplayEngine(s).run(LoadedLog(events=log), fitted=fitted)  # reuse the model above
+>>> import os, tempfile
+>>> from reloop.ops.simulator import SimConfig, Simulator, write_jsonl
+>>> path = os.path.join(tempfile.mkdtemp(), "log.jsonl")
+>>> write_jsonl([e for e in Simulator(SimConfig(seed=3, n_users=50, n_items=40)).labelled_log(40)
+...              if isinstance(e, Interaction)], path) > 0
+True
+>>> log = reloop.read_log(path, "jsonl", s.limits)
+>>> result = reloop.ReplayEngine(s).run(log, fitted=fitted)
 >>> len(result.compensated) == len(result.labels) > 0, sorted(k for k in result.report if k.startswith("auc_"))
 (True, ['auc_base', 'auc_compensated'])
 """
