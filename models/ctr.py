@@ -23,87 +23,19 @@ the weights keep their meaning. ``hidden`` is what the error memory hashes (see 
 
 from __future__ import annotations
 
-from typing import Literal
-
-import msgspec
 import numpy as np
-import torch
+try:
+    import torch
+except ModuleNotFoundError as exc:  # torch is the ``train`` extra: the worker and replay scoring run without it
+    raise ModuleNotFoundError("training and ONNX export need torch: pip install 'reloop[train]'", name="torch") from exc
 from torch import nn
 
+# The configuration is torch-free (reloop.models.config); re-exported here for callers.
+from reloop.models.config import LEGACY_MODEL_CONFIG, CrossKind, ModelConfig, config_from_meta, same_architecture
 from reloop.models.features import FeatureSpec
 
 __all__ = ["ModelConfig", "CTRModel", "CrossLayer", "LowRankCrossLayer", "CrossKind", "LEGACY_MODEL_CONFIG",
            "config_from_meta", "same_architecture"]
-
-#: Cross-layer kinds (``ModelConfig.cross``).
-CrossKind = Literal["full", "lowrank"]
-
-
-class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Architecture hyper-parameters of :class:`CTRModel`.
-
-    Attributes:
-        emb_dim: embedding width per token ``E``.
-        hidden_dim: width ``H`` of the exposed hidden layer.
-        cross_layers: number of DCN-v2 cross layers.
-        cross: ``"full"`` (``(d, d)`` weight per layer, the architecture before issue 14) or
-            ``"lowrank"`` (``U V`` with inner rank ``cross_rank``).
-        cross_rank: inner rank ``r`` of a low-rank cross layer (ignored for ``"full"``).
-        structure: ``"parallel"`` (deep tower on ``x0`` beside the cross stack, both feeding
-            the hidden layer) or ``"stacked"`` (deep tower on the cross stack's output, DCN-v2's
-            stacked form; the hidden layer sees only the deep output, so it is much cheaper).
-        wide: add a first-order term to the logit: one learned scalar per hashed token
-            (``Embedding(n_buckets, 1)``, padding row 0 zero, initialised to zero), summed
-            over the row's tokens, as in wide & deep models.
-        deep_sizes: widths of the deep MLP tower.
-        dense_clip: standardised dense values are clamped to ``[-dense_clip, dense_clip]``.
-        seed: seed for weight initialisation (``torch.manual_seed``).
-    """
-
-    emb_dim: int = 16
-    hidden_dim: int = 64
-    cross_layers: int = 2
-    deep_sizes: tuple[int, ...] = (32,)
-    dense_clip: float = 8.0
-    seed: int = 0
-    cross: CrossKind = "lowrank"
-    cross_rank: int = 16
-    wide: bool = True
-    structure: Literal["parallel", "stacked"] = "parallel"
-
-    def __post_init__(self) -> None:
-        if self.cross not in ("full", "lowrank"):
-            raise ValueError(f"cross must be 'full' or 'lowrank', got {self.cross!r}")
-        if self.structure not in ("parallel", "stacked"):
-            raise ValueError(f"structure must be 'parallel' or 'stacked', got {self.structure!r}")
-        if self.cross_rank < 1 or self.emb_dim < 1 or self.hidden_dim < 1 or self.cross_layers < 0:
-            raise ValueError("cross_rank, emb_dim and hidden_dim must be >= 1 and cross_layers >= 0")
-
-
-#: The architecture every model had before issue 14: two full-rank cross layers. Bundles whose
-#: ``model_config`` has no ``cross`` key were written with it (:func:`config_from_meta`).
-LEGACY_MODEL_CONFIG = ModelConfig(emb_dim=16, hidden_dim=64, cross_layers=2, deep_sizes=(128, 64), cross="full",
-                                  wide=False, structure="parallel")
-
-
-def same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
-    """True if weights of ``a`` fit ``b`` and mean the same (every field but ``seed`` equal)."""
-    return msgspec.structs.replace(a, seed=0) == msgspec.structs.replace(b, seed=0)
-
-
-def config_from_meta(data: dict) -> ModelConfig:
-    """The :class:`ModelConfig` of a stored model from its JSON object (bundle or ONNX metadata).
-
-    Metadata written before the ``cross`` field existed describes full-rank cross layers, so a
-    missing ``cross`` key means ``"full"``, a missing ``wide`` key no wide term and a missing
-    ``structure`` key ``"parallel"`` (not today's defaults). Raises ``msgspec.ValidationError``.
-    """
-    data = dict(data)
-    data.setdefault("cross", "full")
-    data.setdefault("wide", False)
-    data.setdefault("structure", "parallel")
-    return msgspec.convert(data, type=ModelConfig)
-
 
 class CrossLayer(nn.Module):
     """One DCN-v2 cross layer: ``x0 * (W x + b) + x`` with ``W`` of shape ``(d, d)``."""

@@ -31,7 +31,10 @@ import msgspec
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
+try:
+    import torch
+except ModuleNotFoundError as exc:  # torch is the ``train`` extra: the worker and replay scoring run without it
+    raise ModuleNotFoundError("training and ONNX export need torch: pip install 'reloop[train]'", name="torch") from exc
 
 from reloop.models.ctr import CTRModel
 from reloop.models.features import FeatureSpec, check_inputs, pad_dense

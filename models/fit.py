@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import msgspec
 import numpy as np
 
-from reloop.models.ctr import CTRModel, ModelConfig, same_architecture
-from reloop.models.export import check_parity, export_onnx
+from reloop.models.config import ModelConfig, TrainConfig, same_architecture
 from reloop.models.features import FeatureEncoder, FeatureSpec, Row
 from reloop.models.scorer import OnnxScorer
-from reloop.models.train import TrainConfig, train_model
+
+if TYPE_CHECKING:  # torch (the ``train`` extra) is imported by fit_model only
+    from reloop.models.ctr import CTRModel
 
 log = logging.getLogger("reloop.fit")
 
@@ -44,6 +45,15 @@ class FittedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def _training() -> tuple[Any, Any, Any]:
+    """``train_model``, ``export_onnx``, ``check_parity``: the torch part (the ``train`` extra),
+    imported on use; without torch, a ModuleNotFoundError that says how to install it."""
+    from reloop.models.export import check_parity, export_onnx
+    from reloop.models.train import train_model
+
+    return train_model, export_onnx, check_parity
+
+
 def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: FeatureSpec,
               model_config: ModelConfig, train_config: TrainConfig, version: str,
               init: CTRModel | None = None, ort_threads: int = 1) -> FittedModel:
@@ -58,6 +68,7 @@ def fit_model(rows: Sequence[Row], labels: np.ndarray, *, feature_defaults: Feat
     Raises:
         reloop.models.export.ParityError: torch and onnxruntime disagree by more than 1e-5.
     """
+    train_model, export_onnx, check_parity = _training()
     t0 = time.perf_counter()
     architecture_changed = False
     spec = init.spec if init is not None else FeatureSpec.infer(

@@ -20,11 +20,14 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import numpy as np
-import torch
+try:
+    import torch
+except ModuleNotFoundError as exc:  # torch is the ``train`` extra: the worker and replay scoring run without it
+    raise ModuleNotFoundError("training and ONNX export need torch: pip install 'reloop[train]'", name="torch") from exc
 import torch.nn.functional as F
 
+from reloop.models.config import TrainConfig  # torch-free; re-exported here for callers
 from reloop.models.ctr import CTRModel, ModelConfig, same_architecture
 from reloop.models.features import FeatureSpec, check_inputs
 from reloop.models.metrics import auc, logloss
@@ -32,34 +35,6 @@ from reloop.models.metrics import auc, logloss
 __all__ = ["TrainConfig", "train_model", "predict"]
 
 logger = logging.getLogger(__name__)
-
-
-class TrainConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Optimisation settings.
-
-    Attributes:
-        epochs: passes over the training part of the window (0 = evaluate only).
-        batch_size: rows per step.
-        lr: Adam / SparseAdam learning rate.
-        weight_decay: L2 on non-embedding weights.
-        seed: shuffle seed.
-        holdout_fraction: the last fraction of the (time-ordered) rows held out for metrics.
-        num_threads: torch intra-op threads during training.
-    """
-
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-6
-    seed: int = 0
-    holdout_fraction: float = 0.1
-    num_threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.num_threads < 1:
-            raise ValueError("epochs >= 0, batch_size >= 1 and num_threads >= 1 are required")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
 
 
 @torch.no_grad()

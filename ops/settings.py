@@ -29,8 +29,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from reloop.models.features import FeatureSpec
-from reloop.models.ctr import ModelConfig
-from reloop.models.train import TrainConfig
+from reloop.models.config import ModelConfig, TrainConfig
 from reloop.state.error_memory.memory import ErrorMemoryConfig
 from reloop.processors.trainer import TrainerConfig
 from reloop.state.media.memory import MediaMemoryConfig
@@ -208,7 +207,12 @@ class ReplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """All of ReLoop's configuration (see each section's docstring)."""
+    """All of ReLoop's configuration (see each section's docstring).
+
+    >>> s = Settings().with_overrides(error_memory={"lam": 0.5})
+    >>> s.error_memory.lam, s.kafka.topic_prefix == Settings().kafka.topic_prefix
+    (0.5, True)
+    """
 
     kafka: KafkaSettings = KafkaSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -305,6 +309,13 @@ def _toml_sources(path: str | os.PathLike[str], data: Mapping[str, Any]) -> dict
 def load_settings(path: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from defaults, an optional TOML file and the environment.
+
+    >>> load_settings(env={"RELOOP_ERROR_MEMORY__BITS": "12"}).error_memory.bits
+    12
+    >>> load_settings(env={"RELOOP_ERROR_MEMORY__BITS": "99"})
+    Traceback (most recent call last):
+    ...
+    reloop.ops.settings.SettingsError: invalid setting from RELOOP_ERROR_MEMORY__BITS=99: bits must be in [1, 24]
 
     Raises:
         SettingsError: (a ``ValueError``) a field has the wrong type, an out-of-range value or

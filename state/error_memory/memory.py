@@ -37,7 +37,7 @@ import msgspec
 import numpy as np
 
 from reloop.state.error_memory.kernels import simhash_codes_t, sketch_read, sketch_write, transpose_planes
-from reloop.state.snapshots import read_npz, write_npz_atomic
+from reloop.state.snapshots import check_config, read_npz, write_npz_atomic
 
 __all__ = ["ErrorMemory", "ErrorMemoryConfig", "apply_compensation", "stable_key", "stable_keys"]
 
@@ -84,6 +84,13 @@ class ErrorMemoryConfig(msgspec.Struct, frozen=True, kw_only=True):
     tables 64/128): bits=16, tau=100 (a near-plain mean of bucket means), lam=0.8,
     half-life 3 d gave AUC 0.6848 vs. 0.6796 base (exact kNN, k=128: 0.6854); 128 tables
     gained 0.0002 more at twice the hashing cost. See docs/error_memory.md.
+
+    >>> ErrorMemoryConfig(bits=12).bits, ErrorMemoryConfig().tables
+    (12, 64)
+    >>> ErrorMemoryConfig(bits=40)
+    Traceback (most recent call last):
+    ...
+    ValueError: bits must be in [1, 24]
     """
 
     tables: int = 64
@@ -394,8 +401,12 @@ class ErrorMemory:
         }
 
     @classmethod
-    def restore(cls, snap: dict[str, np.ndarray]) -> ErrorMemory:
-        """Rebuild a memory from :meth:`snapshot` output (validated; ValueError if bad)."""
+    def restore(cls, snap: dict[str, np.ndarray], config: ErrorMemoryConfig | None = None) -> ErrorMemory:
+        """Rebuild a memory from :meth:`snapshot` output (validated; ValueError if bad).
+
+        ``config``: the configuration the caller expects; a snapshot taken under another is
+        refused (ValueError naming the fields, :func:`reloop.state.snapshots.check_config`).
+        """
         missing = {"format", "config", "dim", "landmark", "max_ts", "planes"} - set(snap)
         missing |= {"counts", "sum_y", "sum_p"} - set(snap)
         if missing:
@@ -403,10 +414,11 @@ class ErrorMemory:
         if int(snap["format"]) != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported error-memory snapshot format {int(snap['format'])}")
         try:
-            config = msgspec.json.decode(str(snap["config"][()]), type=ErrorMemoryConfig)
+            snapshot_config = msgspec.json.decode(str(snap["config"][()]), type=ErrorMemoryConfig)
         except msgspec.ValidationError as exc:
             raise ValueError(f"bad error-memory config in snapshot: {exc}") from exc
-        memory = cls(int(snap["dim"]), config)
+        check_config(config, snapshot_config, "error-memory")
+        memory = cls(int(snap["dim"]), snapshot_config)
         planes = np.asarray(snap["planes"])
         if planes.shape != memory.planes.shape or planes.dtype != np.float32:
             raise ValueError("snapshot planes have the wrong shape or dtype")

@@ -33,6 +33,7 @@ from reloop.state.media.config import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAM
 from reloop.state.media.items import ItemContent
 from reloop.state.media.snapshot import restore_memory, snapshot_memory
 from reloop.state.media.store import UserMediaMemory
+from reloop.state.snapshots import check_config
 from reloop.streams.events import MediaEvent
 
 __all__ = ["ACTIVATED", "ARCHIVED", "EXPIRED", "FEATURE_NAMES", "FREE", "ItemContent", "MERGED", "MODALITIES",
@@ -206,8 +207,13 @@ class MediaMemory:
         return snapshot_memory(self)
 
     @classmethod
-    def restore(cls, snap: dict[str, np.ndarray]) -> MediaMemory:
-        """Rebuild a memory from :meth:`snapshot` output (ValueError if malformed)."""
+    def restore(cls, snap: dict[str, np.ndarray], config: MediaMemoryConfig | None = None) -> MediaMemory:
+        """Rebuild a memory from :meth:`snapshot` output (ValueError if malformed).
+
+        ``config``: the configuration the caller expects; a snapshot taken under another is
+        refused (ValueError naming the fields, :func:`reloop.state.snapshots.check_config`).
+        """
         memory = restore_memory(cls, snap)
+        check_config(config, memory.config, "media-memory")
         log.info("media_memory_restored", extra={"users": len(memory.users), "items": len(memory.items)})
         return memory

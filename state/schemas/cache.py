@@ -66,7 +66,7 @@ from reloop.state.schemas.config import SchemaCacheConfig
 from reloop.state.schemas.match import SchemaMatcher
 from reloop.state.schemas.snapshot import config_of, restore_into, snapshot_of
 from reloop.state.schemas.types import Schema, SchemaChange, schema_id_of
-from reloop.state.snapshots import read_npz, write_npz_atomic
+from reloop.state.snapshots import check_config, read_npz, write_npz_atomic
 from reloop.streams.events import ErrorRecord
 
 __all__ = ["Schema", "SchemaCache", "SchemaCacheConfig", "SchemaChange", "SchemaMatcher", "schema_id_of"]
@@ -364,9 +364,15 @@ class SchemaCache:
         return snapshot_of(self)
 
     @classmethod
-    def restore(cls, snap: Mapping[str, np.ndarray]) -> SchemaCache:
-        """Rebuild a cache from :meth:`snapshot` output; ValueError if it is malformed."""
-        return restore_into(cls(config_of(snap)), snap)
+    def restore(cls, snap: Mapping[str, np.ndarray], config: SchemaCacheConfig | None = None) -> SchemaCache:
+        """Rebuild a cache from :meth:`snapshot` output; ValueError if it is malformed.
+
+        ``config``: the configuration the caller expects; a snapshot taken under another is
+        refused (ValueError naming the fields, :func:`reloop.state.snapshots.check_config`).
+        """
+        found = config_of(snap)
+        check_config(config, found, "schema-cache")
+        return restore_into(cls(found), snap)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`snapshot` to ``path`` as ``.npz``, atomically (see :mod:`reloop.state.snapshots`)."""

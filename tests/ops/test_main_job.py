@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
 
 import pytest
 from pathlib import Path
 
-import reloop.ops.main_job as main_job
 from reloop.ops.main_job import RUN_STATE, set_aside_previous_run
-
-
-def test_docstring_examples() -> None:
-    result = doctest.testmod(main_job)
-    assert result.attempted >= 1 and result.failed == 0
 
 
 def test_a_second_run_sets_the_first_runs_state_aside_and_keeps_one_generation(tmp_path: Path) -> None:
@@ -33,15 +26,6 @@ def test_a_second_run_sets_the_first_runs_state_aside_and_keeps_one_generation(t
     (tmp_path / "worker.log").write_text("run 2")  # the second run's state
     set_aside_previous_run(tmp_path)
     assert (kept / "worker.log").read_text() == "run 2" and not (kept / "models").exists()
-
-
-def test_docstring_examples_of_the_report_and_the_children() -> None:
-    import reloop.ops.report
-    import reloop.ops.children
-
-    for module in (reloop.ops.report, reloop.ops.children):
-        result = doctest.testmod(module)
-        assert result.attempted >= 2 and result.failed == 0, module.__name__
 
 
 def test_children_load_the_parents_effective_settings() -> None:
