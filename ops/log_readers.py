@@ -37,7 +37,7 @@ the first ``max_examples`` are kept with their file and line number.
 >>> _ = open(p, "w").write('{"type":"interaction","user_id":"u","item_id":"i","ts":2,"label":1}\\nnot json\\n')
 >>> stream = iter_events([p], "jsonl", Limits())
 >>> [(e.item_id, e.ts) for e in stream], stream.stats.invalid, stream.stats.examples[0][1:]
-([('i', 2.0)], 1, (2, 'DecodeError: JSON is malformed: invalid character (byte 0)'))
+([('i', 2.0)], 1, (2, 'DecodeError: JSON is malformed: invalid character (byte 4)'))
 """
 
 from __future__ import annotations
