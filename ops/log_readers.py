@@ -14,7 +14,7 @@ Formats (``fmt``):
 - ``parquet``: read by record batches (pyarrow). A row whose ``json`` column is set is that
   event's topic JSON; any other row is a labelled interaction in flat form: columns
   ``user_id``, ``item_id``, ``ts``, ``label`` and optionally ``kind``, ``request_id``,
-  ``value``; every other non-null column is a feature (:func:`reloop.ops.log_writers.write_parquet` writes it).
+  ``value``; every other non-null column is a feature (:func:`reloop.ops.log_parquet.write_parquet` writes it).
 - ``auto``: ``parquet`` for ``.parquet``/``.pq`` files, else ``jsonl``.
 
 Ordering. Each file must be sorted by event time (``ts``, ties keep file order); several
@@ -53,7 +53,7 @@ from typing import IO, Any, Iterable, Iterator, Union
 
 import msgspec
 
-from reloop.streams.codec import InvalidEvent
+from reloop.streams.codec import InvalidEvent, encode
 from reloop.streams.events import Event, Interaction, MediaEvent, RecommendationRequest
 from reloop.streams.validation import Limits, check_limits
 
@@ -234,53 +234,6 @@ def _jsonl_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tuple
                 now = time.time()
 
 
-def _flat_interaction(row: dict[str, Any]) -> dict[str, Any]:
-    obj: dict[str, Any] = {"type": "interaction"}
-    feats: dict[str, Any] = {}
-    for k, v in row.items():
-        if v is None or k == "json":
-            continue
-        if k in FLAT_FIELDS or k == "schema_version":
-            obj[k] = v
-        elif k == "type":
-            if v != "interaction":
-                raise InvalidEvent(f"flat row of type {v!r}: only interactions have a flat form")
-        else:
-            feats[k] = str(v).lower() if isinstance(v, bool) else v
-    if feats:
-        obj["features"] = feats
-    return obj
-
-
-def _parquet_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tuple[int, Event]]:
-    """``(row number, event)`` of a Parquet file, read by record batches."""
-    import pyarrow.parquet as pq
-
-    base = stats.bytes_read
-    size = os.path.getsize(path)
-    pf = pq.ParquetFile(path)
-    total = max(1, pf.metadata.num_rows)
-    row = 0
-    now = time.time()
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for rec in batch.to_pylist():
-            row += 1
-            stats.lines += 1
-            try:
-                raw = rec.get("json")
-                if raw is not None:
-                    ev = decode_line(raw.encode() if isinstance(raw, str) else raw, limits, now)
-                else:
-                    ev = decode_line(encode_obj(_flat_interaction(rec)), limits, now)
-            except InvalidEvent as exc:
-                stats.add_invalid(path, row, str(exc))
-                continue
-            stats.events += 1
-            yield row, ev
-        stats.bytes_read = base + size * row // total
-        now = time.time()
-
-
 _obj_encoder = msgspec.json.Encoder()
 
 
@@ -349,7 +302,9 @@ def file_events(path: str, fmt: str, limits: Limits, stats: LogStats, reorder_s:
     if fmt == "jsonl":
         records = _jsonl_records(path, limits, stats)
     elif fmt == "parquet":
-        records = _parquet_records(path, limits, stats)
+        from reloop.ops.log_parquet import parquet_records
+
+        records = parquet_records(path, limits, stats)
     else:
         raise ValueError(f"unknown streaming log format {fmt!r} (expected jsonl, parquet or auto)")
     return in_order(records, path, reorder_s, stats)
@@ -390,6 +345,33 @@ def _finished(gen: Iterator[Event], stats: LogStats, sources: list[str]) -> Iter
     yield from gen
     log.info("log_read", extra={"sources": sources, **{k: v for k, v in stats.as_dict().items()
                                                         if k != "invalid_examples"}})
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def write_jsonl_compressed(events: Iterable[msgspec.Struct], path: str, level: int = 3) -> int:
+    """Write events as JSON lines, compressed by suffix (.gz, .zst, else plain); returns the count."""
+    with open(path, "wb") as raw:
+        out: Any = raw
+        if path.endswith(".gz"):
+            out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level)
+        elif path.endswith((".zst", ".zstd")):
+            import zstandard
+
+            out = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
+        n = 0
+        buf: list[bytes] = []
+        for ev in events:
+            buf.append(encode(ev))
+            n += 1
+            if len(buf) >= 8192:
+                out.write(b"\n".join(buf) + b"\n")
+                buf.clear()
+        if buf:
+            out.write(b"\n".join(buf) + b"\n")
+        if out is not raw:
+            out.close()
+    return n
 
 
 # --- progress ------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 from reloop.ops import log_readers
 from reloop.ops.kafka_source import add_source_args, open_source
-from reloop.ops.log_readers import LogStats, Progress, UnsortedLogError, iter_events
-from reloop.ops.log_writers import write_jsonl_compressed, write_parquet
+from reloop.ops.log_parquet import write_parquet
+from reloop.ops.log_readers import LogStats, Progress, UnsortedLogError, iter_events, write_jsonl_compressed
 from reloop.ops.logs import read_jsonl
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.streams.codec import encode
