@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reloop.ops.log_readers import FLAT_FIELDS, PARQUET_BATCH_ROWS, LogStats, decode_line, encode_obj
+from reloop.ops.log_readers import FLAT_FIELDS, PARQUET_BATCH_ROWS, PARQUET_ROW_GROUP_ROWS, LogStats, decode_line, encode_obj
 from reloop.streams.codec import InvalidEvent, encode
 from reloop.streams.events import Event, Interaction
 from reloop.streams.validation import Limits
@@ -165,7 +165,7 @@ def parquet_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tupl
         stats.bytes_read = base + size * row // total
 
 
-def write_parquet(events: Iterable[msgspec.Struct], path: str, row_group_rows: int = PARQUET_BATCH_ROWS) -> int:
+def write_parquet(events: Iterable[msgspec.Struct], path: str, row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> int:
     """Write events as Parquet in the flat form :func:`iter_events` reads; returns the count.
 
     Interactions become flat rows (their features as columns, typed by the first row group:

@@ -2,7 +2,7 @@
 
 :func:`iter_events` reads one or more logs and yields events in event-time order without
 loading a log into memory. Memory is bounded by one read chunk (1 MiB of decompressed text)
-or one Parquet record batch (65,536 rows) per open file, plus the reorder window.
+or one Parquet record batch (8,192 rows) per open file, plus the reorder window.
 
 Formats (``fmt``):
 
@@ -62,7 +62,8 @@ log = logging.getLogger("reloop.log_readers")
 #: Event types a replay reads (the workers' input topics).
 REPLAYABLE = (RecommendationRequest, Interaction, MediaEvent)
 CHUNK_BYTES = 1 << 20
-PARQUET_BATCH_ROWS = 65_536
+PARQUET_BATCH_ROWS = 8192  # rows decoded at a time (Python objects of one batch live together)
+PARQUET_ROW_GROUP_ROWS = 65_536  # rows per row group written
 FLAT_FIELDS = ("user_id", "item_id", "ts", "label", "kind", "request_id", "value")
 
 
