@@ -285,6 +285,7 @@ def open_source(args: argparse.Namespace, settings: Settings) -> EventStream:
         loaded = read_movielens(paths[0])
         for n, reason in loaded.invalid:
             stats.add_invalid(loaded.source, n, reason)
-        stats.lines = stats.events = len(loaded.events)
+        stats.events = len(loaded.events)
+        stats.lines = stats.events + stats.invalid
         return EventStream(iter(loaded.events), stats)
     return iter_events(paths, fmt, settings.limits, reorder, stats=stats, progress=progress)

@@ -231,8 +231,7 @@ def _jsonl_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tuple
             stats.bytes_read = base + raw.tell()
             if not chunk:
                 break
-            if lineno & 0xFFF == 0:
-                now = time.time()
+            now = time.time()
 
 
 _obj_encoder = msgspec.json.Encoder()

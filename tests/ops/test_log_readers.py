@@ -154,3 +154,22 @@ def test_open_source_reads_files_from_cli_args(tmp_path, settings, mixed_log) ->
 def test_missing_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         iter_events([str(tmp_path / "nope.jsonl")], "jsonl", LIMITS)
+
+
+def test_replay_speed_bench_small(tmp_path) -> None:
+    """The short seeded variant of bench/replay_speed.py (readers mode, one child per format)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        import replay_speed
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "speed.json"
+    assert replay_speed.main(["--sizes", "3000", "--formats", "jsonl.gz,parquet", "--data-dir", str(tmp_path / "logs"),
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["format"], r["events"], r["invalid"]) for r in rows] == [("jsonl.gz", 3000, 0), ("parquet", 3000, 0)]
+    assert all(r["events_per_cpu_s"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in rows)
