@@ -10,9 +10,11 @@ Modes:
 - ``--mode readers`` (default): the streaming readers alone
   (:func:`reloop.ops.log_readers.iter_events`), every event pulled and dropped;
 - ``--mode engine``: end to end through :class:`reloop.ops.replay.ReplayEngine` with
-  compensation on, through whatever API ops/replay.py has: an engine whose ``run`` takes an
-  iterable of events gets the stream; one that takes a ``LoadedLog`` gets the events
-  materialised first (reported as ``"materialised": true``, and its RSS grows with the log);
+  compensation on, through whatever API ops/replay.py has: an engine with
+  ``run_stream(events, fitted)`` gets the stream (the initial model is fitted first on the
+  first ``--warmup-interactions`` interactions, not timed); one with only ``run(LoadedLog)``
+  gets the events materialised first (``"materialised": true``: fit included, RSS grows with
+  the log);
 - ``--baseline``: today's in-memory reader (:func:`reloop.ops.logs.read_jsonl`, plain JSONL
   only, sizes up to ``--baseline-max``) for comparison.
 
@@ -127,9 +129,34 @@ def child_baseline(path: str) -> dict[str, Any]:
             "events_per_cpu_s": n / cpu, "rss_before_mb": rss0, "peak_rss_mb": _rss_mb()}
 
 
-def child_engine(path: str, reorder_s: float, config: str | None) -> dict[str, Any]:
-    """End to end through the ReplayEngine of ops/replay.py, whatever its input API is."""
-    import inspect
+def _fit_on_prefix(stream: Any, settings: Any, warm_n: int) -> tuple[Any, list[Any], int]:
+    """Fit the initial model on the log's first ``warm_n`` interactions (a bounded prefix);
+    returns (fitted, the prefix's media events, interactions used)."""
+    from reloop.ops import replay
+    from reloop.streams.events import Interaction, MediaEvent
+
+    prefix: list[Any] = []
+    n = 0
+    for ev in stream:
+        prefix.append(ev)
+        if isinstance(ev, Interaction):
+            n += 1
+            if n >= warm_n:
+                break
+    media = [e for e in prefix if isinstance(e, MediaEvent)]
+    warm: list[Any] = [e for e in prefix if isinstance(e, Interaction)]
+    if settings.worker.media_features and media:
+        from reloop.processors.media import MediaCore, annotate_log
+
+        warm = annotate_log(MediaCore(settings.media), prefix)
+    return replay.fit_initial_model(warm, settings), media, n
+
+
+def child_engine(path: str, reorder_s: float, config: str | None, warm_n: int) -> dict[str, Any]:
+    """End to end through the ReplayEngine of ops/replay.py, whatever its input API is:
+    ``run_stream(events, fitted)`` (streaming; the model is fitted first on a bounded prefix,
+    not timed), else ``run(LoadedLog)`` (the log materialised, fit included in the time)."""
+    import itertools
 
     from reloop.ops import replay
     from reloop.ops.log_readers import iter_events
@@ -140,28 +167,37 @@ def child_engine(path: str, reorder_s: float, config: str | None) -> dict[str, A
     engine = replay.ReplayEngine(settings, compensation_factory(settings))
     _import_format(path)
     rss0 = _rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
     stream = iter_events([path], "auto", settings.limits, reorder_s)
-    first = next(iter(inspect.signature(engine.run).parameters.values()))
-    materialised = "LoadedLog" in str(first.annotation)
+    materialised = not hasattr(engine, "run_stream")
+    fit_s = None
     if materialised:
         from reloop.ops.logs import LoadedLog
 
-        source: Any = LoadedLog(list(stream), [(n, r) for _, n, r in stream.stats.examples], path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = engine.run(LoadedLog(list(stream), [(n, r) for _, n, r in stream.stats.examples], path))
+        n_events = stream.stats.events
     else:
-        source = stream
-    result = engine.run(source)
+        t_fit = time.perf_counter()
+        fitted, media, n_warm = _fit_on_prefix(iter(stream), settings, warm_n)
+        fit_s = time.perf_counter() - t_fit
+        first = stream.stats.events
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = engine.run_stream(itertools.chain(media, stream), fitted, source=path, seq0=n_warm)
+        n_events = stream.stats.events - first + len(media)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rep = result.report if hasattr(result, "report") else result
-    return {"events": stream.stats.events, "seconds": wall, "cpu_seconds": cpu,
-            "events_per_s": stream.stats.events / wall, "events_per_cpu_s": stream.stats.events / cpu,
-            "engine_events_per_s": rep.get("events_per_s"), "fit_seconds": rep.get("fit_seconds"),
-            "auc_base": rep.get("auc_base"), "auc_compensated": rep.get("auc_compensated"),
-            "materialised": materialised, "rss_before_mb": rss0, "peak_rss_mb": _rss_mb()}
+    rep = result.report
+    return {"events": n_events, "seconds": wall, "cpu_seconds": cpu,
+            "events_per_s": n_events / wall, "events_per_cpu_s": n_events / cpu,
+            "engine_events_per_s": rep.get("events_per_s"), "fit_seconds": fit_s or rep.get("fit_seconds"),
+            "scored": rep.get("scored"), "auc_base": rep.get("auc_base"), "auc_compensated": rep.get("auc_compensated"),
+            "compensation": rep.get("compensation"), "materialised": materialised,
+            "rss_before_mb": rss0, "peak_rss_mb": _rss_mb()}
 
 
-def run_child(kind: str, path: Path, reorder_s: float, config: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", kind, "--child-path", str(path), "--reorder-s", str(reorder_s)]
+def run_child(kind: str, path: Path, reorder_s: float, config: str | None = None,
+              warm_n: int = 10_000) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", kind, "--child-path", str(path), "--reorder-s", str(reorder_s),
+           "--warmup-interactions", str(warm_n)]
     if config:
         cmd += ["--config", config]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -179,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reorder-s", type=float, default=0.0)
     ap.add_argument("--config", help="settings TOML for --mode engine (default: $RELOOP_CONFIG / defaults)")
+    ap.add_argument("--warmup-interactions", type=int, default=10_000,
+                    help="--mode engine with a streaming engine: interactions that fit the initial model")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", choices=("readers", "engine", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--child-path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         fn = {"readers": lambda: child_readers(args.child_path, args.reorder_s),
-              "engine": lambda: child_engine(args.child_path, args.reorder_s, args.config),
+              "engine": lambda: child_engine(args.child_path, args.reorder_s, args.config, args.warmup_interactions),
               "baseline": lambda: child_baseline(args.child_path)}[args.child]
         print(json.dumps(fn()))
         return 0
@@ -204,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             path = log_path(data_dir, n, fmt, args.seed)
             for kind in kinds:
                 row = {"size": n, "format": fmt, "mode": kind, "file_mb": path.stat().st_size / 1e6,
-                       **run_child(kind, path, args.reorder_s, args.config)}
+                       **run_child(kind, path, args.reorder_s, args.config,
+                                                         args.warmup_interactions)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
         if args.baseline and n <= args.baseline_max:
