@@ -188,50 +188,70 @@ def open_decompressed(path: str, raw: IO[bytes]) -> IO[bytes]:
 
 
 def _jsonl_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tuple[int, Event]]:
-    """``(line number, event)`` of a JSONL file, read in :data:`CHUNK_BYTES` chunks."""
+    """``(line number, event)`` of a JSONL file, read in :data:`CHUNK_BYTES` chunks.
+
+    Hot loop: a line that decodes as a schema-valid interaction within the size and clock
+    limits takes no other step; everything else (blank lines, other event types, extra
+    fields, invalid lines) goes through :func:`decode_line` for its checks and reason."""
     base = stats.bytes_read
     maxb = limits.max_event_bytes
-    decode = decode_line
+    fast, strict, plain, slow = _fast_decoder.decode, _StrictInteraction, Interaction, decode_line
+    n_events = 0
     with open(path, "rb") as raw, open_decompressed(path, raw) as fh:
         carry = b""
         lineno = 0
         skipping = 0  # > 0: inside an over-long line that started at this line number
-        now = time.time()
-        while True:
-            chunk = fh.read(CHUNK_BYTES)
-            if not chunk:
-                lines = [carry] if carry or skipping else []
-            else:
-                lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
-                carry = lines.pop()
-                if skipping == 0 and len(carry) > maxb:  # constant memory: drop the rest of it
-                    skipping, carry = lineno + len(lines) + 1, b""
-            for line in lines:
-                lineno += 1
-                if skipping:
-                    if lineno == skipping:
-                        stats.lines += 1
+        try:
+            while True:
+                now = time.time()
+                future = now + limits.max_future_s if limits.max_future_s else math.inf
+                chunk = fh.read(CHUNK_BYTES)
+                if not chunk:
+                    lines = [carry] if carry or skipping else []
+                else:
+                    lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+                    carry = lines.pop()
+                    if skipping == 0 and len(carry) > maxb:  # constant memory: drop the rest of it
+                        skipping, carry = lineno + len(lines) + 1, b""
+                for line in lines:
+                    lineno += 1
+                    if skipping and lineno == skipping:
                         stats.add_invalid(path, lineno, f"line longer than the limit of {maxb} bytes")
                         skipping = 0
                         continue
-                stats.lines += 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if not line or line.isspace():
-                    continue
-                try:
-                    ev = decode(line, limits, now)
-                except InvalidEvent as exc:
-                    stats.add_invalid(path, lineno, str(exc))
-                    continue
-                stats.events += 1
-                yield lineno, ev
-            if skipping and chunk:
-                carry = b""
-            stats.bytes_read = base + raw.tell()
-            if not chunk:
-                break
-            now = time.time()
+                    try:
+                        ev = fast(line)
+                    except Exception:  # noqa: BLE001 - decode_line below gives the reason
+                        ev = None
+                    if ev is not None and ev.__class__ is strict and ev.ts <= future and len(line) <= maxb:
+                        ev.__class__ = plain
+                    elif ev is not None and ev.__class__ is not strict and len(line) <= maxb:
+                        problem = check_limits(ev, limits, now)  # a request or media event
+                        if problem:
+                            stats.add_invalid(path, lineno, problem)
+                            continue
+                    else:
+                        if line.endswith(b"\r"):
+                            line = line[:-1]
+                        if not line or line.isspace():
+                            continue
+                        try:
+                            ev = slow(line, limits, now)
+                        except InvalidEvent as exc:
+                            stats.add_invalid(path, lineno, str(exc))
+                            continue
+                    n_events += 1
+                    yield lineno, ev
+                stats.lines += len(lines)
+                stats.events += n_events
+                n_events = 0
+                if skipping and chunk:
+                    carry = b""
+                stats.bytes_read = base + raw.tell()
+                if not chunk:
+                    break
+        finally:
+            stats.events += n_events
 
 
 _obj_encoder = msgspec.json.Encoder()
