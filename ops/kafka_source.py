@@ -267,8 +267,10 @@ def open_source(args: argparse.Namespace, settings: Settings) -> EventStream:
     progress = Progress(quiet=getattr(args, "quiet", False))
     reorder = getattr(args, "reorder_s", 0.0) or 0.0
     if getattr(args, "broker", None):
+        over = {"broker": args.broker}
         if getattr(args, "topic_prefix", None) is not None:
-            settings = settings.with_overrides(kafka={"topic_prefix": args.topic_prefix})
+            over["topic_prefix"] = args.topic_prefix
+        settings = settings.with_overrides(kafka=over)
         start = end = None
         if getattr(args, "offsets", None):
             a, _, b = args.offsets.partition(":")

@@ -3,13 +3,15 @@ by event time across topics and partitions, ending at the end captured at start.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import datetime as dt
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from reloop.ops.kafka import create_topics
-from reloop.ops.kafka_source import KafkaRange, kafka_events
+from reloop.ops.kafka_source import KafkaRange, add_source_args, kafka_events, open_source
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.streams.codec import encode
 from reloop.streams.events import Interaction, MediaEvent, RecommendationRequest
@@ -74,6 +76,17 @@ def test_kafka_source_time_and_offset_ranges(kafka_settings) -> None:
     since, until = ts[len(ts) // 4], ts[3 * len(ts) // 4]
     got = list(kafka_events(kafka_settings, KafkaRange(since=since, until=until, idle_timeout_s=120.0)))
     assert sorted(got, key=_key) == sorted((e for e in events if since <= e.ts < until), key=_key)
+
+    # the same range through the CLI glue, ISO times, the broker and prefix from the flags
+    ap = argparse.ArgumentParser()
+    ap.add_argument("path", nargs="?")
+    add_source_args(ap)
+    iso = [dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat() for t in (since, until)]
+    args = ap.parse_args(["--broker", kafka_settings.kafka.broker, "--topic-prefix", kafka_settings.kafka.topic_prefix,
+                          "--since", iso[0], "--until", iso[1], "--quiet"])
+    via_cli = list(open_source(args, kafka_settings.with_overrides(kafka={"topic_prefix": "elsewhere.",
+                                                                                 "broker": "kafka://127.0.0.1:9"})))
+    assert via_cli == got
 
     only = list(kafka_events(kafka_settings, KafkaRange(topics=("requests",), start_offset=2, end_offset=5,
                                                           idle_timeout_s=120.0)))
