@@ -145,23 +145,24 @@ def _batch_events(b: pa.RecordBatch, limits: Limits, now: float) -> Iterator[Eve
 
 
 def parquet_records(path: str, limits: Limits, stats: LogStats) -> Iterator[tuple[int, Event]]:
-    """``(row number, event)`` of a Parquet file, read by record batches of
-    :data:`~reloop.ops.log_readers.PARQUET_BATCH_ROWS` rows. ``stats.bytes_read`` advances by
-    the file size times the fraction of rows read."""
+    """``(row number, event)`` of a Parquet file, read one row group at a time (memory: one row
+    group's Arrow data) and decoded :data:`~reloop.ops.log_readers.PARQUET_BATCH_ROWS` rows at
+    a time. ``stats.bytes_read`` advances by the file size times the fraction of rows read."""
     base = stats.bytes_read
     size = os.path.getsize(path)
     pf = pq.ParquetFile(path)
     total = max(1, pf.metadata.num_rows)
     row = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for out in _batch_events(batch, limits, time.time()):
-            row += 1
-            stats.lines += 1
-            if out.__class__ is str:
-                stats.add_invalid(path, row, out)  # type: ignore[arg-type]
-                continue
-            stats.events += 1
-            yield row, out  # type: ignore[misc]
+    for group in range(pf.metadata.num_row_groups):  # not iter_batches: its buffers grow with the file
+        for batch in pf.read_row_group(group).to_batches(PARQUET_BATCH_ROWS):
+            for out in _batch_events(batch, limits, time.time()):
+                row += 1
+                stats.lines += 1
+                if out.__class__ is str:
+                    stats.add_invalid(path, row, out)  # type: ignore[arg-type]
+                    continue
+                stats.events += 1
+                yield row, out  # type: ignore[misc]
         stats.bytes_read = base + size * row // total
 
 

@@ -2,7 +2,7 @@
 
 :func:`iter_events` reads one or more logs and yields events in event-time order without
 loading a log into memory. Memory is bounded by one read chunk (1 MiB of decompressed text)
-or one Parquet record batch (8,192 rows) per open file, plus the reorder window.
+or one Parquet row group (its Arrow data, plus 8,192 rows decoded at a time) per open file, plus the reorder window.
 
 Formats (``fmt``):
 
