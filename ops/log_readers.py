@@ -1,8 +1,9 @@
 """Streaming log readers for replay at production sizes: constant memory, event-time order.
 
 :func:`iter_events` reads one or more logs and yields events in event-time order without
-loading a log into memory. Memory is bounded by one read chunk (1 MiB of decompressed text)
-or one Parquet row group (its Arrow data, plus 8,192 rows decoded at a time) per open file, plus the reorder window.
+loading a log into memory. Memory per open file: one read chunk (1 MiB of decompressed text;
+a line longer than ``limits.max_event_bytes`` is skipped, not buffered) or one Parquet row
+group (its Arrow data, decoded 8,192 rows at a time); plus the reorder window's events.
 
 Formats (``fmt``):
 
@@ -11,10 +12,10 @@ Formats (``fmt``):
   (fields of an ``interaction`` beyond the schema become features, as
   :func:`reloop.ops.logs.parse_jsonl_line` reads them). Compression by suffix: ``.gz``
   (gzip), ``.zst``/``.zstd`` (zstandard), anything else is plain.
-- ``parquet``: read by record batches (pyarrow). A row whose ``json`` column is set is that
-  event's topic JSON; any other row is a labelled interaction in flat form: columns
+- ``parquet`` (:mod:`reloop.ops.log_parquet`, pyarrow): a row whose ``json`` column is set is
+  that event's topic JSON; any other row is a labelled interaction in flat form: columns
   ``user_id``, ``item_id``, ``ts``, ``label`` and optionally ``kind``, ``request_id``,
-  ``value``; every other non-null column is a feature (:func:`reloop.ops.log_parquet.write_parquet` writes it).
+  ``value``; every other non-null column is a feature (``write_parquet`` writes this form).
 - ``auto``: ``parquet`` for ``.parquet``/``.pq`` files, else ``jsonl``.
 
 Ordering. Each file must be sorted by event time (``ts``, ties keep file order); several
