@@ -261,7 +261,8 @@ def open_source(args: argparse.Namespace, settings: Settings) -> EventStream:
     """The event stream ``args`` name: Kafka when ``--broker`` is given, else the files.
 
     Files: ``args.paths`` (or ``args.path``), format ``args.format`` (``jsonl``, ``parquet``,
-    ``auto``; ``movielens`` loads and sorts the small MovieLens files in memory).
+    ``auto`` or ``topics``: by suffix; ``movielens`` loads and sorts the small MovieLens files
+    in memory).
     """
     stats = LogStats(max_examples=getattr(args, "max_examples", 20))
     progress = Progress(quiet=getattr(args, "quiet", False))
@@ -281,6 +282,8 @@ def open_source(args: argparse.Namespace, settings: Settings) -> EventStream:
         return kafka_events(settings, rng, reorder, stats=stats, progress=progress)
     paths = list(getattr(args, "paths", None) or [args.path])
     fmt = getattr(args, "format", "auto") or "auto"
+    if fmt == "topics":  # recorded traffic: the same readers (topic JSON lines or Parquet)
+        fmt = "auto"
     if fmt == "movielens":
         from reloop.ops.logs import read_movielens
 
