@@ -109,7 +109,8 @@ class _Reader:
 
         async def make() -> AIOKafkaConsumer:  # aiokafka binds a client to the running loop
             return AIOKafkaConsumer(**client_kwargs(ks), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                    fetch_max_bytes=64 << 20)
 
         self.c: AIOKafkaConsumer = self.run(make())
 
