@@ -2,7 +2,7 @@
 
   reloop run [--events N | --duration S | --forever]   the main job on the embedded broker
   reloop worker [--broker kafka://host:9092]           one worker (real deployments)
-  reloop replay PATH --format jsonl|movielens|topics --report OUT.json
+  reloop replay LOG... | --broker ... [--compare A.toml B.toml]   a log through the worker's step
   reloop topics create|list [--broker ...]             the catalog's topics on a cluster
   reloop simulate --requests N --out log.jsonl [--labelled]
   reloop memory show USER [--data-dir DIR]             a user's media memory (worker snapshot)
@@ -63,70 +63,6 @@ def _settings(args: argparse.Namespace) -> "Settings":
 def _need_broker(settings: "Settings", what: str) -> None:
     if settings.kafka.broker == "embedded":
         raise CliError(f"{what} needs --broker kafka://host:port (or RELOOP_KAFKA__BROKER)")
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    import msgspec
-
-    from reloop.ops.replay import ReplayEngine, write_report
-    from reloop.ops.serving import compensation_factory
-
-    settings = _settings(args)
-    # the reorder buffer warns each time it releases past an idle partition: in a worker a rare
-    # event, in a replay of a sparse log (MovieLens: one rating per ~200 s) one line per batch
-    logging.getLogger("reloop.reorder").setLevel(logging.ERROR)
-    if args.warmup is not None:
-        settings = settings.with_overrides(replay={"warmup": args.warmup})
-    if args.no_compensation:
-        settings = settings.with_overrides(worker={"compensation": "none"})
-    if args.partitions is not None and args.partitions < 1:
-        raise CliError(f"--partitions must be >= 1, got {args.partitions}")
-    engine = ReplayEngine(settings, compensation_factory(settings), **(
-        {"partitions": args.partitions} if args.partitions else {}))
-    if args.format == "topics":
-        from reloop.ops.replay import fitted_from_scorer, iter_topic_events
-
-        invalid: list[tuple[int, str]] = []
-        fitted = fitted_from_scorer(_replay_scorer(args, settings))
-        result = engine.run_stream(iter_topic_events(args.path, settings.limits, invalid), fitted,
-                                   source=args.path, progress=True)
-        result.report.update({"invalid_lines": len(invalid),
-                              "invalid_examples": [{"line": n, "reason": r} for n, r in invalid[:20]]})
-    else:
-        from reloop.ops.logs import read_log
-
-        loaded = read_log(args.path, args.format, settings.limits)
-        for n, reason in loaded.invalid[:5]:
-            logging.getLogger("reloop.cli").warning("invalid_line", extra={"line": n, "reason": reason})
-        result = engine.run(loaded, progress=True)
-    rep = result.report
-    if args.report:
-        write_report(rep, args.report)
-    keys = ("events", "scored", "invalid_lines", "dead_letters", "auc_base", "auc_compensated", "logloss_base",
-            "logloss_compensated", "events_per_s")
-    clean = msgspec.json.decode(msgspec.json.encode({k: rep[k] for k in keys}))  # NaN -> null: valid JSON
-    print(json.dumps(clean, indent=2))
-    return 0
-
-
-def _replay_scorer(args: argparse.Namespace, settings: "Settings") -> Any:
-    """The model a traffic replay serves: ``--model`` (a bundle directory), else the current
-    version of the worker's registry (what a worker started with these settings serves)."""
-    from pathlib import Path
-
-    from reloop.models.bundle import load_scorer
-    from reloop.models.registry import ModelRegistry
-
-    threads = settings.worker.ort_threads
-    if args.model:
-        return load_scorer(args.model, intra_op_num_threads=threads)
-    registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
-    if registry.current() is None:
-        raise CliError(f"--format topics needs a model: --model BUNDLE_DIR, or a current version in {registry.root}")
-    return registry.load().load_scorer(intra_op_num_threads=threads)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -287,22 +223,9 @@ def add_worker(sub: Any) -> None:
 
 
 def add_replay(sub: Any) -> None:
-    rp = sub.add_parser("replay", help="replay a log through the worker's step without Kafka",
-                        description="Replay a recorded log through the worker's batch step (admission, scoring, "
-                                    "feedback, error memory, schema cache, media memory) without Kafka.")
-    common_opts(rp)
-    rp.add_argument("path", help="a JSONL log, a MovieLens directory / u.data, or recorded topic traffic (JSONL)")
-    rp.add_argument("--format", choices=("jsonl", "movielens", "topics"), default="jsonl",
-                    help="jsonl: interaction log (reloop simulate --labelled); movielens; topics: the input "
-                         "topics' own JSON, one event a line (requests, interactions, media) (default: jsonl)")
-    rp.add_argument("--report", help="write the JSON report here")
-    rp.add_argument("--warmup", type=float, default=None, help="leading fraction used for training (interaction logs)")
-    rp.add_argument("--no-compensation", action="store_true", help="slow model only")
-    rp.add_argument("--partitions", type=int, default=None,
-                    help="user partitions events are routed to by user_id (default: the topic catalog's)")
-    rp.add_argument("--model", help="--format topics: the model bundle directory to serve "
-                                    "(default: the registry's current version in worker.data_dir)")
-    rp.set_defaults(func=cmd_replay)
+    from reloop.ops.replay_cli import add_replay as add
+
+    add(sub, common_opts)
 
 
 def add_topics(sub: Any) -> None:

@@ -6,7 +6,7 @@ compensated predictions with the metrics and user bootstrap of :mod:`reloop.ops.
 :func:`replay_configs` is the one call into the replay engine: today it runs
 :class:`reloop.ops.replay.ReplayEngine` once per configuration, sharing the decoded log, the
 fitted model and (through :class:`_SharedScorer`) the base scores and hidden vectors.
-:func:`add_compare_args` and :func:`cmd_compare` are the command-line side.
+:func:`cmd_compare` is the command-line side (flags in :mod:`reloop.ops.replay_cli`).
 """
 
 from __future__ import annotations
@@ -228,17 +228,6 @@ def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int =
 
 
 # --------------------------------------------------------------------------- the command
-
-def add_compare_args(parser: argparse.ArgumentParser) -> None:
-    """``reloop replay`` flags of a comparison (wire with :func:`cmd_compare`)."""
-    g = parser.add_argument_group("comparison")
-    g.add_argument("--compare", nargs="+", metavar="CONFIG.toml",
-                   help="replay once per settings file and compare them (the first is the reference)")
-    g.add_argument("--bootstrap", type=int, default=200, help="user-bootstrap resamples (default 200)")
-    g.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
-    g.add_argument("--windows", type=int, default=40, help="points of the rolling metrics (default 40)")
-    g.add_argument("--plot", help="SVG of the rolling metrics (default: the report's path with .svg)")
-
 
 def config_names(paths: Sequence[str]) -> list[str]:
     """Short names for config files: their stems, made unique with ``-2``, ``-3``..."""

@@ -24,7 +24,7 @@ Undecodable records are counted in :class:`~reloop.ops.log_readers.LogStats` as
 ``("topic[p]", offset, reason)``, never fatal. The source is synchronous (its own event loop
 in the calling thread): iterate it from plain code, not from inside a running event loop.
 
-:func:`add_source_args` / :func:`open_source` give ``reloop replay`` its source flags.
+:func:`open_source` opens what ``reloop replay``'s source flags (:mod:`reloop.ops.replay_cli`) name.
 """
 
 from __future__ import annotations
@@ -237,26 +237,6 @@ def _kafka_gen(settings: Settings, rng: KafkaRange, reorder_s: float, stats: Log
 
 
 # --- CLI glue (called by ops/cli.py) ---------------------------------------------------------
-
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    """The replay source flags: several files, Kafka, reorder window, progress."""
-    have = parser._option_string_actions  # noqa: SLF001 - do not add --broker twice
-    g = parser.add_argument_group("source")
-    if "--broker" not in have:
-        g.add_argument("--broker", help="read the input topics from this broker (kafka://host:port) "
-                                        "instead of files")
-    g.add_argument("--topic-prefix", help="topic prefix on the broker (default: settings kafka.topic_prefix)")
-    g.add_argument("--topics", default="requests,interactions,media",
-                   help="input topics to replay, comma-separated (default: requests,interactions,media)")
-    g.add_argument("--since", help="first event time: epoch seconds or ISO 8601 (UTC if no zone)")
-    g.add_argument("--until", help="end event time (exclusive): epoch seconds or ISO 8601")
-    g.add_argument("--offsets", help="per-partition offset range START:END (END exclusive, either may be empty)")
-    g.add_argument("--reorder-s", type=float, default=0.0,
-                   help="reorder events up to this many event-time seconds late (default 0: an unsorted "
-                        "log is an error naming its file and line)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--max-examples", type=int, default=20, help="invalid lines kept as examples (default 20)")
-
 
 def open_source(args: argparse.Namespace, settings: Settings) -> EventStream:
     """The event stream ``args`` name: Kafka when ``--broker`` is given, else the files.

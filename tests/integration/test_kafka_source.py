@@ -11,7 +11,8 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from reloop.ops.kafka import create_topics
-from reloop.ops.kafka_source import KafkaRange, add_source_args, kafka_events, open_source
+from reloop.ops.kafka_source import KafkaRange, kafka_events, open_source
+from reloop.ops.replay_cli import add_source_args
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.streams.codec import encode
 from reloop.streams.events import Interaction, MediaEvent, RecommendationRequest

@@ -15,7 +15,8 @@ from reloop.models.metrics import logloss as ref_logloss
 from reloop.ops.compare import (METRICS, bootstrap_metrics, check_comparable, format_table, point_metrics,
                                 rolling_metrics)
 from reloop.ops.compare_plot import PANELS, rolling_svg
-from reloop.ops.compare_run import add_compare_args, cmd_compare, run_compare
+from reloop.ops.compare_run import cmd_compare, run_compare
+from reloop.ops.replay_cli import add_compare_args
 from reloop.ops.logs import LoadedLog
 from reloop.ops.settings import Settings
 from reloop.streams.events import Interaction

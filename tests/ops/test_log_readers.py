@@ -9,7 +9,8 @@ import io
 import pytest
 
 from reloop.ops import log_readers
-from reloop.ops.kafka_source import add_source_args, open_source
+from reloop.ops.kafka_source import open_source
+from reloop.ops.replay_cli import add_source_args
 from reloop.ops.log_parquet import write_parquet
 from reloop.ops.log_readers import LogStats, Progress, UnsortedLogError, iter_events, write_jsonl_compressed
 from reloop.ops.logs import read_jsonl
