@@ -11,6 +11,9 @@ live state, so compaction keeps exactly what a new owner needs:
   late-click detection); a tombstone once forgotten (one window later);
 * ``<p>/orph:<pair>``: an orphan click waiting for its request; a tombstone when claimed or
   expired;
+* ``<p>/media:<user id>``: the user's whole media memory (:func:`reloop.state.media.snapshot.user_to_bytes`),
+  written for the users a batch changed (media events, retrieval touches); a tombstone when the
+  user has none;
 * ``<p>/meta``: written last in every batch that touched partition p: the partition's stream
   times, watermark and counters, the input offsets (``requests``, ``interactions``, ``media``
   partition p) this state includes, the writer's id and its batch sequence number for p.
@@ -35,9 +38,12 @@ from reloop.processors.feedback import FeedbackCore
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.pending import Pending, PendingStore, _join_pair, _Request, _split_pair
 from reloop.processors.tasks import FeedbackTasks
+from reloop.state.media.memory import MediaMemory
+from reloop.state.media.snapshot import user_from_bytes, user_to_bytes
 from reloop.streams.events import Interaction
 
-__all__ = ["Meta", "Restored", "changed_records", "key_partition", "restore", "repair_records", "META"]
+__all__ = ["Meta", "Restored", "changed_records", "install_media", "key_partition", "media_records", "restore",
+           "repair_records", "META"]
 
 Record = tuple[bytes, "bytes | None"]  # (key, value or None for a tombstone)
 
@@ -130,12 +136,23 @@ def meta_record(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], w
     return _key(partition, META), _enc.encode(meta)
 
 
-def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str) -> list[Record]:
+def media_records(partition: int, memory: MediaMemory, users: Iterable[str]) -> list[Record]:
+    """The ``media:<user>`` records of ``users`` (all of ``partition``) as ``memory`` holds them now."""
+    out: list[Record] = []
+    for user in sorted(users):
+        mem = memory.users.get(user)
+        out.append((_key(partition, f"media:{user}"), None if mem is None else user_to_bytes(mem)))
+    return out
+
+
+def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str,
+                    media: tuple[MediaMemory, Iterable[str]] | None = None) -> list[Record]:
     """The records of what ``partition``'s task changed since the last call, then its meta.
 
     Args:
         offsets: logical input topic -> next offset of partition ``partition`` (the batch's end).
         writer: this worker's id.
+        media: the media memory and the users of ``partition`` the batch changed in it.
     """
     store = tasks.task(partition).pending
     dirty = store.take_dirty()
@@ -144,6 +161,8 @@ def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int
                          ("orph", sorted(dirty.orphans))):
         for ident in idents:
             out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
+    if media is not None:
+        out += media_records(partition, *media)
     out.append(meta_record(tasks, partition, offsets, writer))
     return out
 
@@ -157,6 +176,7 @@ class Restored:
     records: int = 0  # records read
     nbytes: int = 0  # bytes of keys and values read
     tail_keys: list[bytes] = field(default_factory=list)  # keys written after the last meta
+    media: dict[str, bytes] = field(default_factory=dict)  # user id -> media record (user_to_bytes)
 
 
 def restore(partition: int, records: Iterable[Record], window_s: float, limit: int) -> Restored:
@@ -184,6 +204,7 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
             tail[key] = value
     store = PendingStore(window_s, limit)
     deadlines: list[tuple[float, int, str]] = []
+    media: dict[str, bytes] = {}
     prefix = len(f"{partition}/")
     for key, value in live.items():
         kind, _, ident = key[prefix:].decode().partition(":")
@@ -205,6 +226,8 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
             it = _orph_dec.decode(value)
             store._orphans[_split_pair(ident)] = it  # noqa: SLF001
             deadlines.append((it.ts + window_s, 1, ident))
+        elif kind == "media":
+            media[ident] = value
     import heapq
 
     heapq.heapify(deadlines)
@@ -213,12 +236,24 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
     if meta is not None:
         store.watermark = meta.watermark
         core.unattributed, core.duplicates, core.late = meta.unattributed, meta.duplicates, meta.late
-    return Restored(core, meta, n, nbytes, list(tail))
+    return Restored(core, meta, n, nbytes, list(tail), media)
 
 
-def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes]) -> list[Record]:
-    """The current values of ``keys`` (from a cut-off batch) in ``store``: written right after a
-    restore (then a meta), so the cut-off batch's records never count in a later restore."""
+def install_media(memory: MediaMemory, restored: dict[str, bytes], stale: Iterable[str]) -> int:
+    """Replace the users ``stale`` (this worker's copies of a restored partition's users) by
+    the partition's ``restored`` media records; returns the users installed."""
+    for user in stale:
+        memory.users.pop(user, None)
+    for user, raw in restored.items():
+        memory.users[user] = user_from_bytes(raw, memory.config)
+    return len(restored)
+
+
+def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes],
+                   memory: MediaMemory | None = None) -> list[Record]:
+    """The current values of ``keys`` (from a cut-off batch) in ``store`` (and ``memory``, for
+    media keys): written right after a restore (then a meta), so the cut-off batch's records
+    never count in a later restore."""
     prefix = len(f"{partition}/")
     out: list[Record] = []
     for key in keys:
@@ -227,4 +262,7 @@ def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes]) -
             out.append((key, _value(store, kind, ident)))
         elif kind == "orph":
             out.append((key, _value(store, kind, _split_pair(ident))))
+        elif kind == "media":
+            mem = memory.users.get(ident) if memory is not None else None
+            out.append((key, None if mem is None else user_to_bytes(mem)))
     return out
