@@ -7,6 +7,10 @@ live state, so compaction keeps exactly what a new owner needs:
 
 * ``<p>/req:<request id>``: a pending request (deadline, scored candidates, labels so far,
   content digest); a tombstone once it resolved;
+* ``<p>/lab:<request id>``: the labels so far of a pending request whose ``req`` record is
+  otherwise current (a click changes only them: ~50 bytes instead of the whole request's
+  ~4-8 KB); the later of ``req`` and ``lab`` in log order holds the labels; a tombstone with
+  the ``req`` one;
 * ``<p>/res:<request id>``: a resolved request still remembered (deadline, digest: duplicate and
   late-click detection); a tombstone once forgotten (one window later);
 * ``<p>/orph:<pair>``: an orphan click waiting for its request; a tombstone when claimed or
@@ -70,6 +74,10 @@ class _Req(msgspec.Struct, array_like=True):
     digest: int | None
 
 
+class _Lab(msgspec.Struct, array_like=True):
+    labels: list[tuple[str, int, float]]
+
+
 class _Res(msgspec.Struct, array_like=True):
     deadline: float
     digest: int | None
@@ -78,6 +86,7 @@ class _Res(msgspec.Struct, array_like=True):
 _meta_dec = msgspec.msgpack.Decoder(Meta)
 _req_dec = msgspec.msgpack.Decoder(_Req)
 _res_dec = msgspec.msgpack.Decoder(_Res)
+_lab_dec = msgspec.msgpack.Decoder(_Lab)
 _orph_dec = msgspec.msgpack.Decoder(Interaction)
 _enc = msgspec.msgpack.Encoder()
 
@@ -114,6 +123,9 @@ def _value(store: PendingStore, kind: str, ident: str | tuple[str, str]) -> byte
         return _enc.encode(_Req(req.deadline, list(req.items.values()),
                                 [(i, lab, ts) for i, (lab, ts) in req.labels.items()],
                                 store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
+    if kind == "lab":
+        req = store._requests.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
+        return None if req is None else _enc.encode(_Lab([(i, lab, ts) for i, (lab, ts) in req.labels.items()]))
     if kind == "res":
         deadline = store._resolved.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
         return None if deadline is None else _enc.encode(_Res(deadline, store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
@@ -156,9 +168,19 @@ def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int
     """
     store = tasks.task(partition).pending
     dirty = store.take_dirty()
+    written = tasks.changelog_written.setdefault(partition, {})
     out: list[Record] = []
-    for kind, idents in (("req", sorted(dirty.requests)), ("res", sorted(dirty.resolved)),
-                         ("orph", sorted(dirty.orphans))):
+    for rid in sorted(dirty.requests):
+        req = store._requests.get(rid)  # noqa: SLF001
+        if req is None:  # resolved or forced out: both keys go
+            written.pop(rid, None)
+            out += [(_key(partition, f"req:{rid}"), None), (_key(partition, f"lab:{rid}"), None)]
+            continue
+        shape = (len(req.items), store._digests.get(rid))  # noqa: SLF001
+        kind = "lab" if written.get(rid) == shape else "req"  # only labels changed: the small record
+        written[rid] = shape
+        out.append((_key(partition, f"{kind}:{rid}"), _value(store, kind, rid)))
+    for kind, idents in (("res", sorted(dirty.resolved)), ("orph", sorted(dirty.orphans))):
         for ident in idents:
             out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
     if media is not None:
@@ -185,7 +207,8 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
     ``meta`` are not applied (their batch never finished producing): their keys are listed in
     :attr:`Restored.tail_keys`."""
     live: dict[bytes, bytes] = {}
-    tail: dict[bytes, bytes | None] = {}
+    at: dict[bytes, int] = {}  # key -> position of its live value in the log (req vs lab)
+    tail: dict[bytes, tuple[bytes | None, int]] = {}
     meta: Meta | None = None
     n = nbytes = 0
     meta_key = _key(partition, META)
@@ -193,18 +216,19 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
         n += 1
         nbytes += len(key) + (len(value) if value is not None else 0)
         if key == meta_key:
-            for k, v in tail.items():
+            for k, (v, i) in tail.items():
                 if v is None:
                     live.pop(k, None)
                 else:
-                    live[k] = v
+                    live[k], at[k] = v, i
             tail = {}
             meta = decode_meta(value)
         else:
-            tail[key] = value
+            tail[key] = (value, n)
     store = PendingStore(window_s, limit)
     deadlines: list[tuple[float, int, str]] = []
     media: dict[str, bytes] = {}
+    labs: dict[str, tuple[int, bytes]] = {}
     prefix = len(f"{partition}/")
     for key, value in live.items():
         kind, _, ident = key[prefix:].decode().partition(":")
@@ -228,6 +252,12 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
             deadlines.append((it.ts + window_s, 1, ident))
         elif kind == "media":
             media[ident] = value
+        elif kind == "lab":
+            labs[ident] = (at[key], value)
+    for rid, (i, value) in labs.items():  # a lab written after its req holds the labels
+        req = store._requests.get(rid)  # noqa: SLF001
+        if req is not None and i > at[_key(partition, f"req:{rid}")]:
+            req.labels = {item: (lab, ts) for item, lab, ts in _lab_dec.decode(value).labels}
     import heapq
 
     heapq.heapify(deadlines)
@@ -258,7 +288,7 @@ def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes],
     out: list[Record] = []
     for key in keys:
         kind, _, ident = key[prefix:].decode().partition(":")
-        if kind in ("req", "res"):
+        if kind in ("req", "res", "lab"):
             out.append((key, _value(store, kind, ident)))
         elif kind == "orph":
             out.append((key, _value(store, kind, _split_pair(ident))))

@@ -58,6 +58,10 @@ def test_restore_equals_the_writer_at_every_batch():
         assert pending_view(mirror) == pending_view(tasks)
     assert all(key_partition(k) == 0 for k, _ in log)
     assert any(v is None for _, v in log)  # resolved requests and claimed orphans are tombstoned
+    # a click on a request whose record is current writes its labels only (a small record)
+    labs = [len(v) for k, v in log if k.startswith(b"0/lab:") and v is not None]
+    reqs = [len(v) for k, v in log if k.startswith(b"0/req:") and v is not None]
+    assert labs and max(labs) < min(reqs)
 
 
 def test_restored_task_continues_like_the_original():
