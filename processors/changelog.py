@@ -7,10 +7,17 @@ live state, so compaction keeps exactly what a new owner needs:
 
 * ``<p>/req:<request id>``: a pending request (deadline, scored candidates, labels so far,
   content digest); a tombstone once it resolved;
+* ``<p>/lab:<request id>``: the labels so far of a pending request whose ``req`` record is
+  otherwise current (a click changes only them: ~50 bytes instead of the whole request's
+  ~4-8 KB); the later of ``req`` and ``lab`` in log order holds the labels; a tombstone with
+  the ``req`` one;
 * ``<p>/res:<request id>``: a resolved request still remembered (deadline, digest: duplicate and
   late-click detection); a tombstone once forgotten (one window later);
 * ``<p>/orph:<pair>``: an orphan click waiting for its request; a tombstone when claimed or
   expired;
+* ``<p>/media:<user id>``: the user's whole media memory (:func:`reloop.state.media.snapshot.user_to_bytes`),
+  written for the users a batch changed (media events, retrieval touches); a tombstone when the
+  user has none;
 * ``<p>/meta``: written last in every batch that touched partition p: the partition's stream
   times, watermark and counters, the input offsets (``requests``, ``interactions``, ``media``
   partition p) this state includes, the writer's id and its batch sequence number for p.
@@ -35,9 +42,12 @@ from reloop.processors.feedback import FeedbackCore
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.pending import Pending, PendingStore, _join_pair, _Request, _split_pair
 from reloop.processors.tasks import FeedbackTasks
+from reloop.state.media.memory import MediaMemory
+from reloop.state.media.snapshot import user_from_bytes, user_to_bytes
 from reloop.streams.events import Interaction
 
-__all__ = ["Meta", "Restored", "changed_records", "key_partition", "restore", "repair_records", "META"]
+__all__ = ["Meta", "Restored", "changed_records", "install_media", "key_partition", "media_records", "restore",
+           "repair_records", "META"]
 
 Record = tuple[bytes, "bytes | None"]  # (key, value or None for a tombstone)
 
@@ -64,6 +74,10 @@ class _Req(msgspec.Struct, array_like=True):
     digest: int | None
 
 
+class _Lab(msgspec.Struct, array_like=True):
+    labels: list[tuple[str, int, float]]
+
+
 class _Res(msgspec.Struct, array_like=True):
     deadline: float
     digest: int | None
@@ -72,6 +86,7 @@ class _Res(msgspec.Struct, array_like=True):
 _meta_dec = msgspec.msgpack.Decoder(Meta)
 _req_dec = msgspec.msgpack.Decoder(_Req)
 _res_dec = msgspec.msgpack.Decoder(_Res)
+_lab_dec = msgspec.msgpack.Decoder(_Lab)
 _orph_dec = msgspec.msgpack.Decoder(Interaction)
 _enc = msgspec.msgpack.Encoder()
 
@@ -108,6 +123,9 @@ def _value(store: PendingStore, kind: str, ident: str | tuple[str, str]) -> byte
         return _enc.encode(_Req(req.deadline, list(req.items.values()),
                                 [(i, lab, ts) for i, (lab, ts) in req.labels.items()],
                                 store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
+    if kind == "lab":
+        req = store._requests.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
+        return None if req is None else _enc.encode(_Lab([(i, lab, ts) for i, (lab, ts) in req.labels.items()]))
     if kind == "res":
         deadline = store._resolved.get(ident)  # type: ignore[arg-type]  # noqa: SLF001
         return None if deadline is None else _enc.encode(_Res(deadline, store._digests.get(ident)))  # type: ignore[arg-type]  # noqa: SLF001
@@ -130,20 +148,43 @@ def meta_record(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], w
     return _key(partition, META), _enc.encode(meta)
 
 
-def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str) -> list[Record]:
+def media_records(partition: int, memory: MediaMemory, users: Iterable[str]) -> list[Record]:
+    """The ``media:<user>`` records of ``users`` (all of ``partition``) as ``memory`` holds them now."""
+    out: list[Record] = []
+    for user in sorted(users):
+        mem = memory.users.get(user)
+        out.append((_key(partition, f"media:{user}"), None if mem is None else user_to_bytes(mem)))
+    return out
+
+
+def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int], writer: str,
+                    media: tuple[MediaMemory, Iterable[str]] | None = None) -> list[Record]:
     """The records of what ``partition``'s task changed since the last call, then its meta.
 
     Args:
         offsets: logical input topic -> next offset of partition ``partition`` (the batch's end).
         writer: this worker's id.
+        media: the media memory and the users of ``partition`` the batch changed in it.
     """
     store = tasks.task(partition).pending
     dirty = store.take_dirty()
+    written = tasks.changelog_written.setdefault(partition, {})
     out: list[Record] = []
-    for kind, idents in (("req", sorted(dirty.requests)), ("res", sorted(dirty.resolved)),
-                         ("orph", sorted(dirty.orphans))):
+    for rid in sorted(dirty.requests):
+        req = store._requests.get(rid)  # noqa: SLF001
+        if req is None:  # resolved or forced out: both keys go
+            written.pop(rid, None)
+            out += [(_key(partition, f"req:{rid}"), None), (_key(partition, f"lab:{rid}"), None)]
+            continue
+        shape = (len(req.items), store._digests.get(rid))  # noqa: SLF001
+        kind = "lab" if written.get(rid) == shape else "req"  # only labels changed: the small record
+        written[rid] = shape
+        out.append((_key(partition, f"{kind}:{rid}"), _value(store, kind, rid)))
+    for kind, idents in (("res", sorted(dirty.resolved)), ("orph", sorted(dirty.orphans))):
         for ident in idents:
             out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
+    if media is not None:
+        out += media_records(partition, *media)
     out.append(meta_record(tasks, partition, offsets, writer))
     return out
 
@@ -157,6 +198,7 @@ class Restored:
     records: int = 0  # records read
     nbytes: int = 0  # bytes of keys and values read
     tail_keys: list[bytes] = field(default_factory=list)  # keys written after the last meta
+    media: dict[str, bytes] = field(default_factory=dict)  # user id -> media record (user_to_bytes)
 
 
 def restore(partition: int, records: Iterable[Record], window_s: float, limit: int) -> Restored:
@@ -165,7 +207,8 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
     ``meta`` are not applied (their batch never finished producing): their keys are listed in
     :attr:`Restored.tail_keys`."""
     live: dict[bytes, bytes] = {}
-    tail: dict[bytes, bytes | None] = {}
+    at: dict[bytes, int] = {}  # key -> position of its live value in the log (req vs lab)
+    tail: dict[bytes, tuple[bytes | None, int]] = {}
     meta: Meta | None = None
     n = nbytes = 0
     meta_key = _key(partition, META)
@@ -173,17 +216,19 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
         n += 1
         nbytes += len(key) + (len(value) if value is not None else 0)
         if key == meta_key:
-            for k, v in tail.items():
+            for k, (v, i) in tail.items():
                 if v is None:
                     live.pop(k, None)
                 else:
-                    live[k] = v
+                    live[k], at[k] = v, i
             tail = {}
             meta = decode_meta(value)
         else:
-            tail[key] = value
+            tail[key] = (value, n)
     store = PendingStore(window_s, limit)
     deadlines: list[tuple[float, int, str]] = []
+    media: dict[str, bytes] = {}
+    labs: dict[str, tuple[int, bytes]] = {}
     prefix = len(f"{partition}/")
     for key, value in live.items():
         kind, _, ident = key[prefix:].decode().partition(":")
@@ -205,6 +250,14 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
             it = _orph_dec.decode(value)
             store._orphans[_split_pair(ident)] = it  # noqa: SLF001
             deadlines.append((it.ts + window_s, 1, ident))
+        elif kind == "media":
+            media[ident] = value
+        elif kind == "lab":
+            labs[ident] = (at[key], value)
+    for rid, (i, value) in labs.items():  # a lab written after its req holds the labels
+        req = store._requests.get(rid)  # noqa: SLF001
+        if req is not None and i > at[_key(partition, f"req:{rid}")]:
+            req.labels = {item: (lab, ts) for item, lab, ts in _lab_dec.decode(value).labels}
     import heapq
 
     heapq.heapify(deadlines)
@@ -213,18 +266,33 @@ def restore(partition: int, records: Iterable[Record], window_s: float, limit: i
     if meta is not None:
         store.watermark = meta.watermark
         core.unattributed, core.duplicates, core.late = meta.unattributed, meta.duplicates, meta.late
-    return Restored(core, meta, n, nbytes, list(tail))
+    return Restored(core, meta, n, nbytes, list(tail), media)
 
 
-def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes]) -> list[Record]:
-    """The current values of ``keys`` (from a cut-off batch) in ``store``: written right after a
-    restore (then a meta), so the cut-off batch's records never count in a later restore."""
+def install_media(memory: MediaMemory, restored: dict[str, bytes], stale: Iterable[str]) -> int:
+    """Replace the users ``stale`` (this worker's copies of a restored partition's users) by
+    the partition's ``restored`` media records; returns the users installed."""
+    for user in stale:
+        memory.users.pop(user, None)
+    for user, raw in restored.items():
+        memory.users[user] = user_from_bytes(raw, memory.config)
+    return len(restored)
+
+
+def repair_records(partition: int, store: PendingStore, keys: Sequence[bytes],
+                   memory: MediaMemory | None = None) -> list[Record]:
+    """The current values of ``keys`` (from a cut-off batch) in ``store`` (and ``memory``, for
+    media keys): written right after a restore (then a meta), so the cut-off batch's records
+    never count in a later restore."""
     prefix = len(f"{partition}/")
     out: list[Record] = []
     for key in keys:
         kind, _, ident = key[prefix:].decode().partition(":")
-        if kind in ("req", "res"):
+        if kind in ("req", "res", "lab"):
             out.append((key, _value(store, kind, ident)))
         elif kind == "orph":
             out.append((key, _value(store, kind, _split_pair(ident))))
+        elif kind == "media":
+            mem = memory.users.get(ident) if memory is not None else None
+            out.append((key, None if mem is None else user_to_bytes(mem)))
     return out

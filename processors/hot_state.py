@@ -30,8 +30,8 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from reloop.processors.changelog import META, Meta, changed_records, decode_meta, key_partition, meta_record, \
-    repair_records, restore
+from reloop.processors.changelog import META, Meta, changed_records, decode_meta, install_media, key_partition, \
+    meta_record, repair_records, restore
 from reloop.processors.replica import write_files
 from reloop.state.snapshots import write_npz_atomic
 
@@ -143,15 +143,43 @@ class HotPathState:
     # ---- changelog -----------------------------------------------------------------------------
     def changelog_outputs(self, partitions: Any) -> list[tuple[str, bytes, bytes | None]]:
         """The changelog records of what this batch changed in ``partitions`` (and in any task
-        the worker-wide pending limit touched), each partition's ``meta`` last."""
+        the worker-wide pending limit touched): pending state, then the media memories of the
+        users it changed, each partition's ``meta`` last."""
         topic = self.topics["changelog"]
-        parts = set(partitions) | {p for p, c in self.tasks.tasks.items()
-                                   if c.pending.dirty is not None and (c.pending.dirty.requests or
-                                                                       c.pending.dirty.resolved or
-                                                                       c.pending.dirty.orphans)}
+        media_users = self._dirty_media_users(set(partitions) | set(self.tasks.tasks))
+        parts = set(partitions) | set(media_users) | {p for p, c in self.tasks.tasks.items()
+                                                      if c.pending.dirty is not None and (c.pending.dirty.requests or
+                                                                                          c.pending.dirty.resolved or
+                                                                                          c.pending.dirty.orphans)}
         out = []
         for p in sorted(parts):
-            out += [(topic, k, v) for k, v in changed_records(self.tasks, p, self._offsets_of(p), self.writer_id)]
+            media = (self.media.memory, media_users.get(p, ())) if self.media is not None else None
+            out += [(topic, k, v) for k, v in changed_records(self.tasks, p, self._offsets_of(p), self.writer_id,
+                                                              media)]
+        return out
+
+    def _user_partitions(self) -> list[int]:
+        """The user partitions (of ``requests``, co-partitioned with ``media``); [] if unknown."""
+        n = len(self.consumer.partitions_for_topic(self.topics["requests"]) or ()) if self.consumer else 0
+        return list(range(n))
+
+    def user_partition(self, user_id: str, parts: list[int]) -> int:
+        """The user partition of ``user_id`` (the default partitioner of its key, as the inputs)."""
+        return self._partitioner.partition(user_id.encode(), parts)
+
+    def _dirty_media_users(self, owned: set[int]) -> dict[int, list[str]]:
+        """partition -> the users of it whose media memory changed since the last batch (only
+        partitions in ``owned``: another owner writes the rest)."""
+        if self.media is None:
+            return {}
+        users = self.media.take_dirty()
+        parts = self._user_partitions()
+        out: dict[int, list[str]] = {}
+        if parts:
+            for user in users:
+                p = self.user_partition(user, parts)
+                if p in owned:
+                    out.setdefault(p, []).append(user)
         return out
 
     def _offsets_of(self, partition: int) -> dict[str, int]:
@@ -212,20 +240,28 @@ class HotPathState:
                 records = await self._changelog_read(tp, end)
             r = restore(p, records, self.tasks.window_s, self.tasks.limit)
             self.tasks.install(p, r.core, r.meta.max_ts if r.meta else {}, r.meta.seq if r.meta else 0)
+            if self.media is not None:  # the partition's users' media memories, as its last writer left them
+                all_parts = self._user_partitions()
+                stale = [u for u in self.media.memory.users if self.user_partition(u, all_parts) == p]
+                install_media(self.media.memory, r.media, stale)
+                self.media.dirty.difference_update(stale)
             for logical in _USER_TOPICS:
                 self.positions.pop((self.topics[logical], p), None)
             for logical, off in (r.meta.offsets if r.meta else {}).items():
                 self.positions[(self.topics[logical], p)] = off
             if r.tail_keys:  # the cut-off batch's keys, re-written from the restored state
-                fix = [(self.topics["changelog"], k, v) for k, v in repair_records(p, r.core.pending, r.tail_keys)]
+                fix = [(self.topics["changelog"], k, v) for k, v in repair_records(
+                    p, r.core.pending, r.tail_keys, self.media.memory if self.media is not None else None)]
                 k, v = meta_record(self.tasks, p, self._offsets_of(p), self.writer_id)
                 await self.produce_changelog(fix + [(self.topics["changelog"], k, v)])
             kept[p] = False
             seconds = time.perf_counter() - t0
             self.restore_log.append({"partition": p, "records": r.records, "bytes": r.nbytes, "seconds": seconds,
-                                     "pending": len(r.core.pending), "t_assigned": time.time() - seconds})
+                                     "pending": len(r.core.pending), "media_users": len(r.media),
+                                     "t_assigned": time.time() - seconds})
             log.info("changelog_restored", extra={"partition": p, "records": r.records, "bytes": r.nbytes,
-                                                  "pending": len(r.core.pending), "seconds": round(seconds, 4),
+                                                  "pending": len(r.core.pending), "media_users": len(r.media),
+                                                  "seconds": round(seconds, 4),
                                                   "repaired": len(r.tail_keys),
                                                   "offsets": r.meta.offsets if r.meta else {}})
         return kept
@@ -266,6 +302,12 @@ class HotPathState:
         """Forget the input-side state of user partitions not in ``keep``."""
         for p in [p for p in self.tasks.tasks if p not in keep]:
             self.tasks.drop(p)
+        parts = self._user_partitions()
+        if self.media is not None and parts:  # moved users' media memories live in the changelog
+            gone = [u for u in self.media.memory.users if self.user_partition(u, parts) not in keep]
+            for user in gone:
+                del self.media.memory.users[user]
+            self.media.dirty.difference_update(gone)
         for key in [k for k in self.positions if k[1] not in keep]:
             del self.positions[key]
 

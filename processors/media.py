@@ -44,6 +44,14 @@ class MediaCore:
     def __init__(self, config: MediaMemoryConfig, memory: MediaMemory | None = None) -> None:
         self.memory = memory if memory is not None else MediaMemory(config)
         self.events_seen = 0
+        # users whose memory may have changed since :meth:`take_dirty` (media events, or a
+        # retrieval's usage touch); the changelog writes them (bounded by the users known)
+        self.dirty: set[str] = set()
+
+    def take_dirty(self) -> set[str]:
+        """The users changed since the last call (and forget them)."""
+        out, self.dirty = self.dirty, set()
+        return out
 
     @property
     def config(self) -> MediaMemoryConfig:
@@ -53,6 +61,7 @@ class MediaCore:
         """Ingest a batch of media events (event order per user)."""
         if events:
             self.events_seen += self.memory.on_batch(events)
+            self.dirty.update(e.user_id for e in events)
 
     def features_for_requests(self, requests: Sequence[RecommendationRequest]) -> np.ndarray:
         """``(sum of candidates, F) float32`` media features, requests' candidates flattened in order.
@@ -72,6 +81,7 @@ class MediaCore:
             hi = lo + len(r.candidates)
             if r.user_id in users:
                 out[lo:hi] = self.memory.features(r.user_id, emb[lo:hi], r.ts)
+                self.dirty.add(r.user_id)
             lo = hi
         return out
 

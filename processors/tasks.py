@@ -53,6 +53,9 @@ class FeedbackTasks:
         # stores track the keys each batch changes
         self.changelog_seq: dict[int, int] = {}
         self.track_changes = False
+        # partition -> request id -> (items, digest) of the last full ``req`` record written:
+        # a batch that only labelled the request writes a small ``lab`` record instead
+        self.changelog_written: dict[int, dict[str, tuple[int, int | None]]] = {}
 
     def task(self, partition: int) -> FeedbackCore:
         """The feedback core of ``partition`` (created on first use)."""
@@ -76,6 +79,7 @@ class FeedbackTasks:
         self.tasks[partition] = core
         self.max_ts[partition] = dict(max_ts)
         self.changelog_seq[partition] = seq
+        self.changelog_written.pop(partition, None)
         if self.track_changes:
             core.pending.take_dirty()
 
@@ -84,6 +88,7 @@ class FeedbackTasks:
         self.tasks.pop(partition, None)
         self.max_ts.pop(partition, None)
         self.changelog_seq.pop(partition, None)
+        self.changelog_written.pop(partition, None)
 
     def stream_times(self, partition: int, requests_ts: Sequence[float],
                      interactions_ts: Sequence[float]) -> dict[str, float]:

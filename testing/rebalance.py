@@ -40,8 +40,10 @@ from reloop.ops.simulator import SimConfig
 from reloop.ops.webclient import wait_ready
 from reloop.testing.worker_process import WorkerProcess
 from reloop.processors.changelog import restore
+from reloop.processors.media import MediaCore
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.tasks import FeedbackTasks
+from reloop.state.media.snapshot import user_digest, user_from_bytes
 from reloop.state.snapshots import read_npz
 from reloop.streams.events import ErrorRecord, Recommendation, RecommendationRequest
 from reloop.streams.topics import USER_PARTITIONS
@@ -160,7 +162,8 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
         codes = [w.stop() for w in members.values()]
     result.checks["clean_stop"] = code_a == 0 and all(c == 0 for c in codes)
     result.details["exit_codes"] = [code_a, *codes]
-    await compare_group(a, b, reqs, result, identical_copies)
+    await compare_group(a, b, reqs, result, identical_copies,
+                        live_dirs=[workdir / f"b{i}" for i in members])
     return result
 
 
@@ -189,8 +192,12 @@ def _restores(workdir: Path) -> list[dict[str, Any]]:
     return out
 
 
-async def changelog_tasks(settings: Settings, window_s: float) -> FeedbackTasks:
-    """Every user partition's task rebuilt from the ``changelog`` topic (as a new owner would)."""
+async def changelog_tasks(settings: Settings, window_s: float, media: dict[str, bytes] | None = None,
+                          sizes: dict[str, int] | None = None) -> FeedbackTasks:
+    """Every user partition's task rebuilt from the ``changelog`` topic (as a new owner would);
+    ``media`` (if given) receives every user's media record from it, ``sizes`` the records and
+    bytes (key + value) of each kind written (``req``, ``res``, ``orph``, ``media``, ``meta``:
+    one per batch and partition), before compaction."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from reloop.ops.kafka import client_kwargs, topic_name
@@ -204,17 +211,37 @@ async def changelog_tasks(settings: Settings, window_s: float) -> FeedbackTasks:
         for p in range(USER_PARTITIONS):
             tp = TopicPartition(topic_name(settings.kafka, "changelog"), p)
             end, _ = await changelog_tail(c, tp)
-            r = restore(p, await changelog_read(c, tp, end) if end else [], window_s, 1_000_000)
+            records = await changelog_read(c, tp, end) if end else []
+            r = restore(p, records, window_s, 1_000_000)
+            for k, v in records if sizes is not None else ():
+                kind = k.split(b"/", 1)[1].split(b":", 1)[0].decode()
+                sizes[kind] = sizes.get(kind, 0) + len(k) + (len(v) if v is not None else 0)
+                sizes[kind + "_records"] = sizes.get(kind + "_records", 0) + 1
             if r.records:
                 tasks.install(p, r.core, r.meta.max_ts if r.meta else {}, r.meta.seq if r.meta else 0)
+            if media is not None:
+                media.update(r.media)
     finally:
         await c.stop()
     return tasks
 
 
+def media_digests(snap: dict[str, Any]) -> dict[str, str]:
+    """user -> digest of its media memory's write path (:func:`reloop.state.media.snapshot.user_digest`
+    without retrieval touches, which depend on batching) in a worker's ``inputs.npz`` checkpoint
+    ({} without media)."""
+    arrays = {k[6:]: v for k, v in snap.items() if k.startswith("media.")}
+    if not arrays:
+        return {}
+    core = MediaCore.restore(arrays)
+    return {u: user_digest(m, touches=False) for u, m in core.memory.users.items()}
+
+
 async def compare_group(a: Settings, b: Settings, requests: list[RecommendationRequest], result: TrialResult,
-                        identical_copies: bool = True) -> None:
-    """The checks of one group trial (module doc)."""
+                        identical_copies: bool = True, live_dirs: list[Path] | None = None) -> None:
+    """The checks of one group trial (module doc). ``live_dirs``: data dirs of the group members
+    still running at the end (stopped cleanly, so their checkpoints are final): each one's media
+    memory must equal A's for every user it holds."""
     c = result.checks
     recs_b = await read_topic(b, "recommendations")
     by_id: dict[str, set[bytes]] = {}
@@ -239,7 +266,27 @@ async def compare_group(a: Settings, b: Settings, requests: list[RecommendationR
     c["same_labels_and_base_predictions"] = c["same_error_ids"] and all(key(ra[i]) == key(rb[i]) for i in ra)
     snap = read_npz(Path(a.worker.data_dir) / "snapshots" / "inputs.npz")
     fa = FeedbackTasks.from_state(snap["feedback"].tobytes())
-    fb = await changelog_tasks(b, fa.window_s)
+    media_b: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
+    fb = await changelog_tasks(b, fa.window_s, media_b, sizes)
+    result.details["changelog_sizes"] = sizes
+    media_a = media_digests(snap)
+    if media_a:  # media memories: the changelog's (every partition's last writer) and each live member's
+        cfg = MediaCore.restore({k[6:]: v for k, v in snap.items() if k.startswith("media.")}).config
+        from_log = {u: user_digest(user_from_bytes(raw, cfg), touches=False) for u, raw in media_b.items()}
+        c["same_media_from_changelog"] = from_log == media_a
+        result.details["media_users"] = [len(media_a), len(from_log)]
+        if from_log != media_a:
+            result.details["media_differs"] = sorted(u for u in set(media_a) | set(from_log)
+                                                     if media_a.get(u) != from_log.get(u))[:20]
+        held = []
+        for d in live_dirs or []:
+            path = d / "snapshots" / "inputs.npz"
+            mine = media_digests(read_npz(path)) if path.exists() else {}
+            held.append(len(mine))
+            c[f"media_of_{d.name}_equals_reference"] = bool(mine) and all(media_a.get(u) == g
+                                                                             for u, g in mine.items())
+        result.details["media_users_held"] = held
     va, vb = pending_view(fa), pending_view(fb)
     c["same_pending_from_changelog"] = va == vb
     if va != vb:

@@ -259,7 +259,9 @@ class SchemaCache:
             screen = shift_screen(stats, keys, self.vocab.col_arr, lookup, scale_f, active,
                                   min_support=cfg.min_support, retire_support=cfg.retire_support,
                                   min_effect=cfg.min_effect, shift_z=cfg.shift_z, shift_alpha=cfg.shift_alpha,
-                                  shift_z_min=cfg.shift_z_min, z_retire=cfg.z_retire, var_floor=cfg.var_floor)
+                                  shift_z_min=cfg.shift_z_min, z_retire=cfg.z_retire, var_floor=cfg.var_floor,
+                                  label_z=self.promotion_threshold if cfg.label_shift else None, scale=scale,
+                                  fast_min_support=cfg.min_support * cfg.shift_half_life_s / cfg.half_life_s)
         chosen, why = select_schemata(stats[:, [OWN, SUM_R, SUM_R2]], keys, self.vocab.col_arr, lookup,
                                       scale, active, th, explained, blocked, screen)
         reasons = {int(keys[s]): (r if isinstance(r, str) else "explained by " + " & ".join(

@@ -37,6 +37,13 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         shift_alpha: family-wise error of the screened residual test (Bonferroni over the
             patterns whose predictions shifted).
         shift_z_min: floor of that test's |z| threshold.
+        label_shift: also screen *label* shifts (predictions steady, residual moved): a
+            pattern with ``min_support`` on the main window and ``min_support *
+            shift_half_life_s / half_life_s`` decayed records on the fast one, whose fast-window
+            residual test reaches the promotion threshold (Bonferroni over the patterns with
+            that fast support) and whose main-window test agrees at ``|z| >= z_retire``, is a
+            candidate before the main window's clean history is outweighed (needs the shift
+            window; :mod:`reloop.state.schemas.shift`).
         features: names of the categorical features used as predicates; None = every
             ``str``-valued feature seen (up to ``max_features`` names). Dense features never
             are predicates.
@@ -101,6 +108,7 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
     shift_z: float = 6.0
     shift_alpha: float = 0.01
     shift_z_min: float = 3.0
+    label_shift: bool = True
     features: tuple[str, ...] | None = None
     model_version_predicate: bool = True
     code_tables: int = 0

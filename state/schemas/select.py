@@ -56,13 +56,17 @@ class Screen(NamedTuple):
     """Patterns that passed the prediction-shift screen (:mod:`reloop.state.schemas.shift`).
 
     ``screened`` ``(n,) bool``; ``z``, ``gap`` ``(n,)``: the fast-window test of each pattern;
-    ``theta``: the |z| it had to reach.
+    ``theta``: the |z| it had to reach (one for all, or ``(n,)``); ``label``: ``(n,) bool``, the
+    screened ones that passed on a label shift (their predictions did not move): unlike a broken
+    input they must still pass the child-pair check (a single whose chosen child pairs explain
+    it is not chosen).
     """
 
     screened: np.ndarray
     z: np.ndarray
     gap: np.ndarray
-    theta: float
+    theta: float | np.ndarray
+    label: np.ndarray | None = None
 
 
 #: ``explained(slot, others, gap, active) -> slot of the chosen schema that explains it, or -1``.
@@ -138,12 +142,13 @@ def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
     reasons: dict[int, str | int] = {}
     z = gap = np.zeros(n)
     screened = np.zeros(n, dtype=bool) if screen is None else screen.screened
+    bypass = screened if screen is None or screen.label is None else screened & ~screen.label
     while len(chosen) < th.max_schemata:
         z_full, gap_full, z, gap = _single_tests(tri, col, pair, parents, col_tot, chosen, scale, th.var_floor)
         z_full, gap_full = np.where(pair, z_pair, z_full), np.where(pair, gap_pair, gap_full)
         # a single whose chosen child pairs leave no significant error in the rest of it is
         # explained by them
-        own_ok = pair | screened | ((gap * np.sign(gap_full) >= frac / 2 * np.abs(gap_full))
+        own_ok = pair | bypass | ((gap * np.sign(gap_full) >= frac / 2 * np.abs(gap_full))
                                     & (z * np.sign(z_full) >= np.where(active, th.z_retire / 2, th.z_retire)))
         z, gap = z_full, gap_full
         for s in [s for s in chosen if not own_ok[s]]:
@@ -151,7 +156,7 @@ def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
             reasons[s] = next((c for c in chosen if pair[c] and s in parents[c]), "significance")
         erring = mean_error * np.sign(gap) >= effect  # the slice itself errs, not just its rest
         passes = ok_support & own_ok & erring & (np.abs(z) >= theta) & (np.abs(gap) >= effect)
-        fast = screened & ~passes
+        fast = screened & ~passes & own_ok
         if screen is not None:  # passed the shift screen only: its fast-window test stands in
             z = np.where(fast, screen.z, z)
             gap = np.where(fast, screen.gap, gap)

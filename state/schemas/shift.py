@@ -33,7 +33,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from reloop.state.schemas.kernels import F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, OWN, SUM_P
+from reloop.state.schemas.kernels import F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, OWN, SUM_P, SUM_R, SUM_R2
 from reloop.state.schemas.select import Screen, two_sample_z
 
 __all__ = ["shift_screen"]
@@ -41,7 +41,9 @@ __all__ = ["shift_screen"]
 
 def shift_screen(stats: np.ndarray, keys: np.ndarray, cols: np.ndarray, lookup: Callable[[np.ndarray], np.ndarray],
                  scale_f: float, active: np.ndarray, *, min_support: float, retire_support: float, min_effect: float,
-                 shift_z: float, shift_alpha: float, shift_z_min: float, z_retire: float, var_floor: float) -> Screen:
+                 shift_z: float, shift_alpha: float, shift_z_min: float, z_retire: float, var_floor: float,
+                 label_z: Callable[[int], float] | None = None, scale: float = 1.0,
+                 fast_min_support: float = 0.0) -> Screen:
     """The screen over ``n`` tracked patterns.
 
     Args:
@@ -53,25 +55,21 @@ def shift_screen(stats: np.ndarray, keys: np.ndarray, cols: np.ndarray, lookup: 
             thresholds (hysteresis, as the main test: ``retire_support``, ``|z_p| >= shift_z / 2``,
             ``|z_f| >= z_retire``, half the effect).
         min_support .. var_floor: thresholds (see :class:`reloop.state.schemas.config.SchemaCacheConfig`).
+        label_z: the *label-shift* path (None = off): ``label_z(m)`` is the main test's
+            promotion threshold for ``m`` tested patterns. A pattern that is not an active
+            schema, has ``min_support`` decayed records on the main window (decay factor
+            ``scale``: a history to differ from) and ``fast_min_support`` on the fast one, and
+            whose fast residual test reaches ``label_z(m_f)`` (``m_f``: the patterns with that
+            fast support, Bonferroni over them) while its main-window test agrees in sign with
+            ``|z| >= z_retire``, with the same effect rules, passes too: the labels moved and
+            the main window's clean history would hide it for seconds more.
     """
-    n = keys.shape[0]
-    fast = stats[:, [F_OWN, F_SUM_R, F_SUM_R2]]
     pair = keys >= (1 << 32)
     p1 = np.where(pair, keys >> 32, keys)
     col = np.asarray(cols)[p1]
-    singles = np.flatnonzero(~pair)
-    col_tot = np.zeros((int(col.max()) + 1 if n else 1, 3))
-    np.add.at(col_tot, col[singles], fast[singles])
-    z, gap = two_sample_z(fast, col_tot[col] - fast, scale_f, var_floor)
     pairs = np.flatnonzero(pair)
-    if pairs.size:
-        par = lookup(np.concatenate((p1[pairs], keys[pairs] & 0xFFFFFFFF))).reshape(2, -1).T
-        za, ga = two_sample_z(fast[pairs], fast[par[:, 0]] - fast[pairs], scale_f, var_floor)
-        zb, gb = two_sample_z(fast[pairs], fast[par[:, 1]] - fast[pairs], scale_f, var_floor)
-        weaker_a = np.abs(za) <= np.abs(zb)
-        agree = (par >= 0).all(axis=1) & (np.sign(za) == np.sign(zb))
-        z[pairs] = np.where(agree, np.where(weaker_a, za, zb), 0.0)
-        gap[pairs] = np.where(agree, np.where(weaker_a, ga, gb), 0.0)
+    par = lookup(np.concatenate((p1[pairs], keys[pairs] & 0xFFFFFFFF))).reshape(2, -1).T if pairs.size else None
+    z, gap = _vs_rest(stats[:, [F_OWN, F_SUM_R, F_SUM_R2]], pair, col, par, scale_f, var_floor)
     n_f = stats[:, F_OWN] * scale_f
     own_f = np.maximum(stats[:, F_OWN], 1e-300)
     mean_p_f = stats[:, F_SUM_P] / own_f
@@ -84,9 +82,40 @@ def shift_screen(stats: np.ndarray, keys: np.ndarray, cols: np.ndarray, lookup: 
     mean_r_f = stats[:, F_SUM_R] / own_f
     effect = np.where(active, min_effect / 2, min_effect)
     shifted = np.where(active, (n_f >= retire_support) & (np.abs(z_p) >= shift_z / 2) & moved, shifted)
-    screened = (shifted & (np.abs(z) >= np.where(active, min(z_retire, theta), theta)) & (np.abs(gap) >= effect)
-                & (mean_r_f * np.sign(gap) >= effect))
+    erring = (np.abs(gap) >= effect) & (mean_r_f * np.sign(gap) >= effect)
+    thetas = np.full(keys.shape[0], theta)
+    screened = shifted & (np.abs(z) >= np.where(active, min(z_retire, theta), theta)) & erring
+    label = np.zeros_like(screened)
+    if label_z is not None:  # labels moved, predictions did not: the fast residual test at the main threshold
+        z_m, _ = _vs_rest(stats[:, [OWN, SUM_R, SUM_R2]], pair, col, par, scale, var_floor)
+        tested = (n_f >= fast_min_support) & (stats[:, OWN] * scale >= min_support)
+        theta_l = label_z(int(tested.sum()))
+        label = (~active & ~screened & tested & (np.abs(z) >= theta_l) & erring
+                 & (np.sign(z_m) == np.sign(z)) & (np.abs(z_m) >= z_retire))
+        screened |= label
+        thetas[label] = theta_l
     if pairs.size:  # the broadest broken slice: a pair inside a screened single is left to the main test
         parent_hit = np.where(par >= 0, screened[np.maximum(par, 0)], False).any(axis=1)
         screened[pairs] &= ~parent_hit
-    return Screen(screened, z, gap, theta)
+    return Screen(screened, z, gap, thetas, label & screened)
+
+
+def _vs_rest(tri: np.ndarray, pair: np.ndarray, col: np.ndarray, par: np.ndarray | None, scale: float,
+             var_floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Welch ``(z, gap)`` of each pattern on one window: a single against the rest of its
+    column, a pair the weaker of its tests against each parent's rest (0 when they disagree in
+    sign or a parent is untracked). ``tri``: ``(n, 3)`` ``(OWN, SUM_R, SUM_R2)``; ``par``: the
+    parents' slots of the pairs ``(n_pairs, 2)``."""
+    singles = np.flatnonzero(~pair)
+    col_tot = np.zeros((int(col.max()) + 1 if col.size else 1, 3))
+    np.add.at(col_tot, col[singles], tri[singles])
+    z, gap = two_sample_z(tri, col_tot[col] - tri, scale, var_floor)
+    pairs = np.flatnonzero(pair)
+    if par is not None and pairs.size:
+        za, ga = two_sample_z(tri[pairs], tri[par[:, 0]] - tri[pairs], scale, var_floor)
+        zb, gb = two_sample_z(tri[pairs], tri[par[:, 1]] - tri[pairs], scale, var_floor)
+        weaker_a = np.abs(za) <= np.abs(zb)
+        agree = (par >= 0).all(axis=1) & (np.sign(za) == np.sign(zb))
+        z[pairs] = np.where(agree, np.where(weaker_a, za, zb), 0.0)
+        gap[pairs] = np.where(agree, np.where(weaker_a, ga, gb), 0.0)
+    return z, gap

@@ -44,14 +44,23 @@ def _check(result, *, moved: bool = True) -> None:
     assert not failed, f"failed checks {failed}; details {result.details}"
     if moved:  # some partition really moved and was rebuilt from the changelog
         assert any(r["records"] > 0 for r in result.details["restores"]), result.details["restores"]
+    # the media memories are compared (the log has media events for the users the group moves)
+    assert "same_media_from_changelog" in result.checks and result.details["media_users"][0] > 0
+    print("changelog sizes", result.details["changelog_sizes"], "restores",
+          [(r["partition"], r["records"], r["bytes"], r.get("media_users")) for r in result.details["restores"]])
 
 
 async def test_one_of_two_workers_lost_for_good(kafka_settings, small_model, tmp_path):
+    """Worker 1 is SIGKILLed and never comes back: the survivor restores its partitions (pending
+    predictions and the moved users' media memories) from the changelog; its media memory for
+    every user it holds, and the changelog's, equal the uninterrupted worker's (write path)."""
     a, b = _settings(kafka_settings, tmp_path, small_model)
     result = await run_group_trial(a, b, 21, tmp_path, group_env(), sim_config=SimConfig(seed=5, n_users=300, n_items=200),
                                    initial=2, script=[Step("kill", 1, 0.5)], model=small_model, requests=300,
                                    identical_copies=False)  # the lost worker's last batch may differ in comp_pred
     _check(result)
+    assert result.checks["media_of_b0_equals_reference"]
+    assert sum(r.get("media_users", 0) for r in result.details["restores"]) > 0  # moved users had media
 
 
 async def test_group_grows_from_one_to_two(kafka_settings, small_model, tmp_path):

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
+
 from reloop.testing.chaos import pending_view
-from reloop.processors.changelog import changed_records, key_partition, repair_records, restore
+from reloop.processors.changelog import changed_records, install_media, key_partition, repair_records, restore
+from reloop.processors.media import MediaCore
+from reloop.state.media.memory import MediaMemory, MediaMemoryConfig, UserMediaMemory
+from reloop.state.media.snapshot import user_digest, user_from_bytes, user_to_bytes
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.pending import Pending
 from reloop.processors.tasks import FeedbackTasks
-from reloop.streams.events import Interaction
+from reloop.streams.events import Candidate, Interaction, MediaEvent, RecommendationRequest
+
+DIM = 32
 
 
 def _batches(seed: int, n: int = 60) -> list[tuple[list[Pending], list[Interaction], float]]:
@@ -50,6 +58,10 @@ def test_restore_equals_the_writer_at_every_batch():
         assert pending_view(mirror) == pending_view(tasks)
     assert all(key_partition(k) == 0 for k, _ in log)
     assert any(v is None for _, v in log)  # resolved requests and claimed orphans are tombstoned
+    # a click on a request whose record is current writes its labels only (a small record)
+    labs = [len(v) for k, v in log if k.startswith(b"0/lab:") and v is not None]
+    reqs = [len(v) for k, v in log if k.startswith(b"0/req:") and v is not None]
+    assert labs and max(labs) < min(reqs)
 
 
 def test_restored_task_continues_like_the_original():
@@ -100,3 +112,112 @@ def test_records_after_the_last_meta_are_ignored_and_repaired():
     m2 = FeedbackTasks(window_s=5.0, limit=1_000_000, metrics=OnlineMetrics(window=10))
     m2.install(0, again.core, again.meta.max_ts, again.meta.seq)
     assert pending_view(m2) == before
+
+
+# ---- media memories in the changelog ---------------------------------------------------------
+
+def _media_batches(seed: int, n: int = 30) -> list[tuple[list[MediaEvent], list[RecommendationRequest]]]:
+    """Seeded batches for partition 0: media frames of a few users (some with items), then
+    requests of the same users (a retrieval touches their memories: usage, last use)."""
+    rng = np.random.default_rng(seed)
+    out, t = [], 0.0
+    for b in range(n):
+        events, reqs = [], []
+        for _ in range(int(rng.integers(0, 12))):
+            t += float(rng.uniform(0.1, 2.0))
+            events.append(MediaEvent(user_id=f"u{rng.integers(0, 4)}", ts=t, modality=("video", "audio")[b % 2],
+                                     segment_id=f"s{b}-{len(events)}", embedding=rng.normal(size=DIM).tolist(),
+                                     item_id=f"i{rng.integers(0, 6)}" if rng.random() < 0.5 else None))
+        for k in range(int(rng.integers(0, 3))):
+            reqs.append(RecommendationRequest(request_id=f"r{b}-{k}", user_id=f"u{rng.integers(0, 5)}", ts=t,
+                                              candidates=[Candidate(item_id=f"i{j}") for j in range(4)]))
+        out.append((events, reqs))
+    return out
+
+
+def _digests(memory: MediaMemory) -> dict[str, str]:
+    return {u: user_digest(m) for u, m in memory.users.items()}
+
+
+def _media_run(tasks: FeedbackTasks, core: MediaCore, batch, log: list) -> None:
+    events, reqs = batch
+    core.on_batch(events)
+    core.features_for_requests(reqs)
+    log.extend(changed_records(tasks, 0, {"media": 1}, "w", (core.memory, core.take_dirty())))
+
+
+def test_media_memories_restore_like_the_writer_at_every_batch():
+    cfg = MediaMemoryConfig(dim=DIM)
+    tasks = FeedbackTasks(window_s=5.0, limit=1_000_000, metrics=OnlineMetrics(window=10))
+    tasks.enable_tracking()
+    core, log = MediaCore(cfg), []
+    for batch in _media_batches(4):
+        _media_run(tasks, core, batch, log)
+        got = restore(0, log, 5.0, 1_000_000)
+        other = MediaMemory(cfg)
+        other.users["u0"] = UserMediaMemory(cfg)  # a stale copy (an old owner's) is replaced
+        install_media(other, got.media, stale=list(other.users))
+        assert _digests(other) == _digests(core.memory)
+    assert core.memory.users and any(k.startswith(b"0/media:") for k, _ in log)
+    # a delta: the users a batch changed, not every user every time
+    media_keys = [k for k, _ in log if k.startswith(b"0/media:")]
+    assert len(media_keys) < len(core.memory.users) * len(_media_batches(4))
+
+
+def test_a_restored_media_memory_continues_like_the_original():
+    cfg = MediaMemoryConfig(dim=DIM)
+    batches = _media_batches(5)
+    tasks = FeedbackTasks(window_s=5.0, limit=1_000_000, metrics=OnlineMetrics(window=10))
+    tasks.enable_tracking()
+    a, log = MediaCore(cfg), []
+    for batch in batches[:15]:
+        _media_run(tasks, a, batch, log)
+    b = MediaCore(cfg)
+    b.memory.items = a.memory.items  # the item table is worker-wide, not a partition's (not in the changelog)
+    install_media(b.memory, restore(0, log, 5.0, 1_000_000).media, stale=[])
+    for events, reqs in batches[15:]:
+        for core in (a, b):
+            core.on_batch(events)
+            if core is a:
+                fa = a.features_for_requests(reqs)
+            else:
+                fb = b.features_for_requests(reqs)
+        np.testing.assert_array_equal(fa, fb)
+    assert _digests(a.memory) == _digests(b.memory)
+
+
+def test_torn_media_records_are_ignored_and_repaired():
+    cfg = MediaMemoryConfig(dim=DIM)
+    batches = _media_batches(6)
+    tasks = FeedbackTasks(window_s=5.0, limit=1_000_000, metrics=OnlineMetrics(window=10))
+    tasks.enable_tracking()
+    core, log = MediaCore(cfg), []
+    for batch in batches[:10]:
+        _media_run(tasks, core, batch, log)
+    before = _digests(core.memory)
+    cut: list = []
+    _media_run(tasks, core, batches[10], cut)
+    assert any(k.startswith(b"0/media:") for k, _ in cut[:-1])
+    torn = log + cut[:-1]
+    got = restore(0, torn, 5.0, 1_000_000)
+    mirror = MediaMemory(cfg)
+    install_media(mirror, got.media, stale=[])
+    assert _digests(mirror) == before
+    fixed = torn + repair_records(0, got.core.pending, got.tail_keys, mirror)
+    again = MediaMemory(cfg)
+    install_media(again, restore(0, fixed + [cut[-1]], 5.0, 1_000_000).media, stale=[])
+    assert _digests(again) == before
+
+
+def test_user_record_round_trip_and_validation():
+    cfg = MediaMemoryConfig(dim=DIM)
+    core = MediaCore(cfg)
+    for events, _ in _media_batches(7)[:8]:
+        core.on_batch(events)
+    for user, mem in core.memory.users.items():
+        back = user_from_bytes(user_to_bytes(mem), cfg)
+        assert user_digest(back) == user_digest(mem)
+    with pytest.raises(ValueError):
+        user_from_bytes(b"not zlib", cfg)
+    with pytest.raises(ValueError):
+        user_from_bytes(user_to_bytes(next(iter(core.memory.users.values()))), MediaMemoryConfig(dim=DIM, capacity_clips=8))

@@ -92,3 +92,32 @@ def test_screened_schema_does_not_flap_while_the_fault_lasts(broken) -> None:
                if c.schema.signature == ["device=web"] and c.kind != "updated"]
     assert [c.kind for c in changes] == ["promoted"]  # held by the screen, then by the main window
     assert [s.signature for s in cache.schemas()][0] == ["device=web"]
+
+
+def _label_shift(seed: int, n: int, *, start: float, lift: float, rate: float = 1000.0) -> list[ErrorRecord]:
+    """Calibrated traffic; from ``start`` s on, the labels of ``device=web & genre=g1`` move by
+    ``lift`` while the predictions stay (the world changed, the model did not)."""
+    rng = np.random.default_rng(seed)
+    dev = rng.choice(3, n, p=[0.5, 0.25, 0.25])
+    genre = rng.integers(0, 8, n)
+    p = rng.uniform(0.05, 0.35, n)
+    ts = T0 + np.arange(n) / rate
+    hit = (dev == 2) & (genre == 1) & (ts >= T0 + start)
+    y = (rng.random(n) < np.clip(p + lift * hit, 0.0, 1.0)).astype(int)
+    return [ErrorRecord(error_id=f"e{i}", user_id="u", item_id="i", ts=float(ts[i]), label=int(y[i]),
+                        base_pred=float(p[i]), comp_pred=float(p[i]), model_version="v1",
+                        features={"device": DEVICES[dev[i]], "genre": f"g{genre[i]}"}) for i in range(n)]
+
+
+def test_label_shift_path_promotes_a_moved_slice_sooner() -> None:
+    records = _label_shift(3, 120_000, start=30.0, lift=0.4, rate=2000.0)
+    fast = _first_promotion(SchemaCache(), records)
+    slow = _first_promotion(SchemaCache(SchemaCacheConfig(label_shift=False)), records)
+    assert fast is not None and slow is not None
+    assert fast[1] == ["device=web", "genre=g1"] and slow[1] == fast[1]
+    assert T0 + 30.0 < fast[0] < slow[0]
+
+
+def test_label_shift_path_stays_closed_on_stationary_traffic() -> None:
+    records = _label_shift(4, 120_000, start=1e9, lift=0.0, rate=2000.0)  # no shift: 60 s of clean traffic
+    assert _first_promotion(SchemaCache(), records) is None
