@@ -37,10 +37,11 @@ snapshot and the ``errors`` offsets in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -146,6 +147,8 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self._inflight: list[Output] = []  # outputs of the batch being produced
         self._last_checkpoint = time.monotonic()
         self._checkpoint_busy = False
+        self._unacked: asyncio.Future[None] | None = None  # the last batch's acks + commit (process_inputs)
+        self._acks: asyncio.Future[Any] | None = None  # the last batch's acks alone
         self._writes_in_flight: set[asyncio.Future[Any]] = set()  # file writes off the loop (hot_state)
         # owns partition 0 of requests: publishes the schema cache (None: not assigned yet)
         self.is_leader: bool | None = None
@@ -219,6 +222,8 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
     async def on_stop(self) -> None:
         if self.scoring is not None:
             async with self.batch_lock:  # the batch in flight ends first, then nothing runs between
+                with contextlib.suppress(Exception):  # a failed produce: its batch is in the journal
+                    await self.settle_outputs()
                 await self.finish_writes()
                 self.save_checkpoint()
                 self.save_snapshot()
@@ -270,7 +275,13 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             self.telemetry.consumer_lag.labels(name).set(n)
 
     async def process_inputs(self, batch: dict[TopicPartition, list[Any]], generation: int | None = None) -> None:
-        """Run one polled batch through the cores, journal it, produce outputs, commit offsets.
+        """Run one polled batch through the cores, journal it, send its outputs; their
+        acknowledgement and the commit of its offsets finish in the background
+        (:meth:`_finish_batch`) while the next batch is fetched and scored.
+
+        At most one batch is unacknowledged: a batch is journaled only once the previous one
+        is acknowledged and committed (:meth:`settle_outputs`), so the journal's last entry is
+        still the only batch a crash can cut off mid-produce (its outputs are re-sent at start).
 
         ``generation``: :attr:`generation` when the batch was polled; a batch polled before a
         rebalance is dropped (the rebalance placed every partition where its state ends, so
@@ -289,8 +300,33 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             batch = {tp: msgs for tp, msgs in batch.items() if tp in owned}
             if not batch:
                 return
-            offsets = await self._process_locked(batch)
+            offsets, acks = await self._process_locked(batch)
+            self._acks = acks
+            self._unacked = asyncio.ensure_future(self._finish_batch(acks, offsets))
+            if self.guard is not None and self.guard.active:
+                await self.settle_outputs()  # isolating crashes: one batch at a time, as before
+
+    async def settle_outputs(self) -> None:
+        """Wait until the batch sent last is acknowledged and its offsets committed (re-raises
+        its produce error)."""
+        if self._unacked is not None:
+            unacked, self._unacked = self._unacked, None
+            await unacked
+
+    async def outputs_acknowledged(self) -> None:
+        """Wait until the outputs sent last are acknowledged (not for their commit: a
+        revocation waits here, and a commit during a rebalance waits for the rebalance)."""
+        if self._acks is not None:
+            await asyncio.wait([self._acks])
+
+    async def _finish_batch(self, acks: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
+        """The tail of one batch: its outputs acknowledged, then its input offsets committed."""
+        assert self.consumer is not None
+        t_send = time.perf_counter()
+        await acks
         t_commit = time.perf_counter()
+        self.telemetry.stage_seconds.labels("produce").observe(t_commit - t_send)
+        self._inflight = []
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
@@ -298,12 +334,13 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             # so the partition's next owner can at most produce them again (at-least-once)
             log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
         self.telemetry.stage_seconds.labels("commit").observe(time.perf_counter() - t_commit)
-        self._inflight = []
         if self.guard is not None and self.guard.active:
             self.guard.settle(self.positions)
 
-    async def _process_locked(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
-        """The batch up to its produce (under :attr:`batch_lock`); returns the offsets to commit."""
+    async def _process_locked(self, batch: dict[TopicPartition, list[Any]]
+                              ) -> tuple[dict[TopicPartition, int], asyncio.Future[Any]]:
+        """The batch up to sending its outputs (under :attr:`batch_lock`); returns the offsets
+        to commit and the future of the outputs' acknowledgements."""
         assert self.scoring is not None and self.producer is not None
         t0 = time.perf_counter()
         clock = self.telemetry.stages()
@@ -345,6 +382,9 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         for tp, o in offsets.items():
             self.positions[(tp.topic, tp.partition)] = o
         outputs += self.changelog_outputs({tp.partition for tp in batch})
+        clock.lap("outputs")
+        await self.settle_outputs()  # the previous batch acknowledged: the journal's last entry
+        clock.lap("ack_wait")        # stays the only batch a crash can cut off mid-produce
         if self.checkpoint is not None:  # write-ahead: before any output leaves
             self.checkpoint.journal.append(JournalEntry(
                 [(tp.topic, tp.partition, o) for tp, o in offsets.items()],
@@ -353,22 +393,26 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                 deltas, outputs))
         clock.lap("journal")
         self._inflight = outputs
-        await self._produce(outputs)
-        clock.lap("produce")
+        acks = self._send(outputs)  # "produce" (send to acknowledgement) is observed by _finish_batch
         self.telemetry.events_out.labels("recommendations").inc(len(recs))
         self.telemetry.events_out.labels("errors").inc(len(errors))
         self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
-        return offsets
+        return offsets, acks
 
     async def _produce(self, outputs: Sequence[Any]) -> None:
         """Produce ``outputs`` and wait until every one is acknowledged (changelog records to
         the partition their key names, the others by key)."""
+        await self._send(outputs)
+
+    def _send(self, outputs: Sequence[Any]) -> asyncio.Future[Any]:
+        """Start producing ``outputs`` (in order per partition, handed to the producer on the
+        next loop turn); returns the future of their acknowledgements."""
         assert self.producer is not None
         changelog = self.topics["changelog"]
-        await asyncio.gather(produce_batched(self.producer, [o for o in outputs if o[0] != changelog],
-                                             self._partitioner),
-                             self.produce_changelog([o for o in outputs if o[0] == changelog]))
+        return asyncio.ensure_future(asyncio.gather(
+            produce_batched(self.producer, [o for o in outputs if o[0] != changelog], self._partitioner),
+            self.produce_changelog([o for o in outputs if o[0] == changelog])))
 
     # ---- errors replica ------------------------------------------------------------------
     @mode.Service.task

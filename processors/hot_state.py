@@ -334,7 +334,7 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.hot.batch_lock:  # the batch in flight finishes: its changelog is acknowledged
-            pass
+            await self.hot.outputs_acknowledged()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         consumer = self.hot.consumer
@@ -342,6 +342,7 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
         requests = self.hot.topics["requests"]
         parts = sorted({tp.partition for tp in assigned if tp.topic == requests})
         async with self.hot.batch_lock:
+            await self.hot.outputs_acknowledged()
             self.hot.generation += 1
             self.hot.drop_partitions(set(parts))
             kept = await self.hot.restore_partitions(parts)
