@@ -27,6 +27,14 @@ schema cache, and the others match against ``schemas``. Per-partition offsets ma
 redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
 worker produced twice.
 
+Replica thread: polls of the replica topics are applied, and the replica snapshots collected,
+by one thread (:attr:`HotPath.replica_thread`), in poll order, while the event loop serves; the
+numba kernels release the GIL. Scoring reads the sketch while that thread writes it: both go
+through :class:`~reloop.processors.replica.GuardedCompensation` (many readers or one writer, per
+memory batch), so a read sees each batch wholly or not at all. The schema cache's matcher is
+replaced by one reference assignment at a decision tick, so scoring reads either the old or the
+new one. A snapshot is collected in that thread between two polls, so it matches its offsets.
+
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`reloop.processors.checkpoint`); on assignment each partition's state is kept if it is what the
 changelog holds, else rebuilt from the changelog (:mod:`reloop.processors.hot_state`), and each input
@@ -40,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -60,7 +69,7 @@ from reloop.processors.hot_state import HotPathState, SeekToCheckpoint, ends_qui
 from reloop.processors.journal import JournalEntry
 from reloop.processors.media import MediaCore
 from reloop.processors.outputs import KeyPartitioner, Output, produce_batched
-from reloop.processors.replica import ErrorsReplica, write_files
+from reloop.processors.replica import ErrorsReplica, GuardedCompensation, write_files
 from reloop.processors.schemas import PublishedSchemas, SchemaCore
 from reloop.processors.scoring import ScoringCore
 from reloop.processors.step import run_one_by_one, run_step
@@ -150,6 +159,9 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self._unacked: asyncio.Future[None] | None = None  # the last batch's acks + commit (process_inputs)
         self._acks: asyncio.Future[Any] | None = None  # the last batch's acks alone
         self._writes_in_flight: set[asyncio.Future[Any]] = set()  # file writes off the loop (hot_state)
+        # applies ``memory``/``errors``/``schemas`` polls and collects the replica snapshots, one
+        # at a time and in poll order, off the event loop (module doc: "Replica thread")
+        self.replica_thread = ThreadPoolExecutor(1, thread_name_prefix="replica")
         # owns partition 0 of requests: publishes the schema cache (None: not assigned yet)
         self.is_leader: bool | None = None
         self.inputs_ready = False
@@ -172,6 +184,9 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             if self.snapshot_path is not None:
                 self._recover_inputs()
                 self.replica.restore(self.snapshot_path, scorer, self.compensation_factory)
+            # the replica thread writes the sketch while scoring reads it (GuardedCompensation)
+            if not isinstance(self.replica.compensation, NoCompensation):
+                self.replica.compensation = GuardedCompensation(self.replica.compensation)
             self.tasks.enable_tracking()  # the changelog writes what each batch changed
             self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
             self.telemetry.model_info.labels(scorer.version).set(1)
@@ -233,7 +248,9 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                     await self.settle_outputs()
                 await self.finish_writes()
                 self.save_checkpoint()
-                self.save_snapshot()
+                # after the poll being applied, if any (the replica thread runs one at a time)
+                await asyncio.get_running_loop().run_in_executor(self.replica_thread, self.save_snapshot)
+        self.replica_thread.shutdown(wait=True)
         for c in (self.consumer, self.errors_consumer, self.changelog_consumer):
             if c is not None:
                 await c.stop()
@@ -439,8 +456,8 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         while not self.should_stop:
             await self._sync_replica_topics()
             batch = await self.errors_consumer.getmany(timeout_ms=100, max_records=self.fetch_max_records)
-            if batch:
-                self.apply_error_batch(batch)
+            if batch:  # off the loop; the next poll waits for it (offsets, outbox stay in order)
+                await asyncio.get_running_loop().run_in_executor(self.replica_thread, self.apply_error_batch, batch)
             if self.replica.outbox:
                 await self._publish_schema_outbox()
 
@@ -453,7 +470,8 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             if not self.should_stop:
                 # consistent copy, between batches, into the buffers of the previous one (its
                 # write below has finished): no fresh 100 MB allocation stalling the loop
-                files = self.collect_snapshot(reuse_buffers=True)
+                files = await asyncio.get_running_loop().run_in_executor(
+                    self.replica_thread, self.collect_snapshot, True)  # between two polls' applies
                 # the write (100 MB at the default sketch size) runs off the event loop
                 write = asyncio.get_running_loop().run_in_executor(None, write_files, files)
                 self.track_write(write)
