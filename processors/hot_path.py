@@ -27,13 +27,7 @@ schema cache, and the others match against ``schemas``. Per-partition offsets ma
 redelivered record a no-op, and filters of recent error / batch ids drop the copies a crashed
 worker produced twice.
 
-Replica thread: polls of the replica topics are applied, and the replica snapshots collected,
-by one thread (:attr:`HotPath.replica_thread`), in poll order, while the event loop serves; the
-numba kernels release the GIL. Scoring reads the sketch while that thread writes it: both go
-through :class:`~reloop.processors.replica.GuardedCompensation` (many readers or one writer, per
-memory batch), so a read sees each batch wholly or not at all. The schema cache's matcher is
-replaced by one reference assignment at a decision tick, so scoring reads either the old or the
-new one. A snapshot is collected in that thread between two polls, so it matches its offsets.
+Replica thread: see :mod:`reloop.processors.hot_replica`.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`reloop.processors.checkpoint`); on assignment each partition's state is kept if it is what the
@@ -50,12 +44,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from reloop.models.scorer import OnnxScorer
 from reloop.processors.admission import Admission
@@ -225,16 +218,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                                                 max_partition_fetch_bytes=8 << 20,
                                                 fetch_max_wait_ms=10)  # as the inputs: fresher replica
         await self.errors_consumer.start()
-        # ``memory`` feeds the error memory; ``errors`` (per-record JSON) the schema cache of the
-        # elected worker only (added by _sync_replica_topics once the group has elected it),
-        # ``schemas`` the matcher of the others
-        self._replica_parts: dict[str, list[TopicPartition]] = {}
-        for logical in ("memory", "errors", "schemas"):
-            parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
-            if not parts:
-                await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
-                parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
-            self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        await self.find_replica_partitions()
         self.errors_consumer.assign(self._replica_parts["memory"])
         self.changelog_consumer = AIOKafkaConsumer(**self.client, group_id=None, enable_auto_commit=False,
                                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
@@ -330,37 +314,6 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             self._unacked = asyncio.ensure_future(self._finish_batch(acks, offsets))
             if self.guard is not None and self.guard.active:
                 await self.settle_outputs()  # isolating crashes: one batch at a time, as before
-
-    async def settle_outputs(self) -> None:
-        """Wait until the batch sent last is acknowledged and its offsets committed (re-raises
-        its produce error)."""
-        if self._unacked is not None:
-            unacked, self._unacked = self._unacked, None
-            await unacked
-
-    async def outputs_acknowledged(self) -> None:
-        """Wait until the outputs sent last are acknowledged (not for their commit: a
-        revocation waits here, and a commit during a rebalance waits for the rebalance)."""
-        if self._acks is not None:
-            await asyncio.wait([self._acks])
-
-    async def _finish_batch(self, acks: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
-        """The tail of one batch: its outputs acknowledged, then its input offsets committed."""
-        assert self.consumer is not None
-        t_send = time.perf_counter()
-        await acks
-        t_commit = time.perf_counter()
-        self.telemetry.stage_seconds.labels("produce").observe(t_commit - t_send)
-        self._inflight = []
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-            # the group moved on while we were cut off: the outputs are produced and journaled,
-            # so the partition's next owner can at most produce them again (at-least-once)
-            log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
-        self.telemetry.stage_seconds.labels("commit").observe(time.perf_counter() - t_commit)
-        if self.guard is not None and self.guard.active:
-            self.guard.settle(self.positions)
 
     async def _process_locked(self, batch: dict[TopicPartition, list[Any]]
                               ) -> tuple[dict[TopicPartition, int], asyncio.Future[Any]]:
