@@ -184,6 +184,11 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
             self.telemetry.model_info.labels(scorer.version).set(1)
             self._model_ready.set()
+        elif scorer.version == self.scoring.model_version:
+            # a re-announcement, or the start's two loads (registry CURRENT and the models topic)
+            # racing: no v1 -> v1 swap (it would reset and re-key the error memory)
+            self._next_scorer = None
+            log.info("model_already_serving", extra={"version": scorer.version})
         else:
             self._next_scorer = scorer
 
