@@ -300,18 +300,25 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
         if any((await c.getmany(timeout_ms=500)).values()):
             break
     sent_at: dict[str, float] = {}
+    sent: dict[str, float] = {}  # every request sent (sent_at loses the answered ones)
     lat: list[float] = []
     sending_done = asyncio.Event()
 
-    collector = asyncio.create_task(collect_latencies(
-        c, sent_at, sending_done, lambda v: _rid_decoder.decode(v).request_id, lat, poll_ms=50))
+    got: list[tuple[str, float]] = []  # (request id, read back at), for the latency over time
+
+    def request_id(v: bytes) -> str:
+        rid = _rid_decoder.decode(v).request_id
+        got.append((rid, time.perf_counter()))
+        return rid
+
+    collector = asyncio.create_task(collect_latencies(c, sent_at, sending_done, request_id, lat, poll_ms=50))
     t0 = time.perf_counter()
     others = sorted(feedback, key=lambda e: e.ts)  # clicks and media, sent once their time has come
     j = 0
     for i, r in enumerate(live):
         if (delay := t0 + i / rps - time.perf_counter()) > 0:
             await asyncio.sleep(delay)  # pacing the offered load
-        sent_at[r.request_id] = time.perf_counter()
+        sent_at[r.request_id] = sent[r.request_id] = time.perf_counter()
         await p.send(topic, encode(r), key=r.user_id.encode())
         while j < len(others) and others[j].ts <= r.ts:
             e = others[j]
@@ -324,7 +331,19 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
     await p.stop()
     ms = np.array(lat) * 1000.0
     return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p99_ms": float(np.percentile(ms, 99)),
-            "answered": len(lat), "unanswered": len(sent_at)}
+            "answered": len(lat), "unanswered": len(sent_at), "windows": latency_windows(sent, got, t0)}
+
+
+def latency_windows(sent: dict[str, float], got: list[tuple[str, float]], t0: float,
+                    window_s: float = 5.0) -> list[dict[str, float]]:
+    """Latency per ``window_s`` of send time (from ``t0``): requests, p50 and p99 ms; shows
+    whether a tail is a start-up transient or steady."""
+    by: dict[int, list[float]] = {}
+    for rid, t in got:
+        if rid in sent and sent[rid] >= t0:
+            by.setdefault(int((sent[rid] - t0) // window_s), []).append(1000.0 * (t - sent[rid]))
+    return [{"from_s": k * window_s, "requests": len(v), "p50_ms": float(np.percentile(v, 50)),
+             "p99_ms": float(np.percentile(v, 99))} for k, v in sorted(by.items())]
 
 
 # ---------------------------------------------------------------------------- the run
@@ -374,6 +393,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                  "scoring": statistics.mean(len(v) for _, v, _ in sc_records)}
         trials: list[dict[str, float]] = []
         stages: list[dict[str, dict[str, float]]] = []  # per trial: the latency worker's stage times
+        windows: list[list[dict[str, float]]] = []  # per trial: latency per 5 s of sending
         paths = set(args.paths.split(","))
         for t in range(args.trials):
             res: dict[str, float] = {}
@@ -419,6 +439,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 res.update(latency_p50_ms=lat["latency_p50_ms"], latency_p99_ms=lat["latency_p99_ms"],
                            latency_unanswered=lat["unanswered"])
                 stages.append(lat["stages"])
+                windows.append(lat["windows"])
             trials.append(res)
             print(f"[trial {t + 1}/{args.trials}] " + ", ".join(f"{k} {v:,.1f}" for k, v in res.items()), flush=True)
         med = {k: statistics.median(tr[k] for tr in trials) for k in trials[0]}
@@ -434,7 +455,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "latency": f"{args.rate:g} req/s x {args.latency_candidates} candidates for {args.duration:g} s"
                            f"{' with their clicks and media' if args.mixed else ''}, send -> recommendation read back",
             },
-            "median": med, "trials": trials, "latency_stages": stages,
+            "median": med, "trials": trials, "latency_stages": stages, "latency_windows": windows,
             "ratios": {f"{p}{c}": {"worker_over_raw": med[f"worker_{p}{c}"] / med[f"raw_{p}{c}"],
                                    "worker_over_faust": med[f"worker_{p}{c}"] / med[f"faust_{p}{c}"],
                                    "faust_over_raw": med[f"faust_{p}{c}"] / med[f"raw_{p}{c}"],
@@ -478,6 +499,9 @@ def print_table(out: dict[str, Any]) -> None:
     if "latency_p50_ms" in med:
         print(f"end-to-end latency at {out['paths']['latency']}: p50 {med['latency_p50_ms']:.1f} ms, "
               f"p99 {med['latency_p99_ms']:.1f} ms")
+        for t, ws in enumerate(out.get("latency_windows", [])):
+            print(f"  latency per 5 s of sending, trial {t + 1} (p50/p99 ms): " + ", ".join(
+                f"{w['from_s']:g}s {w['p50_ms']:.0f}/{w['p99_ms']:.0f}" for w in ws))
         for t, st in enumerate(out.get("latency_stages", [])):
             print(f"  worker stages, trial {t + 1} (mean ms / p99 at most ms per input batch): " + ", ".join(
                 f"{k} {v['mean_ms']:.2f}/{v['p99_ms_at_most'] or '>2500'}" for k, v in st.items()))

@@ -56,7 +56,7 @@ from reloop.ops.children import Abandoned, in_daemon_thread, quiet_onnx_exporter
 from reloop.processors.trainer import EventTimeMerge, RetrainDecision, TrainerConfig, TrainerCore
 from reloop.state.sample_window import Sample, SampleWindow, sample_from_error
 from reloop.streams.codec import InvalidEvent, decode_event, encode
-from reloop.streams.events import ErrorRecord
+from reloop.streams.events import ErrorRecord, ModelAnnouncement
 
 __all__ = ["RetrainOutcome", "trainer_config", "registry_root", "window_root", "open_window",
            "fit_candidate", "gate_and_register", "retrain_once", "Trainer", "run_trainer"]
@@ -257,7 +257,7 @@ class Trainer:
                                                "serving": core.serving_version, "registry": str(self.registry.root)})
             try:
                 if core.serving_version is not None:
-                    await self._announce(producer, core.serving_version)
+                    await self._announce(producer, core.serving_version, unless_last=True)
                     await self._warm_exporter(stop)
                 decision = core.on_batch([])
                 while not stop.is_set() and not self.abandoned:
@@ -360,14 +360,41 @@ class Trainer:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
-    async def _announce(self, producer: Any, version: str) -> None:
+    async def _announce(self, producer: Any, version: str, unless_last: bool = False) -> None:
+        """Announce ``version`` on ``models``; ``unless_last``: not if the topic's last
+        announcement already names it with the same sha256 (a start re-announcing ``CURRENT``
+        made a worker that was loading it swap it for itself)."""
         try:
             ann = self.registry.announcement(version)
         except (CorruptModelError, ValueError) as exc:
             log.error("announce_refused", extra={"version": version, "reason": str(exc)})
             return
+        if unless_last:
+            last = await self._last_announcement()
+            if last is not None and (last.version, last.sha256) == (ann.version, ann.sha256):
+                log.info("model_already_announced", extra={"version": version})
+                return
         await producer.send_and_wait(topic_name(self.settings.kafka, "models"), encode(ann), key=b"current")
         log.info("model_announced", extra={"version": version, "sha256": ann.sha256})
+
+
+    async def _last_announcement(self) -> ModelAnnouncement | None:
+        """The last valid announcement on ``models`` (None: empty, unreadable or invalid)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from reloop.processors.hot_state import changelog_tail
+
+        ks = self.settings.kafka
+        c = AIOKafkaConsumer(**client_kwargs(ks), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
+        await c.start()
+        try:
+            _, last = await changelog_tail(c, TopicPartition(topic_name(ks, "models"), 0), timeout_s=10.0)
+            return decode_event(last.value, ModelAnnouncement) if last is not None else None
+        except (TimeoutError, InvalidEvent) as exc:
+            log.info("last_announcement_unread", extra={"reason": str(exc)[:200]})
+            return None
+        finally:
+            await c.stop()
 
 
 class _Progress:

@@ -6,6 +6,14 @@ elected worker (owner of partition 0 of ``requests``) also reads ``errors`` into
 cache and publishes its updates, alerts and the dead letters of bad error records; the others
 read ``schemas`` and match against what it published. A mixin of
 :class:`reloop.processors.hot_path.HotPath`.
+
+Replica thread: polls of the replica topics are applied, and the replica snapshots collected,
+by one thread (:attr:`HotPath.replica_thread`), in poll order, while the event loop serves; the
+numba kernels release the GIL. Scoring reads the sketch while that thread writes it: both go
+through :class:`~reloop.processors.replica.GuardedCompensation` (many readers or one writer, per
+memory batch), so a read sees each batch wholly or not at all. The schema cache's matcher is
+replaced by one reference assignment at a decision tick, so scoring reads either the old or the
+new one. A snapshot is collected in that thread between two polls, so it matches its offsets.
 """
 
 from __future__ import annotations
@@ -38,6 +46,20 @@ class HotPathReplica:
     topics: dict[str, str]
     telemetry: Any
     _replica_parts: dict[str, list[TopicPartition]]
+
+    async def find_replica_partitions(self) -> None:
+        """The partitions of ``memory``, ``errors`` and ``schemas`` (:attr:`_replica_parts`).
+
+        ``memory`` feeds the error memory; ``errors`` (per-record JSON) the schema cache of the
+        elected worker only (added by :meth:`_sync_replica_topics` once the group has elected
+        it), ``schemas`` the matcher of the others."""
+        self._replica_parts = {}
+        for logical in ("memory", "errors", "schemas"):
+            parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or set()
+            if not parts:
+                await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
+            self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
 
     async def _sync_replica_topics(self) -> None:
         """Read ``errors`` (and distil) while this worker is the leader, ``schemas`` while it is

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from reloop.processors.changelog import META, Meta, changed_records, decode_meta, install_media, key_partition, \
     meta_record, repair_records, restore
@@ -80,6 +81,42 @@ class HotPathState:
     restore_log: list[dict[str, Any]]
     _partitioner: Any
     _produce: Any  # HotPath._produce: outputs -> awaitable
+    _unacked: asyncio.Future[None] | None
+    _acks: asyncio.Future[Any] | None
+    guard: Any
+    telemetry: Any
+
+    # ---- the batch sent last: acknowledged, then committed (HotPath.process_inputs) ---------
+    async def settle_outputs(self) -> None:
+        """Wait until the batch sent last is acknowledged and its offsets committed (re-raises
+        its produce error)."""
+        if self._unacked is not None:
+            unacked, self._unacked = self._unacked, None
+            await unacked
+
+    async def outputs_acknowledged(self) -> None:
+        """Wait until the outputs sent last are acknowledged (not for their commit: a
+        revocation waits here, and a commit during a rebalance waits for the rebalance)."""
+        if self._acks is not None:
+            await asyncio.wait([self._acks])
+
+    async def _finish_batch(self, acks: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
+        """The tail of one batch: its outputs acknowledged, then its input offsets committed."""
+        assert self.consumer is not None
+        t_send = time.perf_counter()
+        await acks
+        t_commit = time.perf_counter()
+        self.telemetry.stage_seconds.labels("produce").observe(t_commit - t_send)
+        self._inflight = []
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+            # the group moved on while we were cut off: the outputs are produced and journaled,
+            # so the partition's next owner can at most produce them again (at-least-once)
+            log.warning("commit_failed_rebalance", extra={"reason": str(exc)[:200]})
+        self.telemetry.stage_seconds.labels("commit").observe(time.perf_counter() - t_commit)
+        if self.guard is not None and self.guard.active:
+            self.guard.settle(self.positions)
 
     def collect_snapshot(self, reuse_buffers: bool = False) -> dict[Path, dict[str, np.ndarray]]:
         """Copies of the replica side (see :meth:`ErrorsReplica.collect_snapshot`)."""
@@ -376,7 +413,7 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.hot.batch_lock:  # the batch in flight finishes: its changelog is acknowledged
-            pass
+            await self.hot.outputs_acknowledged()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         consumer = self.hot.consumer
@@ -384,6 +421,7 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
         requests = self.hot.topics["requests"]
         parts = sorted({tp.partition for tp in assigned if tp.topic == requests})
         async with self.hot.batch_lock:
+            await self.hot.outputs_acknowledged()
             self.hot.generation += 1
             self.hot.drop_partitions(set(parts))
             kept = await self.hot.restore_partitions(parts)
