@@ -72,7 +72,6 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from reloop.streams.codec import encode
 from reloop.streams.events import Candidate, Event, Interaction, MediaEvent, RecommendationRequest
 
 log = logging.getLogger(__name__)
@@ -536,19 +535,11 @@ class Simulator:
 
 
 def write_jsonl(events: Iterable[msgspec.Struct], path: str | Path) -> int:
-    """Write events to ``path`` as JSON lines (``reloop.streams.codec.encode``); returns the count."""
-    n = 0
-    buf: list[bytes] = []
-    with open(path, "wb") as f:
-        for ev in events:
-            buf.append(encode(ev))
-            n += 1
-            if len(buf) >= 8192:
-                f.write(b"\n".join(buf) + b"\n")
-                buf.clear()
-        if buf:
-            f.write(b"\n".join(buf) + b"\n")
-    return n
+    """Write events to ``path`` as JSON lines (``reloop.streams.codec.encode``), compressed by
+    suffix (``.gz``, ``.zst``, else plain); returns the count."""
+    from reloop.ops.log_readers import write_jsonl_compressed
+
+    return write_jsonl_compressed(events, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
