@@ -90,3 +90,10 @@ class NoCompensation:
 
     def on_model_change(self, scorer: "OnnxScorer") -> None:
         return None
+
+
+def unwrapped(compensation: Compensation) -> Compensation:
+    """``compensation`` itself, seen through a wrapper that guards it (one with an ``inner``,
+    e.g. the worker's :class:`~reloop.processors.replica.GuardedCompensation`): for the type
+    checks that decide what a compensation produces (memory records)."""
+    return getattr(compensation, "inner", compensation)

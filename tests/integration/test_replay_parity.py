@@ -31,6 +31,7 @@ from reloop.ops.serving import compensation_factory
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, wait_ready
 from reloop.processors.outputs import KeyPartitioner
+from reloop.processors.hot_state import changelog_tail
 from reloop.state.snapshots import read_npz
 from reloop.streams.codec import decode_event, encode
 from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
@@ -71,7 +72,9 @@ async def replica_caught_up(settings, port: int, ends: AIOKafkaConsumer, timeout
     """Wait until the worker's replica applied every ``memory`` and ``errors`` record written."""
     tps = {t: [TopicPartition(topic_name(settings.kafka, t), p) for p in range(USER_PARTITIONS)]
            for t in ("memory", "errors")}
-    end = await ends.end_offsets([tp for v in tps.values() for tp in v])
+    # the fetch high watermark, not ListOffsets: the embedded broker answers ListOffsets(latest)
+    # with the last record batch's base offset + 1, short of the end when a batch holds several
+    end = {tp: (await changelog_tail(ends, tp))[0] for v in tps.values() for tp in v}
     deadline = time.monotonic() + timeout_s
     while True:
         st = await get_json(port, "/status")

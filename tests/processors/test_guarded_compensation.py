@@ -116,3 +116,18 @@ def test_read_write_lock_excludes_writers_and_admits_readers_together():
     r.join(30)
     w.join(30)
     assert order == ["read", "write"]
+
+
+def test_the_guard_is_transparent_to_what_a_batch_produces(settings, small_model, small_log) -> None:
+    """A worker's replica wraps its error memory in the guard; its batches must still send their
+    ``memory`` records (a type check on the wrapper once sent none: no worker ever compensated)."""
+    from reloop.ops.serving import make_compensation
+    from reloop.processors.step import memory_records
+    from reloop.streams.events import Interaction
+    from tests.integration.test_error_memory_replica import error_records
+
+    comp = make_compensation(settings, small_model.scorer)
+    records = error_records(small_model, [e for e in small_log if isinstance(e, Interaction)][:60])
+    plain = memory_records(comp, records)
+    assert plain, "the error memory's own records: the comparison below would be empty"
+    assert memory_records(GuardedCompensation(comp), records) == plain
