@@ -48,6 +48,11 @@ class Compensation(Protocol):
         """Learn from one binary ``memory`` batch (arrays of rows); returns rows stored."""
         ...
 
+    def memory_records(self, errors: Sequence[ErrorRecord]) -> list[bytes]:
+        """The binary ``memory`` records (values) that carry ``errors`` to every replica; none
+        when the compensation keeps no shared sketch."""
+        ...
+
     def on_model_change(self, scorer: "OnnxScorer") -> None:
         """The slow model changed to ``scorer``: hidden keys change meaning."""
         ...
@@ -88,12 +93,8 @@ class NoCompensation:
     def apply_memory_batch(self, batch: MemoryBatch) -> int:
         return 0
 
+    def memory_records(self, errors: Sequence[ErrorRecord]) -> list[bytes]:
+        return []
+
     def on_model_change(self, scorer: "OnnxScorer") -> None:
         return None
-
-
-def unwrapped(compensation: Compensation) -> Compensation:
-    """``compensation`` itself, seen through a wrapper that guards it (one with an ``inner``,
-    e.g. the worker's :class:`~reloop.processors.replica.GuardedCompensation`): for the type
-    checks that decide what a compensation produces (memory records)."""
-    return getattr(compensation, "inner", compensation)

@@ -96,6 +96,12 @@ class ErrorMemoryCompensation:
             written += self._rekey(stale)
         return written
 
+    def memory_records(self, errors: Sequence[ErrorRecord]) -> list[bytes]:
+        """The sketch's writes of ``errors`` as binary ``memory`` records (:func:`memory_batches`,
+        with the cluster's write budget)."""
+        cfg = self.memory.config
+        return memory_batches(errors, cfg.tables, cfg.write_sample) if errors else []
+
     def apply_memory_batch(self, batch: MemoryBatch) -> int:
         """Write one ``memory`` batch (:mod:`reloop.streams.memory_batch`); returns rows written.
 
@@ -229,6 +235,9 @@ class ExactKnnCompensation:
         y = np.fromiter((r.label for r in records), np.float64, n)
         ts = np.fromiter((r.ts for r in records), np.float64, n)
         return self.memory.write(hidden, y, np.fromiter((r.base_pred for r in records), np.float64, n), ts)
+
+    def memory_records(self, errors: Sequence[ErrorRecord]) -> list[bytes]:
+        return []  # a benchmark ceiling: nothing is replicated
 
     def on_model_change(self, scorer: OnnxScorer) -> None:
         self.scorer = scorer

@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 from reloop.processors.admission import Admission
-from reloop.processors.compensation import Compensation, unwrapped
-from reloop.processors.error_memory import ErrorMemoryCompensation, memory_batches
+from reloop.processors.compensation import Compensation
 from reloop.processors.journal import TaskDelta
 from reloop.processors.media import MediaCore
 from reloop.processors.pending import Pending, request_digest
@@ -79,12 +78,8 @@ def admit_one(admission: Admission, logical: str, partition: int, raw: bytes,
 
 def memory_records(compensation: Compensation, errors: Sequence[ErrorRecord]) -> list[bytes]:
     """The binary ``memory`` records (values) of one partition's error records, as the worker
-    produces them (none unless the compensation is an error memory)."""
-    comp = unwrapped(compensation)  # the worker's replica guards it with a read/write lock
-    if not errors or not isinstance(comp, ErrorMemoryCompensation):
-        return []
-    cfg = comp.memory.config
-    return memory_batches(errors, cfg.tables, cfg.write_sample)
+    produces them (none unless the compensation keeps a shared sketch)."""
+    return compensation.memory_records(errors)
 
 
 def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTasks,

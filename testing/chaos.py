@@ -25,7 +25,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -105,6 +105,29 @@ def traffic(sim_config: SimConfig, requests: int) -> list[Any]:
 _TOPIC = {RecommendationRequest: "requests", Interaction: "interactions", MediaEvent: "media"}
 
 
+class TrialLog(NamedTuple):
+    """A trial's traffic: ``events`` (with the flush events), its ``requests``, how many error
+    ids a worker must produce from it (``n_errors``), and ``cuts``: event indices splitting it
+    into ``chunks`` parts with equal numbers of requests (``cuts[0] = 0``, ``cuts[-1] = len``)."""
+
+    events: list[Any]
+    requests: list[RecommendationRequest]
+    n_errors: int
+    cuts: list[int]
+
+
+def trial_log(sim_config: SimConfig, requests: int, chunks: int) -> TrialLog:
+    """The traffic of one chaos or rebalance trial, cut into ``chunks`` parts (see :class:`TrialLog`)."""
+    events = traffic(sim_config, requests)
+    reqs = [e for e in events if isinstance(e, RecommendationRequest)]
+    n_err = sum(len(r.candidates) for r in reqs if not r.request_id.startswith("flush-")) + \
+        FLUSH_ERRORS * USER_PARTITIONS
+    at = [i for i, e in enumerate(events) if isinstance(e, RecommendationRequest)]
+    k = chunks - 1
+    cuts = [0] + [at[(i + 1) * len(at) // (k + 1)] for i in range(k)] + [len(events)]
+    return TrialLog(events, reqs, n_err, cuts)
+
+
 async def produce_log(settings: Settings, events: list[Any]) -> None:
     """Produce ``events`` in order, keyed by user (flush events to their own partition)."""
     p = make_producer(settings.kafka, max_request_size=16 << 20)
@@ -179,17 +202,12 @@ async def run_trial(a: Settings, b: Settings, seed: int, workdir: Path, env: dic
     """One trial (module docstring). ``a``/``b``: settings with distinct topic prefixes, groups
     and data dirs, each with the model registered; ``env``: extra worker environment."""
     rng = random.Random(seed)
-    events = traffic(sim_config, requests)
-    reqs = [e for e in events if isinstance(e, RecommendationRequest)]
-    n_req = len(reqs)
-    n_err = sum(len(r.candidates) for r in reqs if not r.request_id.startswith("flush-")) + \
-        FLUSH_ERRORS * USER_PARTITIONS
-    for s in (a, b):
-        await create_topics(s.kafka)
     # B's log goes in as kills+1 chunks with equal numbers of requests; kill i lands while the
     # worker is busy with chunk i, after a seeded fraction of that chunk's requests is answered
-    at = [i for i, e in enumerate(events) if isinstance(e, RecommendationRequest)]
-    cuts = [0] + [at[(i + 1) * len(at) // (kills + 1)] for i in range(kills)] + [len(events)]
+    events, reqs, n_err, cuts = trial_log(sim_config, requests, kills + 1)
+    n_req = len(reqs)
+    for s in (a, b):
+        await create_topics(s.kafka)
     fractions = [rng.uniform(0.2, 0.8) for _ in range(kills)]
     await produce_log(a, events)
     wa = WorkerProcess(a, workdir / "a.log", env)

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import msgspec
 
 from reloop.models.registry import ModelRegistry
-from reloop.testing.chaos import FLUSH_ERRORS, TrialResult, _answered, _wait_done, pending_view, produce_log, read_topic, \
-    traffic
+from reloop.testing.chaos import TrialResult, _answered, _wait_done, pending_view, produce_log, read_topic, \
+    trial_log
 from reloop.ops.kafka import create_topics
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig
@@ -102,16 +102,11 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
     data dir, model registered); ``b``: the group's prefix and group id (data dirs are made per
     member under ``workdir``); ``model``: the model bundle each new member registers;
     ``member_env(i)``: extra environment of member i (e.g. its static group instance id)."""
-    events = traffic(sim_config, requests)
-    reqs = [e for e in events if isinstance(e, RecommendationRequest)]
+    k = len(script)
+    events, reqs, n_err, cuts = trial_log(sim_config, requests, k + 1)
     n_req = len(reqs)
-    n_err = sum(len(r.candidates) for r in reqs if not r.request_id.startswith("flush-")) + \
-        FLUSH_ERRORS * USER_PARTITIONS
     for s in (a, b):
         await create_topics(s.kafka)
-    at = [i for i, e in enumerate(events) if isinstance(e, RecommendationRequest)]
-    k = len(script)
-    cuts = [0] + [at[(i + 1) * len(at) // (k + 1)] for i in range(k)] + [len(events)]
     await produce_log(a, events)
     wa = WorkerProcess(a, workdir / "a.log", env)
     members: dict[int, WorkerProcess] = {}
