@@ -3,9 +3,10 @@
 :func:`run_compare` replays one decoded log under several configurations (which may differ
 only in compensation settings, :func:`reloop.ops.compare.check_comparable`) and compares their
 compensated predictions with the metrics and user bootstrap of :mod:`reloop.ops.compare`.
-:func:`replay_configs` is the one call into the replay engine: today it runs
-:class:`reloop.ops.replay.ReplayEngine` once per configuration, sharing the decoded log, the
-fitted model and (through :class:`_SharedScorer`) the base scores and hidden vectors.
+:func:`replay_configs` is the one call into the replay engine: one pass over the log
+(:func:`reloop.ops.replay.run_many`), each batch stepped by every configuration in turn,
+sharing the decoded log, the fitted model and (through :class:`_SharedScorer`) the base
+scores and hidden vectors of each batch.
 :func:`cmd_compare` is the command-line side (flags in :mod:`reloop.ops.replay_cli`).
 """
 
@@ -16,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -32,25 +34,22 @@ log = logging.getLogger("reloop.compare")
 # --------------------------------------------------------------------------- the runs
 
 class _SharedScorer:
-    """An ONNX scorer that remembers its outputs by input digest, so replaying the same batches
-    for the next configuration reuses the base scores and hidden vectors instead of running
-    the model again. Everything but :meth:`score` is the wrapped scorer's.
+    """An ONNX scorer that remembers its latest outputs by input digest: in a one-pass
+    comparison every configuration steps the same batch in turn, so the first scores it and
+    the others reuse its base scores and hidden vectors. Everything but :meth:`score` is the
+    wrapped scorer's.
 
-    Memory: every distinct batch's (base (n,) float64, hidden (n, H) float32) is kept, about
-    ``n (8 + 4 H)`` bytes for n scored events, up to ``max_bytes``; batches past that are
-    scored again by each configuration (same results, more time). A stopgap until the replay
-    step scores each batch once for all configurations.
+    Memory: the last ``keep`` distinct batches' (base (n,) float64, hidden (n, H) float32).
 
     Args:
         scorer: the wrapped :class:`reloop.models.scorer.OnnxScorer`.
-        max_bytes: most bytes of remembered outputs (default 2 GiB).
+        keep: batches remembered (older ones are forgotten first).
     """
 
-    def __init__(self, scorer: Any, max_bytes: int = 2 << 30) -> None:
+    def __init__(self, scorer: Any, keep: int = 4) -> None:
         self._scorer = scorer
-        self._memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-        self.max_bytes = max_bytes
-        self.bytes = 0
+        self._memo: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.keep = keep
         self.hits = 0
         self.misses = 0
 
@@ -67,13 +66,12 @@ class _SharedScorer:
         got = self._memo.get(key)
         if got is None:
             self.misses += 1
-            got = self._scorer.score(tokens, dense)
-            size = got[0].nbytes + got[1].nbytes
-            if self.bytes + size <= self.max_bytes:
-                self._memo[key] = got
-                self.bytes += size
+            got = self._memo[key] = self._scorer.score(tokens, dense)
+            while len(self._memo) > self.keep:
+                self._memo.popitem(last=False)
         else:
             self.hits += 1
+            self._memo.move_to_end(key)
         return got[0].copy(), got[1].copy()
 
 
@@ -91,10 +89,9 @@ class ConfigRun:
 
 def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = False,
                    fitted: Any = None) -> tuple[dict[str, ConfigRun], dict]:
-    """Replay ``loaded`` once per configuration with today's :class:`ReplayEngine`; the decoded
-    log and the fitted base model (and any retrained ones) are shared, and base scores are
-    reused across runs (:class:`_SharedScorer`). The one place to swap in a step that scores
-    each batch once for all configurations.
+    """Replay ``loaded`` under every configuration in one pass (module doc): the decoded log
+    and the fitted base model (and any retrained ones) are shared, and each batch's base
+    scores are computed once (:class:`_SharedScorer`).
 
     Args:
         loaded: the decoded log; configs: name -> Settings (already checked comparable).
@@ -104,7 +101,7 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     Returns:
         (name -> :class:`ConfigRun`, facts about the sharing).
     """
-    from reloop.ops.replay import ReplayEngine
+    from reloop.ops.replay import ReplayEngine, run_many
     from reloop.ops.serving import compensation_factory
 
     first = next(iter(configs.values()))
@@ -114,13 +111,14 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     seconds: dict[str, float] = {"fit": time.perf_counter() - t0}
     shared = _SharedScorer(fitted.scorer)
     fitted = cache["v1"] = dataclasses.replace(fitted, scorer=shared)
+    engines = {name: ReplayEngine(s, compensation_factory(s)) for name, s in configs.items()}
+    t0 = time.perf_counter()
+    results = run_many(engines, loaded, progress=progress, fitted=fitted, model_cache=cache)
+    seconds["replay"] = time.perf_counter() - t0
     runs: dict[str, ConfigRun] = {}
-    for name, settings in configs.items():
-        t0 = time.perf_counter()
-        result = ReplayEngine(settings, compensation_factory(settings)).run(
-            loaded, progress=progress, fitted=fitted, model_cache=cache)
-        seconds[name] = time.perf_counter() - t0
-        log.info("compare_run", extra={"config": name, "seconds": seconds[name], "scored": len(result.labels)})
+    for name, result in results.items():
+        log.info("compare_run", extra={"config": name, "scored": len(result.labels),
+                                       "events_per_s": result.report.get("events_per_s")})
         # the step emits error records in its own order (per batch, per partition): each
         # prediction carries its user, so no alignment with the log is assumed
         runs[name] = ConfigRun(result.labels, result.base, result.compensated, result.ts,
@@ -129,7 +127,7 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     base0 = runs[names[0]].base
     facts = {"base_max_abs_diff": max(float(np.max(np.abs(r.base - base0), initial=0.0)) for r in runs.values()),
              "base_batches_scored": shared.misses, "base_batches_reused": shared.hits,
-             "base_memo_bytes": shared.bytes, "seconds": seconds}
+             "one_pass": True, "seconds": seconds}
     return runs, facts
 
 

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -150,15 +150,8 @@ class ReplayEngine:
         batches; the compensation is told (reset or re-key). ``model_cache`` (version -> model)
         lets several runs over the same log share their retrained models.
         """
-        interactions = loaded.interactions
-        check_labelled(loaded, interactions)
-        n_warm = max(1, int(round(len(interactions) * self.settings.replay.warmup)))
-        res = self.run_warm(iter(loaded.events), n_warm, source=loaded.source, progress=progress, fitted=fitted,
-                            model_cache=model_cache, keep_outputs=keep_outputs, total=len(loaded.events) - n_warm)
-        res.report.update({"events": len(loaded.events), "interactions": len(interactions),
-                           "invalid_lines": len(loaded.invalid),
-                           "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]]})
-        return res
+        return run_many({"": self}, loaded, progress=progress, fitted=fitted, model_cache=model_cache,
+                        keep_outputs=keep_outputs)[""]
 
     def run_warm(self, events: Iterable[Event], n_warm: int, *, source: str = "", progress: bool = False,
                  fitted: FittedModel | None = None, model_cache: dict[str, FittedModel] | None = None,
@@ -168,31 +161,8 @@ class ReplayEngine:
         ``model_cache["v1"]``) is given and are not scored; the rest streams through
         :meth:`run_stream` in constant memory. Media events before the cut still reach the
         media memory."""
-        it = iter(events)
-        warm_events: list[Event] = []
-        seen = 0
-        while seen < n_warm:
-            e = next(it, None)
-            if e is None:
-                break
-            warm_events.append(e)
-            seen += isinstance(e, Interaction)
-        t_fit = time.perf_counter()
-        cache = model_cache if model_cache is not None else {}
-        if fitted is None and "v1" not in cache:
-            warm = (annotate_log(MediaCore(self.settings.media), warm_events)
-                    if self.settings.worker.media_features and any(isinstance(e, MediaEvent) for e in warm_events)
-                    else [e for e in warm_events if isinstance(e, Interaction)])
-            cache["v1"] = fit_initial_model(warm, self.settings)
-        fitted = fitted or cache["v1"]
-        cache.setdefault("v1", fitted)
-        fit_s = time.perf_counter() - t_fit
-        stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)
-        res = self.run_stream(stream, fitted, source=source, progress=progress, seq0=seen,
-                              model_cache=cache, keep_outputs=keep_outputs, total=total)
-        res.report.update({"events": res.report["events"] + seen, "interactions": res.report["interactions"] + seen,
-                           "warmup_events": seen, "fit_seconds": fit_s})
-        return res
+        return run_warm_many({"": self}, events, n_warm, source=source, progress=progress, fitted=fitted,
+                             model_cache=model_cache, keep_outputs=keep_outputs, total=total)[""]
 
     def run_stream(self, events: Iterable[Event], fitted: FittedModel, *, source: str = "", progress: bool = False,
                    seq0: int = 0, model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False,
@@ -204,79 +174,9 @@ class ReplayEngine:
         ``batches`` replaces the default cut (``replay.batch_size`` events per batch) with
         explicit batches of routed records (e.g. :func:`~reloop.ops.replay_engine.cut_runs`).
         """
-        cfg = self.settings.replay
-        if scorer is not None:  # the same model opened another way (e.g. as a worker opens it)
-            fitted = dataclasses.replace(fitted, scorer=scorer)
-        comp = self.compensation_factory(fitted) if self.compensation_factory else None
-        state = StepReplay(self.settings, fitted.scorer, comp)
-        ws = self.settings.worker  # compile the kernels first, as a worker does before it consumes
-        kernels_s = warm_up(self.settings.media if ws.media_features else None,
-                            self.settings.schemas if ws.schema_cache else None)
-        counts = {"requests": 0, "interactions": 0, "media": 0}
-        window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
-        cache = model_cache if model_cache is not None else {}
-        current, retrains = fitted, []
-
-        def counted(evs: Iterable[Event]) -> Iterator[Event]:
-            for e in evs:
-                if isinstance(e, Interaction):
-                    counts["interactions"] += 1
-                    if cfg.retrain_every and e.request_id is None:
-                        window.append(e)
-                elif isinstance(e, MediaEvent):
-                    counts["media"] += 1
-                else:
-                    counts["requests"] += 1
-                yield e
-
-        if batches is None:
-            batches = cut_batches(route_events(counted(events), self.partitions, seq0), cfg.batch_size)
-        chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "b", "c", "t", "u")}
-        recs: list[Recommendation] = []
-        errs: list[ErrorRecord] = []
-        scored = 0
-        t0 = time.perf_counter()
-        with _progress(progress, total) as advance:
-            for batch in batches:
-                res = state.step(batch)
-                e = res.errors
-                if e:
-                    n = len(e)
-                    chunks["y"].append(np.fromiter((r.label for r in e), np.int64, n))
-                    chunks["b"].append(np.fromiter((r.base_pred for r in e), np.float64, n))
-                    chunks["c"].append(np.fromiter((r.comp_pred for r in e), np.float64, n))
-                    chunks["t"].append(np.fromiter((r.ts for r in e), np.float64, n))
-                    chunks["u"].append(np.array([r.user_id for r in e], object))
-                if keep_outputs:
-                    recs += res.recommendations
-                    errs += e
-                before, scored = scored, scored + len(res.recommendations)
-                if cfg.retrain_every and scored // cfg.retrain_every > before // cfg.retrain_every and window:
-                    current = self._retrain(current, list(window), f"v{len(retrains) + 2}", cache)
-                    state.scoring.swap_model(current.scorer)
-                    retrains.append({"version": current.version, "after_events": scored,
-                                     "holdout_auc": current.metrics.get("holdout_auc")})
-                advance(len(batch))
-        elapsed = time.perf_counter() - t0
-        cat = {k: np.concatenate(v) if v else np.empty(0, np.int64 if k == "y" else object if k == "u" else np.float64)
-               for k, v in chunks.items()}
-        y, pb, pc = cat["y"], cat["b"], cat["c"]
-        n_events = sum(counts.values())
-        report = {
-            "source": source, "events": n_events, "interactions": counts["interactions"],
-            "requests": counts["requests"], "media_events": counts["media"], "warmup_events": 0,
-            "scored": int(len(y)), "positives": int(y.sum()), "recommendations": scored,
-            "dead_letters": len(state.dead_letters), "duplicates": state.duplicates,
-            "invalid_lines": 0, "invalid_examples": [],
-            "auc_base": auc(y, pb), "auc_compensated": auc(y, pc),
-            "logloss_base": logloss(y, pb), "logloss_compensated": logloss(y, pc),
-            "events_per_s": n_events / elapsed if elapsed > 0 else float("nan"),
-            "fit_seconds": 0.0, "kernels_seconds": kernels_s, "batch_size": cfg.batch_size, "partitions": self.partitions,
-            "model_version": fitted.version, "model_holdout": fitted.metrics,
-            "compensation": type(state.scoring.compensation).__name__,
-            "retrains": retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
-        }
-        return ReplayResult(report, y, pb, pc, cat["t"], fitted, cat["u"], state, recs, errs)
+        return run_stream_many({"": self}, events, fitted, source=source, progress=progress, seq0=seq0,
+                               model_cache=model_cache, keep_outputs=keep_outputs, batches=batches, total=total,
+                               scorer=scorer)[""]
 
     def _retrain(self, current: FittedModel, window: Sequence[Interaction], version: str,
                  cache: dict[str, FittedModel]) -> FittedModel:
@@ -287,6 +187,175 @@ class ReplayEngine:
                                        model_config=self.settings.model, train_config=self.settings.train,
                                        version=version, init=current.model)
         return cache[version]
+
+
+def run_many(engines: Mapping[str, ReplayEngine], loaded: LoadedLog, *, progress: bool = False,
+             fitted: FittedModel | None = None, model_cache: dict[str, FittedModel] | None = None,
+             keep_outputs: bool = False) -> dict[str, ReplayResult]:
+    """:meth:`ReplayEngine.run` for several engines in one pass over ``loaded`` (the first
+    engine's ``replay.warmup`` cuts the warm-up; see :func:`run_stream_many`)."""
+    first = next(iter(engines.values()))
+    interactions = loaded.interactions
+    check_labelled(loaded, interactions)
+    n_warm = max(1, int(round(len(interactions) * first.settings.replay.warmup)))
+    out = run_warm_many(engines, iter(loaded.events), n_warm, source=loaded.source, progress=progress,
+                        fitted=fitted, model_cache=model_cache, keep_outputs=keep_outputs,
+                        total=len(loaded.events) - n_warm)
+    for res in out.values():
+        res.report.update({"events": len(loaded.events), "interactions": len(interactions),
+                           "invalid_lines": len(loaded.invalid),
+                           "invalid_examples": [{"line": n, "reason": r} for n, r in loaded.invalid[:20]]})
+    return out
+
+
+def run_warm_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event], n_warm: int, *,
+                  source: str = "", progress: bool = False, fitted: FittedModel | None = None,
+                  model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False,
+                  total: int | None = None) -> dict[str, ReplayResult]:
+    """:meth:`ReplayEngine.run_warm` for several engines in one pass over ``events`` (the
+    first engine's settings fit the initial model; see :func:`run_stream_many`)."""
+    first = next(iter(engines.values()))
+    it = iter(events)
+    warm_events: list[Event] = []
+    seen = 0
+    while seen < n_warm:
+        e = next(it, None)
+        if e is None:
+            break
+        warm_events.append(e)
+        seen += isinstance(e, Interaction)
+    t_fit = time.perf_counter()
+    cache = model_cache if model_cache is not None else {}
+    settings = first.settings
+    if fitted is None and "v1" not in cache:
+        warm = (annotate_log(MediaCore(settings.media), warm_events)
+                if settings.worker.media_features and any(isinstance(e, MediaEvent) for e in warm_events)
+                else [e for e in warm_events if isinstance(e, Interaction)])
+        cache["v1"] = fit_initial_model(warm, settings)
+    fitted = fitted or cache["v1"]
+    cache.setdefault("v1", fitted)
+    fit_s = time.perf_counter() - t_fit
+    stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)
+    out = run_stream_many(engines, stream, fitted, source=source, progress=progress, seq0=seen,
+                          model_cache=cache, keep_outputs=keep_outputs, total=total)
+    for res in out.values():
+        res.report.update({"events": res.report["events"] + seen,
+                           "interactions": res.report["interactions"] + seen,
+                           "warmup_events": seen, "fit_seconds": fit_s})
+    return out
+
+
+def run_stream_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event], fitted: FittedModel, *,
+                    source: str = "", progress: bool = False, seq0: int = 0,
+                    model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False,
+                    batches: Iterable[Sequence[Routed]] | None = None, total: int | None = None,
+                    scorer: Any = None) -> dict[str, ReplayResult]:
+    """:meth:`ReplayEngine.run_stream` for several engines (name -> engine) in one pass:
+    the log is read, decoded, routed and cut once, and each batch is stepped by every
+    engine in turn (their own cores, replica and retrained models; ``model_cache`` shares
+    the retrained models). The engines must agree on partitions and replay settings (a
+    comparison differs in compensation only). ``events_per_s`` of each result counts the
+    shared reading time plus that engine's own step time."""
+    first = next(iter(engines.values()))
+    cfg = first.settings.replay
+    if scorer is not None:  # the same model opened another way (e.g. as a worker opens it)
+        fitted = dataclasses.replace(fitted, scorer=scorer)
+    ws = first.settings.worker  # compile the kernels first, as a worker does before it consumes
+    kernels_s = warm_up(first.settings.media if ws.media_features else None,
+                        first.settings.schemas if ws.schema_cache else None)
+    counts = {"requests": 0, "interactions": 0, "media": 0}
+    window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
+    cache = model_cache if model_cache is not None else {}
+    runs = {name: _EngineRun(engine, fitted, cache, window, keep_outputs) for name, engine in engines.items()}
+
+    def counted(evs: Iterable[Event]) -> Iterator[Event]:
+        for e in evs:
+            if isinstance(e, Interaction):
+                counts["interactions"] += 1
+                if cfg.retrain_every and e.request_id is None:
+                    window.append(e)
+            elif isinstance(e, MediaEvent):
+                counts["media"] += 1
+            else:
+                counts["requests"] += 1
+            yield e
+
+    if batches is None:
+        batches = cut_batches(route_events(counted(events), first.partitions, seq0), cfg.batch_size)
+    t0 = time.perf_counter()
+    with _progress(progress, total) as advance:
+        for batch in batches:
+            for run in runs.values():
+                run.feed(batch)
+            advance(len(batch))
+    elapsed = time.perf_counter() - t0
+    shared = elapsed - sum(r.seconds for r in runs.values())
+    return {name: run.result(source, counts, shared + run.seconds, kernels_s) for name, run in runs.items()}
+
+
+class _EngineRun:
+    """One engine's side of :func:`run_stream_many`: its step state, outputs and retraining."""
+
+    def __init__(self, engine: ReplayEngine, fitted: FittedModel, cache: dict[str, FittedModel],
+                 window: deque[Interaction], keep_outputs: bool) -> None:
+        self.engine, self.fitted, self.cache, self.window = engine, fitted, cache, window
+        comp = engine.compensation_factory(fitted) if engine.compensation_factory else None
+        self.state = StepReplay(engine.settings, fitted.scorer, comp)
+        self.keep_outputs = keep_outputs
+        self.chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "b", "c", "t", "u")}
+        self.recs: list[Recommendation] = []
+        self.errs: list[ErrorRecord] = []
+        self.scored = 0
+        self.current, self.retrains = fitted, []
+        self.seconds = 0.0  # own step time (s)
+
+    def feed(self, batch: Sequence[Routed]) -> None:
+        """Step one batch; keep its predictions; retrain when ``replay.retrain_every`` is due."""
+        t0 = time.perf_counter()
+        cfg = self.engine.settings.replay
+        res = self.state.step(batch)
+        e = res.errors
+        if e:
+            n = len(e)
+            self.chunks["y"].append(np.fromiter((r.label for r in e), np.int64, n))
+            self.chunks["b"].append(np.fromiter((r.base_pred for r in e), np.float64, n))
+            self.chunks["c"].append(np.fromiter((r.comp_pred for r in e), np.float64, n))
+            self.chunks["t"].append(np.fromiter((r.ts for r in e), np.float64, n))
+            self.chunks["u"].append(np.array([r.user_id for r in e], object))
+        if self.keep_outputs:
+            self.recs += res.recommendations
+            self.errs += e
+        before, self.scored = self.scored, self.scored + len(res.recommendations)
+        if cfg.retrain_every and self.scored // cfg.retrain_every > before // cfg.retrain_every and self.window:
+            self.current = self.engine._retrain(self.current, list(self.window),  # noqa: SLF001
+                                                f"v{len(self.retrains) + 2}", self.cache)
+            self.state.scoring.swap_model(self.current.scorer)
+            self.retrains.append({"version": self.current.version, "after_events": self.scored,
+                                  "holdout_auc": self.current.metrics.get("holdout_auc")})
+        self.seconds += time.perf_counter() - t0
+
+    def result(self, source: str, counts: dict[str, int], seconds: float, kernels_s: float) -> ReplayResult:
+        """The :class:`ReplayResult` (report keys: :meth:`ReplayEngine.run`)."""
+        cfg, state = self.engine.settings.replay, self.state
+        cat = {k: np.concatenate(v) if v else np.empty(0, np.int64 if k == "y" else object if k == "u" else np.float64)
+               for k, v in self.chunks.items()}
+        y, pb, pc = cat["y"], cat["b"], cat["c"]
+        n_events = sum(counts.values())
+        report = {
+            "source": source, "events": n_events, "interactions": counts["interactions"],
+            "requests": counts["requests"], "media_events": counts["media"], "warmup_events": 0,
+            "scored": int(len(y)), "positives": int(y.sum()), "recommendations": self.scored,
+            "dead_letters": len(state.dead_letters), "duplicates": state.duplicates,
+            "invalid_lines": 0, "invalid_examples": [],
+            "auc_base": auc(y, pb), "auc_compensated": auc(y, pc),
+            "logloss_base": logloss(y, pb), "logloss_compensated": logloss(y, pc),
+            "events_per_s": n_events / seconds if seconds > 0 else float("nan"),
+            "fit_seconds": 0.0, "kernels_seconds": kernels_s, "batch_size": cfg.batch_size,
+            "partitions": self.engine.partitions, "model_version": self.fitted.version,
+            "model_holdout": self.fitted.metrics, "compensation": type(state.scoring.compensation).__name__,
+            "retrains": self.retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
+        }
+        return ReplayResult(report, y, pb, pc, cat["t"], self.fitted, cat["u"], state, self.recs, self.errs)
 
 
 class _progress:

@@ -148,6 +148,26 @@ def test_run_compare_shares_base_scores_and_off_is_the_base(settings, small_log,
     assert len(j["rolling"]) == 5 and set(j["metrics"]) == set(configs)
 
 
+def test_one_pass_equals_one_replay_per_config(settings, small_log, small_model) -> None:
+    """Stepping every configuration on each batch in turn changes nothing: each one's
+    predictions, error-memory digest and counts equal its own replay alone."""
+    from reloop.ops.compare_run import replay_configs
+    from reloop.ops.replay import ReplayEngine
+    from reloop.ops.serving import compensation_factory
+
+    loaded = _log(small_log, 4000, 5500)
+    configs = {"off": settings.with_overrides(worker={"compensation": "none"}),
+               "lam": settings.with_overrides(error_memory={"lam": 0.7})}
+    runs, facts = replay_configs(loaded, configs, fitted=small_model)
+    assert facts["one_pass"] and set(facts["seconds"]) == {"fit", "replay"}
+    for name, s in configs.items():
+        alone = ReplayEngine(s, compensation_factory(s)).run(loaded, fitted=small_model)
+        np.testing.assert_array_equal(runs[name].compensated, alone.compensated)
+        np.testing.assert_array_equal(runs[name].labels, alone.labels)
+        assert runs[name].report["digests"] == alone.report["digests"]
+        assert runs[name].report["scored"] == alone.report["scored"] > 0
+
+
 def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, small_log, capsys) -> None:
     from reloop.streams.codec import encode
 
@@ -180,25 +200,24 @@ def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, sma
         cmd_compare(parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), "--windows", "0"]))
 
 
-def test_shared_scorer_reuses_exact_outputs_within_its_byte_cap(small_log, small_model) -> None:
+def test_shared_scorer_reuses_exact_outputs_of_its_latest_batches(small_log, small_model) -> None:
     from reloop.models.features import FeatureEncoder
     from reloop.ops.compare_run import _SharedScorer
 
     its = [e for e in small_log if isinstance(e, Interaction)][:300]
     tokens, dense = FeatureEncoder(small_model.scorer.spec).encode([(i.user_id, i.item_id, i.features) for i in its])
     want_p, want_h = small_model.scorer.score(tokens, dense)
-    shared = _SharedScorer(small_model.scorer)
+    shared = _SharedScorer(small_model.scorer, keep=2)
     assert shared.hidden_dim == small_model.scorer.hidden_dim  # everything else is the scorer's
     p1, h1 = shared.score(tokens, dense)
     p1[:] = -1.0  # a caller's changes do not reach the memo
     p2, h2 = shared.score(tokens, dense)
     np.testing.assert_array_equal(p2, want_p)
     np.testing.assert_array_equal(h2, want_h)
-    assert (shared.misses, shared.hits, shared.bytes) == (1, 1, want_p.nbytes + want_h.nbytes)
+    assert (shared.misses, shared.hits) == (1, 1)
     shared.score(tokens[:10], dense[:10])  # other inputs: scored, not served from the memo
-    assert shared.misses == 2
-    capped = _SharedScorer(small_model.scorer, max_bytes=100)
-    capped.score(tokens, dense)
-    p3, _ = capped.score(tokens, dense)
+    shared.score(tokens[:20], dense[:20])  # a third batch: the oldest (the full one) is forgotten
+    assert shared.misses == 3 and len(shared._memo) == 2
+    p3, _ = shared.score(tokens, dense)
     np.testing.assert_array_equal(p3, want_p)
-    assert (capped.misses, capped.hits, capped.bytes) == (2, 0, 0)
+    assert (shared.misses, shared.hits) == (4, 1)
