@@ -359,7 +359,8 @@ class _EngineRun:
 
 
 class _progress:
-    """A rich progress bar on a terminal; a no-op otherwise."""
+    """A rich progress bar on a terminal (events done of the total, events/s, time elapsed and
+    ETA); a no-op otherwise."""
 
     def __init__(self, enabled: bool, total: int | None) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -368,12 +369,22 @@ class _progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n: None
-        from rich.progress import Progress
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
-        self._bar = Progress(transient=True)
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[rate]} events/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                             TimeRemainingColumn(), transient=True)
         self._bar.start()
-        task = self._bar.add_task("replay", total=self.total)
-        return lambda n: self._bar.advance(task, n)
+        task = self._bar.add_task("replay", total=self.total, rate="-")
+
+        def advance(n: int) -> None:
+            self._bar.advance(task, n)
+            speed = self._bar.tasks[0].speed
+            if speed:
+                self._bar.update(task, rate=f"{speed:,.0f}")
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
