@@ -68,7 +68,8 @@ class HotPathInputs:
                     else:
                         outputs.append(self._dead_letter(m, logical, reason or "rejected"))
                     continue
-                admitted.append(Admitted(logical, tp.partition, raw, ev, m))
+                digest = admission.digest(tp.partition, ev.request_id) if logical == "requests" else None
+                admitted.append(Admitted(logical, tp.partition, raw, ev, m, digest))
         return admitted
 
     def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:
