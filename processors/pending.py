@@ -157,8 +157,8 @@ class PendingStore:
         if req is None:
             req = self._requests[rid] = _Request(p.ts + self.window_s)
             heapq.heappush(self._deadlines, (req.deadline, 0, rid))
-            if dirty is not None and rid not in dirty.requests:
-                dirty.created.add(rid)  # no record of it in the changelog yet
+            if dirty is not None and rid not in dirty.resolved:
+                dirty.created.add(rid)  # not pending when last read: the changelog holds no req/lab of it
         if p.item_id not in req.items:
             self._size += 1
         req.items[p.item_id] = p

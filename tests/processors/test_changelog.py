@@ -233,7 +233,7 @@ def test_a_request_resolved_within_its_batch_writes_no_tombstone():
     p1 = Pending("r1", "i1", "u1", 1.0, 0.5, 0.5, "v1", b"", {})
     p2 = Pending("r2", "i2", "u1", 1.0, 0.5, 0.5, "v1", b"", {})
     click1 = Interaction(user_id="u1", item_id="i1", ts=1.5, label=1, request_id="r1")
-    tasks.apply(0, [p1, p2], [click1], tasks.stream_times(0, [1.0], [1.5]))
+    tasks.apply(0, [p1, p2], [click1], tasks.stream_times(0, [1.0], [1.5]), [("r1", 11), ("r2", 22)])
     first = changed_records(tasks, 0, {}, "w")
     keys = [k for k, _ in first]
     assert b"0/req:r1" not in keys and b"0/lab:r1" not in keys and b"0/res:r1" in keys
