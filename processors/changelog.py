@@ -184,9 +184,12 @@ def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int
         kind = "lab" if written.get(rid) == shape else "req"  # only labels changed: the small record
         written[rid] = shape
         out.append((_key(partition, f"{kind}:{rid}"), _value(store, kind, rid)))
-    for kind, idents in (("res", sorted(dirty.resolved)), ("orph", sorted(dirty.orphans))):
-        for ident in idents:
-            out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
+    res_key, resolved, digests, encode = f"{partition}/res:", store._resolved, store._digests, _enc.encode  # noqa: SLF001
+    for rid in sorted(dirty.resolved):  # as _value(store, "res", rid), inlined: one per resolved request
+        deadline = resolved.get(rid)
+        out.append(((res_key + rid).encode(), None if deadline is None else encode(_Res(deadline, digests.get(rid)))))
+    for ident in sorted(dirty.orphans):
+        out.append((_key(partition, _ident("orph", ident)), _value(store, "orph", ident)))
     if media is not None:
         out += media_records(partition, *media)
     out.append(meta_record(tasks, partition, offsets, writer))
