@@ -180,16 +180,19 @@ class StepReplay:
         """One polled batch: admit, :func:`run_step`, then the replica (module doc)."""
         self.admission.begin_batch(self.tasks)
         admitted: list[Admitted] = []
+        admission, limits, offset = self.admission, self.limits, self._offset
         for r in batch:
-            r = r._replace(offset=self._offset(r.logical, r.partition), value=r.raw)
-            ev, reason = admit_one(self.admission, r.logical, r.partition, r.raw, self.limits)
+            logical, part, raw = r.logical, r.partition, r.raw
+            r = Routed(logical, part, raw, r.topic, offset(logical, part), r.key, raw)  # not _replace: per record
+            ev, reason = admit_one(admission, logical, part, raw, limits)
             if ev is None:
                 if reason == DUPLICATE:
                     self.duplicates += 1
                 else:
                     self.dead_letters.append((r, reason or "rejected"))
                 continue
-            admitted.append(Admitted(r.logical, r.partition, r.raw, ev, r))
+            admitted.append(Admitted(logical, part, raw, ev, r,
+                                     admission.digest(part, ev.request_id) if logical == "requests" else None))
         cores = (self.scoring, self.tasks, self.media)
         try:
             res = run_step(admitted, *cores)

@@ -63,6 +63,10 @@ class Admission:
         self._batch.clear()
         self._newest.clear()
 
+    def digest(self, partition: int, request_id: str) -> int | None:
+        """The content digest of request ``request_id`` admitted on ``partition`` in this batch."""
+        return self._batch.get((partition, request_id))
+
     def request(self, partition: int, r: RecommendationRequest, raw: bytes) -> tuple[RecommendationRequest | None,
                                                                                     str | None]:
         """Admit ``r`` (read from ``partition``, ``raw`` its bytes on the wire).

@@ -6,7 +6,9 @@ the task of input partition p writes only changelog partition p. Every key names
 live state, so compaction keeps exactly what a new owner needs:
 
 * ``<p>/req:<request id>``: a pending request (deadline, scored candidates, labels so far,
-  content digest); a tombstone once it resolved;
+  content digest); a tombstone once it resolved (none for a request registered and resolved
+  within one batch, e.g. a replayed one-candidate request with its label: its ``req`` was
+  never written);
 * ``<p>/lab:<request id>``: the labels so far of a pending request whose ``req`` record is
   otherwise current (a click changes only them: ~50 bytes instead of the whole request's
   ~4-8 KB); the later of ``req`` and ``lab`` in log order holds the labels; a tombstone with
@@ -169,20 +171,25 @@ def changed_records(tasks: FeedbackTasks, partition: int, offsets: dict[str, int
     store = tasks.task(partition).pending
     dirty = store.take_dirty()
     written = tasks.changelog_written.setdefault(partition, {})
+    created = dirty.created
     out: list[Record] = []
     for rid in sorted(dirty.requests):
         req = store._requests.get(rid)  # noqa: SLF001
         if req is None:  # resolved or forced out: both keys go
             written.pop(rid, None)
-            out += [(_key(partition, f"req:{rid}"), None), (_key(partition, f"lab:{rid}"), None)]
+            if rid not in created:  # else registered and resolved within the batch: never written
+                out += [(_key(partition, f"req:{rid}"), None), (_key(partition, f"lab:{rid}"), None)]
             continue
         shape = (len(req.items), store._digests.get(rid))  # noqa: SLF001
         kind = "lab" if written.get(rid) == shape else "req"  # only labels changed: the small record
         written[rid] = shape
         out.append((_key(partition, f"{kind}:{rid}"), _value(store, kind, rid)))
-    for kind, idents in (("res", sorted(dirty.resolved)), ("orph", sorted(dirty.orphans))):
-        for ident in idents:
-            out.append((_key(partition, _ident(kind, ident)), _value(store, kind, ident)))
+    res_key, resolved, digests, encode = f"{partition}/res:", store._resolved, store._digests, _enc.encode  # noqa: SLF001
+    for rid in sorted(dirty.resolved):  # as _value(store, "res", rid), inlined: one per resolved request
+        deadline = resolved.get(rid)
+        out.append(((res_key + rid).encode(), None if deadline is None else encode(_Res(deadline, digests.get(rid)))))
+    for ident in sorted(dirty.orphans):
+        out.append((_key(partition, _ident("orph", ident)), _value(store, "orph", ident)))
     if media is not None:
         out += media_records(partition, *media)
     out.append(meta_record(tasks, partition, offsets, writer))

@@ -52,7 +52,7 @@ class FeedbackCore:
         for p in scored:
             self.pending.add(p)
         resolved: list[Resolved] = []
-        for p in scored:
+        for p in scored if self.pending.orphan_count else ():  # no orphans: nothing to claim
             orphan = self.pending.claim_orphan(p.request_id, p.item_id)
             if orphan is not None:
                 status, done = self.pending.label(p.request_id, p.item_id, orphan.label, orphan.ts)

@@ -49,26 +49,31 @@ class HotPathInputs:
         admission = self.admission
         admission.begin_batch(self.tasks)
         admitted: list[Admitted] = []
+        add = admitted.append
+        limits = self.limits
+        guard = self.guard if self.guard is not None and self.guard.active else None  # inactive: no poison
         for tp, msgs in batch.items():
             logical = self._by_topic[tp.topic]
+            part = tp.partition
+            is_request = logical == "requests"
             self.telemetry.events_in.labels(logical).inc(len(msgs))
             for m in msgs:
                 raw = m.value or b""
-                if self.guard is not None and self.guard.is_poison((tp.topic, tp.partition), m.offset):
-                    n = self.guard.crashes((tp.topic, tp.partition), m.offset)
+                if guard is not None and guard.is_poison((tp.topic, tp.partition), m.offset):
+                    n = guard.crashes((tp.topic, tp.partition), m.offset)
                     log.error("poison_record_skipped", extra={"topic": tp.topic, "partition": tp.partition,
                                                               "offset": m.offset, "crashes": n})
                     outputs.append(self._dead_letter(m, logical, f"crashed the worker {n} times while "
                                                                  "being processed: skipped"))
                     continue
-                ev, reason = admit_one(admission, logical, tp.partition, raw, self.limits)
+                ev, reason = admit_one(admission, logical, part, raw, limits)
                 if ev is None:
                     if reason == DUPLICATE:
                         self.telemetry.duplicates.labels(logical).inc()
                     else:
                         outputs.append(self._dead_letter(m, logical, reason or "rejected"))
                     continue
-                admitted.append(Admitted(logical, tp.partition, raw, ev, m))
+                add(Admitted(logical, part, raw, ev, m, admission.digest(part, ev.request_id) if is_request else None))
         return admitted
 
     def _memory_outputs(self, part: int, errors: Sequence[ErrorRecord]) -> list[Output]:

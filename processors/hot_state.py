@@ -227,20 +227,24 @@ class HotPathState:
     async def produce_changelog(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
         """Produce changelog records each to the partition its key names, in order; wait for acks."""
         assert self.producer is not None
-        by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for _, k, v in records:
-            by_part.setdefault(key_partition(k), []).append((k, v))
+        by_part: dict[bytes, list[tuple[bytes, bytes | None]]] = {}
+        for _, k, v in records:  # the key's prefix names the partition (key_partition, unparsed)
+            by_part.setdefault(k[:k.index(b"/")], []).append((k, v))
         futs = []
-        for p, items in by_part.items():
+        for prefix, items in by_part.items():
+            p = int(prefix)
             batch = self.producer.create_batch()
+            append = batch.append
             for k, v in items:
-                if batch.append(key=k, value=v, timestamp=None) is None:
+                if append(key=k, value=v, timestamp=None) is None:
                     batch.close()
                     futs.append(await self.producer.send_batch(batch, self.topics["changelog"], partition=p))
                     batch = self.producer.create_batch()
-                    if batch.append(key=k, value=v, timestamp=None) is None:
+                    append = batch.append
+                    if append(key=k, value=v, timestamp=None) is None:
                         futs.append(await self.producer.send(self.topics["changelog"], v, key=k, partition=p))
                         batch = self.producer.create_batch()
+                        append = batch.append
             if batch.record_count():
                 batch.close()
                 futs.append(await self.producer.send_batch(batch, self.topics["changelog"], partition=p))

@@ -58,11 +58,24 @@ class Resolved(NamedTuple):
     label_ts: float
 
 
-@dataclass
 class _Request:
-    deadline: float
-    items: dict[str, Pending] = field(default_factory=dict)
-    labels: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """A pending request: its window's end (event-time s), its scored candidates by item id,
+    and the labels so far (item id -> (label, label time)). Slotted: one per request."""
+
+    __slots__ = ("deadline", "items", "labels")
+
+    def __init__(self, deadline: float, items: dict[str, Pending] | None = None,
+                 labels: dict[str, tuple[int, float]] | None = None) -> None:
+        self.deadline = deadline
+        self.items: dict[str, Pending] = {} if items is None else items
+        self.labels: dict[str, tuple[int, float]] = {} if labels is None else labels
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Request) and (self.deadline, self.items, self.labels) == (
+            other.deadline, other.items, other.labels)
+
+    def __repr__(self) -> str:
+        return f"_Request(deadline={self.deadline!r}, items={self.items!r}, labels={self.labels!r})"
 
 
 class PendingStore:
@@ -138,15 +151,19 @@ class PendingStore:
         so a duplicate never yields a second record or a false negative."""
         if p.request_id in self._resolved:
             return
-        req = self._requests.get(p.request_id)
+        rid = p.request_id
+        req = self._requests.get(rid)
+        dirty = self.dirty
         if req is None:
-            req = self._requests[p.request_id] = _Request(p.ts + self.window_s)
-            heapq.heappush(self._deadlines, (req.deadline, 0, p.request_id))
+            req = self._requests[rid] = _Request(p.ts + self.window_s)
+            heapq.heappush(self._deadlines, (req.deadline, 0, rid))
+            if dirty is not None and rid not in dirty.resolved:
+                dirty.created.add(rid)  # not pending when last read: the changelog holds no req/lab of it
         if p.item_id not in req.items:
             self._size += 1
         req.items[p.item_id] = p
-        if self.dirty is not None:
-            self.dirty.requests.add(p.request_id)
+        if dirty is not None:
+            dirty.requests.add(rid)
 
     def label(self, request_id: str, item_id: str, label: int, ts: float) -> tuple[str, list[Resolved]]:
         """Record a label. Returns (status, resolved) where status is ``joined``,
@@ -331,11 +348,14 @@ def deep_size(obj: object) -> int:
 
 @dataclass
 class _Dirty:
-    """Keys of a store changed since the changelog last read them."""
+    """Keys of a store changed since the changelog last read them. ``created``: the requests
+    first registered since then (their ``req``/``lab`` keys were never written: if they
+    resolve before the changelog reads them, there is nothing to tombstone)."""
 
     requests: set[str] = field(default_factory=set)
     resolved: set[str] = field(default_factory=set)
     orphans: set[tuple[str, str]] = field(default_factory=set)
+    created: set[str] = field(default_factory=set)
 
 
 class _RequestState(msgspec.Struct, array_like=True):

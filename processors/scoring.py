@@ -118,9 +118,12 @@ class ScoringCore:
         requests = [unique_candidates(r) for r in requests]
         rows: list[tuple[str, str, dict]] = []
         bounds = [0]
+        add_row = rows.append
         for r in requests:
+            user, rf = r.user_id, r.features
             for c in r.candidates:
-                rows.append((r.user_id, c.item_id, {**r.features, **c.features}))
+                cf = c.features
+                add_row((user, c.item_id, {**rf, **cf} if cf else dict(rf)))
             bounds.append(len(rows))
         if self.media is not None:
             rows = self.media.merge_into_rows(requests, rows)
@@ -137,16 +140,24 @@ class ScoringCore:
         codes_l = packed_rows(codes)
         recs: list[Recommendation] = []
         pending: list[Pending] = []
+        add_rec, add_pending = recs.append, pending.append
+        new_pending = Pending.__new__
         for j, r in enumerate(requests):
             lo, hi = bounds[j], bounds[j + 1]
-            order = ([lo] if hi - lo == 1 else  # one candidate (e.g. a replayed interaction): no sort
-                     (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist())
-            items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i],
-                                schemas=matched[i]) for i in order]
-            recs.append(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts,
-                                       model_version=version, items=items))
-            pending.extend(Pending(r.request_id, rows[i][1], r.user_id, r.ts, base_l[i], score_l[i],
-                                   version, codes_l[i], model_features(rows[i][2], keep)) for i in range(lo, hi))
+            rid, user, ts = r.request_id, r.user_id, r.ts
+            if hi - lo == 1:  # one candidate (e.g. a replayed interaction): no sort
+                row = rows[lo]
+                items = [ScoredItem(item_id=row[1], base_score=base_l[lo], score=score_l[lo], evidence=ev_l[lo],
+                                    schemas=matched[lo])]
+                add_pending(new_pending(Pending, rid, row[1], user, ts, base_l[lo], score_l[lo], version, codes_l[lo],
+                                        model_features(row[2], keep)))
+            else:
+                order = (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()
+                items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i],
+                                    schemas=matched[i]) for i in order]
+                pending.extend(new_pending(Pending, rid, rows[i][1], user, ts, base_l[i], score_l[i], version,
+                                           codes_l[i], model_features(rows[i][2], keep)) for i in range(lo, hi))
+            add_rec(Recommendation(request_id=rid, user_id=user, ts=ts, model_version=version, items=items))
         return recs, pending
 
 

@@ -37,13 +37,15 @@ class Admitted(NamedTuple):
     """A decoded input admitted into a batch: its topic (logical name: ``requests``,
     ``interactions`` or ``media``), partition, raw value, event and the consumer record it
     came from (``msg``: ``topic``, ``partition``, ``offset``, ``key``, ``value``; for a dead
-    letter if processing it fails)."""
+    letter if processing it fails), and for a request the content digest admission computed
+    (:meth:`Admission.digest`; None: computed again from ``raw``)."""
 
     logical: str
     partition: int
     raw: bytes
     event: Any
     msg: Any
+    digest: int | None = None  # a request's content digest, if admission computed it
 
 
 class StepResult(NamedTuple):
@@ -105,7 +107,8 @@ def run_step(inputs: Sequence[Admitted], scoring: ScoringCore, tasks: FeedbackTa
         n = len(x.event.candidates)
         by_part.setdefault(x.partition, []).extend(pending[i:i + n])
         req_ts.setdefault(x.partition, []).append(x.event.ts)
-        digests.setdefault(x.partition, []).append((x.event.request_id, request_digest(x.raw)))
+        digests.setdefault(x.partition, []).append(
+            (x.event.request_id, x.digest if x.digest is not None else request_digest(x.raw)))
         i += n
     errors: list[ErrorRecord] = []
     deltas: list[TaskDelta] = []

@@ -83,7 +83,18 @@ def error_id_for(request_id: str, item_id: str) -> str:
     return f"{len(request_id)}:{request_id}:{item_id}"
 
 
+def _finite_features(features: dict[str, str | float]) -> bool:
+    """Whether every float value of ``features`` is finite (``x - x`` is 0 for a finite
+    float, NaN for an infinite or NaN one): the per-event check, without a call per value."""
+    for value in features.values():
+        if isinstance(value, float) and value - value != 0.0:
+            return False
+    return True
+
+
 def _check_features(features: dict[str, str | float], where: str) -> None:
+    if not features or _finite_features(features):
+        return
     for name, value in features.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where}[{name!r}] must be finite, got {value}")
@@ -114,7 +125,8 @@ class RecommendationRequest(_Event, tag="request"):
     def __post_init__(self) -> None:
         _check_features(self.features, "features")
         for c in self.candidates:
-            _check_features(c.features, f"candidates[{c.item_id!r}].features")
+            if c.features and not _finite_features(c.features):  # the message only when it fails
+                _check_features(c.features, f"candidates[{c.item_id!r}].features")
 
 
 class ScoredItem(msgspec.Struct, kw_only=True, gc=False):

@@ -6,7 +6,7 @@ import time
 
 import msgspec
 
-from reloop.streams.events import ErrorRecord, MediaEvent, RecommendationRequest
+from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, RecommendationRequest
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +46,24 @@ def check_limits(event: object, limits: Limits, now: float | None = None) -> str
     >>> check_limits(Interaction(user_id="u", item_id="i", ts=3.25e10, label=1), Limits(), now=1.7e9)
     'event time 32500000000.0 is 30800000000 s ahead of the wall clock (limit 3600 s)'
     """
+    cls = event.__class__
+    if cls is Interaction or cls is ErrorRecord or (cls is RecommendationRequest and
+                                                     len(event.candidates) <= limits.max_candidates):
+        # the hot path's kinds (per event: ~0.3 us instead of ~1): only the clock to check
+        future = limits.max_future_s
+        if not future:
+            return None
+        now = time.time() if now is None else now
+        ts = event.ts
+        if cls is ErrorRecord and event.label_ts is not None and event.label_ts > ts:
+            ts = event.label_ts
+        if ts <= now + future:
+            return None
+    return _check_limits(event, limits, now)
+
+
+def _check_limits(event: object, limits: Limits, now: float | None) -> str | None:
+    """:func:`check_limits` for any event."""
     if isinstance(event, MediaEvent) and len(event.embedding) != limits.media_dim:
         return f"embedding has length {len(event.embedding)}, expected {limits.media_dim}"
     if isinstance(event, RecommendationRequest) and len(event.candidates) > limits.max_candidates:

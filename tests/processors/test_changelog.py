@@ -221,3 +221,31 @@ def test_user_record_round_trip_and_validation():
         user_from_bytes(b"not zlib", cfg)
     with pytest.raises(ValueError):
         user_from_bytes(user_to_bytes(next(iter(core.memory.users.values()))), MediaMemoryConfig(dim=DIM, capacity_clips=8))
+
+
+def test_a_request_resolved_within_its_batch_writes_no_tombstone():
+    """A request registered and resolved in one batch (a replayed one-candidate request with
+    its label) never had a ``req`` record: only its ``res`` record is written. One that was
+    written while pending is tombstoned when it resolves. A restore equals the writer."""
+    tasks = FeedbackTasks(window_s=5.0, limit=1_000, metrics=OnlineMetrics(window=10))
+    tasks.enable_tracking()
+    log: list = []
+    p1 = Pending("r1", "i1", "u1", 1.0, 0.5, 0.5, "v1", b"", {})
+    p2 = Pending("r2", "i2", "u1", 1.0, 0.5, 0.5, "v1", b"", {})
+    click1 = Interaction(user_id="u1", item_id="i1", ts=1.5, label=1, request_id="r1")
+    tasks.apply(0, [p1, p2], [click1], tasks.stream_times(0, [1.0], [1.5]), [("r1", 11), ("r2", 22)])
+    first = changed_records(tasks, 0, {}, "w")
+    keys = [k for k, _ in first]
+    assert b"0/req:r1" not in keys and b"0/lab:r1" not in keys and b"0/res:r1" in keys
+    assert (b"0/req:r2", None) not in first and any(k == b"0/req:r2" and v for k, v in first)
+    log += first
+    click2 = Interaction(user_id="u1", item_id="i2", ts=2.0, label=0, request_id="r2")
+    tasks.apply(0, [], [click2], tasks.stream_times(0, [], [2.0]))
+    second = changed_records(tasks, 0, {}, "w")
+    assert (b"0/req:r2", None) in second and (b"0/lab:r2", None) in second
+    log += second
+    got = restore(0, log, 5.0, 1_000)
+    mirror = FeedbackTasks(window_s=5.0, limit=1_000, metrics=OnlineMetrics(window=10))
+    mirror.install(0, got.core, got.meta.max_ts, got.meta.seq)
+    assert pending_view(mirror) == pending_view(tasks)
+    assert got.core.pending.digest_of("r1") == tasks.digest_of(0, "r1")
