@@ -354,6 +354,7 @@ class _EngineRun:
             "partitions": self.engine.partitions, "model_version": self.fitted.version,
             "model_holdout": self.fitted.metrics, "compensation": type(state.scoring.compensation).__name__,
             "retrains": self.retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
+            "schema_updates": state.published.get("schemas", 0), "alerts": state.published.get("alerts", 0),
         }
         return ReplayResult(report, y, pb, pc, cat["t"], self.fitted, cat["u"], state, self.recs, self.errs)
 

@@ -147,6 +147,10 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+#: Alerts a replay keeps for its report (the rest are counted).
+MAX_ALERTS = 1000
+
+
 class StepReplay:
     """A worker's cores and replica, stepped batch by batch (module doc).
 
@@ -170,6 +174,10 @@ class StepReplay:
         self._parts = {t: list(range(TOPICS[t].partitions)) for t in ("memory", "errors")}
         self.dead_letters: list[tuple[Routed, str]] = []
         self.duplicates = 0
+        # what the replica would publish (a worker's leader sends its outbox to ``schemas``,
+        # ``alerts`` and ``dlq``): counted per topic, the first MAX_ALERTS alerts kept
+        self.published: dict[str, int] = {}
+        self.alerts: list[Any] = []
 
     def _offset(self, topic: str, partition: int) -> int:
         o = self._next.get((topic, partition), 0)
@@ -223,6 +231,12 @@ class StepReplay:
                                                                     key, encode(e)))
         if errors:
             self.replica.apply_batch(errors)
+        if self.replica.outbox:  # drained as the worker's leader does, or it grows with the log
+            for topic, message in self.replica.outbox:
+                self.published[topic] = self.published.get(topic, 0) + 1
+                if topic == "alerts" and len(self.alerts) < MAX_ALERTS:
+                    self.alerts.append(message)
+            self.replica.outbox.clear()
 
     # ---- state -----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:

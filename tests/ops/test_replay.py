@@ -53,6 +53,14 @@ def test_replay_is_deterministic_and_compensation_moves_scores(settings, small_l
     np.testing.assert_array_equal(a.compensated, b.compensated)
     assert a.report["scored"] == len(a.labels) == 1600
     assert not np.array_equal(a.base, a.compensated)
+    # what the replica would publish is counted and drained, not held for the whole log
+    assert a.state.replica.outbox == [] and a.report["schema_updates"] == a.state.published.get("schemas", 0)
+    assert a.report["alerts"] == len(a.state.alerts) == b.report["alerts"]
+    st = a.state
+    st.replica.outbox += [("alerts", "an alert"), ("schemas", "an update")]
+    st.apply_errors([])
+    assert st.replica.outbox == [] and st.alerts[-1] == "an alert"
+    assert (st.published["alerts"], st.published["schemas"]) == (a.report["alerts"] + 1, a.report["schema_updates"] + 1)
     base_only = ReplayEngine(settings.with_overrides(worker={"compensation": "none"})).run(log, fitted=small_model)
     np.testing.assert_array_equal(base_only.base, a.base)
     np.testing.assert_array_equal(base_only.compensated, base_only.base)
