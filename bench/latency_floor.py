@@ -22,7 +22,10 @@ Per variant, on a fresh embedded broker with the catalog's topics:
   trainer's ``errors`` group consumer at aiokafka's default 500 ms, and Faust's consumer of
   ``models`` (its hard-coded 1500 ms).
 
-The echo worker's and the driver's fetch waits are the variant's wait (``--waits``). CPU is
+The echo worker's and the driver's fetch waits are the variant's wait (``--waits``).
+``request_hop_ms``: the first of the two hops, from the driver's send (the request record's
+create time) to the echo worker's fetch returning it, as the echo worker measured it; the
+rest of a latency is the echo itself and the answer's hop back. CPU is
 user + system seconds per wall second (1.0 = one core) over the driven span, of the broker,
 the driver (this process), the echo worker and the other consumers; ``load_before`` is the
 1-minute load average when the variant started (the machine is shared: quote it).
@@ -180,7 +183,8 @@ async def variant(args: argparse.Namespace, wait_ms: int, others: bool) -> dict[
            "answered_rps": round(res["answered_rps"] or 0.0, 1), "request_hop_ms": request_hop, "cpu": cpu}
     lat = out["latency_ms"]
     print(f"wait {wait_ms:>3} ms, others {'on ' if others else 'off'}: p50/p90/p99 = {lat['p50']} / {lat['p90']} / "
-          f"{lat['p99']} ms (request hop p50/p99 {request_hop['p50']} / {request_hop['p99']}); cpu broker {cpu['broker']:.2f} driver {cpu['driver']:.2f} echo {cpu['echo']:.2f}"
+          f"{lat['p99']} ms (request hop p50/p99 {request_hop['p50']} / {request_hop['p99']}); "
+          f"cpu broker {cpu['broker']:.2f} driver {cpu['driver']:.2f} echo {cpu['echo']:.2f}"
           + (f" others {cpu['others']:.2f}" if others else "") + f" (load before {load_before:.2f})", flush=True)
     return out
 
