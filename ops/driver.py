@@ -51,15 +51,18 @@ async def collect_latencies(consumer: AIOKafkaConsumer, sent_at: dict[str, float
                 return
 
 
-def recommendations_consumer(ks: KafkaSettings) -> AIOKafkaConsumer:
-    """A group-less consumer of ``recommendations`` from its end, with a short fetch wait."""
+def recommendations_consumer(ks: KafkaSettings, fetch_wait_ms: int = FETCH_WAIT_MS) -> AIOKafkaConsumer:
+    """A group-less consumer of ``recommendations`` from its end, with a short fetch wait (ms)."""
     return AIOKafkaConsumer(topic_name(ks, "recommendations"), **client_kwargs(ks), group_id=None,
-                            auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS)
+                            auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms)
 
 
 async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int, offered_rps: float,
-                duration_s: float | None = None) -> dict[str, Any]:
+                duration_s: float | None = None, fetch_wait_ms: int = FETCH_WAIT_MS) -> dict[str, Any]:
     """Produce the live part of the simulator's traffic and collect the recommendations.
+
+    ``fetch_wait_ms``: the recommendations reader's fetch wait (``bench/latency_floor.py``
+    varies it).
 
     Returns counts, latency percentiles (ms), and ``answered``: one ``[event_ts, version]``
     per answered request (the request's event time, unix s, and the model version that
@@ -69,7 +72,12 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
     names = {t: topic_name(ks, t) for t in ("requests", "interactions", "media")}
     producer = make_producer(ks)
     await producer.start()
-    consumer = recommendations_consumer(ks)
+    # requests on their own connection, sent at once: the producer keeps one request in flight
+    # per broker and lingers 2 ms, so on the shared one a request waited behind the feedback and
+    # media batches sent before it (as a serving front end and a feedback logger would not share one)
+    ask = make_producer(ks, linger_ms=0)
+    await ask.start()
+    consumer = recommendations_consumer(ks, fetch_wait_ms)
     await consumer.start()
     await consumer.seek_to_end()
     sent_at: dict[str, float] = {}
@@ -109,14 +117,14 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
                 sent_at[ev.request_id] = time.perf_counter()
                 event_ts[ev.request_id] = ev.ts
                 live.add(ev.request_id)
-                await producer.send(names["requests"], encode(ev), key=ev.user_id.encode())
+                await ask.send(names["requests"], encode(ev), key=ev.user_id.encode())
                 counts["requests"] += 1
             elif warm_cut is not None and (isinstance(ev, MediaEvent) or ev.request_id in live):
                 topic = "media" if isinstance(ev, MediaEvent) else "interactions"
                 assert isinstance(ev, (MediaEvent, Interaction))
                 await producer.send(names[topic], encode(ev), key=ev.user_id.encode())
                 counts[topic] += 1
-        await producer.flush()
+        await asyncio.gather(producer.flush(), ask.flush())
         t_sent = time.perf_counter()
         sending_done.set()
         await collector
@@ -124,6 +132,7 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
         collector.cancel()
         await consumer.stop()
         await producer.stop()
+        await ask.stop()
     elapsed = time.perf_counter() - t0
     lat = np.array(latencies) * 1000.0
     pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)}

@@ -249,7 +249,8 @@ class Trainer:
             self.window = window = open_window(self.settings, cfg)
             self.core = core = TrainerCore(cfg, self.registry.current(), len(window))
             consumer = AIOKafkaConsumer(topic_name(ks, "errors"), **client_kwargs(ks), group_id=cfg.group_id,
-                                        enable_auto_commit=False, auto_offset_reset="earliest")
+                                        enable_auto_commit=False, auto_offset_reset="earliest",
+                                        fetch_max_wait_ms=ks.idle_fetch_wait_ms)  # off the latency path
             producer = make_producer(ks)
             await producer.start()
             await consumer.start()

@@ -93,7 +93,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     hot = HotPath(client=client_kwargs(ks), topics=topics, group_id=ks.group_id, limits=settings.limits,
                   feedback=feedback, telemetry=telemetry,
                   compensation_factory=lambda sc: make_compensation(settings, sc),
-                  fetch_max_records=ks.fetch_max_records,
+                  fetch_max_records=ks.fetch_max_records, idle_fetch_wait_ms=ks.idle_fetch_wait_ms,
                   session_timeout_ms=int(ks.session_timeout_s * 1000),
                   rebalance_timeout_ms=int(ks.rebalance_timeout_s * 1000),
                   group_instance_id=ks.group_instance_id or None,

@@ -89,6 +89,8 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             (``scorer -> Compensation | None``; None = identity).
         telemetry: Prometheus metrics.
         fetch_max_records: most records per ``getmany``.
+        idle_fetch_wait_ms: fetch wait of the replica and changelog consumers (off the latency
+            path; ``kafka.idle_fetch_wait_ms``); the input consumer keeps 10 ms.
         session_timeout_ms / rebalance_timeout_ms: group membership timeouts.
         snapshot_path: where the error-memory replica is snapshotted with the ``errors``
             offsets it includes; its directory also holds ``inputs.npz`` and the input
@@ -115,7 +117,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
                  replica_snapshot_every_s: float = 60.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
-                 group_instance_id: str | None = None, **kwargs: Any) -> None:
+                 group_instance_id: str | None = None, idle_fetch_wait_ms: int = 100, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -126,6 +128,7 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self.compensation_factory = compensation_factory
         self.telemetry = telemetry
         self.fetch_max_records = fetch_max_records
+        self.idle_fetch_wait_ms = idle_fetch_wait_ms
         self.session_timeout_ms = session_timeout_ms
         self.group_instance_id = group_instance_id or None  # static membership (None: dynamic)
         self.rebalance_timeout_ms = rebalance_timeout_ms
@@ -221,13 +224,17 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self.errors_consumer = AIOKafkaConsumer(**self.client, group_id=None, enable_auto_commit=False,
                                                 auto_offset_reset="earliest",
                                                 max_partition_fetch_bytes=8 << 20,
-                                                fetch_max_wait_ms=10)  # as the inputs: fresher replica
+                                                # off the latency path: the wait bounds the replica's
+                                                # staleness; 10 ms made the broker spin
+                                                fetch_max_wait_ms=self.idle_fetch_wait_ms)
         await self.errors_consumer.start()
         await self.find_replica_partitions()
         self.errors_consumer.assign(self._replica_parts["memory"])
         self.changelog_consumer = AIOKafkaConsumer(**self.client, group_id=None, enable_auto_commit=False,
                                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                                   fetch_max_wait_ms=10)
+                                                   # restores read up to a known end (no wait at the
+                                                   # end), but the last partition read stays assigned
+                                                   fetch_max_wait_ms=self.idle_fetch_wait_ms)
         await self.changelog_consumer.start()
 
     async def on_stop(self) -> None:

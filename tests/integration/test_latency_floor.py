@@ -1,0 +1,49 @@
+"""The latency floor bench at a small size (``bench/latency_floor.py`` runs reloop run's size),
+and the idle fetch wait reaching the consumers off the latency path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reloop.ops.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_latency_floor_bench_small(tmp_path: Path) -> None:
+    """Driver traffic through a fresh broker answered by the echo worker, with the other
+    consumers polling next to it: every live request is answered and every process's CPU is
+    measured."""
+    out = tmp_path / "floor.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "latency_floor.py"), "--events", "500",
+                           "--waits", "10", "--others", "on", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["variants"]
+    assert row["fetch_wait_ms"] == 10 and row["others"] is True
+    assert row["unanswered"] == 0 and row["answered"] == row["produced"]["requests"] == 400  # 20% warm-up not sent
+    assert row["produced"]["interactions"] > 0 and row["produced"]["media"] > 0
+    lat, hop = row["latency_ms"], row["request_hop_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert 0 <= hop["p50"] <= hop["p99"]
+    assert set(row["cpu"]) == {"broker", "driver", "echo", "others"}
+    assert all(v > 0 for v in row["cpu"].values())
+
+
+def test_idle_fetch_wait_reaches_the_hot_path(tmp_path: Path) -> None:
+    from reloop.ops.worker import build_app
+
+    s = Settings().with_overrides(kafka={"broker": "kafka://127.0.0.1:9", "idle_fetch_wait_ms": 250},
+                                  worker={"data_dir": str(tmp_path)})
+    _, hot = build_app(s)
+    assert hot.idle_fetch_wait_ms == 250
+    assert Settings().kafka.idle_fetch_wait_ms == 100
+    with pytest.raises((SettingsError, ValueError), match="idle_fetch_wait_ms"):
+        Settings().with_overrides(kafka={"idle_fetch_wait_ms": -1})
