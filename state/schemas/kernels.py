@@ -7,7 +7,11 @@
   that make the kernel O(log C) per pattern update;
 * :func:`ring_sums` -- the weighted sums of the overlap check on the recent-records ring
   (:meth:`reloop.state.schemas.recent.RecentRecords.explained`) in one pass, GIL-free; its numpy
-  specification is :func:`reloop.state.schemas.reference.ring_sums_ref`.
+  specification is :func:`reloop.state.schemas.reference.ring_sums_ref`;
+* :func:`welch_z` -- :func:`reloop.state.schemas.select.two_sample_z` on ``(n, 3)`` rows in one
+  pass (its numpy body is the specification).
+
+:data:`USE_KERNELS` False makes the evaluation run the numpy paths these replaced (tests).
 
 The rest of the cache lives next to it: :mod:`reloop.state.schemas.select` (z tests, choice of
 schemata), :mod:`reloop.state.schemas.vocab` (predicate ids), :mod:`reloop.state.schemas.recent` (recent
@@ -63,6 +67,10 @@ G_OWN, G_SUM_R, G_SUM_R2, G_SUM_Y, G_SUM_P = range(5)
 N_GLOBAL = 5
 FIRST, LAST = 0, 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+#: False: a tick's evaluation runs the numpy code the numba kernels replaced (the overlap check
+#: with memoised masks, the Welch z in numpy); only for tests that compare the two paths.
+USE_KERNELS = True
 
 
 def index_size(capacity: int) -> int:
@@ -431,3 +439,28 @@ def ring_sums(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarray, 
     """
     return _ring_sums_kernel(pids, w, wr, np.ascontiguousarray(key, np.int64),
                              np.ascontiguousarray(key_cols, np.int64), bits, np.ascontiguousarray(masks, np.uint64))
+
+
+@njit(cache=True, nogil=True)
+def _welch_kernel(a, b, scale, var_floor, min_count, z, diff):  # pragma: no cover - numba
+    for i in range(a.shape[0]):
+        n_a, n_b = a[i, 0] * scale, b[i, 0] * scale
+        ok = (n_a >= min_count) & (n_b >= min_count)
+        own_a, own_b = (a[i, 0], b[i, 0]) if ok else (1.0, 1.0)
+        m_a, m_b = a[i, 1] / own_a, b[i, 1] / own_b
+        v_a, v_b = a[i, 2] / own_a - m_a * m_a, b[i, 2] / own_b - m_b * m_b
+        v_a = v_a if v_a >= var_floor or v_a != v_a else var_floor  # np.maximum (NaN stays)
+        v_b = v_b if v_b >= var_floor or v_b != v_b else var_floor
+        se = math.sqrt(v_a / (n_a if ok else 1.0) + v_b / (n_b if ok else 1.0))
+        d = m_a - m_b if ok else 0.0
+        diff[i] = d
+        z[i] = d / se if ok else 0.0
+
+
+def welch_z(a: np.ndarray, b: np.ndarray, scale: float, var_floor: float,
+            min_count: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`reloop.state.schemas.select.two_sample_z` of ``(n, 3)`` float64 rows ``a``, ``b``
+    in one pass (GIL released); the same IEEE operations per element, so bit-identical."""
+    z, diff = np.empty(a.shape[0]), np.empty(a.shape[0])
+    _welch_kernel(a, b, float(scale), float(var_floor), float(min_count), z, diff)
+    return z, diff

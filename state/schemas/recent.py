@@ -7,14 +7,12 @@ import sys
 
 import numpy as np
 
+from reloop.state.schemas import kernels
 from reloop.state.schemas.kernels import mark_members, ring_sums, split_key
 from reloop.state.schemas.reference import explained_ref
 
-__all__ = ["USE_KERNELS", "RecentRecords"]
+__all__ = ["RecentRecords"]
 
-#: False runs the overlap check as before the numba kernel (numpy masks,
-#: :func:`reloop.state.schemas.reference.explained_ref`); for tests that compare the two paths.
-USE_KERNELS = True
 _BITS = 64  # patterns marked at once in the membership bits of one evaluation
 
 
@@ -64,12 +62,12 @@ class RecentRecords:
         GIL released) over ``key``'s columns and the others' membership bits (``memo["bits"]``,
         marked once per evaluation, :meth:`_masks`); they are bit-identical to the numpy masks
         of :func:`~reloop.state.schemas.reference.explained_ref`, which runs instead when
-        :data:`USE_KERNELS` is False (and for a call with more than 64 others).
+        :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (and for a call with more than
+        64 others).
         """
-        if not USE_KERNELS:
+        if not kernels.USE_KERNELS:
             return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
-        mine = set(split_key(key))
-        others = [o for o in others if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
+        others = _across(key, others)
         if not others:
             return -1
         if "w" not in memo:  # decay weights (0 for empty slots), weights * residuals, totals
@@ -105,13 +103,14 @@ class RecentRecords:
         if "bits" not in memo:
             memo["bits"], memo["bit_of"] = np.zeros(self.r.shape[0], np.uint64), {}
         bit_of: dict[int, int] = memo["bit_of"]
-        if len(bit_of.keys() | set(others)) > _BITS:
+        new = [o for o in others if o not in bit_of]
+        if new and len(bit_of) + len(new) > _BITS:
             bit_of.clear()
-        for o in others:
-            if o not in bit_of:
-                bit_of[o] = len(bit_of)
-                ids = np.array(split_key(o), np.int64)
-                mark_members(self.pids, memo["bits"], bit_of[o], ids, cols[ids].astype(np.int64))
+            new = others
+        for o in new:
+            bit_of[o] = len(bit_of)
+            ids = np.array(split_key(o), np.int64)
+            mark_members(self.pids, memo["bits"], bit_of[o], ids, cols[ids].astype(np.int64))
         return np.array([1 << bit_of[o] for o in others], np.uint64)
 
     def examples(self, key: int, direction: str, limit: int) -> tuple[list[str], list[int]]:
@@ -136,3 +135,13 @@ class RecentRecords:
         """Bytes held (arrays exactly, id strings approximately)."""
         strings = sum(sys.getsizeof(e) for e in self.ids) + sys.getsizeof(self.ids)
         return int(self.pids.nbytes + self.r.nbytes + self.ts.nbytes + strings)
+
+
+def _across(key: int, others: list[int]) -> list[int]:
+    """``others`` without ``key``'s parents and children (patterns whose ids contain or are
+    contained in ``key``'s): ``set(split_key(o)) <= mine or mine <= set(split_key(o))``, in
+    integer tests."""
+    if key < (1 << 32):  # a single: drop itself and the pairs holding it
+        return [o for o in others if o != key and (o < (1 << 32) or (o >> 32 != key and o & 0xFFFFFFFF != key))]
+    a, b = key >> 32, key & 0xFFFFFFFF  # a pair: drop itself and its two singles
+    return [o for o in others if o != key and o != a and o != b]

@@ -4,7 +4,7 @@
 * :func:`ring_sums_ref` -- the overlap sums on the recent-records ring (tests: bit for bit);
 * :func:`explained_ref` -- the overlap check as it was before :func:`~reloop.state.schemas.kernels.ring_sums`
   (boolean masks memoised per evaluation), run when
-  :data:`reloop.state.schemas.recent.USE_KERNELS` is False (tests compare decisions).
+  :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (tests compare decisions).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Sums bit for bit on random rings; the decisions of :meth:`RecentRecords.explained` on random
 calls; and the change lists of whole runs -- a stream made by the feedback path
 (``bench/_schema_pipeline.error_stream``) and a planted overlap that the check explains away --
-equal with the kernel and with the numpy path it replaced (``recent.USE_KERNELS``).
+equal with the kernels and with the numpy paths they replaced (``kernels.USE_KERNELS``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import msgspec
 import numpy as np
 import pytest
 
-import reloop.state.schemas.recent as recent
+import reloop.state.schemas.kernels as kernels
 from bench._schema_pipeline import error_stream
 from reloop.ops.settings import Settings
 from reloop.state.schemas.cache import SchemaCache, SchemaCacheConfig
 from reloop.state.schemas.kernels import mark_members, ring_sums
 from reloop.state.schemas.recent import RecentRecords
 from reloop.state.schemas.reference import explained_ref, ring_sums_ref
+from reloop.state.schemas.select import two_sample_z
 from reloop.streams.events import ErrorRecord
 
 T0 = 1_700_000_000.0
@@ -88,10 +89,10 @@ def test_explained_agrees_with_reference_on_random_calls() -> None:
     assert hits > 0  # the random calls reach the overlap argmax too
 
 
-def _changes(records: list[ErrorRecord], kernels: bool, monkeypatch: pytest.MonkeyPatch,
+def _changes(records: list[ErrorRecord], use_kernels: bool, monkeypatch: pytest.MonkeyPatch,
              batch: int = 1000) -> tuple[list, Counter]:
     """Feed ``records`` to a fresh default cache; its changes and how ``explained`` answered."""
-    monkeypatch.setattr(recent, "USE_KERNELS", kernels)
+    monkeypatch.setattr(kernels, "USE_KERNELS", use_kernels)
     calls: Counter = Counter()
     original = RecentRecords.explained
 
@@ -149,3 +150,33 @@ def test_planted_overlap_gives_the_same_changes(monkeypatch: pytest.MonkeyPatch)
     assert calls["explained by"] > 50 and calls == calls_ref
     assert ["age_bucket=4", "device=1"] in [c.schema.signature for c in fast if c.kind == "promoted"]
     _assert_same(fast, slow)
+
+
+def test_welch_z_kernel_equals_numpy_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts below the minimum, variances under the floor, empty groups: same bits."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    a = np.column_stack([rng.exponential(1.0, n) * (rng.random(n) < 0.9), rng.normal(0, 0.3, n),
+                         rng.exponential(0.2, n)])
+    b = np.column_stack([rng.exponential(5.0, n), rng.normal(0, 1.0, n), rng.exponential(1.0, n)])
+    b[::7, 2] = 0.0  # variance below the floor
+    for scale in (0.01, 1.0, 50.0):
+        got = two_sample_z(a, b, scale, 1e-4)
+        monkeypatch.setattr(kernels, "USE_KERNELS", False)
+        want = two_sample_z(a, b, scale, 1e-4)
+        monkeypatch.undo()
+        for g, wv in zip(got, want):
+            assert g.tobytes() == wv.tobytes()
+    assert two_sample_z(a[:0], b[:0], 1.0, 1e-4)[0].shape == (0,)
+
+
+def test_across_drops_exactly_parents_and_children() -> None:
+    from reloop.state.schemas.kernels import pair_key, split_key
+    from reloop.state.schemas.recent import _across
+
+    singles = [1, 2, 3, 7]
+    patterns = singles + [pair_key(a, b) for a in singles for b in singles if a < b]
+    for key in patterns:
+        mine = set(split_key(key))
+        want = [o for o in patterns if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
+        assert _across(key, patterns) == want
