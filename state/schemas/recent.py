@@ -7,9 +7,13 @@ import sys
 
 import numpy as np
 
-from reloop.state.schemas.kernels import split_key
+from reloop.state.schemas import kernels
+from reloop.state.schemas.kernels import mark_members, ring_sums, split_key
+from reloop.state.schemas.reference import explained_ref
 
 __all__ = ["RecentRecords"]
+
+_BITS = 64  # patterns marked at once in the membership bits of one evaluation
 
 
 class RecentRecords:
@@ -20,7 +24,8 @@ class RecentRecords:
     """
 
     def __init__(self, size: int, width: int) -> None:
-        self.pids = np.zeros((size, width), np.int32)
+        # column-major: the overlap check reads one or two columns of every record
+        self.pids = np.zeros((size, width), np.int32, order="F")
         self.r = np.zeros(size)
         self.ts = np.full(size, -np.inf)
         self.ids = [""] * size
@@ -41,15 +46,6 @@ class RecentRecords:
         if freed:
             self.pids[np.isin(self.pids, freed)] = 0
 
-    def member(self, key: int, cols: np.ndarray, memo: dict) -> np.ndarray:
-        """``(size,) bool``: records in pattern ``key`` (``cols``: id -> column), memoised."""
-        if key not in memo:
-            hit = np.ones(self.r.shape[0], dtype=bool)
-            for pid in split_key(key):
-                hit &= self.pids[:, cols[pid]] == pid
-            memo[key] = hit
-        return memo[key]
-
     def explained(self, key: int, others: list[int], gap: float, frac: float, cols: np.ndarray,
                   now: float, decay_time_s: float, memo: dict) -> int:
         """Key of the chosen pattern in ``others`` that explains ``key``, or -1.
@@ -59,41 +55,63 @@ class RecentRecords:
         ``exp(-(now - ts) / decay_time_s)`` like the sums, ``key``'s excess error over the rest
         must show (at least ``frac * |gap|`` in the direction of ``gap``; otherwise it is kept
         and the sums decide); it is explained when, with the others' records removed from it
-        and from the rest, less than ``frac`` of that excess is left. ``memo`` caches masks
-        and weights for one evaluation.
+        and from the rest, less than ``frac`` of that excess is left. ``memo`` caches the
+        weights for one evaluation (``cols``: predicate id -> column; ``now``, ``decay_time_s``: s).
+
+        All sums come from one pass of :func:`~reloop.state.schemas.kernels.ring_sums` (numba,
+        GIL released) over ``key``'s columns and the others' membership bits (``memo["bits"]``,
+        marked once per evaluation, :meth:`_masks`); they are bit-identical to the numpy masks
+        of :func:`~reloop.state.schemas.reference.explained_ref`, which runs instead when
+        :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (and for a call with more than
+        64 others).
         """
-        mine = set(split_key(key))
-        others = [o for o in others if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
+        if not kernels.USE_KERNELS:
+            return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
+        others = _across(key, others)
         if not others:
             return -1
         if "w" not in memo:  # decay weights (0 for empty slots), weights * residuals, totals
             memo["w"] = np.exp(np.minimum((self.ts - now) / decay_time_s, 0.0))
             memo["wr"] = memo["w"] * self.r
             memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
-        w, wr = memo["w"], memo["wr"]
-
-        def total(v: np.ndarray, m: np.ndarray) -> float:
-            return float((v * m).sum())  # not BLAS: ddot threads spin on a busy machine
-
-        inside = self.member(key, cols, memo)
-        union = np.zeros_like(inside)
-        for o in others:
-            union |= self.member(o, cols, memo)
-        n_in, s_in = total(w, inside), total(wr, inside)
+        masks = self._masks(others, cols, memo)
+        if masks is None:  # more than 64 others in one call: no bits for them
+            return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
+        key_ids = np.array(split_key(key), np.int64)
+        sums = ring_sums(self.pids, memo["w"], memo["wr"], key_ids, cols[key_ids], memo["bits"], masks)
+        n_in, s_in = sums[:2].tolist()
         n_out, s_out = memo["tot"][0] - n_in, memo["tot"][1] - s_in
         if n_in < 2.0 or n_out < 2.0:
             return -1  # no recent evidence either way
-        left, away = inside & ~union, union & ~inside
-        n_left, s_left = total(w, left), total(wr, left)
-        n_rest, s_rest = n_out - total(w, away), s_out - total(wr, away)
         sign = math.copysign(1.0, gap)
         full = (s_in / n_in - s_out / n_out) * sign  # what the sums see, on recent records
+        n_left, s_left, n_away, s_away = sums[2:6].tolist()
+        n_rest, s_rest = n_out - n_away, s_out - s_away
         if n_rest < 2.0 or full < frac * abs(gap):
             return -1
         if n_left >= 1.0 and (s_left / n_left - s_rest / n_rest) * sign >= frac * full:
             return -1
-        overlap = [total(w, inside & self.member(o, cols, memo)) for o in others]
-        return others[int(np.argmax(overlap))]
+        return others[int(np.argmax(sums[6:]))]
+
+    def _masks(self, others: list[int], cols: np.ndarray, memo: dict) -> np.ndarray | None:
+        """``(K,) uint64``: the bit of each pattern of ``others`` in ``memo["bits"]`` (``(size,)
+        uint64``, one bit per pattern marked in this evaluation; the ring does not change during
+        one). Unmarked ones are marked (one pass each); when the 64 bits are used up they are
+        reassigned to ``others``. None if ``others`` has more than 64 patterns."""
+        if len(others) > _BITS:
+            return None
+        if "bits" not in memo:
+            memo["bits"], memo["bit_of"] = np.zeros(self.r.shape[0], np.uint64), {}
+        bit_of: dict[int, int] = memo["bit_of"]
+        new = [o for o in others if o not in bit_of]
+        if new and len(bit_of) + len(new) > _BITS:
+            bit_of.clear()
+            new = others
+        for o in new:
+            bit_of[o] = len(bit_of)
+            ids = np.array(split_key(o), np.int64)
+            mark_members(self.pids, memo["bits"], bit_of[o], ids, cols[ids].astype(np.int64))
+        return np.array([1 << bit_of[o] for o in others], np.uint64)
 
     def examples(self, key: int, direction: str, limit: int) -> tuple[list[str], list[int]]:
         """Newest error ids in pattern ``key`` erring in ``direction`` (``over``: ``y < p``), at
@@ -117,3 +135,13 @@ class RecentRecords:
         """Bytes held (arrays exactly, id strings approximately)."""
         strings = sum(sys.getsizeof(e) for e in self.ids) + sys.getsizeof(self.ids)
         return int(self.pids.nbytes + self.r.nbytes + self.ts.nbytes + strings)
+
+
+def _across(key: int, others: list[int]) -> list[int]:
+    """``others`` without ``key``'s parents and children (patterns whose ids contain or are
+    contained in ``key``'s): ``set(split_key(o)) <= mine or mine <= set(split_key(o))``, in
+    integer tests."""
+    if key < (1 << 32):  # a single: drop itself and the pairs holding it
+        return [o for o in others if o != key and (o < (1 << 32) or (o >> 32 != key and o & 0xFFFFFFFF != key))]
+    a, b = key >> 32, key & 0xFFFFFFFF  # a pair: drop itself and its two singles
+    return [o for o in others if o != key and o != a and o != b]

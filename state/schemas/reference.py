@@ -1,16 +1,26 @@
-"""Plain-Python specification of the Space-Saving kernel (:mod:`reloop.state.schemas.kernels`).
+"""Plain-Python / numpy specifications of the kernels (:mod:`reloop.state.schemas.kernels`).
 
-Tests check that the numba kernel agrees with it bit for bit.
+* :func:`space_saving_update_ref` -- the Space-Saving update (tests: bit for bit);
+* :func:`ring_sums_ref` -- the overlap sums on the recent-records ring (tests: bit for bit);
+* :func:`explained_ref` -- the overlap check as it was before :func:`~reloop.state.schemas.kernels.ring_sums`
+  (boolean masks memoised per evaluation), run when
+  :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (tests compare decisions).
 """
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from reloop.state.schemas.kernels import (F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, N_GLOBAL, N_STATS, OWN, PRIORITY, SUM_P,
-                                   SUM_R, SUM_R2, SUM_Y, pair_key)
+                                   SUM_R, SUM_R2, SUM_Y, pair_key, split_key)
 
-__all__ = ["space_saving_update_ref"]
+if TYPE_CHECKING:
+    from reloop.state.schemas.recent import RecentRecords
+
+__all__ = ["explained_ref", "ring_sums_ref", "space_saving_update_ref"]
 
 
 def space_saving_update_ref(pids: np.ndarray, pairable: np.ndarray, w: np.ndarray, wf: np.ndarray, r: np.ndarray,
@@ -60,3 +70,69 @@ def space_saving_update_ref(pids: np.ndarray, pairable: np.ndarray, w: np.ndarra
             for b, pb in row[j + 1:]:
                 if pa and pb:
                     touch(pair_key(a, b), vals, float(ts[i]))
+
+
+def _mask(pids: np.ndarray, ids: np.ndarray, cols: np.ndarray, count: int) -> np.ndarray:
+    hit = np.ones(pids.shape[0], dtype=bool)
+    for t in range(count):
+        hit &= pids[:, cols[t]] == ids[t]
+    return hit
+
+
+def ring_sums_ref(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarray, key_cols: np.ndarray,
+                  others: np.ndarray, other_cols: np.ndarray, other_len: np.ndarray) -> np.ndarray:
+    """Specification of :func:`reloop.state.schemas.kernels.ring_sums` with boolean masks (same arguments)."""
+    inside = _mask(pids, key, key_cols, len(key))
+    masks = [_mask(pids, others[k], other_cols[k], int(other_len[k])) for k in range(len(other_len))]
+    union = np.zeros_like(inside)
+    for m in masks:
+        union |= m
+    left, away = inside & ~union, union & ~inside
+    sums = [(v * m).sum() for m in (inside, left, away) for v in (w, wr)]
+    return np.array(sums + [(w * (inside & m)).sum() for m in masks], dtype=np.float64)
+
+
+def explained_ref(ring: RecentRecords, key: int, others: list[int], gap: float, frac: float, cols: np.ndarray,
+                  now: float, decay_time_s: float, memo: dict) -> int:
+    """:meth:`reloop.state.schemas.recent.RecentRecords.explained` before the kernel: numpy masks
+    of the whole ring, memoised per evaluation in ``memo``, several passes per call."""
+    mine = set(split_key(key))
+    others = [o for o in others if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
+    if not others:
+        return -1
+    if "w" not in memo:  # decay weights (0 for empty slots), weights * residuals, totals
+        memo["w"] = np.exp(np.minimum((ring.ts - now) / decay_time_s, 0.0))
+        memo["wr"] = memo["w"] * ring.r
+        memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
+    w, wr = memo["w"], memo["wr"]
+
+    def member(k: int) -> np.ndarray:
+        if k not in memo:
+            hit = np.ones(ring.r.shape[0], dtype=bool)
+            for pid in split_key(k):
+                hit &= ring.pids[:, cols[pid]] == pid
+            memo[k] = hit
+        return memo[k]
+
+    def total(v: np.ndarray, m: np.ndarray) -> float:
+        return float((v * m).sum())  # not BLAS: ddot threads spin on a busy machine
+
+    inside = member(key)
+    union = np.zeros_like(inside)
+    for o in others:
+        union |= member(o)
+    n_in, s_in = total(w, inside), total(wr, inside)
+    n_out, s_out = memo["tot"][0] - n_in, memo["tot"][1] - s_in
+    if n_in < 2.0 or n_out < 2.0:
+        return -1  # no recent evidence either way
+    left, away = inside & ~union, union & ~inside
+    n_left, s_left = total(w, left), total(wr, left)
+    n_rest, s_rest = n_out - total(w, away), s_out - total(wr, away)
+    sign = math.copysign(1.0, gap)
+    full = (s_in / n_in - s_out / n_out) * sign  # what the sums see, on recent records
+    if n_rest < 2.0 or full < frac * abs(gap):
+        return -1
+    if n_left >= 1.0 and (s_left / n_left - s_rest / n_rest) * sign >= frac * full:
+        return -1
+    overlap = [total(w, inside & member(o)) for o in others]
+    return others[int(np.argmax(overlap))]

@@ -11,6 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reloop.state.schemas import kernels
+from reloop.state.schemas.kernels import welch_z
+
 __all__ = ["Explainer", "Screen", "Thresholds", "select_schemata", "two_sample_z"]
 
 
@@ -27,6 +30,8 @@ def two_sample_z(a: np.ndarray, b: np.ndarray, scale: float, var_floor: float,
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if kernels.USE_KERNELS and a.ndim == 2 and a.shape == b.shape and a.shape[1] == 3:
+        return welch_z(a, b, scale, var_floor, min_count)  # numba, one pass, same bits
     n_a, n_b = a[..., 0] * scale, b[..., 0] * scale
     ok = (n_a >= min_count) & (n_b >= min_count)
     own_a = np.where(ok, a[..., 0], 1.0)
