@@ -72,7 +72,9 @@ def test_strategies_cover_every_category_and_fate() -> None:
     assert len(cats) >= len(CATEGORIES) - 6, cats  # weights are uneven; 300 draws still hit nearly all
     fates = Counter(p.expect for p in planned)
     assert {"dead_letter", "accepted", "refused"} <= set(fates), fates
-    assert len({p.value for p in planned}) > len(planned) // 2  # not one event repeated (small pools do repeat)
+    # not one event repeated (small pools do repeat: 150 to ~170 distinct of 300 measured; the
+    # draw also depends on the process's earlier Hypothesis runs, so no tight bound)
+    assert len({p.value for p in planned}) > len(planned) // 3
     for p in planned:
         if p.expect == "dead_letter" and p.reason is not None:
             assert static_reason(p.topic, p.value, limits) is not None
