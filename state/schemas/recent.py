@@ -9,7 +9,7 @@ import numpy as np
 
 from reloop.state.schemas import kernels
 from reloop.state.schemas.kernels import mark_members, ring_sums, split_key
-from reloop.state.schemas.reference import explained_ref
+from reloop.state.schemas.reference import decay_weights, explained_ref
 
 __all__ = ["RecentRecords"]
 
@@ -70,10 +70,7 @@ class RecentRecords:
         others = _across(key, others)
         if not others:
             return -1
-        if "w" not in memo:  # decay weights (0 for empty slots), weights * residuals, totals
-            memo["w"] = np.exp(np.minimum((self.ts - now) / decay_time_s, 0.0))
-            memo["wr"] = memo["w"] * self.r
-            memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
+        decay_weights(self, now, decay_time_s, memo)
         masks = self._masks(others, cols, memo)
         if masks is None:  # more than 64 others in one call: no bits for them
             return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)

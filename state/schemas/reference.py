@@ -92,6 +92,16 @@ def ring_sums_ref(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarr
     return np.array(sums + [(w * (inside & m)).sum() for m in masks], dtype=np.float64)
 
 
+def decay_weights(ring: RecentRecords, now: float, decay_time_s: float, memo: dict) -> None:
+    """Put the ring's decay weights ``exp(-(now - ts) / decay_time_s)`` (0 for empty slots) in
+    ``memo["w"]``, weights x residuals in ``memo["wr"]`` and their totals in ``memo["tot"]``,
+    once per evaluation (``now``, ``decay_time_s``: s)."""
+    if "w" not in memo:
+        memo["w"] = np.exp(np.minimum((ring.ts - now) / decay_time_s, 0.0))
+        memo["wr"] = memo["w"] * ring.r
+        memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
+
+
 def explained_ref(ring: RecentRecords, key: int, others: list[int], gap: float, frac: float, cols: np.ndarray,
                   now: float, decay_time_s: float, memo: dict) -> int:
     """:meth:`reloop.state.schemas.recent.RecentRecords.explained` before the kernel: numpy masks
@@ -100,10 +110,7 @@ def explained_ref(ring: RecentRecords, key: int, others: list[int], gap: float, 
     others = [o for o in others if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
     if not others:
         return -1
-    if "w" not in memo:  # decay weights (0 for empty slots), weights * residuals, totals
-        memo["w"] = np.exp(np.minimum((ring.ts - now) / decay_time_s, 0.0))
-        memo["wr"] = memo["w"] * ring.r
-        memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
+    decay_weights(ring, now, decay_time_s, memo)
     w, wr = memo["w"], memo["wr"]
 
     def member(k: int) -> np.ndarray:
