@@ -3,10 +3,11 @@
 :func:`run_compare` replays one decoded log under several configurations (which may differ
 only in compensation settings, :func:`reloop.ops.compare.check_comparable`) and compares their
 compensated predictions with the metrics and user bootstrap of :mod:`reloop.ops.compare`.
-:func:`replay_configs` is the one call into the replay engine: one pass over the log
-(:func:`reloop.ops.replay.run_many`), each batch stepped by every configuration in turn,
-sharing the decoded log, the fitted model and (through :class:`_SharedScorer`) the base
-scores and hidden vectors of each batch.
+:func:`replay_configs` (a decoded log) and :func:`replay_configs_streaming` (a log file read
+once, as ``reloop replay LOG --compare`` does) are the calls into the replay engine: one pass
+over the log (:func:`reloop.ops.replay.run_many` / ``run_warm_many``), each batch stepped by
+every configuration in turn, sharing the reading, the fitted model and (through
+:class:`_SharedScorer`) the base scores and hidden vectors of each batch.
 :func:`cmd_compare` is the command-line side (flags in :mod:`reloop.ops.replay_cli`).
 """
 
@@ -20,7 +21,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -101,8 +102,7 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     Returns:
         (name -> :class:`ConfigRun`, facts about the sharing).
     """
-    from reloop.ops.replay import ReplayEngine, run_many
-    from reloop.ops.serving import compensation_factory
+    from reloop.ops.replay import run_many
 
     first = next(iter(configs.values()))
     cache: dict[str, Any] = {}
@@ -111,10 +111,43 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     seconds: dict[str, float] = {"fit": time.perf_counter() - t0}
     shared = _SharedScorer(fitted.scorer)
     fitted = cache["v1"] = dataclasses.replace(fitted, scorer=shared)
-    engines = {name: ReplayEngine(s, compensation_factory(s)) for name, s in configs.items()}
     t0 = time.perf_counter()
-    results = run_many(engines, loaded, progress=progress, fitted=fitted, model_cache=cache)
+    results = run_many(_engines(configs), loaded, progress=progress, fitted=fitted, model_cache=cache)
     seconds["replay"] = time.perf_counter() - t0
+    return _collect(results, shared, seconds)
+
+
+def replay_configs_streaming(events: Iterable[Any], n_warm: int, configs: Mapping[str, Any], *,
+                             source: str = "", progress: bool = False,
+                             fitted: Any = None) -> tuple[dict[str, ConfigRun], dict]:
+    """:func:`replay_configs` over a stream of an interaction log (read once, in constant
+    memory but for the predictions): its first ``n_warm`` interactions fit the initial model
+    (unless ``fitted``) and are not scored (:func:`reloop.ops.replay.run_warm_many`)."""
+    from reloop.ops.replay import run_warm_many
+
+    box: dict[str, _SharedScorer] = {}
+
+    def share(f: Any) -> Any:
+        box["scorer"] = _SharedScorer(f.scorer)
+        return dataclasses.replace(f, scorer=box["scorer"])
+
+    t0 = time.perf_counter()
+    results = run_warm_many(_engines(configs), events, n_warm, source=source, progress=progress, fitted=fitted,
+                            model_cache={}, share=share)
+    fit_s = next(iter(results.values())).report.get("fit_seconds", 0.0)
+    return _collect(results, box["scorer"], {"fit": fit_s, "replay": time.perf_counter() - t0 - fit_s})
+
+
+def _engines(configs: Mapping[str, Any]) -> dict[str, Any]:
+    from reloop.ops.replay import ReplayEngine
+    from reloop.ops.serving import compensation_factory
+
+    return {name: ReplayEngine(s, compensation_factory(s)) for name, s in configs.items()}
+
+
+def _collect(results: Mapping[str, Any], shared: _SharedScorer, seconds: dict[str, float]
+             ) -> tuple[dict[str, ConfigRun], dict]:
+    """Each configuration's :class:`ConfigRun` and the facts about the sharing."""
     runs: dict[str, ConfigRun] = {}
     for name, result in results.items():
         log.info("compare_run", extra={"config": name, "scored": len(result.labels),
@@ -181,7 +214,9 @@ def run_compare(log_source: Any, configs: Mapping[str, Any], *, resamples: int =
     """Replay one log under several configurations and compare their compensated predictions.
 
     Args:
-        log_source: a :class:`reloop.ops.logs.LoadedLog` (decoded once, shared by every run).
+        log_source: a :class:`reloop.ops.logs.LoadedLog` (decoded once, shared by every run), or
+            anything with a ``source`` name when ``runner`` reads the log itself
+            (:func:`replay_configs_streaming`, as ``reloop replay LOG --compare`` does).
         configs: name -> :class:`reloop.ops.settings.Settings`; the first is the reference.
         resamples, seed: user-bootstrap size and seed; windows: points of the rolling series.
         fitted: the initial model to replay with (None = fit it once on the warm-up).
@@ -259,15 +294,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
         s = load_settings(path)
         configs[name] = s.with_overrides(replay={"warmup": args.warmup}) if args.warmup is not None else s
     check_comparable(configs)
-    loaded = read_log(args.path, args.format, next(iter(configs.values())).limits)
-    rep = run_compare(loaded, configs, resamples=args.bootstrap, seed=args.bootstrap_seed, windows=args.windows,
-                      progress=True)
+    first = next(iter(configs.values()))
+    if args.format == "movielens":  # a dataset directory, read whole
+        source = read_log(args.path, args.format, first.limits)
+        rep = run_compare(source, configs, resamples=args.bootstrap, seed=args.bootstrap_seed,
+                          windows=args.windows, progress=True)
+    else:  # a log file, streamed once for every configuration
+        from types import SimpleNamespace
+
+        from reloop.ops.replay_cli import open_interaction_log
+
+        n_warm, events, _ = open_interaction_log(args, first, args.path)
+        source = SimpleNamespace(source=args.path)
+        rep = run_compare(source, configs, resamples=args.bootstrap, seed=args.bootstrap_seed, windows=args.windows,
+                          progress=True, runner=lambda _src, cfgs, progress, fitted: replay_configs_streaming(
+                              events, n_warm, cfgs, source=args.path, progress=progress, fitted=fitted))
     rep.meta["config_files"] = dict(zip(configs, args.compare))
     out = Path(args.report or "compare.json")
     write_report(rep.to_json(), str(out))
     plot = Path(args.plot) if args.plot else out.with_suffix(".svg")
     plot.parent.mkdir(parents=True, exist_ok=True)
-    plot.write_text(rolling_svg(rep.rolling, list(rep.metrics), title=f"{Path(loaded.source).name}: rolling "
+    plot.write_text(rolling_svg(rep.rolling, list(rep.metrics), title=f"{Path(source.source).name}: rolling "
                                 f"metrics, {rep.meta['scored']} scored events"))
     print(rep.table())
     print(f"\n95% percentile intervals from {args.bootstrap} user-bootstrap resamples (seed {args.bootstrap_seed}); "

@@ -211,9 +211,11 @@ def run_many(engines: Mapping[str, ReplayEngine], loaded: LoadedLog, *, progress
 def run_warm_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event], n_warm: int, *,
                   source: str = "", progress: bool = False, fitted: FittedModel | None = None,
                   model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False,
-                  total: int | None = None) -> dict[str, ReplayResult]:
+                  total: int | None = None,
+                  share: Callable[[FittedModel], FittedModel] | None = None) -> dict[str, ReplayResult]:
     """:meth:`ReplayEngine.run_warm` for several engines in one pass over ``events`` (the
-    first engine's settings fit the initial model; see :func:`run_stream_many`)."""
+    first engine's settings fit the initial model; see :func:`run_stream_many`). ``share``
+    wraps the initial model once it is known (e.g. a scorer that remembers its outputs)."""
     first = next(iter(engines.values()))
     it = iter(events)
     warm_events: list[Event] = []
@@ -233,6 +235,8 @@ def run_warm_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event], 
                 else [e for e in warm_events if isinstance(e, Interaction)])
         cache["v1"] = fit_initial_model(warm, settings)
     fitted = fitted or cache["v1"]
+    if share is not None:
+        fitted = cache["v1"] = share(fitted)
     cache.setdefault("v1", fitted)
     fit_s = time.perf_counter() - t_fit
     stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)

@@ -28,7 +28,8 @@ from typing import Any
 
 from reloop.ops.cli_support import CliError
 
-__all__ = ["add_replay", "add_source_args", "add_compare_args", "cmd_replay", "count_records"]
+__all__ = ["add_replay", "add_source_args", "add_compare_args", "cmd_replay", "count_records",
+           "open_interaction_log"]
 
 
 def add_replay(sub: Any, common_opts: Any) -> None:
@@ -177,14 +178,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_interaction_log(args: argparse.Namespace, settings: Any, engine: Any, source: str) -> tuple[Any, Any]:
     """Stream an interaction log: fit on its leading part (checked to hold both labels), score
     the rest. Returns (result, the event stream)."""
+    n_warm, events, stream = open_interaction_log(args, settings, source)
+    return engine.run_warm(events, n_warm, source=source), stream
+
+
+def open_interaction_log(args: argparse.Namespace, settings: Any, source: str) -> tuple[int, Any, Any]:
+    """An interaction log opened for streaming: ``(n_warm, events, stream)``, where ``n_warm``
+    is the warm-up's interactions (``--warmup-events``, else the ``replay.warmup`` fraction of
+    the records counted in a pre-pass), ``events`` every event from the first on, and
+    ``stream`` the source (its ``stats`` count invalid lines). The warm-up is read first and
+    checked to hold both labels (:func:`reloop.ops.replay.check_labelled`)."""
     from reloop.ops.kafka_source import open_source
     from reloop.ops.logs import LoadedLog
     from reloop.ops.replay import check_labelled
     from reloop.streams.events import Interaction
 
-    if args.warmup_events is not None and args.warmup_events < 1:
+    if getattr(args, "warmup_events", None) is not None and args.warmup_events < 1:
         raise CliError(f"--warmup-events must be >= 1, got {args.warmup_events}")
-    n_warm = args.warmup_events or max(1, int(round(count_records(args.paths) * settings.replay.warmup)))
+    n_warm = getattr(args, "warmup_events", None) or max(
+        1, int(round(count_records(args.paths) * settings.replay.warmup)))
     stream = open_source(args, settings)
     prefix, n = [], 0
     for ev in stream:
@@ -194,8 +206,7 @@ def _replay_interaction_log(args: argparse.Namespace, settings: Any, engine: Any
             break
     invalid = [(line, reason) for _, line, reason in stream.stats.examples]
     check_labelled(LoadedLog(prefix, invalid, source), [e for e in prefix if isinstance(e, Interaction)])
-    result = engine.run_warm(itertools.chain(prefix, stream), n_warm, source=source)
-    return result, stream
+    return n_warm, itertools.chain(prefix, stream), stream
 
 
 def _replay_scorer(args: argparse.Namespace, settings: Any) -> Any:

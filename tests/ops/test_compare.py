@@ -3,7 +3,6 @@ cannot share base scores, the SVG, and a real multi-config replay (torch + onnxr
 
 from __future__ import annotations
 
-import argparse
 import json
 import xml.etree.ElementTree as ET
 
@@ -15,8 +14,8 @@ from reloop.models.metrics import logloss as ref_logloss
 from reloop.ops.compare import (METRICS, bootstrap_metrics, check_comparable, format_table, point_metrics,
                                 rolling_metrics)
 from reloop.ops.compare_plot import PANELS, rolling_svg
-from reloop.ops.compare_run import cmd_compare, run_compare
-from reloop.ops.replay_cli import add_compare_args
+from reloop.ops.cli import main as cli_main
+from reloop.ops.compare_run import run_compare
 from reloop.ops.logs import LoadedLog
 from reloop.ops.settings import Settings
 from reloop.streams.events import Interaction
@@ -177,27 +176,21 @@ def test_cli_compare_writes_json_and_svg_and_refuses_model_changes(tmp_path, sma
     (tmp_path / "off.toml").write_text(small + '[worker]\ncompensation = "none"\n')
     (tmp_path / "lam.toml").write_text(small + '[error_memory]\nlam = 0.5\n')
     (tmp_path / "wide.toml").write_text('[features]\nn_buckets = 32768\n[train]\nepochs = 1\n')
-    parser = argparse.ArgumentParser()
-    parser.add_argument("path")
-    parser.add_argument("--format", default="jsonl")
-    parser.add_argument("--report")
-    parser.add_argument("--warmup", type=float)
-    add_compare_args(parser)
     out = tmp_path / "cmp" / "report.json"
-    args = parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), str(tmp_path / "lam.toml"),
-                              "--bootstrap", "20", "--windows", "6", "--report", str(out)])
-    assert cmd_compare(args) == 0
+    # through the real command line: the log file is streamed once for both configurations
+    assert cli_main(["replay", str(log), "--compare", str(tmp_path / "off.toml"), str(tmp_path / "lam.toml"),
+                     "--bootstrap", "20", "--windows", "6", "--report", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["reference"] == "off" and set(rep["deltas"]) == {"lam"} and rep["scored"] == 2000
+    assert rep["sharing"]["one_pass"] and rep["sharing"]["base_batches_reused"] == rep["sharing"]["base_batches_scored"]
     assert rep["config_files"] == {"off": str(tmp_path / "off.toml"), "lam": str(tmp_path / "lam.toml")}
     ET.fromstring(out.with_suffix(".svg").read_text())
     printed = capsys.readouterr().out
     assert "| lam - off |" in printed and "20 user-bootstrap resamples" in printed
-    bad = parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), str(tmp_path / "wide.toml")])
-    with pytest.raises(ValueError, match="features.n_buckets"):
-        cmd_compare(bad)
-    with pytest.raises(ValueError, match="--windows"):
-        cmd_compare(parser.parse_args([str(log), "--compare", str(tmp_path / "off.toml"), "--windows", "0"]))
+    assert cli_main(["replay", str(log), "--compare", str(tmp_path / "off.toml"), str(tmp_path / "wide.toml")]) == 2
+    assert "features.n_buckets" in capsys.readouterr().err
+    assert cli_main(["replay", str(log), "--compare", str(tmp_path / "off.toml"), "--windows", "0"]) == 2
+    assert "--windows" in capsys.readouterr().err
 
 
 def test_shared_scorer_reuses_exact_outputs_of_its_latest_batches(small_log, small_model) -> None:
