@@ -104,17 +104,10 @@ def replay_configs(loaded: Any, configs: Mapping[str, Any], *, progress: bool = 
     """
     from reloop.ops.replay import run_many
 
-    first = next(iter(configs.values()))
-    cache: dict[str, Any] = {}
+    shared, share = _sharing()
     t0 = time.perf_counter()
-    fitted = fitted or _fit_once(loaded, first)
-    seconds: dict[str, float] = {"fit": time.perf_counter() - t0}
-    shared = _SharedScorer(fitted.scorer)
-    fitted = cache["v1"] = dataclasses.replace(fitted, scorer=shared)
-    t0 = time.perf_counter()
-    results = run_many(_engines(configs), loaded, progress=progress, fitted=fitted, model_cache=cache)
-    seconds["replay"] = time.perf_counter() - t0
-    return _collect(results, shared, seconds)
+    results = run_many(_engines(configs), loaded, progress=progress, fitted=fitted, model_cache={}, share=share)
+    return _collect(results, shared, time.perf_counter() - t0)
 
 
 def replay_configs_streaming(events: Iterable[Any], n_warm: int, configs: Mapping[str, Any], *,
@@ -125,17 +118,23 @@ def replay_configs_streaming(events: Iterable[Any], n_warm: int, configs: Mappin
     (unless ``fitted``) and are not scored (:func:`reloop.ops.replay.run_warm_many`)."""
     from reloop.ops.replay import run_warm_many
 
+    shared, share = _sharing()
+    t0 = time.perf_counter()
+    results = run_warm_many(_engines(configs), events, n_warm, source=source, progress=progress, fitted=fitted,
+                            model_cache={}, share=share)
+    return _collect(results, shared, time.perf_counter() - t0)
+
+
+def _sharing() -> tuple[dict[str, _SharedScorer], Callable[[Any], Any]]:
+    """A holder for the :class:`_SharedScorer` and the ``share`` hook that wraps the initial
+    model's scorer in it once the replay knows the model (fitted or given)."""
     box: dict[str, _SharedScorer] = {}
 
     def share(f: Any) -> Any:
         box["scorer"] = _SharedScorer(f.scorer)
         return dataclasses.replace(f, scorer=box["scorer"])
 
-    t0 = time.perf_counter()
-    results = run_warm_many(_engines(configs), events, n_warm, source=source, progress=progress, fitted=fitted,
-                            model_cache={}, share=share)
-    fit_s = next(iter(results.values())).report.get("fit_seconds", 0.0)
-    return _collect(results, box["scorer"], {"fit": fit_s, "replay": time.perf_counter() - t0 - fit_s})
+    return box, share
 
 
 def _engines(configs: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,9 +144,13 @@ def _engines(configs: Mapping[str, Any]) -> dict[str, Any]:
     return {name: ReplayEngine(s, compensation_factory(s)) for name, s in configs.items()}
 
 
-def _collect(results: Mapping[str, Any], shared: _SharedScorer, seconds: dict[str, float]
+def _collect(results: Mapping[str, Any], box: dict[str, _SharedScorer], seconds: float
              ) -> tuple[dict[str, ConfigRun], dict]:
-    """Each configuration's :class:`ConfigRun` and the facts about the sharing."""
+    """Each configuration's :class:`ConfigRun` and the facts about the sharing (``seconds``:
+    the whole pass, fit included)."""
+    shared = box["scorer"]
+    fit_s = next(iter(results.values())).report.get("fit_seconds", 0.0)
+    seconds = {"fit": fit_s, "replay": seconds - fit_s}
     runs: dict[str, ConfigRun] = {}
     for name, result in results.items():
         log.info("compare_run", extra={"config": name, "scored": len(result.labels),
@@ -162,20 +165,6 @@ def _collect(results: Mapping[str, Any], shared: _SharedScorer, seconds: dict[st
              "base_batches_scored": shared.misses, "base_batches_reused": shared.hits,
              "one_pass": True, "seconds": seconds}
     return runs, facts
-
-
-def _fit_once(loaded: Any, settings: Any) -> Any:
-    """The initial model, fitted on the warm-up the way :meth:`ReplayEngine.run` fits it."""
-    from reloop.ops.replay import check_labelled, fit_initial_model, split_warmup
-    from reloop.processors.media import MediaCore, annotate_log
-    from reloop.streams.events import MediaEvent
-
-    has_media = any(isinstance(e, MediaEvent) for e in loaded.events)
-    media = MediaCore(settings.media) if settings.worker.media_features and has_media else None
-    interactions = annotate_log(media, loaded.events) if media is not None else loaded.interactions
-    check_labelled(loaded, interactions)
-    warm, _ = split_warmup(interactions, settings.replay.warmup)
-    return fit_initial_model(warm, settings)
 
 
 @dataclass

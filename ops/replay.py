@@ -191,16 +191,17 @@ class ReplayEngine:
 
 def run_many(engines: Mapping[str, ReplayEngine], loaded: LoadedLog, *, progress: bool = False,
              fitted: FittedModel | None = None, model_cache: dict[str, FittedModel] | None = None,
-             keep_outputs: bool = False) -> dict[str, ReplayResult]:
+             keep_outputs: bool = False,
+             share: Callable[[FittedModel], FittedModel] | None = None) -> dict[str, ReplayResult]:
     """:meth:`ReplayEngine.run` for several engines in one pass over ``loaded`` (the first
-    engine's ``replay.warmup`` cuts the warm-up; see :func:`run_stream_many`)."""
+    engine's ``replay.warmup`` cuts the warm-up; ``share``: :func:`run_warm_many`)."""
     first = next(iter(engines.values()))
     interactions = loaded.interactions
     check_labelled(loaded, interactions)
     n_warm = max(1, int(round(len(interactions) * first.settings.replay.warmup)))
     out = run_warm_many(engines, iter(loaded.events), n_warm, source=loaded.source, progress=progress,
                         fitted=fitted, model_cache=model_cache, keep_outputs=keep_outputs,
-                        total=len(loaded.events) - n_warm)
+                        total=len(loaded.events) - n_warm, share=share)
     for res in out.values():
         res.report.update({"events": len(loaded.events), "interactions": len(interactions),
                            "invalid_lines": len(loaded.invalid),
