@@ -18,7 +18,7 @@ after). Prints one line per trial and the pass count.
 ``--restore-sizes``: the restore time of one partition against its state size, through the
 broker: a changelog partition holding N pending requests of 20 candidates (written as a worker
 writes it, one batch of 40 requests at a time), read from the beginning to the end and rebuilt
-(``reloop.processors.hot_state.changelog_tail``/``changelog_read``, ``reloop.processors.changelog.restore``).
+(``reloop.processors.hot_restore.changelog_tail``/``changelog_read``, ``reloop.processors.changelog.restore``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def restore_curve(broker: EmbeddedBroker, sizes: list[int]) -> list[dict]:
 
     from reloop.ops.kafka import create_topics, topic_name
     from reloop.processors.changelog import changed_records, restore
-    from reloop.processors.hot_state import changelog_read, changelog_tail
+    from reloop.processors.hot_restore import changelog_read, changelog_tail
     from reloop.processors.metrics import OnlineMetrics
     from reloop.processors.pending import Pending
     from reloop.processors.tasks import FeedbackTasks

@@ -9,7 +9,7 @@ event-time order, or within ``reorder_s``, as for files: :func:`reloop.ops.log_r
 The range is fixed when reading starts:
 
 - **end**: per partition, the high watermark of a fetch, captured before reading
-  (:func:`reloop.processors.hot_state.changelog_tail`; not ListOffsets, which the embedded broker
+  (:func:`reloop.processors.hot_restore.changelog_tail`; not ListOffsets, which the embedded broker
   answers wrongly), or ``end_offset`` if lower; records produced later are not read.
 - **start**: the beginning, or ``start_offset`` (per partition); with ``since``, also no
   earlier than the record-timestamp offset of ``since - seek_slack_s`` (``offsets_for_times``):
@@ -132,7 +132,7 @@ class _Reader:
 
 async def _bounds(c: AIOKafkaConsumer, tps: list[TopicPartition], rng: KafkaRange) -> dict[TopicPartition, tuple[int, int]]:
     """``tp -> (start, end)`` (module doc)."""
-    from reloop.processors.hot_state import changelog_tail
+    from reloop.processors.hot_restore import changelog_tail
 
     ends = {tp: (await changelog_tail(c, tp))[0] for tp in tps}
     starts = await c.beginning_offsets(tps)

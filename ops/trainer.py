@@ -383,7 +383,7 @@ class Trainer:
         """The last valid announcement on ``models`` (None: empty, unreadable or invalid)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from reloop.processors.hot_state import changelog_tail
+        from reloop.processors.hot_restore import changelog_tail
 
         ks = self.settings.kafka
         c = AIOKafkaConsumer(**client_kwargs(ks), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)

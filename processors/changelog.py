@@ -30,7 +30,8 @@ and are journaled with them (write-ahead), so a worker that restarts on its own 
 re-send them. Records after the last ``meta`` belong to a batch cut off mid-produce: a restore
 ignores them and re-writes those keys from the state it restored (:func:`repair_records`).
 
-Pure: no Kafka client here; the shell (:mod:`reloop.processors.hot_state`) reads and writes the topic.
+Pure: no Kafka client here; the shell writes the topic (:mod:`reloop.processors.hot_state`) and
+reads it back (:mod:`reloop.processors.hot_restore`).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def key_partition(key: bytes) -> int:
     >>> key_partition(b"3/req:r1")
     3
     """
-    return int(key.split(b"/", 1)[0])
+    return int(key[:key.index(b"/")])
 
 
 def decode_meta(value: bytes | None) -> Meta | None:

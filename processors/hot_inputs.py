@@ -1,5 +1,5 @@
-"""The hot path's input side: decode, validate and admit each polled record, and the outputs
-that are not the cores' (dead letters, binary ``memory`` batches). A mixin of
+"""The hot path's input side: decode, validate and admit each polled record, the outputs
+that are not the cores' (dead letters, binary ``memory`` batches), and the consumer lag. A mixin of
 :class:`reloop.processors.hot_path.HotPath` (see :mod:`reloop.processors.admission`, :mod:`reloop.processors.step`).
 """
 
@@ -34,6 +34,21 @@ class HotPathInputs:
     topics: dict[str, str]
     compensation: Any
     _by_topic: dict[str, str]
+    consumer: Any
+    positions: dict[tuple[str, int], int]
+
+    def _update_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Set the consumer-lag gauge per input topic: high watermark minus position, summed over
+        the assigned partitions."""
+        assert self.consumer is not None
+        lag: dict[str, int] = {}
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            pos = self.positions.get((tp.topic, tp.partition))
+            if hw is not None and pos is not None:
+                lag[self._by_topic[tp.topic]] = lag.get(self._by_topic[tp.topic], 0) + max(0, hw - pos)
+        for name, n in lag.items():
+            self.telemetry.consumer_lag.labels(name).set(n)
 
     def _reject(self, outputs: list[Output]) -> Callable[[Admitted, str], None]:
         return lambda one, reason: outputs.append(self._dead_letter(one.msg, one.logical, reason))

@@ -31,7 +31,7 @@ Replica thread: see :mod:`reloop.processors.hot_replica`.
 
 Recovery (docs/guarantees.md): the input side restarts from ``inputs.npz`` plus the journal
 (:mod:`reloop.processors.checkpoint`); on assignment each partition's state is kept if it is what the
-changelog holds, else rebuilt from the changelog (:mod:`reloop.processors.hot_state`), and each input
+changelog holds, else rebuilt from the changelog (:mod:`reloop.processors.hot_restore`), and each input
 partition is sought to the offset its state includes; the replica side restarts from its
 snapshot and the ``errors`` offsets in it.
 """
@@ -57,12 +57,14 @@ from reloop.processors.compensation import Compensation, NoCompensation
 from reloop.processors.crash_guard import CrashGuard, fault_point
 from reloop.processors.feedback import FeedbackCore
 from reloop.processors.hot_inputs import INPUT_KINDS, HotPathInputs
+from reloop.processors.hot_model import HotPathModel
 from reloop.processors.hot_replica import HotPathReplica
-from reloop.processors.hot_state import HotPathState, SeekToCheckpoint, ends_quietly_on_stop, writer_id
+from reloop.processors.hot_restore import HotPathRestore, SeekToCheckpoint
+from reloop.processors.hot_state import HotPathState, ends_quietly_on_stop, writer_id
 from reloop.processors.journal import JournalEntry
 from reloop.processors.media import MediaCore
 from reloop.processors.outputs import KeyPartitioner, Output, produce_batched
-from reloop.processors.replica import ErrorsReplica, GuardedCompensation, write_files
+from reloop.processors.replica import ErrorsReplica, write_files
 from reloop.processors.schemas import PublishedSchemas, SchemaCore
 from reloop.processors.scoring import ScoringCore
 from reloop.processors.step import run_one_by_one, run_step
@@ -75,7 +77,7 @@ from reloop.streams.validation import Limits
 log = logging.getLogger("reloop.hot_path")
 
 
-class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
+class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPathReplica, mode.Service):
     """Batch consumer of requests/interactions/media plus the errors replica consumer.
 
     Args:
@@ -172,39 +174,6 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
         self.writer_id = writer_id(snapshot_path.parent if snapshot_path is not None else None)
         self.restore_log: list[dict[str, Any]] = []  # partitions rebuilt from the changelog
 
-    # ---- model ---------------------------------------------------------------------------
-    def install_model(self, scorer: OnnxScorer) -> None:
-        """Serve ``scorer`` from the next batch on (the current batch finishes on the old one)."""
-        if self.scoring is None:
-            self.replica.compensation = self.compensation_factory(scorer) or NoCompensation()
-            if self.snapshot_path is not None:
-                self._recover_inputs()
-                self.replica.restore(self.snapshot_path, scorer, self.compensation_factory)
-            # the replica thread writes the sketch while scoring reads it (GuardedCompensation)
-            if not isinstance(self.replica.compensation, NoCompensation):
-                self.replica.compensation = GuardedCompensation(self.replica.compensation)
-            self.tasks.enable_tracking()  # the changelog writes what each batch changed
-            self.scoring = ScoringCore(scorer, self.compensation, self.media, schemas=self.schema_core)
-            self.telemetry.model_info.labels(scorer.version).set(1)
-            self._model_ready.set()
-        elif scorer.version == self.scoring.model_version:
-            # a re-announcement, or the start's two loads (registry CURRENT and the models topic)
-            # racing: no v1 -> v1 swap (it would reset and re-key the error memory)
-            self._next_scorer = None
-            log.info("model_already_serving", extra={"version": scorer.version})
-        else:
-            self._next_scorer = scorer
-
-    def _swap_if_due(self) -> None:
-        if self._next_scorer is not None and self.scoring is not None:
-            old = self.scoring.model_version
-            self.scoring.swap_model(self._next_scorer)
-            self._next_scorer = None
-            self.telemetry.model_info.labels(old).set(0)
-            self.telemetry.model_info.labels(self.scoring.model_version).set(1)
-            self.telemetry.model_swaps.inc()
-            log.info("model_swapped", extra={"old": old, "new": self.scoring.model_version})
-
     # ---- lifecycle -----------------------------------------------------------------------
     async def on_start(self) -> None:
         # compile the numba kernels in a thread now, not on the loop inside the first batch
@@ -283,17 +252,6 @@ class HotPath(HotPathInputs, HotPathState, HotPathReplica, mode.Service):
             if self.checkpoint is not None and not self._checkpoint_busy and \
                     time.monotonic() - self._last_checkpoint >= self.snapshot_every_s:
                 self._start_checkpoint()
-
-    def _update_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        assert self.consumer is not None
-        lag: dict[str, int] = {}
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            pos = self.positions.get((tp.topic, tp.partition))
-            if hw is not None and pos is not None:
-                lag[self._by_topic[tp.topic]] = lag.get(self._by_topic[tp.topic], 0) + max(0, hw - pos)
-        for name, n in lag.items():
-            self.telemetry.consumer_lag.labels(name).set(n)
 
     async def process_inputs(self, batch: dict[TopicPartition, list[Any]], generation: int | None = None) -> None:
         """Run one polled batch through the cores, journal it, send its outputs; their

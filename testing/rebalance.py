@@ -196,7 +196,7 @@ async def changelog_tasks(settings: Settings, window_s: float, media: dict[str, 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from reloop.ops.kafka import client_kwargs, topic_name
-    from reloop.processors.hot_state import changelog_read, changelog_tail
+    from reloop.processors.hot_restore import changelog_read, changelog_tail
 
     tasks = FeedbackTasks(window_s, 1_000_000, OnlineMetrics())
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False,

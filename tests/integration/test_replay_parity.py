@@ -31,7 +31,7 @@ from reloop.ops.serving import compensation_factory
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, wait_ready
 from reloop.processors.outputs import KeyPartitioner
-from reloop.processors.hot_state import changelog_tail
+from reloop.processors.hot_restore import changelog_tail
 from reloop.state.snapshots import read_npz
 from reloop.streams.codec import decode_event, encode
 from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
