@@ -6,7 +6,7 @@
 1. **One retrain cycle on a ``--window``-sample window** (default 50k) of simulator traffic with
    the default ``Settings()`` model and ``TrainerConfig()`` gates, warm-started from a v1 trained
    on the preceding traffic: train + export (dynamo) + parity (torch vs onnxruntime) + holdout
-   check vs v1 + atomic register, exactly :func:`reloop.ops.trainer.retrain_once`. Also times writing
+   check vs v1 + atomic register, exactly :func:`reloop.ops.retrain.retrain_once`. Also times writing
    the window to its durable segments and reading it back (a trainer restart).
 2. **ML-100K prequential AUC**, retraining every ``--retrain-every`` samples vs a frozen model.
    The ratings (label = rating >= 4) are replayed in time order: the first 20% train v1; then
@@ -14,7 +14,7 @@
    retrained arm runs the real trainer parts: the block becomes error records of the serving
    version, goes into a :class:`~reloop.state.sample_window.SampleWindow` (``window_max_samples``
    newest samples), :class:`~reloop.processors.trainer.TrainerCore` decides (schedule, and drift with
-   ``--drift``), and :func:`~reloop.ops.trainer.retrain_once` trains, gates and registers; a version that
+   ``--drift``), and :func:`~reloop.ops.retrain.retrain_once` trains, gates and registers; a version that
    fails the gates is not served. Reported: AUC and log loss over every scored rating, per arm.
 
 The data is read in place with :func:`reloop.ops.logs.read_movielens` (never copied). Wall times are
@@ -45,7 +45,7 @@ from reloop.ops.logs import read_movielens  # noqa: E402
 from reloop.ops.replay import fit_initial_model  # noqa: E402
 from reloop.ops.settings import Settings  # noqa: E402
 from reloop.ops.simulator import SimConfig, Simulator  # noqa: E402
-from reloop.ops.trainer import retrain_once  # noqa: E402
+from reloop.ops.retrain import retrain_once  # noqa: E402
 from reloop.processors.trainer import TrainerConfig, TrainerCore  # noqa: E402
 from reloop.state.sample_window import Sample, SampleWindow  # noqa: E402
 from reloop.streams.events import ErrorRecord, Interaction  # noqa: E402

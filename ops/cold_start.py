@@ -84,7 +84,7 @@ async def announce(settings: Settings, version: str) -> str:
     (the same announcement as ``reloop models promote``)."""
     from reloop.models.registry import ModelRegistry
     from reloop.ops.models_cli import announce_version
-    from reloop.ops.trainer import registry_root
+    from reloop.ops.retrain import registry_root
 
     return await announce_version(settings, ModelRegistry(registry_root(settings)), version)
 
@@ -99,7 +99,7 @@ def cold_start(settings: Settings, path: str, fmt: str = "jsonl", *, min_auc: fl
     """
     from reloop.models.registry import ModelRegistry
     from reloop.ops.replay import fit_initial_model
-    from reloop.ops.trainer import registry_root
+    from reloop.ops.retrain import registry_root
 
     registry = ModelRegistry(registry_root(settings))
     current = registry.current()

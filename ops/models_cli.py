@@ -51,7 +51,7 @@ def _default_settings(args: argparse.Namespace) -> Settings:
 
 def _registry(settings: Settings) -> ModelRegistry:
     from reloop.models.registry import ModelRegistry
-    from reloop.ops.trainer import registry_root
+    from reloop.ops.retrain import registry_root
 
     return ModelRegistry(registry_root(settings))
 

@@ -35,7 +35,8 @@ from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_
 from reloop.ops.models_cli import run as models_cli
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig, Simulator
-from reloop.ops.trainer import Trainer, open_window
+from reloop.ops.retrain import open_window
+from reloop.ops.trainer import Trainer
 from reloop.ops.webclient import get_json, wait_ready
 from reloop.processors.trainer import TrainerConfig
 from reloop.streams.codec import decode_event, encode

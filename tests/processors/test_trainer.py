@@ -22,7 +22,7 @@ from reloop.models.scorer import OnnxScorer
 from reloop.ops.replay import fit_initial_model
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig, Simulator
-from reloop.ops.trainer import gate_and_register, retrain_once
+from reloop.ops.retrain import gate_and_register, retrain_once
 from reloop.processors.trainer import EventTimeMerge, TrainerConfig, TrainerCore
 from reloop.state.sample_window import Sample, sample_from_error
 from reloop.streams.events import ErrorRecord, Interaction
