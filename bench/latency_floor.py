@@ -2,7 +2,7 @@
 broker, but a worker that does nothing but answer.
 
     python bench/latency_floor.py --json reports/latency_floor.json [--events 20000] [--rate 150]
-        [--waits 10,5,1] [--others off,on] [--others-wait 10] [--echo-inputs requests]
+        [--waits 10,5,1] [--others off,on] [--others-wait 10] [--echo-inputs requests,all,split]
 
 Per variant, on a fresh embedded broker with the catalog's topics:
 
@@ -12,7 +12,8 @@ Per variant, on a fresh embedded broker with the catalog's topics:
   the recommendation read back by its ``recommendations`` reader;
 - **echo worker** (its own process, ``--echo``): one aiokafka consumer of ``requests`` (all
   partitions, manual assignment; ``--echo-inputs all`` also reads ``interactions`` and
-  ``media`` in the same consumer, as the real worker's input consumer does) that decodes each
+  ``media`` in the same consumer, as the real worker's input consumer does, ``split`` on a
+  second consumer of their own, polled concurrently) that decodes each
   request and at once produces a recommendation naming its candidates with score 0.5 (no
   scoring, no state), on a producer with ``linger_ms=0`` as the worker's answers producer;
 - **other consumers** (``--others on``, their own process, ``--other-consumers``): the idle or
@@ -86,6 +87,9 @@ async def echo_worker(broker: str, wait_ms: int, inputs: str) -> None:
     ks = Settings().with_overrides(kafka={"broker": broker}).kafka
     logical = ["requests"] + (["interactions", "media"] if inputs == "all" else [])
     consumer = await _assigned(ks, logical, wait_ms, max_partition_fetch_bytes=8 << 20)
+    feedback = None  # "split": interactions and media on a consumer of their own, read and dropped
+    if inputs == "split":
+        feedback = await _assigned(ks, ["interactions", "media"], wait_ms, max_partition_fetch_bytes=8 << 20)
     producer = AIOKafkaProducer(**client_kwargs(ks), acks="all", linger_ms=0, max_batch_size=1 << 20)
     await producer.start()
     requests, recs = topic_name(ks, "requests"), topic_name(ks, "recommendations")
@@ -93,6 +97,13 @@ async def echo_worker(broker: str, wait_ms: int, inputs: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
+
+    async def drain() -> None:
+        assert feedback is not None
+        while not stop.is_set():
+            await feedback.getmany(timeout_ms=100, max_records=5000)
+
+    drained = asyncio.ensure_future(drain()) if feedback is not None else None
     while not stop.is_set():
         batch = await consumer.getmany(timeout_ms=100, max_records=5000)
         now_ms = time.time() * 1000.0
@@ -106,6 +117,9 @@ async def echo_worker(broker: str, wait_ms: int, inputs: str) -> None:
                                      items=[ScoredItem(item_id=c.item_id, base_score=0.5, score=0.5)
                                             for c in req.candidates])
                 await producer.send(recs, encode(rec), key=m.key)
+    if drained is not None:
+        await drained
+        await feedback.stop()  # type: ignore[union-attr]
     await consumer.stop()
     await producer.stop()
     pct = {f"p{q}": round(float(np.percentile(hop, q)), 2) if hop else None for q in (50, 90, 99)}
@@ -144,7 +158,7 @@ def _spawn(flag: str, broker: str, wait_ms: int, extra: list[str]) -> subprocess
     return proc
 
 
-async def variant(args: argparse.Namespace, wait_ms: int, others: bool) -> dict[str, Any]:
+async def variant(args: argparse.Namespace, wait_ms: int, others: bool, echo_inputs: str) -> dict[str, Any]:
     """One run: fresh broker, echo worker (+ other consumers), the driver's traffic."""
     load_before = os.getloadavg()[0]
     broker = EmbeddedBroker()
@@ -153,7 +167,7 @@ async def variant(args: argparse.Namespace, wait_ms: int, others: bool) -> dict[
     try:
         settings = Settings().with_overrides(kafka={"broker": broker.url})
         await create_topics(settings.kafka)
-        children.append(_spawn("--echo", broker.url, wait_ms, ["--echo-inputs", args.echo_inputs]))
+        children.append(_spawn("--echo", broker.url, wait_ms, ["--echo-inputs", echo_inputs]))
         if others:
             children.append(_spawn("--other-consumers", broker.url, args.others_wait, []))
         sim = Simulator(SimConfig(seed=args.seed, media_dim=settings.limits.media_dim, media_weight=1.5))
@@ -177,12 +191,12 @@ async def variant(args: argparse.Namespace, wait_ms: int, others: bool) -> dict[
                 c.wait()
         broker.stop()
     out = {"fetch_wait_ms": wait_ms, "others": others, "others_wait_ms": args.others_wait if others else None,
-           "echo_inputs": args.echo_inputs, "load_before": round(load_before, 2),
+           "echo_inputs": echo_inputs, "load_before": round(load_before, 2),
            "latency_ms": {k: round(v, 2) if v is not None else None for k, v in res["latency_ms"].items()},
            "answered": res["recommendations"], "unanswered": res["unanswered"], "produced": res["produced"],
            "answered_rps": round(res["answered_rps"] or 0.0, 1), "request_hop_ms": request_hop, "cpu": cpu}
     lat = out["latency_ms"]
-    print(f"wait {wait_ms:>3} ms, others {'on ' if others else 'off'}: p50/p90/p99 = {lat['p50']} / {lat['p90']} / "
+    print(f"echo {echo_inputs:<8} wait {wait_ms:>3} ms, others {'on ' if others else 'off'}: p50/p90/p99 = {lat['p50']} / {lat['p90']} / "
           f"{lat['p99']} ms (request hop p50/p99 {request_hop['p50']} / {request_hop['p99']}); "
           f"cpu broker {cpu['broker']:.2f} driver {cpu['driver']:.2f} echo {cpu['echo']:.2f}"
           + (f" others {cpu['others']:.2f}" if others else "") + f" (load before {load_before:.2f})", flush=True)
@@ -194,7 +208,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.trials):
         for others in [o == "on" for o in args.others.split(",")]:
             for wait in [int(w) for w in args.waits.split(",")]:
-                rows.append(await variant(args, wait, others))
+                for echo_inputs in args.echo_inputs.split(","):
+                    rows.append(await variant(args, wait, others, echo_inputs))
     return {"command": " ".join(sys.argv), "events": args.events, "warmup": args.warmup, "rate": args.rate,
             "variants": rows}
 
@@ -209,8 +224,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--waits", default="10,5,1", help="fetch waits (ms) of the echo worker and the driver's reader")
     ap.add_argument("--others", default="off,on", help="run without / with the other consumers")
     ap.add_argument("--others-wait", type=int, default=10, help="fetch wait (ms) of the replica and changelog consumers")
-    ap.add_argument("--echo-inputs", choices=("requests", "all"), default="requests",
-                    help="the echo worker reads requests only, or also interactions and media")
+    ap.add_argument("--echo-inputs", default="requests",
+                    help="comma list of: requests (the echo worker reads requests only), all (also "
+                         "interactions and media, in the same consumer), split (interactions and media on "
+                         "a second consumer of their own)")
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--echo", metavar="BROKER", help=argparse.SUPPRESS)
     ap.add_argument("--other-consumers", metavar="BROKER", help=argparse.SUPPRESS)
