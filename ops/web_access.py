@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -119,16 +119,16 @@ class DigestCache:
 
 
 class SizesCache:
-    """``sizes_of(hot)`` (bytes per memory) recomputed at most every ``max_age_s`` seconds."""
+    """``await sizes_of(hot)`` (bytes per memory) recomputed at most every ``max_age_s`` seconds."""
 
-    def __init__(self, sizes_of: Callable[[Any], dict[str, int]], max_age_s: float = 10.0) -> None:
+    def __init__(self, sizes_of: Callable[[Any], Awaitable[dict[str, int]]], max_age_s: float = 10.0) -> None:
         self.sizes_of = sizes_of
         self.max_age_s = max_age_s
         self._at = -float("inf")
         self._value: dict[str, int] = {}
 
-    def get(self, hot: Any) -> dict[str, int]:
+    async def get(self, hot: Any) -> dict[str, int]:
         now = time.monotonic()
         if now - self._at >= self.max_age_s:
-            self._value, self._at = self.sizes_of(hot), now
+            self._value, self._at = await self.sizes_of(hot), now
         return self._value

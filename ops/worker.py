@@ -19,7 +19,6 @@ import gc
 import logging
 import math
 import os
-import sys
 import random
 import sys
 import time
@@ -172,7 +171,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                 val = summary[f"{m}_{v}"]
                 if math.isfinite(val):
                     telemetry.online.labels(m, v).set(val)
-        for name, size in sizes_cache.get(hot).items():
+        for name, size in (await sizes_cache.get(hot)).items():
             telemetry.memory_bytes.labels(name).set(size)
         telemetry.pending.set(hot.tasks.pending_count)
         return web.bytes(telemetry.render(), content_type="text/plain; version=0.0.4")
@@ -218,23 +217,44 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
     return app, hot
 
 
-def memory_sizes(hot: HotPath) -> dict[str, int]:
-    """Bytes held by each memory of the worker (cheap: array sizes, no copies)."""
-    def size(obj: Any) -> int:
-        n = obj.nbytes  # a property on some memories, a method on others
-        return int(n() if callable(n) else n)
+async def memory_sizes(hot: HotPath) -> dict[str, int]:
+    """Bytes held by each memory of the worker (cheap: array sizes, no copies). The input side
+    is read on the event loop (which alone changes it); the replica side (error memory, schema
+    cache, reorder buffer) in the replica thread, between two polls' applies, since that thread
+    changes it."""
+    out = input_sizes(hot)
+    try:
+        out.update(await asyncio.get_running_loop().run_in_executor(hot.replica_thread, replica_sizes, hot))
+    except RuntimeError:  # the replica thread is shut down: the worker is stopping
+        pass
+    return out
 
+
+def _nbytes(obj: Any) -> int:
+    n = obj.nbytes  # a property on some memories, a method on others
+    return int(n() if callable(n) else n)
+
+
+def input_sizes(hot: HotPath) -> dict[str, int]:
+    """Bytes of the input-side state: media memories, pending predictions, orphan clicks and
+    resolved ids (sampled, approximate: Python objects). Call on the event loop."""
     out: dict[str, int] = {}
-    sketch = getattr(hot.compensation, "memory", None)
-    if sketch is not None and hasattr(sketch, "nbytes"):
-        out["error_memory"] = size(sketch)
     if hot.media is not None:
         mem = hot.media.memory
         out["media_memory"] = sum(mem.nbytes_user(u) for u in mem.users) + int(mem.items.table.nbytes)
-    if hot.schema_core is not None:
-        out["schema_cache"] = size(hot.schema_core.cache)
-    # pending predictions, orphan clicks, resolved ids (sampled, approximate: Python objects)
     out["pending"] = hot.tasks.approx_nbytes()
+    return out
+
+
+def replica_sizes(hot: HotPath) -> dict[str, int]:
+    """Bytes of the replica side: the error-memory sketch, the schema cache and the error
+    records its reorder buffer holds. Call in ``hot.replica_thread``."""
+    out: dict[str, int] = {}
+    sketch = getattr(hot.compensation, "memory", None)
+    if sketch is not None and hasattr(sketch, "nbytes"):
+        out["error_memory"] = _nbytes(sketch)
+    if hot.schema_core is not None:
+        out["schema_cache"] = _nbytes(hot.schema_core.cache)
     reorder = hot.replica.reorder
     if reorder is not None:  # error records held for the schema cache's event-time order
         out["schema_reorder"] = reorder.approx_nbytes()

@@ -93,7 +93,14 @@ async def test_digest_torn_by_a_write_is_redone():
     assert len(hot.calls) == 2
 
 
-def test_sizes_cache_bounds_recomputation():
+async def test_sizes_cache_bounds_recomputation():
     n = []
-    cache = SizesCache(lambda hot: n.append(1) or {"x": len(n)}, max_age_s=3600)
-    assert cache.get(None) == {"x": 1} and cache.get(None) == {"x": 1} and len(n) == 1
+
+    async def sizes(hot):
+        n.append(1)
+        return {"x": len(n)}
+
+    cache = SizesCache(sizes, max_age_s=3600)
+    assert await cache.get(None) == {"x": 1} and await cache.get(None) == {"x": 1} and len(n) == 1
+    cache.max_age_s = 0.0
+    assert await cache.get(None) == {"x": 2}
