@@ -44,6 +44,20 @@ __all__ = ["export_onnx", "check_parity", "ParityError", "OPSET", "INPUT_NAMES",
 
 logger = logging.getLogger(__name__)
 
+
+def _not_about_torchvision(record: logging.LogRecord) -> bool:
+    return "torchvision" not in record.getMessage()
+
+
+def quiet_onnx_exporter() -> None:
+    """Drop torch's ONNX exporter warnings about torchvision ops (``torchvision is not
+    installed. Skipping torchvision::nms`` ...): the models use none of them. A filter on that
+    logger, so it holds even when torch's logging setup resets levels at its first export;
+    :func:`export_onnx` installs it (once)."""
+    target = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if _not_about_torchvision not in target.filters:
+        target.addFilter(_not_about_torchvision)
+
 #: ONNX opset of exported models.
 OPSET = 20
 INPUT_NAMES = ("tokens", "dense")
@@ -116,6 +130,7 @@ def export_onnx(model: CTRModel, spec: FeatureSpec | None = None, *, exporter: E
     for param in frozen.parameters():
         param.requires_grad_(False)
     example = _example_inputs(spec)
+    quiet_onnx_exporter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":

@@ -133,14 +133,6 @@ async def stop_children(children: dict[str, subprocess.Popen[bytes]], timeout_s:
     return {name: p.returncode for name, p in children.items()}
 
 
-def quiet_onnx_exporter() -> None:
-    """Drop torch's ONNX exporter warnings about torchvision ops (``torchvision is not
-    installed. Skipping torchvision::nms`` ...): the models use none of them. A filter on that
-    logger, so it holds even when torch's logging setup resets levels at its first export."""
-    logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(
-        lambda record: "torchvision" not in record.getMessage())
-
-
 class Abandoned(Exception):
     """``stop`` was set before the work in :func:`in_daemon_thread` finished."""
 

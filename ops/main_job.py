@@ -41,7 +41,7 @@ from reloop.ops.report import print_run_report, run_summary
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, get_text, wait_ready
-from reloop.ops.children import in_daemon_thread, quiet_onnx_exporter, reloop_cmd, spawn_child, stop_children
+from reloop.ops.children import in_daemon_thread, reloop_cmd, spawn_child, stop_children
 from reloop.models.registry import ModelRegistry
 from reloop.processors.media import MediaCore, annotate_log
 from reloop.processors.trainer import TrainerConfig
@@ -149,7 +149,6 @@ def _route_logs(data_dir: Path) -> list[logging.Handler]:
     root.setLevel(min(console_level, logging.INFO))
     for noisy in ("aiokafka", "kafka", "faust", "mode", "numba", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    quiet_onnx_exporter()
     return before
 
 

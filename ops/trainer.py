@@ -35,7 +35,7 @@ from typing import Any, Callable, NoReturn
 
 from reloop.models.bundle import CorruptModelError
 from reloop.models.registry import ModelRegistry, RegistryLock, RegistryLocked
-from reloop.ops.children import Abandoned, in_daemon_thread, quiet_onnx_exporter
+from reloop.ops.children import Abandoned, in_daemon_thread
 from reloop.ops.kafka import client_kwargs, make_producer, topic_name
 from reloop.ops.retrain import RetrainOutcome, load_serving, open_window, registry_root, retrain_once, trainer_config
 from reloop.ops.settings import Settings
@@ -275,7 +275,6 @@ def run_trainer(settings: Settings, *, progress: bool | None = None) -> NoReturn
     """
     config = trainer_config(settings)
     show = sys.stderr.isatty() if progress is None else progress
-    quiet_onnx_exporter()
 
     async def main() -> int:
         stop = asyncio.Event()

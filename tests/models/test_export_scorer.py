@@ -120,3 +120,26 @@ def test_torchscript_exporter_escape_hatch(trained: tuple[CTRModel, dict], datas
     blob = export_onnx(model, exporter="torchscript")
     assert check_parity(model, blob, dataset.tokens[:64], dataset.dense[:64]) <= 1e-5
     assert OnnxScorer(blob, version="ts").spec == model.spec
+
+
+def test_first_export_in_a_process_prints_no_torchvision_warnings() -> None:
+    """torch's exporter logs one warning per torchvision op it cannot register (``torchvision is
+    not installed. Skipping torchvision::nms`` ...) at a process's first export: every
+    ``reloop replay`` and ``reloop run`` printed them. A fresh process, so the first export is
+    this one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from tests.models.synthetic import SMALL_MODEL, make_dataset\n"
+            "from reloop.models.train import TrainConfig, train_model\n"
+            "from reloop.models.export import export_onnx\n"
+            "d = make_dataset(300, seed=3)\n"
+            "m, _ = train_model(d.tokens, d.dense, d.labels, d.spec, config=TrainConfig(epochs=1), "
+            "model_config=SMALL_MODEL)\n"
+            "print(len(export_onnx(m, d.spec)) > 0)\n")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
+    assert "torchvision" not in out.stderr, out.stderr[-2000:]
