@@ -100,6 +100,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   snapshot_every_s=settings.worker.snapshot_every_s,
                   replica_snapshot_every_s=settings.worker.replica_snapshot_every_s,
                   journal_fsync=settings.worker.journal_fsync, crash_threshold=settings.worker.crash_threshold,
+                  checkpoint_in_child=settings.worker.checkpoint_in_child,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")

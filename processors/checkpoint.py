@@ -14,11 +14,14 @@ delivery, effectively-once state):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import msgspec
 import numpy as np
@@ -109,6 +112,12 @@ class InputCheckpoint:
         """Rotate the journal and copy the state now (between batches): returns the journal
         segment the checkpoint does not include and the arrays to write (safe in a thread)."""
         seq = self.journal.rotate()
+        return seq, self.arrays(seq, tasks, media, positions, resend)
+
+    def arrays(self, seq: int, tasks: FeedbackTasks, media: MediaCore | None,
+               positions: dict[tuple[str, int], int], resend: Sequence[Output] = ()) -> dict[str, np.ndarray]:
+        """The checkpoint's arrays of the state as it is, which includes the journal up to
+        segment ``seq`` (:meth:`InputJournal.rotate`'s answer when the state was this)."""
         keys = sorted(positions)
         arrays = {
             "feedback": np.frombuffer(tasks.to_state(), np.uint8).copy(),
@@ -120,7 +129,7 @@ class InputCheckpoint:
         }
         if media is not None:
             arrays.update({f"media.{k}": v for k, v in media.snapshot().items()})
-        return seq, arrays
+        return arrays
 
     def recover(self, tasks: FeedbackTasks, media: MediaCore | None) -> Recovered:
         """Load ``inputs.npz`` (if any) and re-apply the journal after it."""
@@ -162,3 +171,57 @@ class InputCheckpoint:
         for _, key, value in entry.outputs:  # the batch's changelog metas: its sequence numbers
             if key is not None and key.endswith(b"/meta") and (meta := decode_meta(value)) is not None:
                 into.tasks.changelog_seq[key_partition(key)] = meta.seq
+
+
+class ChildFailed(RuntimeError):
+    """A checkpoint child (:func:`write_in_child`) ended without writing."""
+
+
+def write_in_child(write: Callable[[], None]) -> int:
+    """Fork; the child runs ``write()`` on its copy-on-write image of this process as it is
+    now, then exits (status 0: written). Returns the child's pid (:func:`wait_child`).
+
+    The fork costs milliseconds however large the state (page tables, not pages, are copied;
+    measured 4-15 ms for a 1.3 GB process): the caller goes on at once while the child encodes
+    and writes, which on the event loop took 0.2-0.7 s per checkpoint under ``reloop run``.
+    The child runs no event loop, thread pool or Kafka client, restores the default
+    SIGINT/SIGTERM (a terminal's Ctrl-C ends it with its parent; the write is atomic) and ends
+    with ``os._exit`` (no atexit handlers, no flush of buffers inherited from the parent).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x")
+    >>> wait_child(write_in_child(lambda: open(path, "w").write("written")))
+    >>> open(path).read()
+    'written'
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1  # the child
+    try:
+        try:
+            signal.set_wakeup_fd(-1)  # the parent's event loop listens on it
+        except ValueError:  # forked from a thread other than the main one: none was set here
+            pass
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        write()
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - reported through the exit status
+        with contextlib.suppress(Exception):
+            os.write(2, f"reloop checkpoint child: {type(exc).__name__}: {exc}\n".encode()[:2000])
+    finally:
+        os._exit(code)
+
+
+def wait_child(pid: int) -> None:
+    """Block until checkpoint child ``pid`` ends.
+
+    Raises:
+        ChildFailed: it did not exit with status 0 (its write failed, or a signal ended it).
+    """
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise ChildFailed(f"checkpoint child {pid} ended by signal {os.WTERMSIG(status)}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ChildFailed(f"checkpoint child {pid} exited with {os.waitstatus_to_exitcode(status)}")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,6 +99,9 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
             offsets it includes; its directory also holds ``inputs.npz`` and the input
             journal (None = no snapshots and no journal: a restart loses the input-side state).
         snapshot_every_s: seconds between input checkpoints (and one at stop).
+        checkpoint_in_child: a forked child encodes and writes each periodic input checkpoint
+            (copy-on-write; the loop pays the fork) instead of the event loop
+            (``worker.checkpoint_in_child``; off where ``os.fork`` does not exist).
         replica_snapshot_every_s: seconds between ``errors`` replica snapshots (and one at stop).
         journal_fsync: fsync each journal entry (machine-crash safe; process crashes are safe
             without it; ``worker.journal_fsync``).
@@ -119,7 +123,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
                  replica_snapshot_every_s: float = 60.0,
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
-                 group_instance_id: str | None = None, idle_fetch_wait_ms: int = 100, **kwargs: Any) -> None:
+                 group_instance_id: str | None = None, idle_fetch_wait_ms: int = 100,
+                 checkpoint_in_child: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -154,6 +159,7 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self._inflight: list[Output] = []  # outputs of the batch being produced
         self._last_checkpoint = time.monotonic()
         self._checkpoint_busy = False
+        self.checkpoint_in_child = checkpoint_in_child and hasattr(os, "fork")
         self._unacked: asyncio.Future[None] | None = None  # the last batch's acks + commit (process_inputs)
         self._acks: asyncio.Future[Any] | None = None  # the last batch's acks alone
         self._writes_in_flight: set[asyncio.Future[Any]] = set()  # file writes off the loop (hot_state)

@@ -26,7 +26,8 @@ class WorkerTelemetry:
             "queueing (its oldest record's age when processing starts), decode (decode, validate, admit), "
             "cores (media, scoring, feedback), of which model (features + onnxruntime) and compensation "
             "(error memory + schemata), journal (encode outputs, write-ahead), produce (until acknowledged), "
-            "commit", ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
+            "commit; and checkpoint: collecting the input checkpoint on the event loop, between two batches "
+            "(every worker.snapshot_every_s, not per batch)", ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge("reloop_consumer_lag", "Records behind the high watermark",
                                   ["topic"], registry=r)
         self.pending = Gauge("reloop_pending_predictions", "Predictions awaiting feedback", registry=r)

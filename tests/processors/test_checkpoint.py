@@ -103,6 +103,51 @@ def test_checkpoint_plus_journal_equals_uninterrupted(tmp_path, seed):
     assert state_of(recovered) == state_of(reference)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_checkpoint_written_by_a_child_is_the_state_at_the_fork(tmp_path, seed):
+    """The worker's periodic checkpoint: a forked child encodes and writes it while the parent
+    goes on applying batches; the file must hold the state at the fork, byte for byte what
+    the parent would have collected then, and recover like an in-process checkpoint."""
+    from reloop.processors.checkpoint import wait_child, write_in_child
+    from reloop.state.snapshots import read_npz, write_npz_atomic
+
+    entries = make_batches(seed)
+    reference = fresh()
+    run(entries, InputCheckpoint(tmp_path / "ref", Limits()), reference)
+    ck = InputCheckpoint(tmp_path / "w", Limits())
+    live = fresh()
+    k = random.Random(seed).randrange(1, len(entries) - 5)
+    pid = seq = expected = None
+    for i, e in enumerate(entries):
+        ck.apply(e, live)
+        ck.journal.append(e)
+        if i == k:
+            seq = ck.journal.rotate()
+            expected = ck.arrays(seq, live.tasks, None, live.positions)
+            pid = write_in_child(lambda: write_npz_atomic(ck.path, ck.arrays(seq, live.tasks, None, live.positions)))
+    wait_child(pid)  # after the parent applied the remaining batches
+    ck.journal.delete_before(seq)
+    ck.journal.close()
+    written = read_npz(ck.path)
+    assert sorted(written) == sorted(expected)
+    for name, arr in expected.items():
+        assert written[name].dtype == arr.dtype and written[name].tobytes() == arr.tobytes(), name
+    recovered = InputCheckpoint(tmp_path / "w", Limits()).recover(fresh().tasks, None)
+    assert recovered.entries == len(entries) - k - 1
+    assert state_of(recovered) == state_of(reference)
+
+
+def test_a_failed_child_write_is_reported(tmp_path):
+    from reloop.processors.checkpoint import ChildFailed, wait_child, write_in_child
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(ChildFailed, match="exited with 1"):
+        wait_child(write_in_child(fail))
+    assert not list(tmp_path.iterdir())
+
+
 def test_torn_tail_is_dropped_and_appends_continue(tmp_path):
     j = InputJournal(tmp_path)
     entries = make_batches(5, n_batches=4)
