@@ -156,7 +156,7 @@ class HotPathState:
             self._checkpoint_busy = False
             if fut.exception() is None:
                 ck.journal.delete_before(seq)
-            elif getattr(self, "should_stop", False):  # Ctrl-C reached the child too; the stop writes one
+            elif getattr(self, "should_stop", False):  # the stop writes one after it anyway
                 log.info("checkpoint_abandoned_by_stop", extra={"reason": str(fut.exception())})
             else:
                 log.error("checkpoint_failed", extra={"reason": str(fut.exception())})

@@ -148,6 +148,68 @@ def test_a_failed_child_write_is_reported(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_checkpoint_child_finishes_its_write_through_ctrl_c_and_sigterm(tmp_path):
+    """Ctrl-C reaches the whole process group: the child still writes (the parent's stop
+    waits for it), instead of dying and leaving a temporary file behind."""
+    import os
+    import signal
+
+    from reloop.processors.checkpoint import wait_child, write_in_child
+    from reloop.state.snapshots import write_npz_atomic
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def write() -> None:
+        os.write(ready_w, b"r")  # its signal dispositions are set: signal it now
+        os.read(go_r, 1)  # blocks until the parent has signalled it
+        write_npz_atomic(tmp_path / "inputs.npz", {"x": np.arange(3)})
+
+    pid = write_in_child(write)
+    assert os.read(ready_r, 1) == b"r"
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    os.write(go_w, b"g")
+    wait_child(pid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs.npz"]
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)
+
+
+def test_a_checkpoint_child_dies_with_its_parent(tmp_path):
+    """A worker SIGKILLed mid-checkpoint takes its child with it: an orphan must not replace
+    a checkpoint written later by the restarted worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys\n"
+        "from reloop.processors.checkpoint import write_in_child\n"
+        "r, w = os.pipe()\n"
+        "pid = write_in_child(lambda: os.read(r, 1))\n"  # the child blocks until its parent writes
+        "print(pid, flush=True)\n"
+        "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1][0] not in "ZX"  # a zombie has exited
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the condition, not synchronising on time
+    assert not alive(child), f"checkpoint child {child} outlived its SIGKILLed parent"
+
+
 def test_torn_tail_is_dropped_and_appends_continue(tmp_path):
     j = InputJournal(tmp_path)
     entries = make_batches(5, n_batches=4)
