@@ -77,10 +77,10 @@ def print_run_report(report: dict[str, Any], console: Console | None = None) -> 
                          _fmt(p["logloss_base"]), _fmt(p["logloss_compensated"])] for p in phases]))
     alerts = report.get("alerts") or []
     c.print(_table(f"Alerts ({len(alerts)}; {report.get('schema_updates', 0)} schema updates)",
-                   ["s from shift", "kind", "signature", "direction", "observed", "predicted", "support"],
+                   ["s from shift", "kind", "signature", "direction", "observed", "predicted", "support", "reason"],
                    [[_fmt(a["after_shift_s"], 1), a["kind"], a["signature"], a["direction"],
-                     _fmt(a["observed_rate"], 3), _fmt(a["predicted_rate"], 3), _fmt(a["support"], 0)]
-                    for a in alerts]))
+                     _fmt(a["observed_rate"], 3), _fmt(a["predicted_rate"], 3), _fmt(a["support"], 0),
+                     a.get("reason", "")] for a in alerts]))
     series = sorted(w.get("series") or [], key=lambda p: p["ts"])  # windows close out of order
     if series:
         shift = report.get("shift_ts")
@@ -168,8 +168,9 @@ def swaps(answered: list[tuple[float, str]], shift_ts: float | None) -> list[dic
 def alert_rows(alerts: list[dict[str, Any]], updates: list[dict[str, Any]],
                shift_ts: float | None) -> list[dict[str, Any]]:
     """One row per alert: kind, signature, direction, observed and predicted rates (from the
-    schema's update at the alert's event time: the ``promoted`` one for ``new``), support, and
-    event time relative to the shift, seconds."""
+    schema's update at the alert's event time: the ``promoted`` one for ``new``), support,
+    event time relative to the shift (seconds), and for ``resolved`` why (``weak``,
+    ``significance``, ``explained by ...``: :class:`~reloop.processors.schemas.SchemaAlert`)."""
     by_key = {(u["schema_id"], u["ts"]): u for u in updates}
     rows = []
     for a in alerts:
@@ -177,7 +178,8 @@ def alert_rows(alerts: list[dict[str, Any]], updates: list[dict[str, Any]],
         rows.append({"ts": a["ts"], "after_shift_s": None if shift_ts is None else round(a["ts"] - shift_ts, 1),
                      "kind": a["kind"], "schema_id": a["schema_id"], "signature": " & ".join(a["signature"]),
                      "direction": a["direction"], "observed_rate": u.get("observed_rate"),
-                     "predicted_rate": u.get("predicted_rate"), "support": a["support"], "z": a["z"]})
+                     "predicted_rate": u.get("predicted_rate"), "support": a["support"], "z": a["z"],
+                     "reason": a.get("reason", "")})
     return rows
 
 

@@ -67,7 +67,10 @@ def test_run_summary_splits_quality_at_the_shift_and_the_swap_and_joins_alert_ra
               "worker": {"summary": {"labelled": 500}, "series": series,
                          "counters": {"events_in": {"requests": 100.0, "media": 30.0}, "events_out": {}}}}
     alerts = [{"alert_id": "s1:new:55", "schema_id": "s1", "ts": 55.0, "kind": "new",
-               "signature": ["genre=drama", "segment=s1"], "direction": "over", "support": 300.0, "z": -5.0}]
+               "signature": ["genre=drama", "segment=s1"], "direction": "over", "support": 300.0, "z": -5.0},
+              {"alert_id": "s1:resolved:60", "schema_id": "s1", "ts": 60.0, "kind": "resolved",
+               "signature": ["genre=drama", "segment=s1"], "direction": "over", "support": 310.0, "z": -1.0,
+               "reason": "weak"}]
     updates = [{"schema_id": "s1", "ts": 55.0, "change": "promoted", "observed_rate": 0.05, "predicted_rate": 0.2}]
     metrics = 'reloop_memory_bytes{memory="media_memory"} 1234.0\n'
     out = run_summary(report, alerts, updates, metrics)
@@ -75,9 +78,10 @@ def test_run_summary_splits_quality_at_the_shift_and_the_swap_and_joins_alert_ra
     assert out["swaps"] == [{"version": "v2", "event_ts": 70.0, "after_shift_s": 20.0, "requests": 30}]
     phases = {p["phase"]: (p["windows"], p["auc_base"]) for p in out["quality_phases"]}
     assert phases == {"before shift": (5, 0.7), "after shift, before swap": (2, 0.6), "after swap": (3, 0.65)}
-    [row] = out["alerts"]
-    assert (row["after_shift_s"], row["signature"], row["observed_rate"], row["predicted_rate"]) == \
-        (5.0, "genre=drama & segment=s1", 0.05, 0.2)
+    row, resolved = out["alerts"]
+    assert (row["after_shift_s"], row["signature"], row["observed_rate"], row["predicted_rate"], row["reason"]) == \
+        (5.0, "genre=drama & segment=s1", 0.05, 0.2, "")
+    assert (resolved["kind"], resolved["reason"], resolved["observed_rate"]) == ("resolved", "weak", None)
     assert out["media"] == {"media_events_in": 30.0, "media_memory_bytes": 1234.0}
     assert out["events_per_s"]["in"] == {"requests": 10.0, "media": 3.0}
     assert sum(sum(w["versions"].values()) for w in out["versions_per_window"]) == 100
