@@ -28,13 +28,14 @@ FETCH_WAIT_MS = 10
 
 async def collect_latencies(consumer: AIOKafkaConsumer, sent_at: dict[str, float], sending_done: asyncio.Event,
                             request_id_of: Callable[[bytes], str], latencies: list[float], *,
-                            poll_ms: int = 100, drain_s: float = 60.0) -> None:
+                            poll_ms: int = 100, drain_s: float = 60.0, sent: list[float] | None = None) -> None:
     """Read recommendations concurrently with a sender; append receive - send seconds.
 
     ``sent_at`` maps request id -> ``time.perf_counter()`` at send (the sender fills it; answered
     ids are popped, so what is left at the end is unanswered). Returns once ``sending_done`` is
     set and every sent request was answered, or ``drain_s`` after ``sending_done``.
     ``request_id_of`` decodes a recommendation's value to its request id (and may count it).
+    ``sent``, if given, gets each answered request's send time, parallel to ``latencies``.
     """
     deadline: float | None = None
     while True:
@@ -45,6 +46,8 @@ async def collect_latencies(consumer: AIOKafkaConsumer, sent_at: dict[str, float
                 t = sent_at.pop(request_id_of(m.value), None)
                 if t is not None:
                     latencies.append(now - t)
+                    if sent is not None:
+                        sent.append(t)
         if sending_done.is_set():
             deadline = deadline or time.monotonic() + drain_s
             if not sent_at or time.monotonic() > deadline:
@@ -97,9 +100,11 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
             answered.append((ts, rec.model_version))
         return rec.request_id
 
-    collector = asyncio.create_task(collect_latencies(consumer, sent_at, sending_done, on_record, latencies))
+    sent: list[float] = []
+    collector = asyncio.create_task(collect_latencies(consumer, sent_at, sending_done, on_record, latencies,
+                                                      sent=sent))
     try:
-        t0 = time.perf_counter()
+        t0, t0_unix = time.perf_counter(), time.time()
         interval = 1.0 / offered_rps
         seq = 0
         for ev in sim.events(n_requests):
@@ -143,8 +148,29 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
         "produced": counts, "recommendations": len(latencies), "unanswered": len(sent_at),
         "send_seconds": t_sent - t0, "elapsed_seconds": elapsed, "offered_rps": offered_rps,
         "answered_rps": len(latencies) / elapsed if elapsed else None, "latency_ms": pct,
-        "versions": versions, "live_from_ts": warm_cut, "answered": answered,
+        "versions": versions, "live_from_ts": warm_cut, "answered": answered, "send_started_unix": t0_unix,
+        "latency_windows": latency_windows(np.array(sent) - t0, lat),
     }
+
+
+def latency_windows(sent_s: np.ndarray, latency_ms: np.ndarray, width_s: float = 10.0) -> list[dict[str, Any]]:
+    """Latency percentiles per ``width_s`` seconds of sending: ``sent_s`` (n,) send times, s from
+    the start; ``latency_ms`` (n,) their latencies. One row per window with answers:
+    ``from_s``, ``to_s``, ``requests``, ``p50``, ``p99`` (ms).
+
+    >>> [(r["from_s"], r["requests"], r["p50"]) for r in latency_windows(np.array([0.5, 1.5, 12.0]),
+    ...                                                                  np.array([10.0, 30.0, 5.0]))]
+    [(0.0, 2, 20.0), (10.0, 1, 5.0)]
+    """
+    if not len(sent_s):
+        return []
+    idx = np.floor(sent_s / width_s).astype(np.int64)
+    rows = []
+    for w in np.unique(idx).tolist():
+        lat = latency_ms[idx == w]
+        rows.append({"from_s": w * width_s, "to_s": (w + 1) * width_s, "requests": int(lat.size),
+                     "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))})
+    return rows
 
 
 async def read_alerts(ks: KafkaSettings, timeout_s: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -27,6 +27,15 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     return t
 
 
+def _retrain_marks(report: dict[str, Any]) -> list[tuple[float, str]]:
+    """``(s from the start of sending, "vN registered")`` for each model registered during the run."""
+    start = report.get("send_started_unix")
+    if start is None:
+        return []
+    return [(m["created_ts"] - start, f"{m['version']} registered ({m['trigger']})")
+            for m in report.get("models") or [] if m.get("created_ts") is not None and m["created_ts"] >= start]
+
+
 def print_run_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the main job's report: traffic and latency, versions per window with the swaps,
     quality before/after the shift and the swap, the alerts raised, media memory, events/s."""
@@ -69,6 +78,13 @@ def print_run_report(report: dict[str, Any], console: Console | None = None) -> 
         c.print(_table("Versions served per window (event time, s from the shift)", ["window", *names],
                        [[f"{r['from_s']:.0f} .. {r['to_s']:.0f}", *(str(r["versions"].get(n, 0)) for n in names)]
                         for r in vpw]))
+    lw = report.get("latency_windows") or []
+    if lw:
+        marks = _retrain_marks(report)
+        c.print(_table("Latency per 10 s of sending (ms)", ["sent at (s)", "requests", "p50", "p99", ""],
+                       [[f"{r['from_s']:.0f} .. {r['to_s']:.0f}", str(r["requests"]), _fmt(r["p50"], 1),
+                         _fmt(r["p99"], 1), ", ".join(m for at, m in marks if r["from_s"] <= at < r["to_s"])]
+                        for r in lw]))
     phases = report.get("quality_phases") or []
     if phases:
         c.print(_table("Quality by phase (mean over metric windows)",

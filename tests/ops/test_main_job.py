@@ -165,3 +165,22 @@ async def test_in_daemon_thread_hands_over_the_result_and_the_exception() -> Non
 
     with pytest.raises(ValueError, match="training diverged"):  # not a hang (the callback failing)
         await asyncio.wait_for(in_daemon_thread(fails), 60)
+
+
+def test_the_report_prints_latency_per_window_with_the_retrain_marked() -> None:
+    from rich.console import Console
+
+    from reloop.ops.report import print_run_report
+
+    report = {"send_started_unix": 1000.0, "latency_ms": {"p50": 12.0, "p90": 40.0, "p99": 900.0},
+              "latency_windows": [{"from_s": 0.0, "to_s": 10.0, "requests": 1500, "p50": 11.0, "p99": 30.0},
+                                  {"from_s": 10.0, "to_s": 20.0, "requests": 1480, "p50": 55.5, "p99": 2500.0}],
+              "models": [{"version": "v1", "trigger": "initial", "created_ts": 990.0},
+                         {"version": "v2", "trigger": "drift", "created_ts": 1013.5}]}
+    console = Console(record=True, width=140)
+    print_run_report(report, console)
+    lines = console.export_text().splitlines()
+    [first] = [ln for ln in lines if "0 .. 10 " in ln]
+    [second] = [ln for ln in lines if "10 .. 20 " in ln]
+    assert "v2 registered (drift)" in second and "registered" not in first  # v1 predates the traffic
+    assert "2500.0" in second and "55.5" in second
