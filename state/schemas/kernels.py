@@ -8,8 +8,8 @@
 * :func:`ring_sums` / :func:`mark_members` -- the overlap check's sums on the recent-records
   ring, in :mod:`reloop.state.schemas.ring_kernels` (re-exported here); their numpy
   specification is :func:`reloop.state.schemas.reference.ring_sums_ref`;
-* :func:`welch_z` -- :func:`reloop.state.schemas.select.two_sample_z` on ``(n, 3)`` rows in one
-  pass (its numpy body is the specification).
+* :func:`welch_z`, :func:`single_tests`, :func:`vs_rest` -- the Welch z tests of a tick, in
+  :mod:`reloop.state.schemas.stat_kernels` (re-exported here), next to their numpy forms.
 
 :data:`USE_KERNELS` False makes the evaluation run the numpy paths these replaced (tests).
 
@@ -53,12 +53,14 @@ import numpy as np
 from numba import njit
 
 from reloop.state.schemas.ring_kernels import mark_members, ring_sums
+from reloop.state.schemas.stat_kernels import single_tests, vs_rest, welch_z
 
 __all__ = [
     "F_OWN", "F_SUM_P", "F_SUM_P2", "F_SUM_R", "F_SUM_R2", "FAST", "G_OWN", "G_SUM_P", "G_SUM_R", "G_SUM_R2",
     "G_SUM_Y", "N_GLOBAL", "N_STATS", "OWN", "PRIORITY", "record_values",
     "SUM_P", "SUM_R", "SUM_R2", "SUM_Y", "FIRST", "LAST", "index_size", "lookup_slots", "pair_key",
     "mark_members", "rebuild_index", "ring_sums", "single_tests", "space_saving_update", "split_key",
+    "vs_rest", "welch_z",
 ]
 
 PRIORITY, OWN, SUM_R, SUM_R2, SUM_Y, SUM_P = range(6)
@@ -316,62 +318,3 @@ def space_saving_update(pids: np.ndarray, pairable: np.ndarray, w: np.ndarray, w
     """
     _space_saving_kernel(pids, pairable, w, wf, r, y, p, ts, keys, stats, times, heap, heap_pos, index,
                          meta, glob, int(shift))
-
-
-# --------------------------------------------------------------------------- Welch z
-
-
-@njit(cache=True, nogil=True)
-def _welch_row(a0, a1, a2, b0, b1, b2, scale, var_floor, min_count):  # pragma: no cover - numba
-    """``(z, diff)`` of one row pair, the IEEE operations of ``two_sample_z`` in its order."""
-    n_a, n_b = a0 * scale, b0 * scale
-    ok = (n_a >= min_count) & (n_b >= min_count)
-    own_a, own_b = (a0, b0) if ok else (1.0, 1.0)
-    m_a, m_b = a1 / own_a, b1 / own_b
-    v_a, v_b = a2 / own_a - m_a * m_a, b2 / own_b - m_b * m_b
-    v_a = v_a if v_a >= var_floor or v_a != v_a else var_floor  # np.maximum (NaN stays)
-    v_b = v_b if v_b >= var_floor or v_b != v_b else var_floor
-    se = math.sqrt(v_a / (n_a if ok else 1.0) + v_b / (n_b if ok else 1.0))
-    d = m_a - m_b if ok else 0.0
-    return (d / se if ok else 0.0), d
-
-
-@njit(cache=True, nogil=True)
-def _welch_kernel(a, b, scale, var_floor, min_count, z, diff):  # pragma: no cover - numba
-    for i in range(a.shape[0]):
-        z[i], diff[i] = _welch_row(a[i, 0], a[i, 1], a[i, 2], b[i, 0], b[i, 1], b[i, 2], scale, var_floor, min_count)
-
-
-def welch_z(a: np.ndarray, b: np.ndarray, scale: float, var_floor: float,
-            min_count: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`reloop.state.schemas.select.two_sample_z` of ``(n, 3)`` float64 rows ``a``, ``b``
-    in one pass (GIL released); the same IEEE operations per element, so bit-identical."""
-    z, diff = np.empty(a.shape[0]), np.empty(a.shape[0])
-    _welch_kernel(a, b, float(scale), float(var_floor), float(min_count), z, diff)
-    return z, diff
-
-
-@njit(cache=True, nogil=True)
-def _single_tests_kernel(tri, col, col_tot, col_out, mine, kids, scale, var_floor, out):  # pragma: no cover
-    for i in range(tri.shape[0]):
-        c = col[i]
-        r0 = (col_tot[c, 0] - tri[i, 0]) - (col_out[c, 0] - mine[i, 0])
-        r1 = (col_tot[c, 1] - tri[i, 1]) - (col_out[c, 1] - mine[i, 1])
-        r2 = (col_tot[c, 2] - tri[i, 2]) - (col_out[c, 2] - mine[i, 2])
-        out[0, i], out[1, i] = _welch_row(tri[i, 0], tri[i, 1], tri[i, 2], r0, r1, r2, scale, var_floor, 2.0)
-        out[2, i], out[3, i] = _welch_row(tri[i, 0] - kids[i, 0], tri[i, 1] - kids[i, 1], tri[i, 2] - kids[i, 2],
-                                          r0, r1, r2, scale, var_floor, 2.0)
-
-
-def single_tests(tri: np.ndarray, col: np.ndarray, col_tot: np.ndarray, col_out: np.ndarray, mine: np.ndarray,
-                 kids: np.ndarray, scale: float, var_floor: float) -> np.ndarray:
-    """The two Welch tests of :func:`reloop.state.schemas.select._single_tests` in one pass:
-    ``rest = col_tot[col] - tri - (col_out[col] - mine)`` per row, then ``(tri, rest)`` and
-    ``(tri - kids, rest)``; returns ``(4, n)`` rows ``z_full, gap_full, z_own, gap_own``, bit
-    for bit the numpy expression's (same operations, same order; its numpy form is the
-    specification and runs when :data:`USE_KERNELS` is False). ``tri``, ``mine``, ``kids``:
-    ``(n, 3)``; ``col``: ``(n,)`` column of each row; ``col_tot``, ``col_out``: ``(C, 3)``."""
-    out = np.empty((4, tri.shape[0]))
-    _single_tests_kernel(np.ascontiguousarray(tri), np.ascontiguousarray(col, np.int64), col_tot, col_out, mine,
-                         kids, float(scale), float(var_floor), out)
-    return out
