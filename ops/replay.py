@@ -31,7 +31,7 @@ import numpy as np
 
 from reloop.models.fit import FittedModel, fit_model
 from reloop.ops.logs import LoadedLog
-from reloop.ops.replay_engine import Routed, cut_batches, route_events
+from reloop.ops.replay_engine import Routed, route_batches
 from reloop.ops.replay_run import EngineRun, ReplayResult, progress_bar
 from reloop.ops.settings import Settings
 from reloop.processors.compensation import Compensation
@@ -251,19 +251,27 @@ def run_stream_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event]
     runs = {name: EngineRun(engine, fitted, cache, window, keep_outputs) for name, engine in engines.items()}
 
     def counted(evs: Iterable[Event]) -> Iterator[Event]:
-        for e in evs:
-            if isinstance(e, Interaction):
-                counts["interactions"] += 1
-                if cfg.retrain_every and e.request_id is None:
-                    window.append(e)
-            elif isinstance(e, MediaEvent):
-                counts["media"] += 1
-            else:
-                counts["requests"] += 1
-            yield e
+        n_inter = n_media = n_other = 0
+        keep = window.append if cfg.retrain_every else None
+        try:
+            for e in evs:
+                cls = e.__class__
+                if cls is Interaction or (cls is not MediaEvent and isinstance(e, Interaction)):
+                    n_inter += 1
+                    if keep is not None and e.request_id is None:
+                        keep(e)
+                elif cls is MediaEvent or isinstance(e, MediaEvent):
+                    n_media += 1
+                else:
+                    n_other += 1
+                yield e
+        finally:
+            counts["interactions"] += n_inter
+            counts["media"] += n_media
+            counts["requests"] += n_other
 
     if batches is None:
-        batches = cut_batches(route_events(counted(events), first.partitions, seq0), cfg.batch_size)
+        batches = route_batches(counted(events), first.partitions, seq0, cfg.batch_size)
     t0 = time.perf_counter()
     with progress_bar(progress, total) as advance:
         for batch in batches:
