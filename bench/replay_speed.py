@@ -3,7 +3,12 @@
 For each size (events of a labelled simulator log: per request one labelled interaction per
 candidate, plus media events) and format (``jsonl.gz``, ``jsonl.zst``, ``parquet``, ``jsonl``),
 one child process per measurement reads the log and reports its events/s (wall and CPU) and
-its peak RSS (``VmHWM``, or ``ru_maxrss`` where there is no /proc), so memory is measured per size and shows whether it stays flat.
+its peak RSS (``VmHWM``, or ``ru_maxrss`` where there is no /proc), so memory is measured per
+size and shows whether it stays flat. ``--mode engine`` also splits the peak: ``peak_rss_fit_mb``
+(reading the warm-up and fitting the initial model: torch training and ONNX export) and
+``peak_rss_replay_mb`` (the replay alone: the peak is reset after the fit through
+/proc/self/clear_refs), with ``rss_after_fit_mb`` and ``rss_end_mb``; ``peak_rss_mb`` is the
+larger of the two peaks.
 
 Modes:
 
@@ -91,6 +96,30 @@ def _rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _rss_now_mb() -> float | None:
+    """Current RSS of this process, MB (``VmRSS``; None without /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0: write 5 to
+    /proc/self/clear_refs), so the peak read later is the replay's alone, not the fit's
+    (torch training and ONNX export peak higher than a short replay)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _import_format(path: str) -> None:
@@ -181,17 +210,24 @@ def child_engine(path: str, reorder_s: float, config: str | None, warm_n: int) -
         fitted, media, n_warm = _fit_on_prefix(iter(stream), settings, warm_n)
         fit_s = time.perf_counter() - t_fit
         first = stream.stats.events
+        peak_fit = _rss_mb()
+        rss_fit = _rss_now_mb()
+        reset = _reset_peak()
         t0, c0 = time.perf_counter(), time.process_time()
         result = engine.run_stream(itertools.chain(media, stream), fitted, source=path, seq0=n_warm)
         n_events = stream.stats.events - first + len(media)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rep = result.report
+    replay_rss = {} if materialised else {
+        "peak_rss_fit_mb": peak_fit, "rss_after_fit_mb": rss_fit, "rss_end_mb": _rss_now_mb(),
+        "peak_rss_replay_mb": _rss_mb() if reset else None}
     return {"events": n_events, "seconds": wall, "cpu_seconds": cpu,
             "events_per_s": n_events / wall, "events_per_cpu_s": n_events / cpu,
             "engine_events_per_s": rep.get("events_per_s"), "fit_seconds": fit_s or rep.get("fit_seconds"),
             "scored": rep.get("scored"), "auc_base": rep.get("auc_base"), "auc_compensated": rep.get("auc_compensated"),
             "compensation": rep.get("compensation"), "materialised": materialised,
-            "rss_before_mb": rss0, "peak_rss_mb": _rss_mb()}
+            "rss_before_mb": rss0, "peak_rss_mb": max(_rss_mb(), replay_rss.get("peak_rss_fit_mb") or 0.0),
+            **replay_rss}
 
 
 def run_child(kind: str, path: Path, reorder_s: float, config: str | None = None,

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -32,15 +30,15 @@ import msgspec
 import numpy as np
 
 from reloop.models.fit import FittedModel, fit_model
-from reloop.models.metrics import auc, logloss
 from reloop.ops.logs import LoadedLog
-from reloop.ops.replay_engine import Routed, StepReplay, cut_batches, route_events
+from reloop.ops.replay_engine import Routed, route_batches
+from reloop.ops.replay_run import EngineRun, ReplayResult, progress_bar
 from reloop.ops.settings import Settings
 from reloop.processors.compensation import Compensation
 from reloop.processors.media import MediaCore, annotate_log
 from reloop.processors.warmup import warm_up
 from reloop.streams.codec import InvalidEvent, decode_event
-from reloop.streams.events import Event, Interaction, MediaEvent, Recommendation, ErrorRecord
+from reloop.streams.events import Event, Interaction, MediaEvent
 from reloop.streams.topics import USER_PARTITIONS
 from reloop.streams.validation import Limits
 
@@ -48,31 +46,6 @@ log = logging.getLogger("reloop.replay")
 
 #: Builds the compensation for a fitted model (e.g. an error memory sized to its hidden dim).
 CompensationFactory = Callable[[FittedModel], Compensation]
-
-
-@dataclass
-class ReplayResult:
-    """What a replay produced.
-
-    Attributes:
-        report: the JSON report (see :meth:`ReplayEngine.run`).
-        labels, base, compensated, ts: (n,) per resolved prediction (one error record each),
-            in the order the step emitted them; ``user_ids`` (n,) object array likewise.
-        fitted: the initial model.
-        state: the stepped cores and replica at the end (digests: ``state.digests()``).
-        recommendations, errors: every output, when run with ``keep_outputs=True`` (else empty).
-    """
-
-    report: dict
-    labels: np.ndarray
-    base: np.ndarray
-    compensated: np.ndarray
-    ts: np.ndarray
-    fitted: FittedModel
-    user_ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))
-    state: StepReplay | None = None
-    recommendations: list[Recommendation] = field(default_factory=list)
-    errors: list[ErrorRecord] = field(default_factory=list)
 
 
 def iter_topic_events(path: str, limits: Limits, invalid: list[tuple[int, str]] | None = None) -> Iterator[Event]:
@@ -235,12 +208,16 @@ def run_warm_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event], 
                 if settings.worker.media_features and any(isinstance(e, MediaEvent) for e in warm_events)
                 else [e for e in warm_events if isinstance(e, Interaction)])
         cache["v1"] = fit_initial_model(warm, settings)
+        del warm
     fitted = fitted or cache["v1"]
     if share is not None:
         fitted = cache["v1"] = share(fitted)
     cache.setdefault("v1", fitted)
     fit_s = time.perf_counter() - t_fit
-    stream = chain((e for e in warm_events if isinstance(e, MediaEvent)), it)
+    # only the warm-up's media events go on (held by the chain until replayed); the rest of
+    # the warm-up is released here, not kept for the whole replay
+    stream = chain([e for e in warm_events if isinstance(e, MediaEvent)], it)
+    del warm_events
     out = run_stream_many(engines, stream, fitted, source=source, progress=progress, seq0=seen,
                           model_cache=cache, keep_outputs=keep_outputs, total=total)
     for res in out.values():
@@ -271,24 +248,32 @@ def run_stream_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event]
     counts = {"requests": 0, "interactions": 0, "media": 0}
     window: deque[Interaction] = deque(maxlen=cfg.retrain_window)
     cache = model_cache if model_cache is not None else {}
-    runs = {name: _EngineRun(engine, fitted, cache, window, keep_outputs) for name, engine in engines.items()}
+    runs = {name: EngineRun(engine, fitted, cache, window, keep_outputs) for name, engine in engines.items()}
 
     def counted(evs: Iterable[Event]) -> Iterator[Event]:
-        for e in evs:
-            if isinstance(e, Interaction):
-                counts["interactions"] += 1
-                if cfg.retrain_every and e.request_id is None:
-                    window.append(e)
-            elif isinstance(e, MediaEvent):
-                counts["media"] += 1
-            else:
-                counts["requests"] += 1
-            yield e
+        n_inter = n_media = n_other = 0
+        keep = window.append if cfg.retrain_every else None
+        try:
+            for e in evs:
+                cls = e.__class__
+                if cls is Interaction or (cls is not MediaEvent and isinstance(e, Interaction)):
+                    n_inter += 1
+                    if keep is not None and e.request_id is None:
+                        keep(e)
+                elif cls is MediaEvent or isinstance(e, MediaEvent):
+                    n_media += 1
+                else:
+                    n_other += 1
+                yield e
+        finally:
+            counts["interactions"] += n_inter
+            counts["media"] += n_media
+            counts["requests"] += n_other
 
     if batches is None:
-        batches = cut_batches(route_events(counted(events), first.partitions, seq0), cfg.batch_size)
+        batches = route_batches(counted(events), first.partitions, seq0, cfg.batch_size)
     t0 = time.perf_counter()
-    with _progress(progress, total) as advance:
+    with progress_bar(progress, total) as advance:
         for batch in batches:
             for run in runs.values():
                 run.feed(batch)
@@ -296,105 +281,6 @@ def run_stream_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event]
     elapsed = time.perf_counter() - t0
     shared = elapsed - sum(r.seconds for r in runs.values())
     return {name: run.result(source, counts, shared + run.seconds, kernels_s) for name, run in runs.items()}
-
-
-class _EngineRun:
-    """One engine's side of :func:`run_stream_many`: its step state, outputs and retraining."""
-
-    def __init__(self, engine: ReplayEngine, fitted: FittedModel, cache: dict[str, FittedModel],
-                 window: deque[Interaction], keep_outputs: bool) -> None:
-        self.engine, self.fitted, self.cache, self.window = engine, fitted, cache, window
-        comp = engine.compensation_factory(fitted) if engine.compensation_factory else None
-        self.state = StepReplay(engine.settings, fitted.scorer, comp)
-        self.keep_outputs = keep_outputs
-        self.chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "b", "c", "t", "u")}
-        self.recs: list[Recommendation] = []
-        self.errs: list[ErrorRecord] = []
-        self.scored = 0
-        self.current, self.retrains = fitted, []
-        self.seconds = 0.0  # own step time (s)
-
-    def feed(self, batch: Sequence[Routed]) -> None:
-        """Step one batch; keep its predictions; retrain when ``replay.retrain_every`` is due."""
-        t0 = time.perf_counter()
-        cfg = self.engine.settings.replay
-        res = self.state.step(batch)
-        e = res.errors
-        if e:
-            n = len(e)
-            self.chunks["y"].append(np.fromiter((r.label for r in e), np.int64, n))
-            self.chunks["b"].append(np.fromiter((r.base_pred for r in e), np.float64, n))
-            self.chunks["c"].append(np.fromiter((r.comp_pred for r in e), np.float64, n))
-            self.chunks["t"].append(np.fromiter((r.ts for r in e), np.float64, n))
-            self.chunks["u"].append(np.array([r.user_id for r in e], object))
-        if self.keep_outputs:
-            self.recs += res.recommendations
-            self.errs += e
-        before, self.scored = self.scored, self.scored + len(res.recommendations)
-        if cfg.retrain_every and self.scored // cfg.retrain_every > before // cfg.retrain_every and self.window:
-            self.current = self.engine._retrain(self.current, list(self.window),  # noqa: SLF001
-                                                f"v{len(self.retrains) + 2}", self.cache)
-            self.state.scoring.swap_model(self.current.scorer)
-            self.retrains.append({"version": self.current.version, "after_events": self.scored,
-                                  "holdout_auc": self.current.metrics.get("holdout_auc")})
-        self.seconds += time.perf_counter() - t0
-
-    def result(self, source: str, counts: dict[str, int], seconds: float, kernels_s: float) -> ReplayResult:
-        """The :class:`ReplayResult` (report keys: :meth:`ReplayEngine.run`)."""
-        cfg, state = self.engine.settings.replay, self.state
-        cat = {k: np.concatenate(v) if v else np.empty(0, np.int64 if k == "y" else object if k == "u" else np.float64)
-               for k, v in self.chunks.items()}
-        y, pb, pc = cat["y"], cat["b"], cat["c"]
-        n_events = sum(counts.values())
-        report = {
-            "source": source, "events": n_events, "interactions": counts["interactions"],
-            "requests": counts["requests"], "media_events": counts["media"], "warmup_events": 0,
-            "scored": int(len(y)), "positives": int(y.sum()), "recommendations": self.scored,
-            "dead_letters": len(state.dead_letters), "duplicates": state.duplicates,
-            "invalid_lines": 0, "invalid_examples": [],
-            "auc_base": auc(y, pb), "auc_compensated": auc(y, pc),
-            "logloss_base": logloss(y, pb), "logloss_compensated": logloss(y, pc),
-            "events_per_s": n_events / seconds if seconds > 0 else float("nan"),
-            "fit_seconds": 0.0, "kernels_seconds": kernels_s, "batch_size": cfg.batch_size,
-            "partitions": self.engine.partitions, "model_version": self.fitted.version,
-            "model_holdout": self.fitted.metrics, "compensation": type(state.scoring.compensation).__name__,
-            "retrains": self.retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
-            "schema_updates": state.published.get("schemas", 0), "alerts": state.published.get("alerts", 0),
-        }
-        return ReplayResult(report, y, pb, pc, cat["t"], self.fitted, cat["u"], state, self.recs, self.errs)
-
-
-class _progress:
-    """A rich progress bar on a terminal (events done of the total, events/s, time elapsed and
-    ETA); a no-op otherwise."""
-
-    def __init__(self, enabled: bool, total: int | None) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total = total
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[rate]} events/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                             TimeRemainingColumn(), transient=True)
-        self._bar.start()
-        task = self._bar.add_task("replay", total=self.total, rate="-")
-
-        def advance(n: int) -> None:
-            self._bar.advance(task, n)
-            speed = self._bar.tasks[0].speed
-            if speed:
-                self._bar.update(task, rate=f"{speed:,.0f}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.stop()
 
 
 def write_report(report: dict, path: str) -> None:

@@ -25,8 +25,10 @@ Events are routed as the producer routes them: partition = murmur2(user_id) % pa
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
+import msgspec
 import numpy as np
 
 from reloop.processors.admission import DUPLICATE, Admission
@@ -34,7 +36,7 @@ from reloop.processors.compensation import Compensation, NoCompensation
 from reloop.processors.media import MediaCore
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.outputs import KeyPartitioner
-from reloop.processors.prequential import as_feedback, as_request
+from reloop.processors.prequential import as_feedback, as_request, request_id_for
 from reloop.processors.replica import ErrorsReplica
 from reloop.processors.schemas import SchemaCore
 from reloop.processors.scoring import ScoringCore
@@ -49,7 +51,9 @@ if TYPE_CHECKING:  # annotations only: the engine itself needs neither torch nor
     from reloop.models.scorer import OnnxScorer
     from reloop.ops.settings import Settings
 
-__all__ = ["Routed", "route_events", "cut_batches", "cut_runs", "StepReplay", "arrays_digest"]
+__all__ = ["Routed", "route_events", "cut_batches", "route_batches", "cut_runs", "StepReplay", "arrays_digest"]
+
+log = logging.getLogger("reloop.replay")
 
 
 class Routed(NamedTuple):
@@ -74,25 +78,11 @@ def route_events(events: Iterable[Any], partitions: int = USER_PARTITIONS, seq0:
     interaction linked to it (request id ``log-<seq>``, ``seq`` counting such interactions
     from ``seq0``), both in the same batch. Other event types are skipped.
     """
-    parts = list(range(partitions))
-    part = KeyPartitioner()
-    seq = seq0
+    router = _Router(partitions, seq0)
     for ev in events:
-        if isinstance(ev, RecommendationRequest):
-            logical = "requests"
-        elif isinstance(ev, MediaEvent):
-            logical = "media"
-        elif isinstance(ev, Interaction):
-            if ev.request_id is None:
-                p = part.partition(ev.user_id.encode(), parts)
-                req, fb = as_request(ev, seq), as_feedback(ev, seq)
-                seq += 1
-                yield [Routed("requests", p, encode(req)), Routed("interactions", p, encode(fb))]
-                continue
-            logical = "interactions"
-        else:
-            continue
-        yield [Routed(logical, part.partition(ev.user_id.encode(), parts), encode(ev))]
+        g = router.route(ev)
+        if g is not None:
+            yield g
 
 
 def cut_batches(groups: Iterable[list[Routed]], size: int) -> Iterator[list[Routed]]:
@@ -107,6 +97,108 @@ def cut_batches(groups: Iterable[list[Routed]], size: int) -> Iterator[list[Rout
             batch, n = [], 0
     if batch:
         yield batch
+
+
+def route_batches(events: Iterable[Any], partitions: int, seq0: int, size: int) -> Iterator[list[Routed]]:
+    """``cut_batches(route_events(events, partitions, seq0), size)`` in one loop (the same
+    batches, without a list per event)."""
+    router = _Router(partitions, seq0)
+    route, pair = router.route, router.pair
+    batch: list[Routed] = []
+    n = 0
+    for ev in events:
+        cls = ev.__class__
+        if cls is Interaction and ev.request_id is None:  # the common case of an interaction log
+            pair(ev, batch)
+        else:
+            g = route(ev)
+            if g is None:
+                continue
+            batch += g
+        n += 1
+        if n >= size:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+_new = tuple.__new__
+_json = msgspec.json.Encoder()
+#: the request a prequential pair makes, as a dict in the field order ``encode`` writes a
+#: :class:`RecommendationRequest` (checked against ``encode(as_request(...))``, see _Router)
+_REQ_TAG = RecommendationRequest.__struct_config__.tag
+_REQ_VERSION = next(f.default for f in msgspec.structs.fields(RecommendationRequest) if f.name == "schema_version")
+_NULL_REQUEST_ID = b'"request_id":null'
+
+
+class _Router:
+    """Routes events to records (:func:`route_events`), memoising each user's partition.
+
+    A prequential pair's two records are built as bytes, not as events: the request from a
+    dict in :class:`RecommendationRequest`'s field order, the linked interaction by writing the
+    request id into the interaction's own encoding (``"request_id":null`` is its first such
+    key: field values are JSON strings, where a quote is escaped). Both are byte-identical to
+    ``encode(as_request(ev, seq))`` and ``encode(as_feedback(ev, seq))``, which the first pair
+    and every :data:`CHECK_EVERY`-th one verify (on a mismatch the router falls back to
+    them for good). The records are decoded and validated by ``admit_one`` like any other.
+    """
+
+    CHECK_EVERY = 1 << 16
+
+    def __init__(self, partitions: int, seq0: int) -> None:
+        self.parts = list(range(partitions))
+        self.partitioner = KeyPartitioner()
+        self.seq = seq0
+        self._user_part: dict[str, int] = {}
+        self._fast = True
+        self._checked = False
+
+    def partition(self, user_id: str) -> int:
+        """The partition of ``user_id`` (murmur2, as the producer)."""
+        p = self._user_part.get(user_id)
+        if p is None:
+            if len(self._user_part) >= 1_000_000:
+                self._user_part.clear()
+            p = self._user_part[user_id] = self.partitioner.partition(user_id.encode(), self.parts)
+        return p
+
+    def route(self, ev: Any) -> list[Routed] | None:
+        """The records of one event (None: not an input event)."""
+        if isinstance(ev, Interaction):
+            if ev.request_id is None:
+                out: list[Routed] = []
+                self.pair(ev, out)
+                return out
+            logical = "interactions"
+        elif isinstance(ev, RecommendationRequest):
+            logical = "requests"
+        elif isinstance(ev, MediaEvent):
+            logical = "media"
+        else:
+            return None
+        return [_new(Routed, (logical, self.partition(ev.user_id), encode(ev), "", -1, None, None))]
+
+    def pair(self, ev: Interaction, out: list[Routed]) -> None:
+        """Append the prequential pair of interaction ``ev`` (no ``request_id``) to ``out``."""
+        seq = self.seq
+        self.seq = seq + 1
+        p = self.partition(ev.user_id)
+        if self._fast:
+            rid = request_id_for(seq)
+            req = _json.encode({"type": _REQ_TAG, "request_id": rid, "user_id": ev.user_id, "ts": ev.ts,
+                                "candidates": [{"item_id": ev.item_id, "features": ev.features}],
+                                "features": {}, "schema_version": _REQ_VERSION})
+            fb = encode(ev).replace(_NULL_REQUEST_ID, b'"request_id":' + _json.encode(rid), 1)
+            if not self._checked or seq % self.CHECK_EVERY == 0:
+                self._checked = True
+                if (req, fb) != (encode(as_request(ev, seq)), encode(as_feedback(ev, seq))):
+                    log.warning("replay_pair_bytes_fallback", extra={"seq": seq})
+                    self._fast = False
+        if not self._fast:
+            req, fb = encode(as_request(ev, seq)), encode(as_feedback(ev, seq))
+        out.append(_new(Routed, ("requests", p, req, "", -1, None, None)))
+        out.append(_new(Routed, ("interactions", p, fb, "", -1, None, None)))
 
 
 def cut_runs(groups: Iterable[list[Routed]], size: int) -> Iterator[list[Routed]]:
@@ -188,10 +280,13 @@ class StepReplay:
         """One polled batch: admit, :func:`run_step`, then the replica (module doc)."""
         self.admission.begin_batch(self.tasks)
         admitted: list[Admitted] = []
-        admission, limits, offset = self.admission, self.limits, self._offset
+        keep = admitted.append
+        admission, limits, nxt = self.admission, self.limits, self._next
         for r in batch:
-            logical, part, raw = r.logical, r.partition, r.raw
-            r = Routed(logical, part, raw, r.topic, offset(logical, part), r.key, raw)  # not _replace: per record
+            logical, part, raw = r[0], r[1], r[2]
+            o = nxt.get((logical, part), 0)  # the offset a broker would give it (as _offset)
+            nxt[(logical, part)] = o + 1
+            r = _new(Routed, (logical, part, raw, r[3], o, r[5], raw))  # not _replace: per record
             ev, reason = admit_one(admission, logical, part, raw, limits)
             if ev is None:
                 if reason == DUPLICATE:
@@ -199,8 +294,8 @@ class StepReplay:
                 else:
                     self.dead_letters.append((r, reason or "rejected"))
                 continue
-            admitted.append(Admitted(logical, part, raw, ev, r,
-                                     admission.digest(part, ev.request_id) if logical == "requests" else None))
+            keep(_new(Admitted, (logical, part, raw, ev, r,
+                                 admission.digest(part, ev.request_id) if logical == "requests" else None)))
         cores = (self.scoring, self.tasks, self.media)
         try:
             res = run_step(admitted, *cores)

@@ -76,21 +76,29 @@ class MediaCore:
         # request); users without a memory keep zero rows, as features() would give them
         emb, _known = self.memory.items.lookup(flat)
         users = self.memory.users
+        serve, dirty = self.memory.serve, self.dirty
         lo = 0
         for r in requests:
             hi = lo + len(r.candidates)
-            if r.user_id in users:
-                out[lo:hi] = self.memory.features(r.user_id, emb[lo:hi], r.ts)
-                self.dirty.add(r.user_id)
+            mem = users.get(r.user_id)
+            if mem is not None:
+                out[lo:hi] = serve(mem, emb[lo:hi], r.ts)
+                dirty.add(r.user_id)
             lo = hi
         return out
 
-    def merge_into_rows(self, requests: Sequence[RecommendationRequest], rows: list[Row]) -> list[Row]:
-        """``rows`` (one per flattened candidate) with the media features added to each dict."""
+    def merge_into_rows(self, requests: Sequence[RecommendationRequest], rows: list[Row], *,
+                        in_place: bool = False) -> list[Row]:
+        """``rows`` (one per flattened candidate) with the media features added to each dict
+        (``in_place``: into the rows' own dicts, which the caller owns; ``rows`` is returned)."""
         values = self.features_for_requests(requests).tolist()
         if len(values) != len(rows):
             raise ValueError(f"{len(rows)} rows for {len(values)} candidates")
         names = FEATURE_NAMES
+        if in_place:  # dict.update keeps the same keys in the same order as {**f, **media}
+            for row, v in zip(rows, values):
+                row[2].update(zip(names, v))
+            return rows
         return [(u, i, {**f, **dict(zip(names, v))}) for (u, i, f), v in zip(rows, values)]
 
     def annotate(self, interactions: Sequence[Interaction]) -> list[Interaction]:

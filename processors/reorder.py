@@ -35,7 +35,7 @@ seen (records released before are not waited for).
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -77,7 +77,8 @@ class EventTimeReorder:
         self.clamped = 0  # records later than lateness_s on their partition (key raised)
         self.overtaken = 0  # records that arrived below the released maximum (order by arrival)
         self.forced = 0  # records released early by max_held
-        self._heap: list[_Entry] = []
+        self._held: list[_Entry] = []  # sorted up to ``_sorted``, then pushed since (unsorted)
+        self._sorted = 0
         self._seq = 0
         self._skipped: set[int] = set()
 
@@ -85,16 +86,16 @@ class EventTimeReorder:
         """Approximate bytes of the held records (measured on up to ``sample``, scaled)."""
         from reloop.processors.pending import deep_size
 
-        heap = self._heap
-        if not heap:
+        held = self._held
+        if not held:
             return 0
-        k = min(sample, len(heap))
-        return sum(deep_size(e) for e in heap[:k]) * len(heap) // k
+        k = min(sample, len(held))
+        return sum(deep_size(e) for e in held[:k]) * len(held) // k
 
     @property
     def held(self) -> int:
         """Records waiting."""
-        return len(self._heap)
+        return len(self._held)
 
     def push(self, partition: int, records: Sequence[ErrorRecord]) -> None:
         """Hold ``records`` of one partition, in that partition's order."""
@@ -104,8 +105,10 @@ class EventTimeReorder:
         wm = self.watermarks.get(partition, -math.inf)
         if partition not in self.first_ts:
             self.first_ts[partition] = records[0].ts
-        late, floor, heap = self.lateness_s, self.released, self._heap
-        for r in records:
+        late, floor = self.lateness_s, self.released
+        seq0, entries = self._seq, []
+        append = entries.append
+        for j, r in enumerate(records):  # the entry tuples are unique (seq): sorting never reaches r
             ts = r.ts
             key = ts
             if key < wm - late:
@@ -114,10 +117,11 @@ class EventTimeReorder:
             if key < floor:
                 key = floor
                 self.overtaken += 1
-            heapq.heappush(heap, (key, ts, r.error_id, partition, self._seq, r))
-            self._seq += 1
+            append((key, ts, r.error_id, partition, seq0 + j, r))
             if ts > wm:
                 wm = ts
+        self._seq = seq0 + len(entries)
+        self._held += entries
         self.watermarks[partition] = wm
 
     def frontier(self) -> float:
@@ -140,15 +144,23 @@ class EventTimeReorder:
         return min(waits) - self.lateness_s
 
     def pop_ready(self) -> list[ErrorRecord]:
-        """Release what the frontier allows (and what ``max_held`` forces), in key order."""
-        heap, out = self._heap, []
+        """Release what the frontier allows (and what ``max_held`` forces), in key order.
+
+        The held entries are one sorted list (a sort of the sorted rest plus what was pushed
+        since: timsort merges the runs, and compares tuples of floats with its fast path); the
+        released ones are its prefix below the frontier, in the order a heap would pop them
+        (the tuples are unique, by ``seq``)."""
+        held = self._held
+        if len(held) > self._sorted:
+            held.sort()
         frontier = self.frontier()
-        while heap and heap[0][0] < frontier:
-            out.append(heapq.heappop(heap))
-        forced = 0
-        while len(heap) > self.max_held:
-            out.append(heapq.heappop(heap))
-            forced += 1
+        cut = bisect.bisect_left(held, (frontier,)) if held and held[0][0] < frontier else 0
+        forced = max(0, len(held) - cut - self.max_held)
+        cut += forced
+        out = held[:cut]
+        if cut:
+            del held[:cut]
+        self._sorted = len(held)
         if forced:
             self.forced += forced
             log.warning("reorder_forced", extra={"released": forced, "max_held": self.max_held})
@@ -158,13 +170,13 @@ class EventTimeReorder:
 
     def held_ids(self) -> list[str]:
         """Error ids of the held records, in release order (key, ts, id, partition)."""
-        return [e[2] for e in sorted(self._heap, key=lambda e: e[:4])]
+        return [e[2] for e in sorted(self._held, key=lambda e: e[:4])]
 
     # ---- snapshots ---------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (prefix ``reorder_``): parameters, watermarks, counters and the held
         records (wire-encoded, concatenated), sorted by key; no arrival order is stored."""
-        held = sorted(self._heap, key=lambda e: e[:4])
+        held = sorted(self._held, key=lambda e: e[:4])
         raw = [encode(e[5]) for e in held]
         parts = sorted(self.expected)
         return {
@@ -207,8 +219,7 @@ class EventTimeReorder:
         for key, part, n in zip(keys, parts, lengths):
             rec = decode(data[pos:pos + n])
             pos += n
-            out._heap.append((key, rec.ts, rec.error_id, int(part), out._seq, rec))
+            out._held.append((key, rec.ts, rec.error_id, int(part), out._seq, rec))
             out._seq += 1
-        heapq.heapify(out._heap)
         out.released, out.clamped, out.overtaken, out.forced = released, int(clamped), int(overtaken), int(forced)
         return out

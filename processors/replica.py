@@ -21,20 +21,22 @@ schema-cache snapshot (an older snapshot without them restores with an empty buf
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
-import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+import msgspec
 import numpy as np
 
 from reloop.models.scorer import OnnxScorer
 from reloop.processors.checkpoint import RecentIds
 from reloop.processors.compensation import Compensation, NoCompensation
 from reloop.processors.reorder import EventTimeReorder
+from reloop.processors.replica_lock import GuardedCompensation, ReadWriteLock
 from reloop.processors.schemas import SchemaCore
 from reloop.processors.telemetry import WorkerTelemetry
 from reloop.state.snapshots import read_npz, write_npz_atomic
@@ -44,7 +46,33 @@ from reloop.streams.memory_batch import InvalidMemoryBatch, decode_batch
 from reloop.streams.topics import TOPICS
 from reloop.streams.validation import Limits
 
+__all__ = ["ErrorsReplica", "GuardedCompensation", "ReadWriteLock", "RecentErrorIds", "previous", "write_files"]
+
 log = logging.getLogger("reloop.replica")
+_record_decoder = msgspec.json.Decoder(ErrorRecord)
+
+
+class RecentErrorIds(RecentIds):
+    """:class:`~reloop.processors.checkpoint.RecentIds` with a batch filter for the replica's
+    hot loop (same state, same snapshot arrays, same answers as :meth:`first_time` per id)."""
+
+    def fresh(self, partition: int, records: Sequence[ErrorRecord]) -> list[ErrorRecord]:
+        """The records of ``partition`` whose ``error_id`` is not among the last ``capacity``
+        (in order; each kept id is recorded as :meth:`first_time` would, evicting the oldest)."""
+        seen = self._seen.setdefault(partition, set())
+        order = self._order.setdefault(partition, deque())
+        cap, out = self.capacity, []
+        add, push, keep = seen.add, order.append, out.append
+        for rec in records:
+            e = rec.error_id
+            if e in seen:
+                continue
+            add(e)
+            push(e)
+            keep(rec)
+            if len(order) > cap:
+                seen.discard(order.popleft())
+        return out
 
 
 class ErrorsReplica:
@@ -76,7 +104,7 @@ class ErrorsReplica:
         self.limits = limits
         self.telemetry = telemetry
         self.applied: dict[int, int] = {}  # errors partition -> next offset to apply
-        self.recent_ids = RecentIds(recent_ids)
+        self.recent_ids = RecentErrorIds(recent_ids)
         self.duplicates_skipped = 0
         self.outbox: list[tuple[str, Any]] = []
         self.reorder = self._new_reorder() if schema_core is not None else None
@@ -98,19 +126,11 @@ class ErrorsReplica:
         records: list[ErrorRecord] = []
         for tp, msgs in batch.items():
             start = self.applied.get(tp.partition, 0)
-            fresh: list[ErrorRecord] = []
-            for m in msgs:
-                if m.offset < start:
-                    continue
-                try:
-                    rec = decode_event(m.value or b"", ErrorRecord, self.limits)
-                except InvalidEvent as exc:
-                    self._reject(m, str(exc))
-                    continue
-                if self.recent_ids.first_time(tp.partition, rec.error_id):
-                    fresh.append(rec)
-                else:
-                    self.duplicates_skipped += 1
+            if msgs and msgs[0].offset < start:
+                msgs = [m for m in msgs if m.offset >= start]
+            decoded = self._decode_all(msgs)
+            fresh = self.recent_ids.fresh(tp.partition, decoded)
+            self.duplicates_skipped += len(decoded) - len(fresh)
             if msgs:
                 self.applied[tp.partition] = max(start, msgs[-1].offset + 1)
             if self.reorder is not None:
@@ -127,6 +147,35 @@ class ErrorsReplica:
                     self.outbox += [("schemas", u) for u in updates] + [("alerts", a) for a in alerts]
         self.telemetry.batch_seconds.labels("errors").observe(time.perf_counter() - t0)
         return stored
+
+    def _decode_all(self, msgs: Sequence[Any]) -> list[ErrorRecord]:
+        """The valid error records of ``msgs`` (in order); the others are rejected as
+        :func:`~reloop.streams.codec.decode_event` would reject them (:meth:`_reject`).
+
+        The common case without a Python frame per record: the msgspec decoder straight, the
+        size limit and the event-time limit of :func:`~reloop.streams.validation.check_limits`
+        inline (the wall clock read once per call); anything else goes through
+        :func:`decode_event` for its reason."""
+        limits, dec, out = self.limits, _record_decoder.decode, []
+        max_bytes, future = limits.max_event_bytes, limits.max_future_s
+        latest = time.time() + future if future else math.inf
+        for m in msgs:
+            raw = m.value or b""
+            try:
+                if len(raw) > max_bytes:
+                    raise ValueError
+                rec = dec(raw)
+                ts = rec.ts if rec.label_ts is None or rec.label_ts <= rec.ts else rec.label_ts
+                if not ts <= latest:
+                    raise ValueError
+            except Exception:  # noqa: BLE001 - the slow path names the reason (or accepts it)
+                try:
+                    rec = decode_event(raw, ErrorRecord, limits)
+                except InvalidEvent as exc:
+                    self._reject(m, str(exc))
+                    continue
+            out.append(rec)
+        return out
 
     def _reject(self, msg: Any, reason: str) -> None:
         """A record no replica can apply: logged, counted, and queued as a dead letter (only the
@@ -248,7 +297,7 @@ class ErrorsReplica:
             if self.schema_core is not None:
                 self.schema_core = SchemaCore(self.schema_core.cache.config)
                 self.reorder = self._new_reorder()
-            self.applied, self.recent_ids = {}, RecentIds(self.recent_ids.capacity)
+            self.applied, self.recent_ids = {}, RecentErrorIds(self.recent_ids.capacity)
             self.memory_applied, self.memory_recent = {}, RecentIds(self.memory_recent.capacity)
             return
         first = next(iter(snaps.values()))
@@ -263,90 +312,6 @@ class ErrorsReplica:
         if self.schema_core is not None and self.reorder is not None:
             log.info("schema_snapshot_restored", extra={"schemas": len(self.schema_core.schemas()),
                                                         "reorder_held": self.reorder.held})
-
-
-class ReadWriteLock:
-    """Many readers or one writer (threads), phase-fair: a waiting writer goes before readers
-    that arrive after it, and the readers waiting when a writer ends go before the next writer;
-    so neither back-to-back reads nor back-to-back writes starve the other side (a read waits
-    for at most one write). Readers: scoring's compensation reads (event loop), snapshot copies
-    and digests; writers: sketch writes (replica thread), a model change."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0  # inside
-        self._writer = False  # inside
-        self._waiting_readers = 0
-        self._waiting_writers = 0
-        self._readers_turn = False  # a writer ended while readers waited: they go next
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_readers += 1
-            while self._writer or (self._waiting_writers and not self._readers_turn):
-                self._cond.wait()
-            self._waiting_readers -= 1
-            self._readers += 1
-            if not self._waiting_readers:
-                self._readers_turn = False
-                self._cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers or self._readers_turn:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._readers_turn = self._waiting_readers > 0
-                self._cond.notify_all()
-
-
-class GuardedCompensation:
-    """A compensation replica written by the replica thread while the event loop reads it.
-
-    Every call that changes the sketch (``apply_memory_batch``, ``apply_errors``,
-    ``on_model_change``, ``restore``) holds :attr:`lock` for writing; ``compensate``,
-    ``snapshot`` and ``digest`` hold it for reading. So a read never sees a batch half
-    written: in particular not the landmark rescale of :meth:`ErrorMemory.write`, which
-    multiplies every bucket and then moves the landmark (a read in between would weigh the
-    buckets with the wrong decay, and could mix a rescaled count with an unrescaled label
-    sum). A read waits for at most one memory batch's write (one numba call, ``nogil``, plus
-    its numpy preparation: well under a millisecond at ~100 rows); reads do not wait for
-    each other. Everything else is delegated unguarded (counters, ``memory`` for benches).
-    """
-
-    _WRITES = ("apply_memory_batch", "apply_errors", "on_model_change", "restore")
-    _READS = ("compensate", "snapshot", "digest")
-
-    def __init__(self, inner: Compensation, lock: ReadWriteLock | None = None) -> None:
-        self.inner = inner
-        self.lock = lock or ReadWriteLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if name in self._WRITES or name in self._READS:
-            guard = self.lock.write if name in self._WRITES else self.lock.read
-
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                with guard():
-                    return attr(*args, **kwargs)
-            return guarded
-        return attr
 
 
 def previous(path: Path) -> Path:

@@ -14,9 +14,10 @@ The pending prediction keeps the compensated score the ranking used.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import time
+from functools import partial
+from itertools import repeat
+from typing import Sequence
 
 import msgspec
 import numpy as np
@@ -116,17 +117,22 @@ class ScoringCore:
         if not requests:
             return [], []
         requests = [unique_candidates(r) for r in requests]
+        # one row per candidate, flattened in request order, with its request's id and time
         rows: list[tuple[str, str, dict]] = []
+        rids: list[str] = []
+        times: list[float] = []
         bounds = [0]
-        add_row = rows.append
+        add_row, add_rid, add_ts = rows.append, rids.append, times.append
         for r in requests:
-            user, rf = r.user_id, r.features
+            user, rf, rid, ts = r.user_id, r.features, r.request_id, r.ts
             for c in r.candidates:
                 cf = c.features
                 add_row((user, c.item_id, {**rf, **cf} if cf else dict(rf)))
+                add_rid(rid)
+                add_ts(ts)
             bounds.append(len(rows))
-        if self.media is not None:
-            rows = self.media.merge_into_rows(requests, rows)
+        if self.media is not None:  # the dicts were made above: merged into in place
+            self.media.merge_into_rows(requests, rows, in_place=True)
         now = max(r.ts for r in requests)
         spec = self.scorer.spec
         keep = (spec.max_tokens - 2, spec.dense_names)
@@ -136,29 +142,28 @@ class ScoringCore:
         t0 = time.perf_counter()
         matched, scores = self.apply_schemas(rows, version, scores, evidence, codes)
         self.timings["compensation"] += time.perf_counter() - t0
-        base_l, score_l, ev_l = base.tolist(), scores.tolist(), evidence.tolist()
-        codes_l = packed_rows(codes)
+        base_l, score_l = base.tolist(), scores.tolist()
+        items_l = [row[1] for row in rows]
+        users_l = [row[0] for row in rows]
+        # every candidate's ScoredItem and Pending, built column-wise over the whole batch
+        scored = [ScoredItem(item_id=i, base_score=b, score=s, evidence=e, schemas=m)
+                  for i, b, s, e, m in zip(items_l, base_l, score_l, evidence.tolist(), matched)]
+        pending = list(map(_new_pending, zip(rids, items_l, users_l, times, base_l, score_l, repeat(version),
+                                             packed_rows(codes), [model_features(row[2], keep) for row in rows])))
         recs: list[Recommendation] = []
-        pending: list[Pending] = []
-        add_rec, add_pending = recs.append, pending.append
-        new_pending = Pending.__new__
+        add_rec = recs.append
         for j, r in enumerate(requests):
             lo, hi = bounds[j], bounds[j + 1]
-            rid, user, ts = r.request_id, r.user_id, r.ts
-            if hi - lo == 1:  # one candidate (e.g. a replayed interaction): no sort
-                row = rows[lo]
-                items = [ScoredItem(item_id=row[1], base_score=base_l[lo], score=score_l[lo], evidence=ev_l[lo],
-                                    schemas=matched[lo])]
-                add_pending(new_pending(Pending, rid, row[1], user, ts, base_l[lo], score_l[lo], version, codes_l[lo],
-                                        model_features(row[2], keep)))
-            else:
-                order = (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()
-                items = [ScoredItem(item_id=rows[i][1], base_score=base_l[i], score=score_l[i], evidence=ev_l[i],
-                                    schemas=matched[i]) for i in order]
-                pending.extend(new_pending(Pending, rid, rows[i][1], user, ts, base_l[i], score_l[i], version,
-                                           codes_l[i], model_features(rows[i][2], keep)) for i in range(lo, hi))
-            add_rec(Recommendation(request_id=rid, user_id=user, ts=ts, model_version=version, items=items))
+            # ranked: compensated score, then base score, then order (one candidate: no sort)
+            items = scored[lo:hi] if hi - lo == 1 else [
+                scored[i] for i in (np.lexsort((np.arange(hi - lo), -base[lo:hi], -scores[lo:hi])) + lo).tolist()]
+            add_rec(Recommendation(request_id=r.request_id, user_id=r.user_id, ts=r.ts, model_version=version,
+                                   items=items))
         return recs, pending
+
+
+#: ``Pending`` from a 9-tuple of its fields, without a call per field (``tuple.__new__``).
+_new_pending = partial(tuple.__new__, Pending)
 
 
 def unique_candidates(r: RecommendationRequest) -> RecommendationRequest:

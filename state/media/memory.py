@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from reloop.state.media.reference import unit_rows
-from reloop.state.media.retrieval import media_features
+from reloop.state.media.retrieval import media_features, serve_features
 from reloop.state.media.config import (ACTIVATED, ARCHIVED, EXPIRED, FEATURE_NAMES, FREE, MERGED, MODALITIES,
                                 SNAPSHOT_FORMAT, STATES, MediaMemoryConfig)
 from reloop.state.media.items import ItemContent
@@ -136,13 +136,17 @@ class MediaMemory:
         mem = self.users.get(user_id)
         if mem is None:
             return np.zeros((q.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
-        out, hits = self._retrieve(mem, q, cfg.retrieval_top_k, now)
-        if touch:
-            hit = hits[(hits >= 0) & (hits < cfg.capacity_clips)]  # long-term rows (not open clips)
-            np.add.at(mem.usage, hit, 1)
-            np.maximum.at(mem.used_ts, hit, now)
-            mem.state[hit[mem.state[hit] == ARCHIVED]] = ACTIVATED
-        return out.astype(np.float32)
+        return self.serve(mem, q, now, touch)
+
+    def serve(self, mem: UserMediaMemory, q: np.ndarray, now: float, touch: bool = True) -> np.ndarray:
+        """:meth:`features` of ``(n, d) float32`` content embeddings ``q`` against one user's
+        memory ``mem``, in one kernel call (:func:`reloop.state.media.retrieval.serve_features`:
+        live rows, retrieval and the usage touch together)."""
+        cfg = self.config
+        return serve_features(q, mem.keys, mem.slots, mem.n_slots, mem.state, mem.write_seq, cfg.flash_clips,
+                              mem.last_ts, mem.counts, mem.open_frames, mem.open_len, mem.open_ts,
+                              cfg.retrieval_top_k, cfg.retrieval_tau, now, cfg.recency_scale_s, mem.usage,
+                              mem.used_ts, touch)
 
     def _retrieve(self, mem: UserMediaMemory, q: np.ndarray, k: int, now: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config

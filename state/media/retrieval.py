@@ -18,7 +18,9 @@ from numba import njit
 from reloop.state.media.jit import dot as _dot
 from reloop.state.media.jit import normalise_into as _normalise_into
 
-__all__ = ["N_FEATURES", "media_features", "topk_cosine"]
+from reloop.state.media.config import ACTIVATED, ARCHIVED
+
+__all__ = ["N_FEATURES", "media_features", "serve_features", "topk_cosine"]
 
 @njit(cache=True, nogil=True)
 def _topk_cosine_kernel(queries: np.ndarray, keys: np.ndarray, k: int,
@@ -215,3 +217,42 @@ def media_features(q: np.ndarray, keys: np.ndarray, slots: np.ndarray, n_slots: 
     return _media_features_kernel(np.ascontiguousarray(q, np.float32), keys, slots, n_slots, live, write_seq,
                                   int(n_flash), last_ts, counts, open_frames, open_len, open_ts, int(k), float(tau),
                                   float(now), float(recency_scale_s))
+
+
+@njit(cache=True, nogil=True)
+def _serve_kernel(q: np.ndarray, keys: np.ndarray, slots: np.ndarray, row_slots: np.ndarray, state: np.ndarray,
+                  write_seq: np.ndarray, n_flash: int, last_ts: np.ndarray, counts: np.ndarray,
+                  open_frames: np.ndarray, open_len: np.ndarray, open_ts: np.ndarray, k: int, tau: float, now: float,
+                  recency_scale_s: float, usage: np.ndarray, used_ts: np.ndarray, touch: bool) -> np.ndarray:
+    n_rows = state.shape[0]
+    live = np.empty(n_rows, dtype=np.bool_)
+    for r in range(n_rows):
+        live[r] = ACTIVATED <= state[r] <= ARCHIVED
+    out, hits = _media_features_kernel(q, keys, slots, row_slots, live, write_seq, n_flash, last_ts, counts,
+                                       open_frames, open_len, open_ts, k, tau, now, recency_scale_s)
+    if touch:
+        for i in range(hits.shape[0]):
+            for j in range(hits.shape[1]):
+                h = hits[i, j]
+                if 0 <= h < n_rows:  # a long-term row (not an open clip)
+                    usage[h] += 1
+                    if now > used_ts[h]:
+                        used_ts[h] = now
+                    if state[h] == ARCHIVED:
+                        state[h] = ACTIVATED
+    return out.astype(np.float32)
+
+
+def serve_features(q: np.ndarray, keys: np.ndarray, slots: np.ndarray, n_slots: np.ndarray, state: np.ndarray,
+                   write_seq: np.ndarray, n_flash: int, last_ts: np.ndarray, counts: np.ndarray,
+                   open_frames: np.ndarray, open_len: np.ndarray, open_ts: np.ndarray, k: int, tau: float,
+                   now: float, recency_scale_s: float, usage: np.ndarray, used_ts: np.ndarray,
+                   touch: bool) -> np.ndarray:
+    """:func:`media_features` as serving reads them, in one kernel call: live rows taken from
+    ``state (C,) int32`` (activated, merged or archived), and with ``touch`` the retrieval
+    counted in place on the long-term rows among the hits (``usage (C,) int64`` += 1 per
+    hit, ``used_ts (C,) float64`` raised to ``now``, an archived row re-activated in
+    ``state``). Returns the ``(n, 7) float32`` features (float64 cast once)."""
+    return _serve_kernel(np.ascontiguousarray(q, np.float32), keys, slots, n_slots, state, write_seq, int(n_flash),
+                         last_ts, counts, open_frames, open_len, open_ts, int(k), float(tau), float(now),
+                         float(recency_scale_s), usage, used_ts, bool(touch))

@@ -27,7 +27,7 @@ import numpy as np
 
 from reloop.state.media.kernels import ALWAYS_SLOTS
 from reloop.state.media.config import FREE, SNAPSHOT_FORMAT, MediaMemoryConfig
-from reloop.state.media.store import UserMediaMemory
+from reloop.state.media.store import ROW_LISTS, UserMediaMemory, id_rows
 
 if TYPE_CHECKING:
     from reloop.state.media.memory import MediaMemory
@@ -112,7 +112,7 @@ def restore_memory(cls: type[MediaMemory], snap: dict[str, np.ndarray]) -> Media
             if fmt == 1:
                 mem.n_slots[mem.state != FREE] = config.slots_per_clip
             for name in UserMediaMemory.LISTS:
-                setattr(mem, name, lists[name][u])
+                setattr(mem, name, id_rows(lists[name][u]) if name in ROW_LISTS else lists[name][u])
             for name in UserMediaMemory.SCALARS:
                 setattr(mem, name, type(getattr(mem, name))(snap[name][u]))
             memory.users[user_id] = mem
@@ -169,7 +169,8 @@ def user_from_bytes(raw: bytes, cfg: MediaMemoryConfig) -> UserMediaMemory:
             raise ValueError(f"{name}: {arr.dtype}{arr.shape}, want {current.dtype}{current.shape}")
         setattr(mem, name, arr.copy())
     for name, value in zip(UserMediaMemory.LISTS, st.lists):
-        setattr(mem, name, [list(ids) for ids in value])
+        rows = [list(ids) for ids in value]
+        setattr(mem, name, id_rows(rows) if name in ROW_LISTS else rows)
     for name, value in zip(UserMediaMemory.SCALARS, st.scalars):
         setattr(mem, name, type(getattr(mem, name))(value))
     return mem

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Sequence
 
 import numpy as np
 
@@ -39,17 +40,31 @@ from reloop.state.media.kernels import compress_clip, merge_vectors, most_simila
 from reloop.state.media.config import ACTIVATED, ARCHIVED, EXPIRED, FREE, MERGED, MediaMemoryConfig
 from reloop.state.media.short_term import ShortTermBuffers
 
-__all__ = ["UserMediaMemory", "union_recent"]
+__all__ = ["ROW_LISTS", "UserMediaMemory", "id_rows", "union_recent"]
 
 
-def union_recent(old: list[str], new: list[str], cap: int, distinct: bool) -> list[str]:
+def union_recent(old: Sequence[str], new: Sequence[str], cap: int, distinct: bool) -> list[str]:
     """``old + new`` (without repeats when ``distinct``; a repeat moves to the end), last ``cap``."""
     if distinct:
         seen = set(new)
         merged = [x for x in old if x not in seen] + list(dict.fromkeys(new))
     else:
-        merged = old + new
+        merged = [*old, *new]
     return merged[-cap:]
+
+
+#: the per-row id lists (an empty row is ``()``); the open clips' lists stay lists
+ROW_LISTS = ("sources", "items")
+
+
+def id_rows(rows: Sequence[list[str]]) -> list[list[str] | tuple[()]]:
+    """Per-row id lists as a memory holds them: an empty row as the shared ``()`` (the
+    others are kept as they are, not copied).
+
+    >>> id_rows([["a"], [], ["b", "c"]])
+    [['a'], (), ['b', 'c']]
+    """
+    return [ids if ids else () for ids in rows]
 
 
 class UserMediaMemory(ShortTermBuffers):
@@ -61,7 +76,8 @@ class UserMediaMemory(ShortTermBuffers):
     (retrievals), ``write_seq`` (order of last write) ``(C,) int64``; ``first_ts``,
     ``last_ts`` (writes), ``used_ts`` (retrievals) ``(C,) float64`` event seconds;
     ``modality``, ``state``, ``version`` ``(C,) int32``; the open clips of
-    :class:`reloop.state.media.short_term.ShortTermBuffers`. Lists: ``sources``/``items`` per row.
+    :class:`reloop.state.media.short_term.ShortTermBuffers`. Lists: ``sources``/``items`` per row
+    (an empty row holds ``()``, see :func:`id_rows`).
     """
 
     ARRAYS = ("keys", "slots", "n_slots", "strength", "counts", "usage", "write_seq", "first_ts", "last_ts",
@@ -80,8 +96,10 @@ class UserMediaMemory(ShortTermBuffers):
         self.first_ts, self.last_ts, self.used_ts = (np.zeros(C, np.float64) for _ in range(3))
         self.modality, self.state, self.version = (np.zeros(C, np.int32) for _ in range(3))
         self._init_short_term()
-        self.sources: list[list[str]] = [[] for _ in range(C)]
-        self.items: list[list[str]] = [[] for _ in range(C)]
+        # an empty row holds the shared empty tuple, not a list of its own: 2 * C fewer
+        # GC-tracked containers per user (every full collection walks them all)
+        self.sources: list[list[str] | tuple[()]] = [()] * C
+        self.items: list[list[str] | tuple[()]] = [()] * C
         self.seq = 0  # writes so far (source of write_seq)
         self.surprise = 0.0  # Titans surprise momentum S
         self.next_check_ts = math.inf  # no row can archive before this event time
@@ -158,8 +176,8 @@ class UserMediaMemory(ShortTermBuffers):
         self.counts[row], self.usage[row], self.write_seq[row] = count, 0, self.seq
         self.first_ts[row], self.last_ts[row], self.used_ts[row] = t0, t1, t1
         self.modality[row], self.state[row], self.version[row] = mod, ACTIVATED, 1
-        self.sources[row] = sources[-cfg.provenance_cap:]
-        self.items[row] = list(dict.fromkeys(items))[-cfg.provenance_cap:]
+        self.sources[row] = sources[-cfg.provenance_cap:] or ()
+        self.items[row] = list(dict.fromkeys(items))[-cfg.provenance_cap:] or ()
         self.next_check_ts = min(self.next_check_ts, t1 + cfg.archive_after_s)
         return row
 
@@ -181,8 +199,8 @@ class UserMediaMemory(ShortTermBuffers):
         self.modality[row] = self.modality[row] if self.modality[row] == mod else 2
         self.state[row], self.version[row] = MERGED, self.version[row] + 1
         self.write_seq[row] = max(int(self.write_seq[row]), seq)
-        self.sources[row] = union_recent(self.sources[row], sources, cap, distinct=False)
-        self.items[row] = union_recent(self.items[row], items, cap, distinct=True)
+        self.sources[row] = union_recent(self.sources[row], sources, cap, distinct=False) or ()
+        self.items[row] = union_recent(self.items[row], items, cap, distinct=True) or ()
 
     def _free_row(self) -> int:
         """A free or expired row; when none, merges the most similar non-flash pair first."""
@@ -200,7 +218,7 @@ class UserMediaMemory(ShortTermBuffers):
                       int(self.write_seq[b]))
         if self.cfg.update_rule == "titans":
             self.strength[a] = wa + wb
-        self.state[b], self.sources[b], self.items[b] = FREE, [], []
+        self.state[b], self.sources[b], self.items[b] = FREE, (), ()
         self.merges += 1
         return b
 
@@ -213,7 +231,7 @@ class UserMediaMemory(ShortTermBuffers):
         age = now - np.maximum(self.last_ts, self.used_ts)
         gone = live & (age >= cfg.expire_after_s)
         for row in np.flatnonzero(gone).tolist():
-            self.state[row], self.sources[row], self.items[row] = EXPIRED, [], []
+            self.state[row], self.sources[row], self.items[row] = EXPIRED, (), ()
             self.expired += 1
         cold = live & ~gone & (self.state != ARCHIVED) & (age >= cfg.archive_after_s)
         self.state[cold] = ARCHIVED

@@ -5,11 +5,11 @@
   specification is :func:`reloop.state.schemas.reference.space_saving_update_ref` (dict + ``argmin``);
 * :func:`lookup_slots` / :func:`rebuild_index` -- the open-addressing index and the min-heap
   that make the kernel O(log C) per pattern update;
-* :func:`ring_sums` -- the weighted sums of the overlap check on the recent-records ring
-  (:meth:`reloop.state.schemas.recent.RecentRecords.explained`) in one pass, GIL-free; its numpy
+* :func:`ring_sums` / :func:`mark_members` -- the overlap check's sums on the recent-records
+  ring, in :mod:`reloop.state.schemas.ring_kernels` (re-exported here); their numpy
   specification is :func:`reloop.state.schemas.reference.ring_sums_ref`;
-* :func:`welch_z` -- :func:`reloop.state.schemas.select.two_sample_z` on ``(n, 3)`` rows in one
-  pass (its numpy body is the specification).
+* :func:`welch_z`, :func:`single_tests`, :func:`vs_rest` -- the Welch z tests of a tick, in
+  :mod:`reloop.state.schemas.stat_kernels` (re-exported here), next to their numpy forms.
 
 :data:`USE_KERNELS` False makes the evaluation run the numpy paths these replaced (tests).
 
@@ -52,11 +52,15 @@ import math
 import numpy as np
 from numba import njit
 
+from reloop.state.schemas.ring_kernels import mark_members, ring_sums
+from reloop.state.schemas.stat_kernels import single_tests, vs_rest, welch_z
+
 __all__ = [
     "F_OWN", "F_SUM_P", "F_SUM_P2", "F_SUM_R", "F_SUM_R2", "FAST", "G_OWN", "G_SUM_P", "G_SUM_R", "G_SUM_R2",
     "G_SUM_Y", "N_GLOBAL", "N_STATS", "OWN", "PRIORITY", "record_values",
     "SUM_P", "SUM_R", "SUM_R2", "SUM_Y", "FIRST", "LAST", "index_size", "lookup_slots", "pair_key",
-    "mark_members", "rebuild_index", "ring_sums", "space_saving_update", "split_key",
+    "mark_members", "rebuild_index", "ring_sums", "single_tests", "space_saving_update", "split_key",
+    "vs_rest", "welch_z",
 ]
 
 PRIORITY, OWN, SUM_R, SUM_R2, SUM_Y, SUM_P = range(6)
@@ -314,153 +318,3 @@ def space_saving_update(pids: np.ndarray, pairable: np.ndarray, w: np.ndarray, w
     """
     _space_saving_kernel(pids, pairable, w, wf, r, y, p, ts, keys, stats, times, heap, heap_pos, index,
                          meta, glob, int(shift))
-
-
-# --------------------------------------------------------------------------- overlap sums on the ring
-
-_PW_BLOCK = 128  # numpy's PW_BLOCKSIZE: leaves of its pairwise summation
-
-
-@njit(cache=True, nogil=True)
-def mark_members(pids: np.ndarray, bits: np.ndarray, bit: int, ids: np.ndarray, cols: np.ndarray) -> None:  # pragma: no cover
-    """Set bit ``bit`` of ``bits[i]`` (``(n,) uint64``) where record ``i`` of ``pids`` ``(n, F)
-    int32`` is in the pattern of ``ids`` (1 or 2) at columns ``cols``; clear it elsewhere."""
-    k0, c0 = ids[0], cols[0]
-    k1, c1 = (ids[1], cols[1]) if ids.shape[0] > 1 else (k0, c0)
-    one = np.uint64(1) << np.uint64(bit)
-    for i in range(pids.shape[0]):
-        if pids[i, c0] == k0 and pids[i, c1] == k1:
-            bits[i] |= one
-        else:
-            bits[i] &= ~one
-
-
-@njit(cache=True, nogil=True)
-def _ring_sums_kernel(pids, w, wr, kp, kc, bits, masks):  # pragma: no cover - numba
-    """numpy's pairwise summation tree, walked without recursion (recursive numba functions do
-    not survive ``cache=True``): halves rounded down to a multiple of 8, leaves of <= 128 terms;
-    ``out[d]``: the sum of the node at depth ``d``. A leaf as numpy sums it: 8 accumulators
-    (``j`` takes terms ``j, j + 8, ...``) over its first ``m - m % 8`` terms, combined
-    ``((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))``, then the rest (``acc[:, 8:]``) one by
-    one. Terms are numpy's ``v * mask``; zero ones are skipped (``+-0.0`` changes no sum but the
-    sign of an all-zero one, which no decision reads)."""
-    n_others = masks.shape[0]
-    q = 6 + n_others
-    n = pids.shape[0]
-    k0, c0 = kp[0], kc[0]  # scalars: loads from the arrays are not hoisted out of the loop
-    k1, c1 = (kp[1], kc[1]) if kp.shape[0] > 1 else (k0, c0)  # a single: its test twice
-    anyone = np.uint64(0)
-    for k in range(n_others):
-        anyone |= masks[k]
-    levels = 2
-    while (n >> levels) > 0:
-        levels += 1
-    out = np.zeros((levels + 1, q))
-    lo_at = np.zeros(levels + 1, np.int64)
-    n_at = np.zeros(levels + 1, np.int64)
-    phase = np.zeros(levels + 1, np.int64)
-    acc = np.empty((q, 16))
-    flag = np.empty(_PW_BLOCK, np.bool_)
-    d = 0
-    n_at[0] = n
-    while d >= 0:
-        lo, m = lo_at[d], n_at[d]
-        if m <= _PW_BLOCK:  # a leaf
-            full = 0 if m < 8 else m - m % 8  # numpy: no accumulators below 8 terms
-            acc[:, :] = 0.0  # numpy starts each accumulator at a term; 0.0 + t == t
-            for i in range(lo, lo + m):  # the cheap scan first, without branches
-                flag[i - lo] = (pids[i, c0] == k0) & (pids[i, c1] == k1)  # column-major: contiguous
-            if n_others:
-                for i in range(lo, lo + m):
-                    flag[i - lo] |= (bits[i] & anyone) != 0
-            for i in range(lo, lo + m):
-                if not flag[i - lo]:
-                    continue
-                inside = (pids[i, c0] == k0) & (pids[i, c1] == k1)
-                b = bits[i] & anyone if n_others else np.uint64(0)  # (bits may be empty then)
-                slot = (i - lo) & 7 if i - lo < full else 8 + i - lo - full
-                if not inside:  # in another only: the "away" terms
-                    acc[4, slot] += w[i]
-                    acc[5, slot] += wr[i]
-                    continue
-                acc[0, slot] += w[i]
-                acc[1, slot] += wr[i]
-                if not b:
-                    acc[2, slot] += w[i]
-                    acc[3, slot] += wr[i]
-                    continue
-                for k in range(n_others):
-                    if b & masks[k]:
-                        acc[6 + k, slot] += w[i]
-            for c in range(q):
-                total = ((acc[c, 0] + acc[c, 1]) + (acc[c, 2] + acc[c, 3])) + (
-                    (acc[c, 4] + acc[c, 5]) + (acc[c, 6] + acc[c, 7]))
-                for t in range(m - full):
-                    total += acc[c, 8 + t]
-                out[d, c] = total
-            d -= 1
-            continue
-        half = m // 2
-        half -= half % 8
-        if phase[d] == 0:  # left half first
-            phase[d] = 1
-            lo_at[d + 1], n_at[d + 1], phase[d + 1] = lo, half, 0
-            d += 1
-        elif phase[d] == 1:  # then the right half
-            for c in range(q):
-                out[d, c] = out[d + 1, c]
-            phase[d] = 2
-            lo_at[d + 1], n_at[d + 1], phase[d + 1] = lo + half, m - half, 0
-            d += 1
-        else:
-            for c in range(q):
-                out[d, c] += out[d + 1, c]
-            d -= 1
-    return out[0].copy()
-
-
-def ring_sums(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarray, key_cols: np.ndarray,
-              bits: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The sums of the overlap check over a ring of ``n`` records, in one pass, no ring-sized temporaries.
-
-    A record is in a pattern when ``pids[i, col] == pid`` for each of its (one or two) ids; it
-    is in other pattern ``k`` when ``bits[i] & masks[k]`` (bits set by :func:`mark_members`).
-    With ``in`` = in ``key``, ``m_k`` = in other ``k``, ``u`` = any ``m_k``, returns
-    ``(6 + K,)`` float64: ``sum w*in, sum wr*in, sum w*(in & ~u), sum wr*(in & ~u),
-    sum w*(u & ~in), sum wr*(u & ~in)``, then ``sum w*(in & m_k)`` for each ``k``. Each sum is
-    bit-identical to numpy's ``(v * mask).sum()`` (pairwise: 8 accumulators on blocks of 128;
-    checked against :func:`reloop.state.schemas.reference.ring_sums_ref`). GIL released.
-
-    Args:
-        pids: ``(n, F) int32`` predicate ids of the ring; w, wr: ``(n,) float64`` decay
-            weights (records) and weights times residuals.
-        key, key_cols: ``(1 or 2,) int64`` ids of the pattern and their columns.
-        bits: ``(n,) uint64`` membership bits; masks: ``(K,) uint64`` one bit per other pattern.
-    """
-    return _ring_sums_kernel(pids, w, wr, np.ascontiguousarray(key, np.int64),
-                             np.ascontiguousarray(key_cols, np.int64), bits, np.ascontiguousarray(masks, np.uint64))
-
-
-@njit(cache=True, nogil=True)
-def _welch_kernel(a, b, scale, var_floor, min_count, z, diff):  # pragma: no cover - numba
-    for i in range(a.shape[0]):
-        n_a, n_b = a[i, 0] * scale, b[i, 0] * scale
-        ok = (n_a >= min_count) & (n_b >= min_count)
-        own_a, own_b = (a[i, 0], b[i, 0]) if ok else (1.0, 1.0)
-        m_a, m_b = a[i, 1] / own_a, b[i, 1] / own_b
-        v_a, v_b = a[i, 2] / own_a - m_a * m_a, b[i, 2] / own_b - m_b * m_b
-        v_a = v_a if v_a >= var_floor or v_a != v_a else var_floor  # np.maximum (NaN stays)
-        v_b = v_b if v_b >= var_floor or v_b != v_b else var_floor
-        se = math.sqrt(v_a / (n_a if ok else 1.0) + v_b / (n_b if ok else 1.0))
-        d = m_a - m_b if ok else 0.0
-        diff[i] = d
-        z[i] = d / se if ok else 0.0
-
-
-def welch_z(a: np.ndarray, b: np.ndarray, scale: float, var_floor: float,
-            min_count: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`reloop.state.schemas.select.two_sample_z` of ``(n, 3)`` float64 rows ``a``, ``b``
-    in one pass (GIL released); the same IEEE operations per element, so bit-identical."""
-    z, diff = np.empty(a.shape[0]), np.empty(a.shape[0])
-    _welch_kernel(a, b, float(scale), float(var_floor), float(min_count), z, diff)
-    return z, diff

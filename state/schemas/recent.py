@@ -8,7 +8,8 @@ import sys
 import numpy as np
 
 from reloop.state.schemas import kernels
-from reloop.state.schemas.kernels import mark_members, ring_sums, split_key
+from reloop.state.schemas.kernels import split_key
+from reloop.state.schemas.ring_kernels import key_rows, mark_members, marked_rows, ring_sums_rows
 from reloop.state.schemas.reference import decay_weights, explained_ref
 
 __all__ = ["RecentRecords"]
@@ -58,9 +59,10 @@ class RecentRecords:
         and from the rest, less than ``frac`` of that excess is left. ``memo`` caches the
         weights for one evaluation (``cols``: predicate id -> column; ``now``, ``decay_time_s``: s).
 
-        All sums come from one pass of :func:`~reloop.state.schemas.kernels.ring_sums` (numba,
-        GIL released) over ``key``'s columns and the others' membership bits (``memo["bits"]``,
-        marked once per evaluation, :meth:`_masks`); they are bit-identical to the numpy masks
+        All sums come from :func:`~reloop.state.schemas.ring_kernels.ring_sums_rows` (numba, GIL
+        released) over ``key``'s rows (``memo["rows", key]``) and the rows of the others' membership bits
+        (``memo["bits"]``, marked once per evaluation, :meth:`_masks`; ``memo["marked"]``); they
+        are bit-identical to the numpy masks
         of :func:`~reloop.state.schemas.reference.explained_ref`, which runs instead when
         :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (and for a call with more than
         64 others).
@@ -74,8 +76,13 @@ class RecentRecords:
         masks = self._masks(others, cols, memo)
         if masks is None:  # more than 64 others in one call: no bits for them
             return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
-        key_ids = np.array(split_key(key), np.int64)
-        sums = ring_sums(self.pids, memo["w"], memo["wr"], key_ids, cols[key_ids], memo["bits"], masks)
+        rows = memo.get(("rows", key))  # the ring does not change during one evaluation
+        if rows is None:  # (int keys of the memo are explained_ref's masks)
+            key_ids = np.array(split_key(key), np.int64)
+            rows = memo["rows", key] = key_rows(self.pids, key_ids, cols[key_ids])
+        if memo.get("marked") is None:
+            memo["marked"] = marked_rows(memo["bits"])
+        sums = ring_sums_rows(self.r.shape[0], memo["w"], memo["wr"], rows, memo["marked"], memo["bits"], masks)
         n_in, s_in = sums[:2].tolist()
         n_out, s_out = memo["tot"][0] - n_in, memo["tot"][1] - s_in
         if n_in < 2.0 or n_out < 2.0:
@@ -108,6 +115,7 @@ class RecentRecords:
             bit_of[o] = len(bit_of)
             ids = np.array(split_key(o), np.int64)
             mark_members(self.pids, memo["bits"], bit_of[o], ids, cols[ids].astype(np.int64))
+            memo["marked"] = None  # the rows with a bit set changed
         return np.array([1 << bit_of[o] for o in others], np.uint64)
 
     def examples(self, key: int, direction: str, limit: int) -> tuple[list[str], list[int]]:

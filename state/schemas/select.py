@@ -235,6 +235,8 @@ def _single_tests(tri: np.ndarray, col: np.ndarray, pair: np.ndarray, parents: n
                 if not is_chosen[a]:
                     col_out[col[a]] += tri[s]
                     mine[a] += tri[s]
+    if kernels.USE_KERNELS:  # numba, one pass, same bits as the three lines below
+        return tuple(kernels.single_tests(tri, col, col_tot, col_out, mine, kids, scale, var_floor))
     rest = col_tot[col] - tri - (col_out[col] - mine)
     z_full, gap_full = two_sample_z(tri, rest, scale, var_floor)
     z_own, gap_own = two_sample_z(tri - kids, rest, scale, var_floor)

@@ -33,6 +33,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from reloop.state.schemas import kernels
 from reloop.state.schemas.kernels import F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, OWN, SUM_P, SUM_R, SUM_R2
 from reloop.state.schemas.select import Screen, two_sample_z
 
@@ -106,6 +107,8 @@ def _vs_rest(tri: np.ndarray, pair: np.ndarray, col: np.ndarray, par: np.ndarray
     column, a pair the weaker of its tests against each parent's rest (0 when they disagree in
     sign or a parent is untracked). ``tri``: ``(n, 3)`` ``(OWN, SUM_R, SUM_R2)``; ``par``: the
     parents' slots of the pairs ``(n_pairs, 2)``."""
+    if kernels.USE_KERNELS and (par is not None or not pair.any()):
+        return kernels.vs_rest(tri, pair, col, par, scale, var_floor)  # numba, one pass, same bits
     singles = np.flatnonzero(~pair)
     col_tot = np.zeros((int(col.max()) + 1 if col.size else 1, 3))
     np.add.at(col_tot, col[singles], tri[singles])
