@@ -205,12 +205,17 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
         live = hot.tasks.metrics  # replaced on recovery: always read it through the hot path
         summary = {k: _finite(v) for k, v in live.summary().items()}
         series = [{k: _finite(v) for k, v in p.items()} for p in live.series[-300:]]
+        # the cluster's figures, from the one worker that reads ``errors`` (a former one's are stale)
+        cluster = hot.replica.quality.view if hot.replica.quality is not None and hot.is_leader else None
+        if cluster is not None:
+            cluster = {"summary": {k: _finite(v) for k, v in cluster["summary"].items()},
+                       "series": [{k: _finite(v) for k, v in p.items()} for p in cluster["series"]]}
         return web.json({
             "model_version": hot.scoring.model_version if hot.scoring else None,
             "pending": hot.tasks.pending_count, "unattributed": hot.tasks.unattributed,
             "duplicates_skipped": hot.duplicates_skipped,
             "errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
-            "summary": summary, "series": series,
+            "summary": summary, "series": series, "cluster_quality": cluster,
             "error_memory": {"rekeyed": getattr(hot.compensation, "rekeyed", 0)},
             "counters": _counter_totals(telemetry),
         })

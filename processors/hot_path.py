@@ -140,7 +140,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self.group_instance_id = group_instance_id or None  # static membership (None: dynamic)
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
-        self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids)
+        self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids,
+                                     quality_window=feedback.metrics.window)
         # schema distillation runs on the elected worker only (the leader); the others match
         # against what it publishes on ``schemas`` (None: no schema cache configured)
         self.published = PublishedSchemas(schema_core.cache.config) if schema_core is not None else None

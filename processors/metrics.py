@@ -130,3 +130,55 @@ class OnlineMetrics:
                    np.asarray(ts, np.float64)) for y, pb, pc, ts in st["buf"]]
         m._buf_n, m.series = st["buf_n"], st["series"]
         return m
+
+
+class ClusterQuality:
+    """Online metrics of the whole cluster's resolved predictions, measured from the error
+    records themselves (``errors``: label, base and compensated prediction, event time).
+
+    A worker's own :class:`OnlineMetrics` cover the predictions it resolved, so they stop
+    with it and restart empty when its partitions move. These are computed by the one worker
+    that reads ``errors`` (the schema cache's distiller), from a topic that outlives any
+    worker, each record once (duplicates dropped by error id): a rebalance, a lost worker or a
+    restart changes nothing in the counts, the histogram AUCs and (up to float rounding) the
+    log losses. Records are measured as they arrive, so the windowed series and the rolling
+    AUC follow the partitions' arrival order. :attr:`view` is the figures as of the last
+    batch, replaced whole (read it from any thread).
+
+    >>> from types import SimpleNamespace as R
+    >>> q = ClusterQuality(window=2)
+    >>> q.measure([R(label=1, base_pred=.9, comp_pred=.8, ts=1.0), R(label=0, base_pred=.2, comp_pred=.3, ts=2.0)])
+    >>> q.view["summary"]["labelled"], q.view["summary"]["auc_base"], len(q.view["series"])
+    (2, 1.0, 1)
+    """
+
+    def __init__(self, window: int = 1000, metrics: OnlineMetrics | None = None) -> None:
+        self.metrics = metrics or OnlineMetrics(window=window)
+        self.view: dict[str, Any] | None = None
+        if metrics is not None:
+            self._publish()
+
+    def measure(self, records: Any) -> None:
+        """Add error records (objects with ``label``, ``base_pred``, ``comp_pred``, ``ts``)."""
+        n = len(records)
+        if not n:
+            return
+        y = np.fromiter((r.label for r in records), np.int64, n)
+        pb = np.fromiter((r.base_pred for r in records), np.float64, n)
+        pc = np.fromiter((r.comp_pred for r in records), np.float64, n)
+        ts = np.fromiter((r.ts for r in records), np.float64, n)
+        self.metrics.update(y, pb, pc, ts)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.view = {"summary": self.metrics.summary(), "series": self.metrics.series[-300:]}
+
+    def to_state(self) -> bytes:
+        """:meth:`OnlineMetrics.to_state` of the figures."""
+        return self.metrics.to_state()
+
+    @classmethod
+    def from_state(cls, raw: bytes) -> ClusterQuality:
+        """Figures written by :meth:`to_state`."""
+        return cls(metrics=OnlineMetrics.from_state(raw))
+

@@ -35,6 +35,7 @@ import numpy as np
 from reloop.models.scorer import OnnxScorer
 from reloop.processors.checkpoint import RecentIds
 from reloop.processors.compensation import Compensation, NoCompensation
+from reloop.processors.metrics import ClusterQuality
 from reloop.processors.reorder import EventTimeReorder
 from reloop.processors.replica_lock import GuardedCompensation, ReadWriteLock
 from reloop.processors.schemas import SchemaCore
@@ -87,13 +88,18 @@ class ErrorsReplica:
         recent_ids: size of the duplicate filter per ``errors`` partition.
         memory_topic: the error memory is fed by ``memory`` batches (:meth:`apply_memory`),
             not by ``errors`` records.
+        quality_window: measure the cluster's quality from the fresh ``errors`` records
+            (:attr:`quality`, :class:`~reloop.processors.metrics.ClusterQuality`, windows of
+            this many records; 0 = off; only with a schema cache, whose worker reads
+            ``errors``). Snapshotted with the schema cache.
 
     The reorder buffer in front of the schema cache (:attr:`reorder`) takes its parameters
     from the cache's configuration (``reorder_*`` fields of :class:`SchemaCacheConfig`).
     """
 
     def __init__(self, compensation: Compensation, schema_core: SchemaCore | None, limits: Limits,
-                 telemetry: WorkerTelemetry, recent_ids: int = 65_536, memory_topic: bool = True) -> None:
+                 telemetry: WorkerTelemetry, recent_ids: int = 65_536, memory_topic: bool = True,
+                 quality_window: int = 0) -> None:
         self.compensation = compensation
         self.memory_topic = memory_topic
         self.memory_applied: dict[int, int] = {}  # memory partition -> next offset to apply
@@ -108,6 +114,8 @@ class ErrorsReplica:
         self.duplicates_skipped = 0
         self.outbox: list[tuple[str, Any]] = []
         self.reorder = self._new_reorder() if schema_core is not None else None
+        self.quality_window = quality_window
+        self.quality = ClusterQuality(quality_window) if quality_window and schema_core is not None else None
 
     def _new_reorder(self) -> EventTimeReorder:
         assert self.schema_core is not None
@@ -137,6 +145,8 @@ class ErrorsReplica:
                 self.reorder.push(tp.partition, fresh)
             records += fresh
         self.telemetry.events_in.labels("errors").inc(len(records))
+        if self.quality is not None:  # every fresh record at once, not held for the cache's order
+            self.quality.measure(records)
         stored = 0 if self.memory_topic else self._isolated(self.compensation.apply_errors, records, "error_memory")
         if self.schema_core is not None and self.reorder is not None:
             ready = self.reorder.pop_ready()
@@ -256,8 +266,9 @@ class ErrorsReplica:
                    **self.recent_ids.to_arrays()}
         files: dict[Path, dict[str, np.ndarray]] = {}
         if self.schema_core is not None and self.reorder is not None:
+            quality = {} if self.quality is None else {"quality": np.frombuffer(self.quality.to_state(), np.uint8)}
             files[path.with_name("schema_cache.npz")] = {**self.schema_core.snapshot(), **self.reorder.to_arrays(),
-                                                         **offsets}
+                                                         **offsets, **quality}
         arrays = self.compensation.snapshot(reuse_buffers)
         if arrays:
             mparts = sorted(self.memory_applied)
@@ -291,12 +302,17 @@ class ErrorsReplica:
                 # format without the buffer: the cache includes every record up to the offsets
                 self.reorder = (EventTimeReorder.from_arrays(snap, self._decode) if "reorder_scalars" in snap
                                 else self._new_reorder())
+                if self.quality is not None:  # a snapshot from before it: measured from here on
+                    self.quality = (ClusterQuality.from_state(snap["quality"].tobytes()) if "quality" in snap
+                                    else ClusterQuality(self.quality_window))
         except (OSError, ValueError, KeyError, InvalidEvent) as exc:
             log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
             self.compensation = compensation_factory(scorer) or NoCompensation()
             if self.schema_core is not None:
                 self.schema_core = SchemaCore(self.schema_core.cache.config)
                 self.reorder = self._new_reorder()
+                if self.quality is not None:
+                    self.quality = ClusterQuality(self.quality_window)
             self.applied, self.recent_ids = {}, RecentErrorIds(self.recent_ids.capacity)
             self.memory_applied, self.memory_recent = {}, RecentIds(self.memory_recent.capacity)
             return

@@ -22,6 +22,7 @@ Used by ``tests/integration/test_rebalance_broker.py`` and ``bench/rebalance.py`
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import signal
 import time
@@ -37,7 +38,7 @@ from reloop.testing.chaos import TrialResult, _answered, _wait_done, pending_vie
 from reloop.ops.kafka import create_topics
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig
-from reloop.ops.webclient import wait_ready
+from reloop.ops.webclient import get_json, wait_ready
 from reloop.testing.worker_process import WorkerProcess
 from reloop.processors.changelog import restore
 from reloop.processors.media import MediaCore
@@ -152,6 +153,14 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
         await _wait_done(a, wa, n_req, n_err, timeout_s)
         await _wait_group(b, n_req, n_err, timeout_s)
         result.details["restores"] = _restores(workdir)
+        qa = await cluster_quality([wa], n_err, min(timeout_s, 60.0))
+        qb = await cluster_quality(list(members.values()), n_err, min(timeout_s, 60.0))
+        result.details["cluster_quality"] = [qa, qb]
+        # measured from ``errors`` by the one reading it: whoever moved, B's figures are A's
+        # (the base predictions are the same; the compensated ones depend on replica timing)
+        result.checks["same_cluster_quality"] = qa is not None and qb is not None and \
+            all(qa[k] == qb[k] for k in ("labelled", "positives", "auc_base")) and \
+            math.isclose(qa["logloss_base"], qb["logloss_base"], rel_tol=1e-9)  # summed in arrival order
     finally:
         code_a = wa.stop()
         codes = [w.stop() for w in members.values()]
@@ -160,6 +169,21 @@ async def run_group_trial(a: Settings, b: Settings, seed: int, workdir: Path, en
     await compare_group(a, b, reqs, result, identical_copies,
                         live_dirs=[workdir / f"b{i}" for i in members])
     return result
+
+
+async def cluster_quality(workers: list[WorkerProcess], n_errors: int, timeout_s: float) -> dict[str, Any] | None:
+    """The ``cluster_quality`` summary of the one worker of ``workers`` that publishes it (the
+    elected one), once it has measured ``n_errors`` records; None after ``timeout_s`` (the
+    reorder buffer may hold the last records for ``schemas.reorder_idle_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [q["summary"] for q in [(await get_json(w.port, "/status")).get("cluster_quality")
+                                         for w in workers] if q is not None]
+        if len(found) == 1 and found[0]["labelled"] >= n_errors:
+            return found[0]
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.1)
 
 
 async def _wait_group(b: Settings, n_requests: int, n_errors: int, timeout_s: float) -> None:
