@@ -15,6 +15,7 @@ with a one-line message), so Faust never hangs on an absent broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
@@ -205,8 +206,13 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
         live = hot.tasks.metrics  # replaced on recovery: always read it through the hot path
         summary = {k: _finite(v) for k, v in live.summary().items()}
         series = [{k: _finite(v) for k, v in p.items()} for p in live.series[-300:]]
-        # the cluster's figures, from the one worker that reads ``errors`` (a former one's are stale)
-        cluster = hot.replica.quality.view if hot.replica.quality is not None and hot.is_leader else None
+        # the cluster's figures, from the one worker that reads ``errors`` (a former one's are
+        # stale), read in the replica thread that updates them
+        cluster = None
+        if hot.replica.quality is not None and hot.is_leader:
+            with contextlib.suppress(RuntimeError):  # the replica thread is shut down: stopping
+                cluster = await asyncio.get_running_loop().run_in_executor(
+                    hot.replica_thread, lambda: hot.replica.quality.view())  # type: ignore[union-attr]
         if cluster is not None:
             cluster = {"summary": {k: _finite(v) for k, v in cluster["summary"].items()},
                        "series": [{k: _finite(v) for k, v in p.items()} for p in cluster["series"]]}

@@ -142,21 +142,19 @@ class ClusterQuality:
     worker, each record once (duplicates dropped by error id): a rebalance, a lost worker or a
     restart changes nothing in the counts, the histogram AUCs and (up to float rounding) the
     log losses. Records are measured as they arrive, so the windowed series and the rolling
-    AUC follow the partitions' arrival order. :attr:`view` is the figures as of the last
-    batch, replaced whole (read it from any thread).
+    AUC follow the partitions' arrival order. Not thread-safe: call :meth:`view` in the thread
+    that measures (the worker's replica thread).
 
     >>> from types import SimpleNamespace as R
     >>> q = ClusterQuality(window=2)
     >>> q.measure([R(label=1, base_pred=.9, comp_pred=.8, ts=1.0), R(label=0, base_pred=.2, comp_pred=.3, ts=2.0)])
-    >>> q.view["summary"]["labelled"], q.view["summary"]["auc_base"], len(q.view["series"])
+    >>> v = q.view()
+    >>> v["summary"]["labelled"], v["summary"]["auc_base"], len(v["series"])
     (2, 1.0, 1)
     """
 
     def __init__(self, window: int = 1000, metrics: OnlineMetrics | None = None) -> None:
         self.metrics = metrics or OnlineMetrics(window=window)
-        self.view: dict[str, Any] | None = None
-        if metrics is not None:
-            self._publish()
 
     def measure(self, records: Any) -> None:
         """Add error records (objects with ``label``, ``base_pred``, ``comp_pred``, ``ts``)."""
@@ -167,11 +165,12 @@ class ClusterQuality:
         pb = np.fromiter((r.base_pred for r in records), np.float64, n)
         pc = np.fromiter((r.comp_pred for r in records), np.float64, n)
         ts = np.fromiter((r.ts for r in records), np.float64, n)
-        self.metrics.update(y, pb, pc, ts)
-        self._publish()
+        self.metrics.update(y, pb, pc, ts)  # ~1.4 us per record at 500 a batch
 
-    def _publish(self) -> None:
-        self.view = {"summary": self.metrics.summary(), "series": self.metrics.series[-300:]}
+    def view(self) -> dict[str, Any]:
+        """``summary`` (as :meth:`OnlineMetrics.summary`) and the last 300 ``series`` windows
+        (~45 us: computed when asked, not per batch)."""
+        return {"summary": self.metrics.summary(), "series": self.metrics.series[-300:]}
 
     def to_state(self) -> bytes:
         """:meth:`OnlineMetrics.to_state` of the figures."""

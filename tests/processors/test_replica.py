@@ -210,8 +210,8 @@ def test_snapshot_restore_mid_stream_is_exact_and_skips_duplicates(draw, cut, re
         second.apply_batch(batch)
     assert_same_arrays(cache_arrays(straight, tmp), cache_arrays(second, tmp))  # the cluster quality's too
     labels = {r.error_id: r.label for log in LOGS.values() for r in log}
-    assert straight.quality.view["summary"]["labelled"] == len(labels)  # each error id once
-    assert straight.quality.view["summary"]["positives"] == sum(labels.values())
+    assert straight.quality.view()["summary"]["labelled"] == len(labels)  # each error id once
+    assert straight.quality.view()["summary"]["positives"] == sum(labels.values())
     assert straight.duplicates_skipped == PARTS * (150 // 9)
     assert first.duplicates_skipped + second.duplicates_skipped == straight.duplicates_skipped
     assert msgspec.json.encode(first.outbox + second.outbox) == msgspec.json.encode(straight.outbox)
