@@ -32,8 +32,9 @@ __all__ = ["ReplayResult", "EngineRun", "progress_bar", "steady_gc", "STEP_GC_TH
 #: The collector's thresholds while replay steps (gen0 allocations, gen1 and gen2 counts).
 #: A step allocates ~30 containers per event that mostly die with their batch: at Python's
 #: default (700, 10, 10) the sim10k replay (164k events stepped) ran ~4,500 young and ~17
-#: full collections, these ~1.5 s of its ~17 s of CPU; with the heap from before the replay
-#: frozen (:func:`steady_gc`) and these thresholds, ~0.15 s (measured with ``gc.callbacks``).
+#: full collections, 1.6-2.9 s of its 17-29 s of CPU (``gc.callbacks``, 2026-12-07, shared
+#: 2-core machine); with the heap from before the replay frozen (:func:`steady_gc`) and these
+#: thresholds, 0.45-0.8 s, of which ~0.3 s is the one full collection on entry.
 STEP_GC_THRESHOLDS = (10_000, 10, 10)
 
 
