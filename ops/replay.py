@@ -32,7 +32,7 @@ import numpy as np
 from reloop.models.fit import FittedModel, fit_model
 from reloop.ops.logs import LoadedLog
 from reloop.ops.replay_engine import Routed, route_batches
-from reloop.ops.replay_run import EngineRun, ReplayResult, progress_bar
+from reloop.ops.replay_run import EngineRun, ReplayResult, progress_bar, steady_gc
 from reloop.ops.settings import Settings
 from reloop.processors.compensation import Compensation
 from reloop.processors.media import MediaCore, annotate_log
@@ -273,7 +273,7 @@ def run_stream_many(engines: Mapping[str, ReplayEngine], events: Iterable[Event]
     if batches is None:
         batches = route_batches(counted(events), first.partitions, seq0, cfg.batch_size)
     t0 = time.perf_counter()
-    with progress_bar(progress, total) as advance:
+    with steady_gc(), progress_bar(progress, total) as advance:
         for batch in batches:
             for run in runs.values():
                 run.feed(batch)
