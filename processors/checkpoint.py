@@ -175,11 +175,16 @@ class InputCheckpoint:
                 into.tasks.changelog_seq[key_partition(key)] = meta.seq
 
 
+#: Seconds a checkpoint child may take before SIGALRM ends it (a write takes about a second;
+#: the worker's stop waits for the child, so a stuck one must not hold the stop for long).
+CHILD_LIMIT_S = 30
+
+
 class ChildFailed(RuntimeError):
     """A checkpoint child (:func:`write_in_child`) ended without writing."""
 
 
-def write_in_child(write: Callable[[], None]) -> int:
+def write_in_child(write: Callable[[], None], limit_s: int = CHILD_LIMIT_S) -> int:
     """Fork; the child runs ``write()`` on its copy-on-write image of this process as it is
     now, then exits (status 0: written). Returns the child's pid (:func:`wait_child`).
 
@@ -192,7 +197,7 @@ def write_in_child(write: Callable[[], None]) -> int:
     for the write (well under a second) before it writes its final checkpoint, so the two never
     race and no half-written temporary file is left. On Linux it is killed if its parent dies
     (``PR_SET_PDEATHSIG``), so an orphan never replaces a checkpoint that a restarted worker
-    wrote after it.
+    wrote after it, and SIGALRM ends it after ``limit_s`` seconds (whole seconds).
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "x")
@@ -215,6 +220,7 @@ def write_in_child(write: Callable[[], None]) -> int:
         _die_with_parent()
         if os.getppid() != parent:  # it died before the line above took effect
             return  # finally: exit 1
+        signal.alarm(limit_s)  # a child stuck (e.g. on a lock another thread held at the fork) ends
         write()
         code = 0
     except BaseException as exc:  # noqa: BLE001 - reported through the exit status

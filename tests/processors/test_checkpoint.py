@@ -176,6 +176,20 @@ def test_a_checkpoint_child_finishes_its_write_through_ctrl_c_and_sigterm(tmp_pa
         os.close(fd)
 
 
+def test_a_stuck_checkpoint_child_is_ended_by_its_time_limit():
+    """A child that never finishes (e.g. a lock another thread held at the fork) must not hold
+    the worker's stop, which waits for it."""
+    import os
+
+    from reloop.processors.checkpoint import ChildFailed, wait_child, write_in_child
+
+    r, w = os.pipe()
+    with pytest.raises(ChildFailed, match="signal 14"):  # SIGALRM
+        wait_child(write_in_child(lambda: os.read(r, 1), limit_s=1))
+    os.close(r)
+    os.close(w)
+
+
 def test_a_checkpoint_child_dies_with_its_parent(tmp_path):
     """A worker SIGKILLed mid-checkpoint takes its child with it: an orphan must not replace
     a checkpoint written later by the restarted worker."""
