@@ -102,6 +102,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   journal_fsync=settings.worker.journal_fsync, crash_threshold=settings.worker.crash_threshold,
                   checkpoint_in_child=settings.worker.checkpoint_in_child,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
+                  error_memory=settings.error_memory if settings.worker.compensation != "none" else None,
                   schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
