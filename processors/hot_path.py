@@ -71,6 +71,7 @@ from reloop.processors.scoring import ScoringCore
 from reloop.processors.step import run_one_by_one, run_step
 from reloop.processors.tasks import FeedbackTasks
 from reloop.processors.warmup import warm_up
+from reloop.state.error_memory.memory import ErrorMemoryConfig
 from reloop.processors.telemetry import WorkerTelemetry
 from reloop.streams.codec import encode
 from reloop.streams.validation import Limits
@@ -112,6 +113,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         media: the per-user media memories (None = media events are validated, not kept).
         schema_core: the error-schema cache fed from ``errors`` (None = off); its updates go
             to ``schemas`` and its alerts to ``alerts``.
+        error_memory: the error memory's configuration, whose kernels are compiled at start
+            with the others (:func:`~reloop.processors.warmup.warm_up`; None = no error memory).
     """
 
     def __init__(self, *, client: dict[str, Any], topics: dict[str, str], group_id: str,
@@ -124,7 +127,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
                  media: MediaCore | None = None, schema_core: SchemaCore | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
                  group_instance_id: str | None = None, idle_fetch_wait_ms: int = 100,
-                 checkpoint_in_child: bool = True, **kwargs: Any) -> None:
+                 checkpoint_in_child: bool = True, error_memory: ErrorMemoryConfig | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
         self.topics = topics
@@ -140,6 +144,7 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self.group_instance_id = group_instance_id or None  # static membership (None: dynamic)
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.media = media
+        self.error_memory_config = error_memory
         self.replica = ErrorsReplica(NoCompensation(), schema_core, limits, telemetry, recent_ids,
                                      quality_window=feedback.metrics.window)
         # schema distillation runs on the elected worker only (the leader); the others match
@@ -186,7 +191,7 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         # compile the numba kernels in a thread now, not on the loop inside the first batch
         secs = await asyncio.get_running_loop().run_in_executor(
             None, warm_up, self.media.config if self.media is not None else None,
-            self.schema_core.cache.config if self.schema_core is not None else None)
+            self.schema_core.cache.config if self.schema_core is not None else None, 64, self.error_memory_config)
         log.info("kernels_warm", extra={"seconds": round(secs, 3)})
         self.producer = AIOKafkaProducer(**self.client, acks="all", linger_ms=2,
                                          max_batch_size=1 << 20, max_request_size=8 << 20)

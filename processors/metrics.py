@@ -69,8 +69,10 @@ class OnlineMetrics:
             bins = np.minimum((pc * _BINS).astype(np.int64), _BINS - 1)
             self._pos[v] += np.bincount(bins[y == 1], minlength=_BINS)
             self._neg[v] += np.bincount(bins[y == 0], minlength=_BINS)
+            # the rolling AUC holds the last ``window`` samples and depends on them alone (as
+            # from_state relies on): older ones of a large batch would only pass through it
             roll = self._rolling[v]
-            for yi, pi in zip(y.tolist(), pc.tolist()):
+            for yi, pi in zip(y[-self.window:].tolist(), pc[-self.window:].tolist()):
                 roll.update(yi, pi)
         ry, rb, rc = self._recent
         self._recent = (np.concatenate([ry, y])[-self.window:],

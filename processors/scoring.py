@@ -54,6 +54,7 @@ class ScoringCore:
         #: seconds spent since the shell last reset it: ``model`` (features + onnxruntime),
         #: ``compensation`` (error memory + schemata); read by the shell's stage histograms
         self.timings: dict[str, float] = {"model": 0.0, "compensation": 0.0}
+        self._kept = KeptFeatures()
 
     @property
     def model_version(self) -> str:
@@ -149,7 +150,7 @@ class ScoringCore:
         scored = [ScoredItem(item_id=i, base_score=b, score=s, evidence=e, schemas=m)
                   for i, b, s, e, m in zip(items_l, base_l, score_l, evidence.tolist(), matched)]
         pending = list(map(_new_pending, zip(rids, items_l, users_l, times, base_l, score_l, repeat(version),
-                                             packed_rows(codes), [model_features(row[2], keep) for row in rows])))
+                                             packed_rows(codes), self._kept.rows([row[2] for row in rows], keep))))
         recs: list[Recommendation] = []
         add_rec = recs.append
         for j, r in enumerate(requests):
@@ -206,6 +207,46 @@ def model_features(features: dict, keep: tuple[int, tuple[str, ...]]) -> dict:
         if v is not None and not isinstance(v, str):
             out[d] = v
     return out
+
+
+class KeptFeatures:
+    """:func:`model_features` of many rows, with the choice of names memoised per row shape.
+
+    Which names a row keeps depends only on its names, their order and which values are
+    strings, so the choice is computed once per (names, value types) and reused: per row
+    that is two tuples and a dict lookup instead of a sort (the rows of one source share a
+    shape). Bounded: the memo is cleared past ``max_shapes`` shapes.
+
+    >>> k = KeptFeatures()
+    >>> rows = [{"c": "x", "a": "y", "b": "z", "d": 1.0}, {"c": "u", "a": "v", "b": "w", "d": 2.0}]
+    >>> k.rows(rows, (2, ("d",))) == [model_features(r, (2, ("d",))) for r in rows]
+    True
+    >>> k.rows([{"c": 1.0, "a": "y", "b": "z", "d": "s"}], (2, ("d",)))  # other types, other choice
+    [{'a': 'y', 'b': 'z'}]
+    """
+
+    def __init__(self, max_shapes: int = 4096) -> None:
+        self.max_shapes = max_shapes
+        self._names: dict[tuple, tuple[str, ...]] = {}  # (keep, names, types) -> names kept, in order
+
+    def rows(self, rows: Sequence[dict], keep: tuple[int, tuple[str, ...]]) -> list[dict]:
+        """``[model_features(f, keep) for f in rows]``, the same dicts (same order of names)."""
+        n_cat = keep[0]
+        memo = self._names
+        out: list[dict] = []
+        add = out.append
+        for f in rows:
+            if len(f) <= n_cat:
+                add(f)
+                continue
+            shape = (keep, tuple(f), tuple(map(type, f.values())))
+            names = memo.get(shape)
+            if names is None:
+                if len(memo) >= self.max_shapes:
+                    memo.clear()
+                names = memo[shape] = tuple(model_features(f, keep))
+            add({k: f[k] for k in names})
+        return out
 
 
 def packed_rows(codes: np.ndarray) -> list[bytes]:
