@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import signal
 import time
@@ -36,6 +37,7 @@ from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, wait_ready
 from reloop.testing.worker_process import WorkerProcess
+from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.reorder import EventTimeReorder
 from reloop.processors.tasks import FeedbackTasks
 from reloop.state.snapshots import read_npz
@@ -369,7 +371,7 @@ async def compare(a: Settings, b: Settings, requests: list[RecommendationRequest
 #: error-memory replica at scoring time; the held records are compared by id, key and
 #: partition instead).
 _NOT_BITWISE = frozenset({"errors_partitions", "errors_offsets", "recent_partitions", "recent_ids",
-                          "reorder_data", "reorder_lengths"})
+                          "reorder_data", "reorder_lengths", "quality"})
 
 
 def _reorder(snap: dict[str, np.ndarray]) -> EventTimeReorder | None:
@@ -398,6 +400,12 @@ def compare_schema_caches(qa_snap: dict[str, np.ndarray], qb_snap: dict[str, np.
     if diff is None and (ra.held_ids() if ra else []) != (rb.held_ids() if rb else []):
         diff = "held record ids"
     c["schema_cache_bit_identical"] = diff is None
+    if "quality" in qa_snap or "quality" in qb_snap:  # measured in arrival order: counts and base AUC agree
+        sa_, sb_ = (OnlineMetrics.from_state(q["quality"].tobytes()).summary() if "quality" in q else None
+                    for q in (qa_snap, qb_snap))
+        c["same_cluster_quality"] = sa_ is not None and sb_ is not None and \
+            all(sa_[k] == sb_[k] for k in ("labelled", "positives", "auc_base")) and \
+            math.isclose(sa_["logloss_base"], sb_["logloss_base"], rel_tol=1e-9)
     result.details.update(schema_cache_difference=diff, schema_cache_records_in=[qa.records_in, qb.records_in],
                           schema_cache_held=[held_a, held_b],
                           schema_reorder_clamped=[r.clamped if r else None for r in (ra, rb)],
