@@ -84,6 +84,11 @@ class OnlineMetrics:
             self._close_window()
 
     def _close_window(self) -> None:
+        for roll in self._rolling.values():
+            # river (0.26) buffers every update in Python lists until ``get()``, ~110 bytes
+            # per prediction with no bound (1 GB over a 10M-event replay, or a worker nobody
+            # scrapes): read it once per window (~70 us) to flush them
+            roll.get()
         y, pb, pc, ts = (np.concatenate(c) for c in zip(*self._buf))
         w = self.window
         self.series.append({
