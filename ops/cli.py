@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     opts = MainJobOptions(events=args.events, duration_s=args.duration, forever=args.forever,
                           report_path=args.report, seed=args.seed,
-                          offered_rps=args.rate)
+                          offered_rps=args.rate, trainer=args.trainer)
     return asyncio.run(run_main_job(settings, opts))
 
 
@@ -211,6 +211,8 @@ def add_run(sub: Any) -> None:
     r.add_argument("--report", default="reports/run.json", help="JSON report path (default: %(default)s)")
     r.add_argument("--seed", type=int, default=7, help="simulator seed (default: %(default)s)")
     r.add_argument("--rate", type=float, default=150.0, help="offered load, requests/s (wall clock)")
+    r.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the trainer next to the worker (--no-trainer: v1 serves throughout)")
     r.set_defaults(func=cmd_run)
 
 

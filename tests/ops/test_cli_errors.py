@@ -88,6 +88,13 @@ def test_options_before_or_after_the_command(workdir):
     assert build_parser().parse_args(["schemas"]).log_level == "WARNING"
 
 
+def test_run_starts_the_trainer_unless_told_not_to(workdir):
+    from reloop.ops.cli import build_parser
+
+    assert build_parser().parse_args(["run"]).trainer is True
+    assert build_parser().parse_args(["run", "--no-trainer"]).trainer is False
+
+
 def test_version_and_fast_help_import_no_torch():
     r = reloop(["--version"])
     assert r.returncode == 0 and r.stdout.startswith("reloop ")
