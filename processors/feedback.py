@@ -99,8 +99,5 @@ class FeedbackCore:
         if not resolved:
             return []
         records = [error_record(r) for r in resolved]
-        # the metrics' columns in one pass: (n, 4) float64 rows of (label, base, comp, ts);
-        # a label (0/1) and the floats are exact in float64
-        cols = np.array([(r.label, r.base_pred, r.comp_pred, r.ts) for r in records], np.float64).T
-        self.metrics.update(cols[0].astype(np.int64), cols[1].copy(), cols[2].copy(), cols[3].copy())
+        self.metrics.update_records(records)
         return records
