@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from reloop.processors.metrics import OnlineMetrics
 from reloop.processors.pending import Pending, PendingStore, Resolved
 from reloop.streams.events import ErrorRecord, Interaction, error_id_for, pack_codes
