@@ -25,6 +25,14 @@ from reloop.streams.events import Interaction, MediaEvent, Recommendation, Recom
 #: half a second to the measured latency.
 FETCH_WAIT_MS = 10
 
+#: Linger of the driver's feedback producer (interactions, media), ms: a click or media logger
+#: batches what it sends. Every produced batch stays one stored object on the embedded broker,
+#: and each fetch that returns data lists all of its partition's objects
+#: (``bench/broker_fetch_cost.py``), so at 2 ms (one batch per click, ~60 per partition per s)
+#: the broker slowed every consumer as a run went on (the latency floor's p50 went from 11 to
+#: 307 ms over a default run; 10 to 195 ms at 50 ms).
+FEEDBACK_LINGER_MS = 50
+
 
 async def collect_latencies(consumer: AIOKafkaConsumer, sent_at: dict[str, float], sending_done: asyncio.Event,
                             request_id_of: Callable[[bytes], str], latencies: list[float], *,
@@ -61,11 +69,13 @@ def recommendations_consumer(ks: KafkaSettings, fetch_wait_ms: int = FETCH_WAIT_
 
 
 async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int, offered_rps: float,
-                duration_s: float | None = None, fetch_wait_ms: int = FETCH_WAIT_MS) -> dict[str, Any]:
+                duration_s: float | None = None, fetch_wait_ms: int = FETCH_WAIT_MS,
+                feedback_linger_ms: int = FEEDBACK_LINGER_MS) -> dict[str, Any]:
     """Produce the live part of the simulator's traffic and collect the recommendations.
 
     ``fetch_wait_ms``: the recommendations reader's fetch wait (``bench/latency_floor.py``
-    varies it).
+    varies it). ``feedback_linger_ms``: linger of the interactions and media producer (requests
+    go out at once, on a producer of their own).
 
     Returns counts, latency percentiles (ms), and ``answered``: one ``[event_ts, version]``
     per answered request (the request's event time, unix s, and the model version that
@@ -73,7 +83,7 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
     """
     ks = settings.kafka
     names = {t: topic_name(ks, t) for t in ("requests", "interactions", "media")}
-    producer = make_producer(ks)
+    producer = make_producer(ks, linger_ms=feedback_linger_ms)
     await producer.start()
     # requests on their own connection, sent at once: the producer keeps one request in flight
     # per broker and lingers 2 ms, so on the shared one a request waited behind the feedback and
