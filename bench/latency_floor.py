@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.broker_fetch_cost import stored_batches
 from reloop.ops.broker import EmbeddedBroker
 from reloop.ops.driver import drive
 from reloop.ops.kafka import client_kwargs, create_topics, topic_name
@@ -184,6 +185,7 @@ async def variant(args: argparse.Namespace, wait_ms: int, others: bool, echo_inp
         children[0].terminate()  # the echo worker prints its request-hop percentiles and exits
         out_text, _ = children[0].communicate(timeout=30)
         request_hop = json.loads(out_text.strip().splitlines()[-1])
+        stored = await stored_batches(broker.bootstrap)  # what the broker's fetches list (broker_fetch_cost.py)
     finally:
         for c in children:
             if c.poll() is None:
@@ -194,12 +196,16 @@ async def variant(args: argparse.Namespace, wait_ms: int, others: bool, echo_inp
            "echo_inputs": echo_inputs, "load_before": round(load_before, 2),
            "latency_ms": {k: round(v, 2) if v is not None else None for k, v in res["latency_ms"].items()},
            "answered": res["recommendations"], "unanswered": res["unanswered"], "produced": res["produced"],
-           "answered_rps": round(res["answered_rps"] or 0.0, 1), "request_hop_ms": request_hop, "cpu": cpu}
+           "answered_rps": round(res["answered_rps"] or 0.0, 1), "request_hop_ms": request_hop, "cpu": cpu,
+           "latency_windows": res["latency_windows"], "stored_batches": stored}
     lat = out["latency_ms"]
     print(f"echo {echo_inputs:<8} wait {wait_ms:>3} ms, others {'on ' if others else 'off'}: p50/p90/p99 = {lat['p50']} / {lat['p90']} / "
           f"{lat['p99']} ms (request hop p50/p99 {request_hop['p50']} / {request_hop['p99']}); "
           f"cpu broker {cpu['broker']:.2f} driver {cpu['driver']:.2f} echo {cpu['echo']:.2f}"
           + (f" others {cpu['others']:.2f}" if others else "") + f" (load before {load_before:.2f})", flush=True)
+    print("  p50 per 10 s of sending: " + " ".join(f"{w['p50']:.0f}" for w in res["latency_windows"]) + " ms; "
+          "batches stored: " + ", ".join(f"{t} {stored[t]['batches']}" for t in ("requests", "interactions", "media",
+                                                                               "recommendations")), flush=True)
     return out
 
 

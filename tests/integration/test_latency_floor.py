@@ -35,6 +35,12 @@ def test_latency_floor_bench_small(tmp_path: Path) -> None:
     assert 0 <= hop["p50"] <= hop["p99"]
     assert set(row["cpu"]) == {"broker", "driver", "echo", "others"}
     assert all(v > 0 for v in row["cpu"].values())
+    assert sum(w["requests"] for w in row["latency_windows"]) == 400
+    # what the broker stored: requests go out at once (about a batch each), clicks linger 50 ms
+    stored = row["stored_batches"]
+    req, clicks = stored["requests"], stored["interactions"]
+    assert req["records"] == 400 and clicks["records"] == row["produced"]["interactions"]
+    assert 0 < clicks["batches"] / clicks["records"] < req["batches"] / req["records"] <= 1
 
 
 def test_idle_fetch_wait_reaches_the_hot_path(tmp_path: Path) -> None:
