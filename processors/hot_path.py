@@ -45,7 +45,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -64,7 +64,7 @@ from reloop.processors.hot_restore import HotPathRestore, SeekToCheckpoint
 from reloop.processors.hot_state import HotPathState, ends_quietly_on_stop, writer_id
 from reloop.processors.journal import JournalEntry
 from reloop.processors.media import MediaCore
-from reloop.processors.outputs import KeyPartitioner, Output, produce_batched
+from reloop.processors.outputs import KeyPartitioner, Output
 from reloop.processors.replica import ErrorsReplica, write_files
 from reloop.processors.schemas import PublishedSchemas, SchemaCore
 from reloop.processors.scoring import ScoringCore
@@ -360,21 +360,6 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self.telemetry.pending.set(self.tasks.pending_count)
         self.telemetry.batch_seconds.labels("inputs").observe(time.perf_counter() - t0)
         return offsets, acks
-
-    async def _produce(self, outputs: Sequence[Any]) -> None:
-        """Produce ``outputs`` and wait until every one is acknowledged (changelog records to
-        the partition their key names, the others by key)."""
-        await self._send(outputs)
-
-    def _send(self, outputs: Sequence[Any]) -> asyncio.Future[Any]:
-        """Start producing ``outputs`` (in order per partition, handed to the producer on the
-        next loop turn); returns the future of their acknowledgements."""
-        assert self.producer is not None and self.answers is not None
-        changelog, recs = self.topics["changelog"], self.topics["recommendations"]
-        return asyncio.ensure_future(asyncio.gather(
-            produce_batched(self.answers, [o for o in outputs if o[0] == recs], self._partitioner),
-            produce_batched(self.producer, [o for o in outputs if o[0] not in (changelog, recs)], self._partitioner),
-            self.produce_changelog([o for o in outputs if o[0] == changelog])))
 
     # ---- errors replica ------------------------------------------------------------------
     @mode.Service.task

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -24,6 +24,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 
 from reloop.processors.changelog import changed_records, key_partition
 from reloop.processors.checkpoint import wait_child, write_in_child
+from reloop.processors.outputs import produce_batched
 from reloop.processors.replica import write_files
 from reloop.state.snapshots import write_npz_atomic
 
@@ -71,7 +72,7 @@ class HotPathState:
     producer: AIOKafkaProducer | None
     restore_log: list[dict[str, Any]]
     _partitioner: Any
-    _produce: Any  # HotPath._produce: outputs -> awaitable
+    answers: AIOKafkaProducer | None  # recommendations only
     _unacked: asyncio.Future[None] | None
     _acks: asyncio.Future[Any] | None
     guard: Any
@@ -90,6 +91,21 @@ class HotPathState:
         revocation waits here, and a commit during a rebalance waits for the rebalance)."""
         if self._acks is not None:
             await asyncio.wait([self._acks])
+
+    async def _produce(self, outputs: Sequence[Any]) -> None:
+        """Produce ``outputs`` and wait until every one is acknowledged (changelog records to
+        the partition their key names, the others by key)."""
+        await self._send(outputs)
+
+    def _send(self, outputs: Sequence[Any]) -> asyncio.Future[Any]:
+        """Start producing ``outputs`` (in order per partition, handed to the producer on the
+        next loop turn); returns the future of their acknowledgements."""
+        assert self.producer is not None and self.answers is not None
+        changelog, recs = self.topics["changelog"], self.topics["recommendations"]
+        return asyncio.ensure_future(asyncio.gather(
+            produce_batched(self.answers, [o for o in outputs if o[0] == recs], self._partitioner),
+            produce_batched(self.producer, [o for o in outputs if o[0] not in (changelog, recs)], self._partitioner),
+            self.produce_changelog([o for o in outputs if o[0] == changelog])))
 
     async def _finish_batch(self, acks: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
         """The tail of one batch: its outputs acknowledged, then its input offsets committed."""
