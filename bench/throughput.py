@@ -75,6 +75,7 @@ import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.feedback_floor import io_floor  # noqa: E402
+from reloop.ops.driver import FEEDBACK_LINGER_MS  # noqa: E402
 from reloop.ops.main_job import collect_latencies  # noqa: E402
 from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
 from reloop.ops.settings import Settings  # noqa: E402
@@ -288,8 +289,12 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
 
     The clock starts once a warm-up request is answered: ``/ready`` turns true before the
     worker's consumer group has its partitions (~3 s on this broker)."""
-    p = make_producer(settings.kafka)
+    # as reloop run's driver sends: requests at once on a producer of their own, clicks and media
+    # batched by a logger (every stored batch costs the embedded broker on each fetch)
+    p = make_producer(settings.kafka, linger_ms=0)
+    fb = make_producer(settings.kafka, linger_ms=FEEDBACK_LINGER_MS)
     await p.start()
+    await fb.start()
     topic = topic_name(settings.kafka, "requests")
     deadline = time.monotonic() + 60.0
     for k in itertools.count():
@@ -322,13 +327,14 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
         await p.send(topic, encode(r), key=r.user_id.encode())
         while j < len(others) and others[j].ts <= r.ts:
             e = others[j]
-            await p.send(topic_name(settings.kafka, "media" if isinstance(e, MediaEvent) else "interactions"),
-                         encode(e), key=e.user_id.encode())
+            await fb.send(topic_name(settings.kafka, "media" if isinstance(e, MediaEvent) else "interactions"),
+                          encode(e), key=e.user_id.encode())
             j += 1
-    await p.flush()
+    await asyncio.gather(p.flush(), fb.flush())
     sending_done.set()
     await collector
     await p.stop()
+    await fb.stop()
     ms = np.array(lat) * 1000.0
     return {"latency_p50_ms": float(np.percentile(ms, 50)), "latency_p99_ms": float(np.percentile(ms, 99)),
             "answered": len(lat), "unanswered": len(sent_at), "windows": latency_windows(sent, got, t0)}
