@@ -53,3 +53,19 @@ def test_idle_fetch_wait_reaches_the_hot_path(tmp_path: Path) -> None:
     assert Settings().kafka.idle_fetch_wait_ms == 100
     with pytest.raises((SettingsError, ValueError), match="idle_fetch_wait_ms"):
         Settings().with_overrides(kafka={"idle_fetch_wait_ms": -1})
+
+
+def test_broker_fetch_cost_bench_small(tmp_path: Path) -> None:
+    """The bare-broker fetch cost bench at a tiny size: one row per step, and the broker holds
+    the batches the bench says it stored (one per send, timed round trips included)."""
+    out = tmp_path / "cost.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "broker_fetch_cost.py"), "--up-to", "60",
+                           "--step", "30", "--probes", "5", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [r["stored_batches"] for r in res["rows"]] == [35, 70]
+    assert res["rows"][-1]["broker_counts"] == {"batches": 70, "records": 70}  # one batch per send
+    assert all(r["round_trip_ms_p50"] > 0 and r["broker_cpu_ms_per_trip"] >= 0 for r in res["rows"])
+    assert res["broker_cpu_us_per_trip_per_stored_batch"] is not None
