@@ -15,8 +15,9 @@ serving path's shape: produce one record, then fetch it with a consumer at the t
 (``fetch_max_wait_ms=10``). It reports the median round trip (ms) and the broker's CPU per
 round trip (ms) against the stored batch count.
 
-``stored_batches`` (also used by ``bench/latency_floor.py``) counts the batches stored per
-topic, to relate a run's figures to what it wrote.
+:func:`reloop.ops.broker.stored_batches` counts the batches stored per topic
+(``bench/latency_floor.py`` and ``reloop run``'s report use it to relate a run's figures to
+what it wrote).
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ import time
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
 
-from reloop.ops.broker import EmbeddedBroker
+from reloop.ops.broker import EmbeddedBroker, stored_batches
 
 
 def cpu_seconds(pid: int) -> float:
@@ -42,37 +41,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime, stime (clock ticks)
-
-
-async def stored_batches(bootstrap: str) -> dict[str, dict[str, int]]:
-    """Record batches and records stored per topic (summed over partitions), read from offset 0
-    with raw fetches: ``{topic: {"batches": n, "records": m}}``."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
-    await client.bootstrap()
-    out: dict[str, dict[str, int]] = {}
-    try:
-        await client.force_metadata_update()
-        node = next(iter(client.cluster.brokers())).nodeId
-        for topic in sorted(client.cluster.topics()):
-            tot = {"batches": 0, "records": 0}
-            for part in sorted(client.cluster.partitions_for_topic(topic) or ()):
-                offset = 0
-                while True:  # the embedded broker answers a fetch with no wait with nothing: wait 100 ms
-                    resp = await client.send(node, FetchRequest(100, 1, 8 << 20, 0, [(topic, [(part, offset, 8 << 20)])]))
-                    if not resp.topics or not resp.topics[0][1]:
-                        break
-                    records, seen = MemoryRecords(resp.topics[0][1][0][-1]), 0
-                    while (batch := records.next_batch()) is not None:
-                        seen += 1
-                        tot["records"] += batch.last_offset_delta + 1
-                        offset = batch.next_offset
-                    if not seen:
-                        break
-                    tot["batches"] += seen
-            out[topic] = tot
-    finally:
-        await client.close()
-    return out
 
 
 async def measure(up_to: int, step: int, probes: int) -> list[dict[str, Any]]:

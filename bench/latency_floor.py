@@ -48,16 +48,13 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from reloop.ops.broker import EmbeddedBroker
+from reloop.ops.broker import EmbeddedBroker, stored_batches
 from reloop.ops.driver import drive
 from reloop.ops.kafka import client_kwargs, create_topics, topic_name
 from reloop.ops.settings import Settings
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.streams.codec import decode_event, encode
 from reloop.streams.events import Recommendation, RecommendationRequest, ScoredItem
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for bench.*
-from bench.broker_fetch_cost import stored_batches  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

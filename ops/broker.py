@@ -5,6 +5,11 @@ storage, waits until it answers a Kafka metadata request, and stops it on ``stop
 context exit, on SIGINT/SIGTERM of the parent, and on the parent's death (Linux
 ``PR_SET_PDEATHSIG``), so a crashed test run never leaves a broker behind.
 
+Its memory storage keeps each produced record batch as one object and lists all of a
+partition's objects on every fetch that returns data (no offset index, no retention), so a
+consumer's fetches cost more the more batches a run has stored (``bench/broker_fetch_cost.py``);
+:func:`stored_batches` counts them.
+
 >>> bootstrap_servers("kafka://k1:9092,k2:9092")
 'k1:9092,k2:9092'
 """
@@ -20,6 +25,7 @@ import socket
 import subprocess
 import time
 from types import TracebackType
+from typing import Sequence
 
 log = logging.getLogger("reloop.broker")
 
@@ -210,3 +216,39 @@ class EmbeddedBroker:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+async def stored_batches(bootstrap: str, topics: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Record batches and records stored per topic (summed over its partitions), read from
+    offset 0 with raw fetches: ``{topic: {"batches": n, "records": m}}`` for ``topics`` (None:
+    every topic). Reads each partition to its end once (seconds for a ``reloop run``'s inputs)."""
+    from aiokafka import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.record.memory_records import MemoryRecords
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    out: dict[str, dict[str, int]] = {}
+    try:
+        await client.force_metadata_update()
+        node = next(iter(client.cluster.brokers())).nodeId
+        for topic in sorted(topics if topics is not None else client.cluster.topics()):
+            tot = {"batches": 0, "records": 0}
+            for part in sorted(client.cluster.partitions_for_topic(topic) or ()):
+                offset = 0
+                while True:  # Tansu answers a fetch that may not wait with nothing: wait up to 100 ms
+                    resp = await client.send(node, FetchRequest(100, 1, 8 << 20, 0, [(topic, [(part, offset, 8 << 20)])]))
+                    if not resp.topics or not resp.topics[0][1]:
+                        break
+                    records, seen = MemoryRecords(resp.topics[0][1][0][-1]), 0
+                    while (batch := records.next_batch()) is not None:
+                        seen += 1
+                        tot["records"] += batch.last_offset_delta + 1
+                        offset = batch.next_offset
+                    if not seen:
+                        break
+                    tot["batches"] += seen
+            out[topic] = tot
+    finally:
+        await client.close()
+    return out

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reloop.ops.broker import EmbeddedBroker, free_port
+from reloop.ops.broker import EmbeddedBroker, free_port, stored_batches
 from reloop.ops.driver import collect_latencies, drive, read_alerts, wait_replica_caught_up  # noqa: F401 - collect_latencies: bench/throughput.py
 from reloop.ops.kafka import create_topics, make_producer, topic_name
 from reloop.ops.logging_setup import JsonFormatter
@@ -54,6 +54,10 @@ log = logging.getLogger("reloop.main_job")
 #: so far behind the ``errors`` topic that its post-shift retrain began 10 s before the traffic
 #: ended and was abandoned (measured); serving latency pays for the retrain instead.
 TRAINER_NICENESS = 0
+
+#: The latency path's topics, whose batches the report counts on the embedded broker: each of
+#: its fetches lists every batch stored in the partition, so latency grows with them.
+STORED_TOPICS = ("requests", "recommendations", "interactions", "media")
 
 #: Seconds the children get to stop after Ctrl-C before they are killed (the broker goes after).
 STOP_CHILDREN_S = 7.0
@@ -297,6 +301,9 @@ async def _loop(settings: Settings, opts: MainJobOptions, run: _Run, data: Path,
     status = await get_json(web_port, "/status")
     metrics_text = await get_text(web_port, "/metrics")
     alerts, updates = await read_alerts(settings.kafka)
+    if run.broker is not None:  # what the embedded broker's fetches list (docs/operations.md, Latency)
+        stored = await stored_batches(run.broker.bootstrap, [topic_name(settings.kafka, t) for t in STORED_TOPICS])
+        result["broker_stored"] = {t: stored[topic_name(settings.kafka, t)] for t in STORED_TOPICS}
     shift_ts = sim.shift_ts(n_requests)
     report = {**result, "worker": status, "model_holdout": fitted.metrics, "shift_ts": shift_ts,
               "requests_total": n_requests, "warmup_requests": n_warm,

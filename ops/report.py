@@ -71,6 +71,10 @@ def print_run_report(report: dict[str, Any], console: Console | None = None) -> 
     media = report.get("media") or {}
     if media:
         t.add_row("media memory", ", ".join(f"{k} {v:,.0f}" for k, v in media.items() if v is not None))
+    stored = report.get("broker_stored") or {}
+    if stored:  # every fetch lists its partition's stored batches (docs/operations.md, Latency)
+        t.add_row("embedded broker: batches stored (records)",
+                  ", ".join(f"{k} {v['batches']:,} ({v['records']:,})" for k, v in stored.items()))
     c.print(t)
     vpw = report.get("versions_per_window") or []
     if vpw:
@@ -252,6 +256,13 @@ def run_summary(report: dict[str, Any], alerts: list[dict[str, Any]], updates: l
         if m["version"] not in served:
             notes.append(f"{m['version']} was registered ({m['trigger']}) but answered no request before the traffic "
                          "ended: the retrain finished too late in the run")
+    lw, stored = report.get("latency_windows") or [], report.get("broker_stored")
+    if stored and len(lw) >= 2 and lw[-1]["p50"] > 3 * lw[0]["p50"]:
+        notes.append(f"latency p50 grew from {lw[0]['p50']:.1f} ms in the first 10 s to {lw[-1]['p50']:.1f} ms in the "
+                     "last: the embedded broker lists every batch stored in a partition on each fetch that returns "
+                     f"data, and it stored {stored['requests']['batches']:,} batches of requests and "
+                     f"{stored['recommendations']['batches']:,} of recommendations; a Kafka cluster (--broker) does "
+                     "not (docs/operations.md, Latency)")
     phases = quality_phases(w.get("series") or [], shift, swap_ts)
     if swap_ts is not None and phases[-1]["windows"] == 0:
         end = max(a[0] for a in answered)

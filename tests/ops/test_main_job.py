@@ -184,3 +184,20 @@ def test_the_report_prints_latency_per_window_with_the_retrain_marked() -> None:
     [second] = [ln for ln in lines if "10 .. 20 " in ln]
     assert "v2 registered (drift)" in second and "registered" not in first  # v1 predates the traffic
     assert "2500.0" in second and "55.5" in second
+
+
+def test_run_summary_names_the_embedded_brokers_stored_batches_when_latency_grows() -> None:
+    from reloop.ops.report import run_summary
+
+    report = {"answered": [[0.0, "v1"], [100.0, "v1"]], "shift_ts": None, "live_from_ts": 0.0, "elapsed_seconds": 1.0,
+              "attribution_window_s": 60.0, "worker": {"summary": {"labelled": 10}},
+              "latency_windows": [{"from_s": 0.0, "to_s": 10.0, "requests": 1500, "p50": 12.0, "p99": 40.0},
+                                  {"from_s": 10.0, "to_s": 20.0, "requests": 1500, "p50": 95.0, "p99": 400.0}],
+              "broker_stored": {"requests": {"batches": 3000, "records": 3000},
+                                "recommendations": {"batches": 2100, "records": 3000}}}
+    [note] = run_summary(report, [], [], "")["notes"]
+    assert "12.0 ms in the first 10 s to 95.0 ms" in note and "3,000 batches of requests" in note
+    assert "2,100 of recommendations" in note
+    flat = {**report, "latency_windows": [dict(w, p50=12.0) for w in report["latency_windows"]]}
+    assert run_summary(flat, [], [], "")["notes"] == []  # no growth: nothing to explain
+    assert run_summary({**report, "broker_stored": None}, [], [], "")["notes"] == []  # a real cluster
