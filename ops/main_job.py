@@ -9,7 +9,8 @@
    model version answered; after the shift (60% of the traffic) the trainer retrains (drift
    alarm, or its event-time schedule as a backstop) and the worker hot-swaps the new version;
 5. print a report (latency, versions per window, alerts, quality before and after the swap,
-   media memory, events/s) and write it as JSON (:mod:`reloop.ops.report`).
+   media memory, events/s, and on the embedded broker the batches it stored on the latency
+   path) and write it as JSON (:mod:`reloop.ops.report`).
 
 Ctrl-C (SIGINT, to the driver alone or to its whole process group) or SIGTERM stops the
 traffic, then the worker and the trainer (their final snapshots written), then the broker,
