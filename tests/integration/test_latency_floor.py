@@ -16,17 +16,21 @@ from reloop.ops.settings import Settings, SettingsError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_bench(script: str, args: list[str], out: Path, timeout_s: float) -> dict:
+    """Run ``bench/<script>`` with ``args`` and ``--json out`` as a user would; its JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def test_latency_floor_bench_small(tmp_path: Path) -> None:
     """Driver traffic through a fresh broker answered by the echo worker, with the other
     consumers polling next to it: every live request is answered and every process's CPU is
     measured."""
-    out = tmp_path / "floor.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "latency_floor.py"), "--events", "500",
-                           "--waits", "10", "--others", "on", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["variants"]
+    (row,) = run_bench("latency_floor.py", ["--events", "500", "--waits", "10", "--others", "on"],
+                       tmp_path / "floor.json", 180)["variants"]
     assert row["fetch_wait_ms"] == 10 and row["others"] is True
     assert row["unanswered"] == 0 and row["answered"] == row["produced"]["requests"] == 400  # 20% warm-up not sent
     assert row["produced"]["interactions"] > 0 and row["produced"]["media"] > 0
@@ -58,13 +62,8 @@ def test_idle_fetch_wait_reaches_the_hot_path(tmp_path: Path) -> None:
 def test_broker_fetch_cost_bench_small(tmp_path: Path) -> None:
     """The bare-broker fetch cost bench at a tiny size: one row per step, and the broker holds
     the batches the bench says it stored (one per send, timed round trips included)."""
-    out = tmp_path / "cost.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "broker_fetch_cost.py"), "--up-to", "60",
-                           "--step", "30", "--probes", "5", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = run_bench("broker_fetch_cost.py", ["--up-to", "60", "--step", "30", "--probes", "5"],
+                    tmp_path / "cost.json", 120)
     assert [r["stored_batches"] for r in res["rows"]] == [35, 70]
     assert res["rows"][-1]["broker_counts"] == {"batches": 70, "records": 70}  # one batch per send
     assert all(r["round_trip_ms_p50"] > 0 and r["broker_cpu_ms_per_trip"] >= 0 for r in res["rows"])
