@@ -27,20 +27,17 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reloop.ops.broker import EmbeddedBroker, stored_batches
+import numpy as np  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime, stime (clock ticks)
+from bench.latency_floor import cpu_seconds  # noqa: E402
+from reloop.ops.broker import EmbeddedBroker, stored_batches  # noqa: E402
 
 
 async def measure(up_to: int, step: int, probes: int) -> list[dict[str, Any]]:

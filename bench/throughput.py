@@ -75,7 +75,8 @@ import numpy as np  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.feedback_floor import io_floor  # noqa: E402
-from reloop.ops.driver import FEEDBACK_LINGER_MS  # noqa: E402
+from bench.latency_floor import cpu_seconds  # noqa: E402
+from reloop.ops.driver import traffic_producers  # noqa: E402
 from reloop.ops.main_job import collect_latencies  # noqa: E402
 from reloop.ops.kafka import client_kwargs, create_topics, make_producer, topic_name  # noqa: E402
 from reloop.ops.settings import Settings  # noqa: E402
@@ -195,12 +196,6 @@ async def running_worker(settings: Settings, fitted: Any, tmp: Path) -> AsyncIte
         w.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, all threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def feedback_run(settings: Settings, fitted: Any, n: int, tmp: Path) -> tuple[float, float]:
     """(records/s, records per CPU-second) of the worker (requests + interactions) until all n
     error records are applied to its memory (``memory`` rows) and, when it runs the schema
@@ -289,10 +284,8 @@ async def latency(settings: Settings, c: AIOKafkaConsumer, live: list[Recommenda
 
     The clock starts once a warm-up request is answered: ``/ready`` turns true before the
     worker's consumer group has its partitions (~3 s on this broker)."""
-    # as reloop run's driver sends: requests at once on a producer of their own, clicks and media
-    # batched by a logger (every stored batch costs the embedded broker on each fetch)
-    p = make_producer(settings.kafka, linger_ms=0)
-    fb = make_producer(settings.kafka, linger_ms=FEEDBACK_LINGER_MS)
+    # as reloop run's driver sends: requests at once, clicks and media batched by a logger
+    p, fb = traffic_producers(settings.kafka)
     await p.start()
     await fb.start()
     topic = topic_name(settings.kafka, "requests")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from reloop.ops.kafka import client_kwargs, make_producer, topic_name
 from reloop.ops.settings import KafkaSettings, Settings
@@ -68,6 +68,16 @@ def recommendations_consumer(ks: KafkaSettings, fetch_wait_ms: int = FETCH_WAIT_
                             auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms)
 
 
+def traffic_producers(ks: KafkaSettings, feedback_linger_ms: int = FEEDBACK_LINGER_MS
+                      ) -> tuple[AIOKafkaProducer, AIOKafkaProducer]:
+    """The producers live traffic is sent with (not started): requests at once (``linger_ms=0``)
+    on a connection of their own, and clicks and media on a second one that lingers
+    ``feedback_linger_ms``. The producer keeps one request in flight per broker, so on a shared
+    one a request waited behind the feedback sent before it (a serving front end and a feedback
+    logger would not share one); the linger keeps the embedded broker's stored batches down."""
+    return make_producer(ks, linger_ms=0), make_producer(ks, linger_ms=feedback_linger_ms)
+
+
 async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int, offered_rps: float,
                 duration_s: float | None = None, fetch_wait_ms: int = FETCH_WAIT_MS,
                 feedback_linger_ms: int = FEEDBACK_LINGER_MS) -> dict[str, Any]:
@@ -83,12 +93,8 @@ async def drive(settings: Settings, sim: Simulator, n_requests: int, n_warm: int
     """
     ks = settings.kafka
     names = {t: topic_name(ks, t) for t in ("requests", "interactions", "media")}
-    producer = make_producer(ks, linger_ms=feedback_linger_ms)
+    ask, producer = traffic_producers(ks, feedback_linger_ms)
     await producer.start()
-    # requests on their own connection, sent at once: the producer keeps one request in flight
-    # per broker and lingers 2 ms, so on the shared one a request waited behind the feedback and
-    # media batches sent before it (as a serving front end and a feedback logger would not share one)
-    ask = make_producer(ks, linger_ms=0)
     await ask.start()
     consumer = recommendations_consumer(ks, fetch_wait_ms)
     await consumer.start()
