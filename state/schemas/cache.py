@@ -243,12 +243,14 @@ class SchemaCache:
         blocked = np.isin(keys, np.fromiter(self._cooling, np.int64, len(self._cooling)))
         memo: dict = {}
 
-        def explained(s: int, others: list[int], gap: float, is_active: bool) -> int:
-            frac = cfg.explained_fraction * (0.5 if is_active else 1.0)
-            slot_of = {int(keys[o]): o for o in others}
-            by = self._recent.explained(int(keys[s]), list(slot_of), gap, frac, self.vocab.col_arr, now,
-                                        self._decay_time_s, memo)
-            return slot_of.get(by, -1)
+        key_of = keys.tolist()
+
+        def explained(checks: list[tuple[int, list[int], float, bool]]) -> list[int]:
+            slot_of = {key_of[o]: o for _, others, _, _ in checks for o in others}
+            by = self._recent.explained_many(
+                [(key_of[s], [key_of[o] for o in others], gap, cfg.explained_fraction * (0.5 if is_active else 1.0))
+                 for s, others, gap, is_active in checks], self.vocab.col_arr, now, self._decay_time_s, memo)
+            return [slot_of.get(b, -1) for b in by]
 
         def lookup(q: np.ndarray) -> np.ndarray:
             return lookup_slots(q, self._keys, self._index, self._shift)

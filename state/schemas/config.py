@@ -58,7 +58,7 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
         residual: ``base`` (slow model, ``y - base_pred``) or ``compensated`` (``comp_pred``).
         max_examples: example error ids kept per schema.
         recent_window: recent records kept (predicate ids, residual, time, error id; ~150
-            bytes each) for examples, model versions and the overlap check.
+            bytes each) for examples, model versions and the overlap check (at most 2**22).
         explained_fraction: a pattern overlapping chosen schemata of other columns is
             explained when, without their records, less than this fraction of its recent
             excess error is left; a single is explained by its chosen child pairs when less
@@ -144,7 +144,8 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
                    "min_effect, bias_prior, cold_evidence must be >= 0"),
                   (self.code_tables >= 0 and self.max_features >= 1, "code_tables >= 0, max_features >= 1"),
                   (self.max_predicates >= 2 * self.capacity + 8, "max_predicates must be >= 2 capacity + 8"),
-                  (self.max_examples >= 0 and self.recent_window >= 1, "bad example settings"),
+                  (self.max_examples >= 0 and 1 <= self.recent_window <= 1 << 22,
+                   "need max_examples >= 0 and 1 <= recent_window <= 2**22 (the overlap sums' fixed point)"),
                   (0.0 <= self.explained_fraction <= 1.0, "explained_fraction must be in [0, 1]"),
                   (self.shift_half_life_s == 0.0 or 0.0 < self.shift_half_life_s < self.half_life_s,
                    "need 0 <= shift_half_life_s < half_life_s"),

@@ -5,9 +5,9 @@
   specification is :func:`reloop.state.schemas.reference.space_saving_update_ref` (dict + ``argmin``);
 * :func:`lookup_slots` / :func:`rebuild_index` -- the open-addressing index and the min-heap
   that make the kernel O(log C) per pattern update;
-* :func:`ring_sums` / :func:`mark_members` -- the overlap check's sums on the recent-records
-  ring, in :mod:`reloop.state.schemas.ring_kernels` (re-exported here); their numpy
-  specification is :func:`reloop.state.schemas.reference.ring_sums_ref`;
+* :func:`overlap_sums` / :func:`mark_members` -- the overlap check's exact (fixed-point) sums
+  on the recent-records ring, in :mod:`reloop.state.schemas.ring_kernels` (re-exported here);
+  their numpy specification is :func:`reloop.state.schemas.reference.overlap_sums_ref`;
 * :func:`welch_z`, :func:`single_tests`, :func:`vs_rest` -- the Welch z tests of a tick, in
   :mod:`reloop.state.schemas.stat_kernels` (re-exported here), next to their numpy forms.
 
@@ -52,14 +52,14 @@ import math
 import numpy as np
 from numba import njit
 
-from reloop.state.schemas.ring_kernels import mark_members, ring_sums
+from reloop.state.schemas.ring_kernels import mark_members, overlap_sums
 from reloop.state.schemas.stat_kernels import single_tests, vs_rest, welch_z
 
 __all__ = [
     "F_OWN", "F_SUM_P", "F_SUM_P2", "F_SUM_R", "F_SUM_R2", "FAST", "G_OWN", "G_SUM_P", "G_SUM_R", "G_SUM_R2",
     "G_SUM_Y", "N_GLOBAL", "N_STATS", "OWN", "PRIORITY", "record_values",
     "SUM_P", "SUM_R", "SUM_R2", "SUM_Y", "FIRST", "LAST", "index_size", "lookup_slots", "pair_key",
-    "mark_members", "rebuild_index", "ring_sums", "single_tests", "space_saving_update", "split_key",
+    "mark_members", "overlap_sums", "rebuild_index", "single_tests", "space_saving_update", "split_key",
     "vs_rest", "welch_z",
 ]
 

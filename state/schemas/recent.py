@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
 
 from reloop.state.schemas import kernels
 from reloop.state.schemas.kernels import split_key
-from reloop.state.schemas.ring_kernels import key_rows, mark_members, marked_rows, ring_sums_rows
-from reloop.state.schemas.reference import decay_weights, explained_ref
+from reloop.state.schemas.reference import decay_weights, explained_ref, overlap_explains
+from reloop.state.schemas.ring_kernels import key_rows, mark_members, member_sums, overlap_sums
 
 __all__ = ["RecentRecords"]
 
@@ -49,74 +48,80 @@ class RecentRecords:
 
     def explained(self, key: int, others: list[int], gap: float, frac: float, cols: np.ndarray,
                   now: float, decay_time_s: float, memo: dict) -> int:
-        """Key of the chosen pattern in ``others`` that explains ``key``, or -1.
+        """One check of :meth:`explained_many`: the key in ``others`` that explains ``key``, or -1."""
+        return self.explained_many([(key, others, gap, frac)], cols, now, decay_time_s, memo)[0]
 
-        Only overlaps across columns count: chosen parents and children of ``key`` are left out
-        (the pair test and the child-pair rule handle them). On the recent records, weighted
-        ``exp(-(now - ts) / decay_time_s)`` like the sums, ``key``'s excess error over the rest
-        must show (at least ``frac * |gap|`` in the direction of ``gap``; otherwise it is kept
-        and the sums decide); it is explained when, with the others' records removed from it
-        and from the rest, less than ``frac`` of that excess is left. ``memo`` caches the
-        weights for one evaluation (``cols``: predicate id -> column; ``now``, ``decay_time_s``: s).
+    def explained_many(self, checks: list[tuple[int, list[int], float, float]], cols: np.ndarray,
+                       now: float, decay_time_s: float, memo: dict) -> list[int]:
+        """For each check ``(key, others, gap, frac)``: the key of the pattern in ``others`` that
+        explains ``key``, or -1.
 
-        All sums come from :func:`~reloop.state.schemas.ring_kernels.ring_sums_rows` (numba, GIL
-        released) over ``key``'s rows (``memo["rows", key]``) and the rows of the others' membership bits
-        (``memo["bits"]``, marked once per evaluation, :meth:`_masks`; ``memo["marked"]``); they
-        are bit-identical to the numpy masks
-        of :func:`~reloop.state.schemas.reference.explained_ref`, which runs instead when
-        :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (and for a call with more than
-        64 others).
+        Only overlaps across columns count: ``key``'s parents and children among ``others`` are
+        left out (the pair test and the child-pair rule handle them). On the recent records,
+        weighted ``exp(-(now - ts) / decay_time_s)`` like the sums, ``key``'s excess error over
+        the rest must show (at least ``frac * |gap|`` in the direction of ``gap``; otherwise it
+        is kept and the sums decide); it is explained when, with the others' records removed
+        from it and from the rest, less than ``frac`` of that excess is left; then by the other
+        pattern that covers most of it. ``memo`` caches the weights, membership bits and rows of
+        one evaluation (the ring does not change during one); ``cols``: predicate id -> column;
+        ``now``, ``decay_time_s``: s.
+
+        All the checks' sums come from one pass of
+        :func:`~reloop.state.schemas.ring_kernels.overlap_sums` (numba, GIL released) over each
+        key's rows and the ring's membership bits of the others (:meth:`_bits`). They are exact
+        fixed-point integers, so they equal the numpy masks of
+        :func:`~reloop.state.schemas.reference.explained_ref` bit for bit, and both paths decide
+        with :func:`~reloop.state.schemas.reference.overlap_explains`. ``explained_ref`` runs
+        instead when :data:`reloop.state.schemas.kernels.USE_KERNELS` is False, and when the
+        checks name more than 64 others in all.
         """
-        if not kernels.USE_KERNELS:
-            return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
-        others = _across(key, others)
-        if not others:
-            return -1
+        across = [_across(key, others) for key, others, _, _ in checks]
+        bit_of = self._bits({o for a in across for o in a}, cols, memo) if kernels.USE_KERNELS else None
+        if bit_of is None:
+            return [explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
+                    for key, others, gap, frac in checks]
+        answers = [-1] * len(checks)
+        live = [j for j, a in enumerate(across) if a]
+        if not live:
+            return answers
         decay_weights(self, now, decay_time_s, memo)
-        masks = self._masks(others, cols, memo)
-        if masks is None:  # more than 64 others in one call: no bits for them
-            return explained_ref(self, key, others, gap, frac, cols, now, decay_time_s, memo)
-        rows = memo.get(("rows", key))  # the ring does not change during one evaluation
+        rows = [self._rows(checks[j][0], cols, memo) for j in live]
+        masks = [[1 << bit_of[o] for o in across[j]] for j in live]
+        sums = overlap_sums(memo["wq"], memo["wrq"], memo["bits"], rows,
+                            np.array([sum(m) for m in masks], np.uint64)).tolist()
+        for t, j in enumerate(live):
+            if overlap_explains(sums[t], memo["tot"], checks[j][2], checks[j][3]):
+                cover = member_sums(memo["wq"], memo["bits"], rows[t], np.array(masks[t], np.uint64))
+                answers[j] = across[j][int(np.argmax(cover))]
+        return answers
+
+    def _rows(self, key: int, cols: np.ndarray, memo: dict) -> np.ndarray:
+        """The ring rows inside pattern ``key`` (memoised per evaluation)."""
+        rows = memo.get(("rows", key))
         if rows is None:  # (int keys of the memo are explained_ref's masks)
             key_ids = np.array(split_key(key), np.int64)
             rows = memo["rows", key] = key_rows(self.pids, key_ids, cols[key_ids])
-        if memo.get("marked") is None:
-            memo["marked"] = marked_rows(memo["bits"])
-        sums = ring_sums_rows(self.r.shape[0], memo["w"], memo["wr"], rows, memo["marked"], memo["bits"], masks)
-        n_in, s_in = sums[:2].tolist()
-        n_out, s_out = memo["tot"][0] - n_in, memo["tot"][1] - s_in
-        if n_in < 2.0 or n_out < 2.0:
-            return -1  # no recent evidence either way
-        sign = math.copysign(1.0, gap)
-        full = (s_in / n_in - s_out / n_out) * sign  # what the sums see, on recent records
-        n_left, s_left, n_away, s_away = sums[2:6].tolist()
-        n_rest, s_rest = n_out - n_away, s_out - s_away
-        if n_rest < 2.0 or full < frac * abs(gap):
-            return -1
-        if n_left >= 1.0 and (s_left / n_left - s_rest / n_rest) * sign >= frac * full:
-            return -1
-        return others[int(np.argmax(sums[6:]))]
+        return rows
 
-    def _masks(self, others: list[int], cols: np.ndarray, memo: dict) -> np.ndarray | None:
-        """``(K,) uint64``: the bit of each pattern of ``others`` in ``memo["bits"]`` (``(size,)
-        uint64``, one bit per pattern marked in this evaluation; the ring does not change during
-        one). Unmarked ones are marked (one pass each); when the 64 bits are used up they are
-        reassigned to ``others``. None if ``others`` has more than 64 patterns."""
-        if len(others) > _BITS:
+    def _bits(self, patterns: set[int], cols: np.ndarray, memo: dict) -> dict[int, int] | None:
+        """Pattern -> its bit in ``memo["bits"]`` (``(size,) uint64``, one bit per pattern marked
+        in this evaluation; the ring does not change during one), for at least ``patterns``.
+        Unmarked ones are marked (one pass each); when the 64 bits are used up they are
+        reassigned to ``patterns``. None if there are more than 64 of them."""
+        if len(patterns) > _BITS:
             return None
         if "bits" not in memo:
             memo["bits"], memo["bit_of"] = np.zeros(self.r.shape[0], np.uint64), {}
         bit_of: dict[int, int] = memo["bit_of"]
-        new = [o for o in others if o not in bit_of]
+        new = sorted(o for o in patterns if o not in bit_of)
         if new and len(bit_of) + len(new) > _BITS:
             bit_of.clear()
-            new = others
+            new = sorted(patterns)
         for o in new:
             bit_of[o] = len(bit_of)
             ids = np.array(split_key(o), np.int64)
             mark_members(self.pids, memo["bits"], bit_of[o], ids, cols[ids].astype(np.int64))
-            memo["marked"] = None  # the rows with a bit set changed
-        return np.array([1 << bit_of[o] for o in others], np.uint64)
+        return bit_of
 
     def examples(self, key: int, direction: str, limit: int) -> tuple[list[str], list[int]]:
         """Newest error ids in pattern ``key`` erring in ``direction`` (``over``: ``y < p``), at

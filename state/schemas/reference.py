@@ -1,10 +1,10 @@
 """Plain-Python / numpy specifications of the kernels (:mod:`reloop.state.schemas.kernels`).
 
 * :func:`space_saving_update_ref` -- the Space-Saving update (tests: bit for bit);
-* :func:`ring_sums_ref` -- the overlap sums on the recent-records ring (tests: bit for bit);
-* :func:`explained_ref` -- the overlap check as it was before :func:`~reloop.state.schemas.kernels.ring_sums`
-  (boolean masks memoised per evaluation), run when
-  :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (tests compare decisions).
+* :func:`overlap_sums_ref` -- the overlap sums on the recent-records ring (tests: bit for bit);
+* :func:`explained_ref` -- the overlap check with boolean masks memoised per evaluation, run when
+  :data:`reloop.state.schemas.kernels.USE_KERNELS` is False (tests compare decisions);
+  :func:`overlap_explains` -- its decision, shared with the kernel path.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import numpy as np
 
 from reloop.state.schemas.kernels import (F_OWN, F_SUM_P, F_SUM_P2, F_SUM_R, F_SUM_R2, N_GLOBAL, N_STATS, OWN, PRIORITY, SUM_P,
                                    SUM_R, SUM_R2, SUM_Y, pair_key, split_key)
+from reloop.state.schemas.ring_kernels import FIXED_ONE, fixed_point
 
 if TYPE_CHECKING:
     from reloop.state.schemas.recent import RecentRecords
 
-__all__ = ["explained_ref", "ring_sums_ref", "space_saving_update_ref"]
+__all__ = ["decay_weights", "explained_ref", "overlap_explains", "overlap_sums_ref", "space_saving_update_ref"]
 
 
 def space_saving_update_ref(pids: np.ndarray, pairable: np.ndarray, w: np.ndarray, wf: np.ndarray, r: np.ndarray,
@@ -79,39 +80,62 @@ def _mask(pids: np.ndarray, ids: np.ndarray, cols: np.ndarray, count: int) -> np
     return hit
 
 
-def ring_sums_ref(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarray, key_cols: np.ndarray,
-                  others: np.ndarray, other_cols: np.ndarray, other_len: np.ndarray) -> np.ndarray:
-    """Specification of :func:`reloop.state.schemas.kernels.ring_sums` with boolean masks (same arguments)."""
+def overlap_sums_ref(pids: np.ndarray, wq: np.ndarray, wrq: np.ndarray, key: np.ndarray, key_cols: np.ndarray,
+                     others: np.ndarray, other_cols: np.ndarray, other_len: np.ndarray) -> np.ndarray:
+    """Specification of one check of :func:`reloop.state.schemas.ring_kernels.overlap_sums`, then
+    :func:`~reloop.state.schemas.ring_kernels.member_sums`, with boolean masks: ``(6 + K,) int64``
+    (``key``/``key_cols``: the pattern's ids and columns; ``others[k, :other_len[k]]`` at
+    ``other_cols[k]``: the other patterns)."""
     inside = _mask(pids, key, key_cols, len(key))
     masks = [_mask(pids, others[k], other_cols[k], int(other_len[k])) for k in range(len(other_len))]
     union = np.zeros_like(inside)
     for m in masks:
         union |= m
     left, away = inside & ~union, union & ~inside
-    sums = [(v * m).sum() for m in (inside, left, away) for v in (w, wr)]
-    return np.array(sums + [(w * (inside & m)).sum() for m in masks], dtype=np.float64)
+    sums = [int((v * m).sum()) for m in (inside, left, away) for v in (wq, wrq)]
+    return np.array(sums + [int((wq * (inside & m)).sum()) for m in masks], dtype=np.int64)
 
 
 def decay_weights(ring: RecentRecords, now: float, decay_time_s: float, memo: dict) -> None:
     """Put the ring's decay weights ``exp(-(now - ts) / decay_time_s)`` (0 for empty slots) in
-    ``memo["w"]``, weights x residuals in ``memo["wr"]`` and their totals in ``memo["tot"]``,
-    once per evaluation (``now``, ``decay_time_s``: s)."""
-    if "w" not in memo:
-        memo["w"] = np.exp(np.minimum((ring.ts - now) / decay_time_s, 0.0))
-        memo["wr"] = memo["w"] * ring.r
-        memo["tot"] = (float(memo["w"].sum()), float(memo["wr"].sum()))
+    fixed point (:func:`~reloop.state.schemas.ring_kernels.fixed_point`) in ``memo["wq"]``,
+    weights x residuals in ``memo["wrq"]`` and their totals in ``memo["tot"]`` (ints), once per
+    evaluation (``now``, ``decay_time_s``: s)."""
+    if "wq" not in memo:
+        w = np.exp(np.minimum((ring.ts - now) / decay_time_s, 0.0))
+        memo["wq"], memo["wrq"] = fixed_point(w), fixed_point(w * ring.r)
+        memo["tot"] = (int(memo["wq"].sum()), int(memo["wrq"].sum()))
+
+
+def overlap_explains(sums: list[int], tot: tuple[int, int], gap: float, frac: float) -> bool:
+    """The overlap check's decision from its fixed-point sums ``[n_in, s_in, n_left, s_left,
+    n_away, s_away]`` and the ring's totals ``tot`` (see
+    :meth:`~reloop.state.schemas.recent.RecentRecords.explained_many`). Differences are taken
+    in integers (exact), then scaled to decayed record counts."""
+    n_in, s_in, n_left, s_left, n_away, s_away = sums
+    n_out, s_out = tot[0] - n_in, tot[1] - s_in
+    n_rest, s_rest = n_out - n_away, s_out - s_away
+    if n_in < 2.0 * FIXED_ONE or n_out < 2.0 * FIXED_ONE:
+        return False  # no recent evidence either way
+    sign = math.copysign(1.0, gap)
+    full = (s_in / n_in - s_out / n_out) * sign  # what the sums see, on recent records
+    if n_rest < 2.0 * FIXED_ONE or full < frac * abs(gap):
+        return False
+    return not (n_left >= FIXED_ONE and (s_left / n_left - s_rest / n_rest) * sign >= frac * full)
 
 
 def explained_ref(ring: RecentRecords, key: int, others: list[int], gap: float, frac: float, cols: np.ndarray,
                   now: float, decay_time_s: float, memo: dict) -> int:
-    """:meth:`reloop.state.schemas.recent.RecentRecords.explained` before the kernel: numpy masks
-    of the whole ring, memoised per evaluation in ``memo``, several passes per call."""
+    """One check of :meth:`reloop.state.schemas.recent.RecentRecords.explained_many` with numpy
+    masks of the whole ring (memoised per evaluation in ``memo``), several passes per call: the
+    path when :data:`reloop.state.schemas.kernels.USE_KERNELS` is False, and for a batch of checks
+    with more than 64 others in all."""
     mine = set(split_key(key))
     others = [o for o in others if not (set(split_key(o)) <= mine or mine <= set(split_key(o)))]
     if not others:
         return -1
     decay_weights(ring, now, decay_time_s, memo)
-    w, wr = memo["w"], memo["wr"]
+    wq, wrq = memo["wq"], memo["wrq"]
 
     def member(k: int) -> np.ndarray:
         if k not in memo:
@@ -121,25 +145,13 @@ def explained_ref(ring: RecentRecords, key: int, others: list[int], gap: float, 
             memo[k] = hit
         return memo[k]
 
-    def total(v: np.ndarray, m: np.ndarray) -> float:
-        return float((v * m).sum())  # not BLAS: ddot threads spin on a busy machine
-
     inside = member(key)
     union = np.zeros_like(inside)
     for o in others:
         union |= member(o)
-    n_in, s_in = total(w, inside), total(wr, inside)
-    n_out, s_out = memo["tot"][0] - n_in, memo["tot"][1] - s_in
-    if n_in < 2.0 or n_out < 2.0:
-        return -1  # no recent evidence either way
     left, away = inside & ~union, union & ~inside
-    n_left, s_left = total(w, left), total(wr, left)
-    n_rest, s_rest = n_out - total(w, away), s_out - total(wr, away)
-    sign = math.copysign(1.0, gap)
-    full = (s_in / n_in - s_out / n_out) * sign  # what the sums see, on recent records
-    if n_rest < 2.0 or full < frac * abs(gap):
+    sums = [int((v * m).sum()) for m in (inside, left, away) for v in (wq, wrq)]
+    if not overlap_explains(sums, memo["tot"], gap, frac):
         return -1
-    if n_left >= 1.0 and (s_left / n_left - s_rest / n_rest) * sign >= frac * full:
-        return -1
-    overlap = [total(w, inside & member(o)) for o in others]
+    overlap = [int((wq * (inside & member(o))).sum()) for o in others]
     return others[int(np.argmax(overlap))]

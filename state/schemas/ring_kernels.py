@@ -1,21 +1,22 @@
 """Numba kernels of the overlap check on the recent-records ring (the decision stage).
 
-:meth:`reloop.state.schemas.recent.RecentRecords.explained` asks, at an evaluation tick, how
-much of a pattern's recent excess error is left once the records of chosen schemata are
+:meth:`reloop.state.schemas.recent.RecentRecords.explained_many` asks, at an evaluation tick,
+how much of a pattern's recent excess error is left once the records of chosen schemata are
 removed. Its sums come from here; their numpy specification is
-:func:`reloop.state.schemas.reference.ring_sums_ref` (tested bit for bit in
+:func:`reloop.state.schemas.reference.overlap_sums_ref` (tested bit for bit in
 ``tests/state/test_schema_eval_kernels.py``).
 
 * :func:`mark_members` -- one membership bit per chosen pattern on every ring record;
-* :func:`key_rows` / :func:`marked_rows` -- the (sorted) rows inside a pattern / with any bit set;
-* :func:`ring_sums` -- the sums, from the whole ring; :func:`ring_sums_rows` -- the same
-  sums from those row lists (a tick memoises them, so a call touches only the ~20% of the
-  ring that is inside the pattern or in a chosen one instead of scanning all of it).
+* :func:`key_rows` -- the (sorted) rows inside a pattern;
+* :func:`overlap_sums` -- the sums of many checks (one per pattern, each against its own set of
+  others) in one pass over the patterns' rows and the ring's bits; :func:`member_sums` -- the overlap with each other
+  pattern, for the rare check that explains its pattern away.
 
-Exactness: numpy's ``(v * mask).sum()`` is a pairwise sum (8 accumulators on leaves of at
-most 128 terms, halves rounded down to a multiple of 8). The tree depends only on the ring's
-length, so the sparse walk adds the same non-zero terms into the same accumulators in the same
-order, and a leaf without any is ``+0.0`` in both: bit-identical.
+Exactness: the sums are of **fixed-point integers** (:func:`fixed_point`: a weight in ``[0, 1]``
+counts ``round(w * 2**40)``), so every order of summation gives the same bits: the kernel can
+visit only the rows that contribute, share one pass between checks and subtract (``away`` is the
+union minus its part inside the pattern) where a float sum would depend on the order. A ring of
+at most ``2**22`` records keeps every sum below ``2**63``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["key_rows", "mark_members", "marked_rows", "ring_sums", "ring_sums_rows"]
+__all__ = ["FIXED_ONE", "fixed_point", "key_rows", "mark_members", "member_sums", "overlap_sums"]
 
-_PW_BLOCK = 128  # numpy's PW_BLOCKSIZE: leaves of its pairwise summation
+#: one unit of weight in the overlap sums' fixed point (2**40: ~1e-12 resolution)
+FIXED_ONE = float(1 << 40)
+MAX_RING = 1 << 22  # rings up to this many records: |sum| < 2**62
+
+
+def fixed_point(v: np.ndarray) -> np.ndarray:
+    """``(n,) int64``: ``v`` (``|v| <= 1``) in units of ``1 / FIXED_ONE``, rounded to nearest."""
+    return np.rint(np.asarray(v, np.float64) * FIXED_ONE).astype(np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -66,146 +74,63 @@ def key_rows(pids: np.ndarray, key: np.ndarray, key_cols: np.ndarray) -> np.ndar
     return _key_rows_kernel(pids, np.ascontiguousarray(key, np.int64), np.ascontiguousarray(key_cols, np.int64))
 
 
-def marked_rows(bits: np.ndarray) -> np.ndarray:
-    """``(m,) int64`` rows with any membership bit set, ascending."""
-    return np.flatnonzero(bits).astype(np.int64, copy=False)
+@njit(cache=True, nogil=True)
+def _overlap_kernel(wq, wrq, bits, in_rows, in_start, om):  # pragma: no cover - numba
+    n_q = om.shape[0]
+    out = np.zeros((n_q, 6), np.int64)
+    for j in range(n_q):
+        m = om[j]
+        for t in range(in_start[j], in_start[j + 1]):
+            i = in_rows[t]
+            out[j, 0] += wq[i]
+            out[j, 1] += wrq[i]
+            if bits[i] & m:  # inside and in another: taken back from the union below
+                out[j, 4] -= wq[i]
+                out[j, 5] -= wrq[i]
+            else:
+                out[j, 2] += wq[i]
+                out[j, 3] += wrq[i]
+    for i in range(bits.shape[0]):  # every row: cheaper than listing the marked ones each time
+        b = bits[i]
+        if not b:
+            continue
+        for j in range(n_q):
+            if b & om[j]:
+                out[j, 4] += wq[i]
+                out[j, 5] += wrq[i]
+    return out
+
+
+def overlap_sums(wq: np.ndarray, wrq: np.ndarray, bits: np.ndarray, rows: list[np.ndarray],
+                 others: np.ndarray) -> np.ndarray:
+    """The sums of ``Q`` overlap checks in one pass, exact (fixed point, see the module).
+
+    Check ``j`` is of the pattern whose records are ``rows[j]`` (:func:`key_rows`) against the
+    union ``u`` of the patterns whose bits are set in ``others[j]``. Returns ``(Q, 6) int64``:
+    ``sum wq*in, sum wrq*in, sum wq*(in & ~u), sum wrq*(in & ~u), sum wq*(u & ~in),
+    sum wrq*(u & ~in)``, as :func:`reloop.state.schemas.reference.overlap_sums_ref`. GIL released.
+
+    Args:
+        wq, wrq: ``(n,) int64`` fixed-point decay weights and weights x residuals.
+        bits: ``(n,) uint64`` membership bits (:func:`mark_members`).
+        rows: ``Q`` arrays of rows; others: ``(Q,) uint64`` masks of bits.
+    """
+    counts = np.fromiter((r.shape[0] for r in rows), np.int64, len(rows))
+    start = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    return _overlap_kernel(wq, wrq, bits, flat.astype(np.int64, copy=False), start,
+                           np.ascontiguousarray(others, np.uint64))
 
 
 @njit(cache=True, nogil=True)
-def _sparse_kernel(n, w, wr, in_rows, cand_rows, bits, masks):  # pragma: no cover - numba
-    """numpy's pairwise summation tree over ``n`` terms, walked without recursion (recursive
-    numba functions do not survive ``cache=True``): halves rounded down to a multiple of 8,
-    leaves of <= 128 terms; ``out[d]``: the sum of the node at depth ``d``. A leaf as numpy
-    sums it: 8 accumulators (``j`` takes terms ``j, j + 8, ...``) over its first ``m - m % 8``
-    terms, combined ``((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))``, then the rest
-    (``acc[:, 8:]``) one by one. Only the rows of ``in_rows`` (inside the key) and of
-    ``cand_rows`` whose bits meet ``masks`` give non-zero terms; the others are skipped (a
-    zero term changes no sum, but the sign of an all-zero one, which no decision reads)."""
-    n_others = masks.shape[0]
-    q = 6 + n_others
-    anyone = np.uint64(0)
-    for k in range(n_others):
-        anyone |= masks[k]
-    levels = 2
-    while (n >> levels) > 0:
-        levels += 1
-    out = np.zeros((levels + 1, q))
-    lo_at = np.zeros(levels + 1, np.int64)
-    n_at = np.zeros(levels + 1, np.int64)
-    phase = np.zeros(levels + 1, np.int64)
-    acc = np.zeros((q, 16))  # kept 0.0 between leaves: only the touched rows are summed and reset
-    touched = np.zeros(q, np.bool_)
-    n_in, n_cand = in_rows.shape[0], cand_rows.shape[0]
-    a = 0  # next of in_rows
-    b = 0  # next of cand_rows
-    big = n + 1
-    d = 0
-    n_at[0] = n
-    while d >= 0:
-        lo, m = lo_at[d], n_at[d]
-        if m <= _PW_BLOCK:  # a leaf
-            hi = lo + m
-            ra = in_rows[a] if a < n_in else big
-            rb = cand_rows[b] if b < n_cand else big
-            if min(ra, rb) >= hi:  # no term here: +0.0, as numpy's sum of zeros
-                for c in range(q):
-                    out[d, c] = 0.0
-                d -= 1
-                continue
-            full = 0 if m < 8 else m - m % 8  # numpy: no accumulators below 8 terms
-            # (acc is all 0.0 here: numpy starts each accumulator at a term; 0.0 + t == t)
-            while True:
-                ra = in_rows[a] if a < n_in else big
-                rb = cand_rows[b] if b < n_cand else big
-                i = min(ra, rb)
-                if i >= hi:
-                    break
-                inside = ra == i
-                if inside:
-                    a += 1
-                if rb == i:
-                    bb = bits[i] & anyone
-                    b += 1
-                else:
-                    bb = np.uint64(0)
-                if not inside and not bb:
-                    continue
-                slot = (i - lo) & 7 if i - lo < full else 8 + i - lo - full
-                if not inside:  # in another only: the "away" terms
-                    acc[4, slot] += w[i]
-                    acc[5, slot] += wr[i]
-                    touched[4] = True
-                    continue
-                acc[0, slot] += w[i]
-                acc[1, slot] += wr[i]
-                touched[0] = True
-                if not bb:
-                    acc[2, slot] += w[i]
-                    acc[3, slot] += wr[i]
-                    touched[2] = True
-                    continue
-                for k in range(n_others):
-                    if bb & masks[k]:
-                        acc[6 + k, slot] += w[i]
-                        touched[6 + k] = True
-            touched[1], touched[3], touched[5] = touched[0], touched[2], touched[4]
-            for c in range(q):
-                if not touched[c]:  # no term: numpy's sum of zeros, +0.0
-                    out[d, c] = 0.0
-                    continue
-                total = ((acc[c, 0] + acc[c, 1]) + (acc[c, 2] + acc[c, 3])) + (
-                    (acc[c, 4] + acc[c, 5]) + (acc[c, 6] + acc[c, 7]))
-                for t in range(m - full):
-                    total += acc[c, 8 + t]
-                out[d, c] = total
-                for t in range(16):  # a loop: a slice assignment costs ~50 ns in numba
-                    acc[c, t] = 0.0
-                touched[c] = False
-            d -= 1
-            continue
-        half = m // 2
-        half -= half % 8
-        if phase[d] == 0:  # left half first
-            phase[d] = 1
-            lo_at[d + 1], n_at[d + 1], phase[d + 1] = lo, half, 0
-            d += 1
-        elif phase[d] == 1:  # then the right half
-            for c in range(q):
-                out[d, c] = out[d + 1, c]
-            phase[d] = 2
-            lo_at[d + 1], n_at[d + 1], phase[d + 1] = lo + half, m - half, 0
-            d += 1
-        else:
-            for c in range(q):
-                out[d, c] += out[d + 1, c]
-            d -= 1
-    return out[0].copy()
-
-
-def ring_sums_rows(n: int, w: np.ndarray, wr: np.ndarray, in_rows: np.ndarray, cand_rows: np.ndarray,
-                   bits: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """:func:`ring_sums` from row lists: ``in_rows`` (:func:`key_rows` of the pattern) and
-    ``cand_rows`` (a superset of the rows in any other pattern, e.g. :func:`marked_rows`),
-    both ``int64`` ascending, on a ring of ``n`` records. Same result, bit for bit."""
-    return _sparse_kernel(int(n), w, wr, in_rows, cand_rows, bits, np.ascontiguousarray(masks, np.uint64))
-
-
-def ring_sums(pids: np.ndarray, w: np.ndarray, wr: np.ndarray, key: np.ndarray, key_cols: np.ndarray,
-              bits: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The sums of the overlap check over a ring of ``n`` records, no ring-sized temporaries.
-
-    A record is in a pattern when ``pids[i, col] == pid`` for each of its (one or two) ids; it
-    is in other pattern ``k`` when ``bits[i] & masks[k]`` (bits set by :func:`mark_members`).
-    With ``in`` = in ``key``, ``m_k`` = in other ``k``, ``u`` = any ``m_k``, returns
-    ``(6 + K,)`` float64: ``sum w*in, sum wr*in, sum w*(in & ~u), sum wr*(in & ~u),
-    sum w*(u & ~in), sum wr*(u & ~in)``, then ``sum w*(in & m_k)`` for each ``k``. Each sum is
-    bit-identical to numpy's ``(v * mask).sum()`` (pairwise: 8 accumulators on blocks of 128;
-    checked against :func:`reloop.state.schemas.reference.ring_sums_ref`). GIL released.
-
-    Args:
-        pids: ``(n, F) int32`` predicate ids of the ring; w, wr: ``(n,) float64`` decay
-            weights (records) and weights times residuals.
-        key, key_cols: ``(1 or 2,) int64`` ids of the pattern and their columns.
-        bits: ``(n,) uint64`` membership bits; masks: ``(K,) uint64`` one bit per other pattern.
-    """
-    return ring_sums_rows(pids.shape[0], w, wr, key_rows(pids, key, key_cols), marked_rows(bits), bits, masks)
+def member_sums(wq: np.ndarray, bits: np.ndarray, rows: np.ndarray, masks: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """``(K,) int64``: ``sum wq`` over the records of ``rows`` that are in other pattern ``k``
+    (``bits[i] & masks[k]``), for each ``k`` (how much of a pattern each other one covers)."""
+    out = np.zeros(masks.shape[0], np.int64)
+    for t in range(rows.shape[0]):
+        i = rows[t]
+        for k in range(masks.shape[0]):
+            if bits[i] & masks[k]:
+                out[k] += wq[i]
+    return out

@@ -74,8 +74,9 @@ class Screen(NamedTuple):
     label: np.ndarray | None = None
 
 
-#: ``explained(slot, others, gap, active) -> slot of the chosen schema that explains it, or -1``.
-Explainer = Callable[[int, list[int], float, bool], int]
+#: ``explained([(slot, others, gap, active), ...]) -> [slot of the chosen schema that explains
+#: it, or -1, ...]``: independent checks on one state, answered together.
+Explainer = Callable[[list[tuple[int, list[int], float, bool]]], list[int]]
 
 
 def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
@@ -169,7 +170,7 @@ def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
         cand = np.flatnonzero(~done & (passes | fast))
         pick = -1
         for s in cand[np.lexsort((keys[cand], -rank[cand]))].tolist():
-            by = explained(s, chosen, float(gap[s]), bool(active[s])) if chosen else -1
+            by = explained([(s, chosen, float(gap[s]), bool(active[s]))])[0] if chosen else -1
             done[s] = True
             if by < 0:
                 pick = s
@@ -179,11 +180,7 @@ def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
             break
         chosen.append(pick)
         at_choice[pick] = (float(z[pick]), float(gap[pick]))
-        for s in chosen[:-1]:  # the new one may explain earlier, broader choices
-            by = explained(s, [c for c in chosen if c != s], at_choice[s][1], bool(active[s]))
-            if by >= 0:
-                chosen.remove(s)
-                reasons[s] = by
+        _drop_explained(chosen, chosen[:-1], at_choice, active, explained, reasons)
     for s in np.flatnonzero(active & ~np.isin(np.arange(n), chosen)).tolist():
         if s in reasons:
             continue
@@ -211,6 +208,22 @@ def select_schemata(tri: np.ndarray, keys: np.ndarray, cols: np.ndarray,
     return [(s, *final[s]) for s in order], reasons
 
 
+def _drop_explained(chosen: list[int], earlier: list[int], at_choice: dict[int, tuple[float, float]],
+                    active: np.ndarray, explained: Explainer, reasons: dict[int, str | int]) -> None:
+    """Drop from ``chosen`` each of ``earlier`` (in order) that the others chosen at that point
+    explain. One batch of checks answers all of them; after a drop, the rest are asked again
+    against the smaller set: the same answers as asking one at a time."""
+    while earlier:
+        answers = explained([(s, [c for c in chosen if c != s], at_choice[s][1], bool(active[s])) for s in earlier])
+        dropped = next((i for i, by in enumerate(answers) if by >= 0), None)
+        if dropped is None:
+            return
+        s = earlier[dropped]
+        chosen.remove(s)
+        reasons[s] = answers[dropped]
+        earlier = earlier[dropped + 1:]
+
+
 def _single_tests(tri: np.ndarray, col: np.ndarray, pair: np.ndarray, parents: np.ndarray, col_tot: np.ndarray,
                   chosen: list[int], scale: float, var_floor: float) -> tuple[np.ndarray, ...]:
     """z and gap of every single against the rest of its column, given the chosen set.
@@ -219,6 +232,8 @@ def _single_tests(tri: np.ndarray, col: np.ndarray, pair: np.ndarray, parents: n
     inside them. Returns ``(z_full, gap_full, z_own, gap_own)``: *own* also removes the
     chosen child pairs from the single itself (what is left of it once they are explained).
     """
+    if kernels.USE_KERNELS:  # numba, one call, same bits as the numpy form below
+        return tuple(kernels.single_tests(tri, col, pair, parents, col_tot, chosen, scale, var_floor))
     n_cols = col_tot.shape[0]
     is_chosen = np.zeros(tri.shape[0], dtype=bool)
     is_chosen[chosen] = True
@@ -235,8 +250,6 @@ def _single_tests(tri: np.ndarray, col: np.ndarray, pair: np.ndarray, parents: n
                 if not is_chosen[a]:
                     col_out[col[a]] += tri[s]
                     mine[a] += tri[s]
-    if kernels.USE_KERNELS:  # numba, one pass, same bits as the three lines below
-        return tuple(kernels.single_tests(tri, col, col_tot, col_out, mine, kids, scale, var_floor))
     rest = col_tot[col] - tri - (col_out[col] - mine)
     z_full, gap_full = two_sample_z(tri, rest, scale, var_floor)
     z_own, gap_own = two_sample_z(tri - kids, rest, scale, var_floor)

@@ -53,8 +53,32 @@ def welch_z(a: np.ndarray, b: np.ndarray, scale: float, var_floor: float,
 
 
 @njit(cache=True, nogil=True)
-def _single_tests_kernel(tri, col, col_tot, col_out, mine, kids, scale, var_floor, out):  # pragma: no cover
-    for i in range(tri.shape[0]):
+def _add_row(dst, i, src, s):  # pragma: no cover - numba
+    for j in range(3):
+        dst[i, j] += src[s, j]
+
+
+@njit(cache=True, nogil=True)
+def _single_tests_kernel(tri, col, pair, parents, chosen, col_tot, scale, var_floor, out):  # pragma: no cover
+    n = tri.shape[0]
+    is_chosen = np.zeros(n, np.bool_)
+    for s in chosen:
+        is_chosen[s] = True
+    col_out = np.zeros((col_tot.shape[0], 3))  # chosen singles, and chosen pairs inside unchosen values
+    kids = np.zeros((n, 3))  # chosen child pairs of each single
+    mine = np.zeros((n, 3))  # the part of col_out inside the single itself
+    for s in chosen:  # in the numpy form's order: the same float sums
+        if not pair[s]:
+            _add_row(col_out, col[s], tri, s)
+            _add_row(mine, s, tri, s)
+        elif parents[s, 0] >= 0 and parents[s, 1] >= 0:
+            for t in range(2):
+                a = parents[s, t]
+                _add_row(kids, a, tri, s)
+                if not is_chosen[a]:
+                    _add_row(col_out, col[a], tri, s)
+                    _add_row(mine, a, tri, s)
+    for i in range(n):
         c = col[i]
         r0 = (col_tot[c, 0] - tri[i, 0]) - (col_out[c, 0] - mine[i, 0])
         r1 = (col_tot[c, 1] - tri[i, 1]) - (col_out[c, 1] - mine[i, 1])
@@ -64,17 +88,19 @@ def _single_tests_kernel(tri, col, col_tot, col_out, mine, kids, scale, var_floo
                                           r0, r1, r2, scale, var_floor, 2.0)
 
 
-def single_tests(tri: np.ndarray, col: np.ndarray, col_tot: np.ndarray, col_out: np.ndarray, mine: np.ndarray,
-                 kids: np.ndarray, scale: float, var_floor: float) -> np.ndarray:
-    """The two Welch tests of :func:`reloop.state.schemas.select._single_tests` in one pass:
-    ``rest = col_tot[col] - tri - (col_out[col] - mine)`` per row, then ``(tri, rest)`` and
-    ``(tri - kids, rest)``; returns ``(4, n)`` rows ``z_full, gap_full, z_own, gap_own``, bit
-    for bit the numpy expression's (same operations, same order; its numpy form is the
-    specification and runs when ``kernels.USE_KERNELS`` is False). ``tri``, ``mine``, ``kids``:
-    ``(n, 3)``; ``col``: ``(n,)`` column of each row; ``col_tot``, ``col_out``: ``(C, 3)``."""
+def single_tests(tri: np.ndarray, col: np.ndarray, pair: np.ndarray, parents: np.ndarray, col_tot: np.ndarray,
+                 chosen: list[int], scale: float, var_floor: float) -> np.ndarray:
+    """A selection round's single tests (:func:`reloop.state.schemas.select._single_tests`, whose
+    numpy form is the specification and runs when ``kernels.USE_KERNELS`` is False) in one
+    call: the chosen patterns' parts of each column's rest (``col_out``, ``mine``, ``kids``, summed
+    in the order of ``chosen``), then ``rest = col_tot[col] - tri - (col_out[col] - mine)`` per
+    row and the Welch tests ``(tri, rest)`` and ``(tri - kids, rest)``; bit for bit. Returns
+    ``(4, n)`` rows ``z_full, gap_full, z_own, gap_own``. ``tri``: ``(n, 3)``; ``col``, ``pair``:
+    ``(n,)``; ``parents``: ``(n, 2)`` slots (-1 untracked); ``col_tot``: ``(C, 3)``."""
     out = np.empty((4, tri.shape[0]))
-    _single_tests_kernel(np.ascontiguousarray(tri), np.ascontiguousarray(col, np.int64), col_tot, col_out, mine,
-                         kids, float(scale), float(var_floor), out)
+    _single_tests_kernel(np.ascontiguousarray(tri), np.ascontiguousarray(col, np.int64), np.ascontiguousarray(pair),
+                         np.ascontiguousarray(parents, np.int64), np.array(chosen, np.int64), col_tot, float(scale),
+                         float(var_floor), out)
     return out
 
 

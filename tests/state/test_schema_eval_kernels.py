@@ -1,7 +1,7 @@
-"""The schema cache's overlap check in numba (``ring_sums``) against its numpy reference.
+"""The schema cache's overlap check in numba (``overlap_sums``) against its numpy reference.
 
-Sums bit for bit on random rings; the decisions of :meth:`RecentRecords.explained` on random
-calls; and the change lists of whole runs -- a stream made by the feedback path
+Sums bit for bit on random rings; the decisions of :meth:`RecentRecords.explained_many` on
+random calls, one at a time and batched; and the change lists of whole runs -- a stream made by the feedback path
 (``bench/_schema_pipeline.error_stream``) and a planted overlap that the check explains away --
 equal with the kernels and with the numpy paths they replaced (``kernels.USE_KERNELS``).
 """
@@ -18,9 +18,10 @@ import reloop.state.schemas.kernels as kernels
 from bench._schema_pipeline import error_stream
 from reloop.ops.settings import Settings
 from reloop.state.schemas.cache import SchemaCache, SchemaCacheConfig
-from reloop.state.schemas.kernels import mark_members, ring_sums
+from reloop.state.schemas.kernels import mark_members, overlap_sums
 from reloop.state.schemas.recent import RecentRecords
-from reloop.state.schemas.reference import explained_ref, ring_sums_ref
+from reloop.state.schemas.reference import explained_ref, overlap_sums_ref
+from reloop.state.schemas.ring_kernels import fixed_point, key_rows, member_sums
 from reloop.state.schemas.select import two_sample_z
 from reloop.streams.events import ErrorRecord
 
@@ -35,10 +36,15 @@ def _ring(rng: np.random.Generator, n: int, width: int, values: int) -> tuple[np
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 13, 127, 128, 129, 200, 1000, 3333, 16384])
-def test_ring_sums_equal_numpy_bit_for_bit(n: int) -> None:
+def test_overlap_sums_equal_numpy_bit_for_bit(n: int) -> None:
+    """Several checks in one pass, each against its own others (a marked pattern that no check
+    names adds rows to visit, not terms), against numpy masks, one check at a time."""
     rng = np.random.default_rng(n)
     for values in (3, 12):
         pids, w, wr = _ring(rng, n, 5, values)
+        wq, wrq = fixed_point(w), fixed_point(wr)
+        checks = []
+        bits = np.zeros(n, np.uint64)
         for _ in range(6):
             k = int(rng.integers(0, 6))
             key_len = int(rng.integers(1, 3))
@@ -47,15 +53,23 @@ def test_ring_sums_equal_numpy_bit_for_bit(n: int) -> None:
             lens = rng.integers(1, 3, k)
             others = rng.integers(1, values, (k, 2))
             other_cols = np.stack([rng.choice(5, 2, replace=False) for _ in range(k)]) if k else np.zeros((0, 2), int)
-            bits = np.zeros(n, np.uint64)
-            slots = rng.choice(64, k, replace=False)
-            for j in range(k):
-                mark_members(pids, bits, int(slots[j]), others[j, :lens[j]], other_cols[j, :lens[j]])
-            masks = np.array([1 << int(s) for s in slots], np.uint64)
-            got = ring_sums(pids, w, wr, key, key_cols, bits, masks)
-            want = ring_sums_ref(np.ascontiguousarray(pids), w, wr, key, key_cols, others, other_cols, lens)
-            assert got.shape == (6 + k,)
-            np.testing.assert_array_equal(got, want)  # exact (only the sign of a zero sum may differ)
+            checks.append((key, key_cols, others, other_cols, lens))
+        marked_bits: dict[int, int] = {}
+        for j, (_, _, others, other_cols, lens) in enumerate(checks):
+            for t in range(len(lens)):  # a bit of its own per (check, other)
+                bit = (j * 7 + t) % 64
+                mark_members(pids, bits, bit, others[t, :lens[t]], other_cols[t, :lens[t]])
+                marked_bits[j, t] = bit
+        mark_members(pids, bits, 63, np.array([1]), np.array([0]))
+        rows = [key_rows(pids, key, key_cols) for key, key_cols, *_ in checks]
+        masks = [[1 << marked_bits[j, t] for t in range(len(c[4]))] for j, c in enumerate(checks)]
+        got = overlap_sums(wq, wrq, bits, rows, np.array([sum(m) for m in masks], np.uint64))
+        assert got.shape == (len(checks), 6) and got.dtype == np.int64
+        for j, (key, key_cols, others, other_cols, lens) in enumerate(checks):
+            want = overlap_sums_ref(np.ascontiguousarray(pids), wq, wrq, key, key_cols, others, other_cols, lens)
+            np.testing.assert_array_equal(got[j], want[:6])
+            np.testing.assert_array_equal(member_sums(wq, bits, rows[j], np.array(masks[j], np.uint64)), want[6:])
+            assert rows[j].tolist() == np.flatnonzero(np.all(pids[:, key_cols] == key, axis=1)).tolist()
 
 
 def test_explained_agrees_with_reference_on_random_calls() -> None:
@@ -75,6 +89,8 @@ def test_explained_agrees_with_reference_on_random_calls() -> None:
     for evaluation in range(4):
         memo_k: dict = {}
         memo_r: dict = {}
+        memo_b: dict = {}
+        checks: list = []
         now = T0 + 30 + evaluation
         for _ in range(60):
             key = int(rng.choice(patterns))
@@ -85,7 +101,11 @@ def test_explained_agrees_with_reference_on_random_calls() -> None:
             want = explained_ref(ring, key, others, gap, frac, cols, now, 14.4, memo_r)
             assert got == want
             hits += got >= 0
+            checks.append((key, others, gap, frac))
         assert len(memo_k["bit_of"]) <= 64
+        for lo in range(0, 60, 6):  # batches of 6 checks in one pass, on a fresh memo
+            assert ring.explained_many(checks[lo:lo + 6], cols, now, 14.4, memo_b) == [
+                explained_ref(ring, *c, cols, now, 14.4, memo_r) for c in checks[lo:lo + 6]]
     assert hits > 0  # the random calls reach the overlap argmax too
 
 
@@ -94,14 +114,14 @@ def _changes(records: list[ErrorRecord], use_kernels: bool, monkeypatch: pytest.
     """Feed ``records`` to a fresh default cache; its changes and how ``explained`` answered."""
     monkeypatch.setattr(kernels, "USE_KERNELS", use_kernels)
     calls: Counter = Counter()
-    original = RecentRecords.explained
+    original = RecentRecords.explained_many
 
     def counted(self, *args):  # type: ignore[no-untyped-def]
         out = original(self, *args)
-        calls["explained by" if out >= 0 else "kept"] += 1
+        calls.update("explained by" if by >= 0 else "kept" for by in out)
         return out
 
-    monkeypatch.setattr(RecentRecords, "explained", counted)
+    monkeypatch.setattr(RecentRecords, "explained_many", counted)
     cache, changes = SchemaCache(SchemaCacheConfig()), []
     for lo in range(0, len(records), batch):
         changes += cache.on_batch(records[lo:lo + batch])
