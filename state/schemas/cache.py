@@ -56,7 +56,7 @@ from statistics import NormalDist
 import msgspec
 import numpy as np
 
-from reloop.state.schemas.kernels import (FAST, FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
+from reloop.state.schemas.kernels import (F_OWN, FAST, FIRST, LAST, N_GLOBAL, N_STATS, OWN, SUM_P, SUM_R, SUM_R2, SUM_Y,
                                    index_size, lookup_slots, rebuild_index, space_saving_update, split_key)
 from reloop.state.schemas.recent import RecentRecords
 from reloop.state.schemas.select import Thresholds, select_schemata
@@ -240,6 +240,8 @@ class SchemaCache:
                         cfg.explained_fraction)
         active = np.isin(keys, np.fromiter(self._active, np.int64, len(self._active)))
         self._cooling = {k: t for k, t in self._cooling.items() if now - t < cfg.cooldown_s}
+        if not self._active and self._below_support(stats, scale, now):
+            return []  # nothing active and nothing can be chosen: the tests would change nothing
         blocked = np.isin(keys, np.fromiter(self._cooling, np.int64, len(self._cooling)))
         memo: dict = {}
 
@@ -315,6 +317,16 @@ class SchemaCache:
         self._active = kept
         self._reindex()
         return changes
+
+    def _below_support(self, stats: np.ndarray, scale: float, now: float) -> bool:
+        """No tracked pattern has ``min_support`` decayed records on the main window, nor on the
+        fast one (the shift screen's floor): none can be a candidate (sparse or idle traffic)."""
+        if float(stats[:, OWN].max()) * scale >= self.config.min_support:
+            return False
+        if not self._fast_time_s or self.landmark_fast is None:
+            return True
+        scale_f = math.exp(min(-(now - self.landmark_fast) / self._fast_time_s, 300.0))
+        return float(stats[:, F_OWN].max()) * scale_f < self.config.min_support
 
     def _signature(self, key: int) -> list[str]:
         return sorted(self.vocab.strings[pid] for pid in split_key(key))
