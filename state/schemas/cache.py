@@ -234,14 +234,14 @@ class SchemaCache:
             return []
         scale = math.exp(min(-(now - self.landmark) / self._decay_time_s, 300.0))
         stats, keys = self._stats[:n_used], self._keys[:n_used]
+        self._cooling = {k: t for k, t in self._cooling.items() if now - t < cfg.cooldown_s}
+        if not self._active and self._below_support(stats, scale, now):
+            return []  # nothing active and nothing can be chosen: the tests would change nothing
         support = stats[:, OWN] * scale
         th = Thresholds(self.promotion_threshold(int((support >= cfg.min_support).sum())), cfg.z_retire,
                         cfg.min_support, cfg.retire_support, cfg.min_effect, cfg.max_schemata, cfg.var_floor,
                         cfg.explained_fraction)
         active = np.isin(keys, np.fromiter(self._active, np.int64, len(self._active)))
-        self._cooling = {k: t for k, t in self._cooling.items() if now - t < cfg.cooldown_s}
-        if not self._active and self._below_support(stats, scale, now):
-            return []  # nothing active and nothing can be chosen: the tests would change nothing
         blocked = np.isin(keys, np.fromiter(self._cooling, np.int64, len(self._cooling)))
         memo: dict = {}
 
