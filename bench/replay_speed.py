@@ -226,7 +226,9 @@ def child_engine(path: str, reorder_s: float, config: str | None, warm_n: int) -
             "engine_events_per_s": rep.get("events_per_s"), "fit_seconds": fit_s or rep.get("fit_seconds"),
             "scored": rep.get("scored"), "auc_base": rep.get("auc_base"), "auc_compensated": rep.get("auc_compensated"),
             "compensation": rep.get("compensation"), "materialised": materialised,
-            "rss_before_mb": rss0, "peak_rss_mb": max(_rss_mb(), replay_rss.get("peak_rss_fit_mb") or 0.0),
+            "schema_ticks": rep.get("schema_ticks"), "schema_tick_seconds": rep.get("schema_tick_seconds"),
+            "digests": rep.get("digests"), "rss_before_mb": rss0,
+            "peak_rss_mb": max(_rss_mb(), replay_rss.get("peak_rss_fit_mb") or 0.0),
             **replay_rss}
 
 

@@ -150,8 +150,15 @@ class EngineRun:
             "model_holdout": self.fitted.metrics, "compensation": type(state.scoring.compensation).__name__,
             "retrains": self.retrains, "digests": state.digests(), "series": state.tasks.metrics.series,
             "schema_updates": state.published.get("schemas", 0), "alerts": state.published.get("alerts", 0),
+            **_tick_figures(state.replica.schema_core),
         }
         return ReplayResult(report, self.fitted, preds, state, self.recs, self.errs)
+
+
+def _tick_figures(core: Any) -> dict[str, Any]:
+    """The schema cache's evaluation ticks and their CPU seconds (0 without a schema cache)."""
+    cache = getattr(core, "cache", None)
+    return {"schema_ticks": cache.ticks if cache else 0, "schema_tick_seconds": cache.tick_seconds if cache else 0.0}
 
 
 @contextmanager

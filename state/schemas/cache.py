@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
@@ -110,6 +111,7 @@ class SchemaCache:
         self._strong: dict[int, float] = {}  # active pattern key -> last time it passed promotion
         self._matcher = SchemaMatcher([], cfg.bias_prior, cfg.max_logit_bias)
         self.rejected = 0  # records with non-finite or out-of-range fields
+        self.ticks, self.tick_seconds = 0, 0.0  # evaluations, their CPU time (s, this thread); not state
 
     # ------------------------------------------------------------------ writes
 
@@ -165,10 +167,12 @@ class SchemaCache:
     def _tick(self, now: float) -> list[SchemaChange]:
         """Decide at tick ``now`` (event time, s), then free predicate ids nothing uses any
         more when the vocabulary is half full (at ticks only: batching must not matter)."""
+        t0 = time.thread_time()
         changes = self._evaluate(now)
         if self.vocab.live >= self.vocab.max_predicates // 2:
             freed = self.vocab.collect(self._referenced())
             self._recent.forget(freed)  # recent records must not match a recycled id
+        self.ticks, self.tick_seconds = self.ticks + 1, self.tick_seconds + time.thread_time() - t0
         return changes
 
     def advance(self, now: float) -> list[SchemaChange]:

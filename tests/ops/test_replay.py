@@ -56,6 +56,9 @@ def test_replay_is_deterministic_and_compensation_moves_scores(settings, small_l
     # what the replica would publish is counted and drained, not held for the whole log
     assert a.state.replica.outbox == [] and a.report["schema_updates"] == a.state.published.get("schemas", 0)
     assert a.report["alerts"] == len(a.state.alerts) == b.report["alerts"]
+    # the schema cache's ticks: as many as it evaluated, with the CPU time they took
+    assert a.report["schema_ticks"] == a.state.replica.schema_core.cache.ticks == b.report["schema_ticks"] > 0
+    assert a.report["schema_tick_seconds"] > 0.0
     st = a.state
     st.replica.outbox += [("alerts", "an alert"), ("schemas", "an update")]
     st.apply_errors([])
@@ -64,6 +67,8 @@ def test_replay_is_deterministic_and_compensation_moves_scores(settings, small_l
     base_only = ReplayEngine(settings.with_overrides(worker={"compensation": "none"})).run(log, fitted=small_model)
     np.testing.assert_array_equal(base_only.base, a.base)
     np.testing.assert_array_equal(base_only.compensated, base_only.base)
+    no_cache = ReplayEngine(settings.with_overrides(worker={"schema_cache": False})).run(log, fitted=small_model)
+    assert (no_cache.report["schema_ticks"], no_cache.report["schema_tick_seconds"]) == (0, 0.0)
 
 
 def test_cli_replay_writes_report(tmp_path, small_log) -> None:
