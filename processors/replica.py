@@ -116,6 +116,9 @@ class ErrorsReplica:
         self.reorder = self._new_reorder() if schema_core is not None else None
         self.quality_window = quality_window
         self.quality = ClusterQuality(quality_window) if quality_window and schema_core is not None else None
+        telemetry.schema_ticks.set_function(lambda: self.schema_core.cache.ticks if self.schema_core else 0)
+        telemetry.schema_tick_seconds.set_function(
+            lambda: self.schema_core.cache.tick_seconds if self.schema_core else 0.0)
 
     def _new_reorder(self) -> EventTimeReorder:
         assert self.schema_core is not None

@@ -37,6 +37,10 @@ class WorkerTelemetry:
         self.model_info = Gauge("reloop_model_info", "Serving model version (value 1)", ["version"],
                                 registry=r)
         self.model_swaps = Counter("reloop_model_swaps", "Model versions swapped in", registry=r)
+        self.schema_ticks = Gauge("reloop_schema_ticks", "Evaluation ticks of this worker's schema cache "
+                                  "(the distilling worker's), since it was built or restored", registry=r)
+        self.schema_tick_seconds = Gauge("reloop_schema_tick_seconds", "CPU seconds of those ticks (of the "
+                                         "thread that ran them)", registry=r)
 
     def stages(self) -> "StageClock":
         """A clock that observes the stages of one batch into :attr:`stage_seconds`."""

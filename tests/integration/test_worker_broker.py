@@ -100,6 +100,11 @@ async def test_worker_scores_joins_and_dead_letters(kafka_settings, small_model,
         assert pending == sum(len(r.candidates) for r in lates)  # only the late requests' windows are open
         # pending predictions are counted in the memory gauge: a few hundred bytes each at least
         assert sizes["pending"] >= 200 * pending, sizes
+        # the schema cache's ticks and their CPU time (the records span an hour of event time)
+        prom = await poll_until(lambda: get_text(w.port, "/metrics"),
+                                lambda text: float(re.search(r"^reloop_schema_ticks (\S+)", text, re.M).group(1)) > 0,
+                                what="schema ticks")
+        assert float(re.search(r"^reloop_schema_tick_seconds (\S+)", prom, re.M).group(1)) > 0.0
         # every stage of the input batches is timed (issue 14: latency measured per stage)
         stages = {m: float(v) for m, v in re.findall(r'reloop_stage_seconds_count\{stage="(\w+)"\} (\S+)', prom)}
         stages.pop("checkpoint", None)  # per input checkpoint (every worker.snapshot_every_s): only if the run is long
