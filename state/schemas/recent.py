@@ -87,10 +87,24 @@ class RecentRecords:
         decay_weights(self, now, decay_time_s, memo)
         rows = [self._rows(checks[j][0], cols, memo) for j in live]
         masks = [[1 << bit_of[o] for o in across[j]] for j in live]
-        sums = overlap_sums(memo["wq"], memo["wrq"], memo["bits"], rows,
-                            np.array([sum(m) for m in masks], np.uint64)).tolist()
+        oms = [sum(m) for m in masks]
+        unions: dict[int, tuple[int, int, int]] = memo["unions"]  # key -> its last union: bits, sums
+        last = [unions.get(checks[j][0]) for j in live]
+        last = [u if u is not None and u[0] & ~om == 0 else None for u, om in zip(last, oms)]
+        scan = None  # every row, unless each union grows from its last one (a round adds one pattern)
+        if all(u is not None for u in last):
+            grown = 0
+            for om, u in zip(oms, last):
+                grown |= om & ~u[0]
+            added = [o for o, b in bit_of.items() if (grown >> b) & 1]
+            scan = np.unique(np.concatenate([self._rows(o, cols, memo) for o in added])) if len(added) > 1 else (
+                self._rows(added[0], cols, memo) if added else np.zeros(0, np.int64))
+        sums = overlap_sums(memo["wq"], memo["wrq"], memo["bits"], rows, np.array(oms, np.uint64),
+                            np.array([u[0] if u else 0 for u in last], np.uint64),
+                            np.array([u[1:] if u else (0, 0) for u in last], np.int64), scan).tolist()
         for t, j in enumerate(live):
-            if overlap_explains(sums[t], memo["tot"], checks[j][2], checks[j][3]):
+            unions[checks[j][0]] = (oms[t], sums[t][6], sums[t][7])
+            if overlap_explains(sums[t][:6], memo["tot"], checks[j][2], checks[j][3]):
                 cover = member_sums(memo["wq"], memo["bits"], rows[t], np.array(masks[t], np.uint64))
                 answers[j] = across[j][int(np.argmax(cover))]
         return answers
@@ -111,11 +125,12 @@ class RecentRecords:
         if len(patterns) > _BITS:
             return None
         if "bits" not in memo:
-            memo["bits"], memo["bit_of"] = np.zeros(self.r.shape[0], np.uint64), {}
+            memo["bits"], memo["bit_of"], memo["unions"] = np.zeros(self.r.shape[0], np.uint64), {}, {}
         bit_of: dict[int, int] = memo["bit_of"]
         new = sorted(o for o in patterns if o not in bit_of)
         if new and len(bit_of) + len(new) > _BITS:
             bit_of.clear()
+            memo["unions"].clear()  # their bits mean other patterns now
             new = sorted(patterns)
         for o in new:
             bit_of[o] = len(bit_of)

@@ -75,9 +75,9 @@ def key_rows(pids: np.ndarray, key: np.ndarray, key_cols: np.ndarray) -> np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _overlap_kernel(wq, wrq, bits, in_rows, in_start, om):  # pragma: no cover - numba
+def _overlap_kernel(wq, wrq, bits, in_rows, in_start, om, prev, base, scan, scan_all):  # pragma: no cover
     n_q = om.shape[0]
-    out = np.zeros((n_q, 6), np.int64)
+    out = np.zeros((n_q, 8), np.int64)
     for j in range(n_q):
         m = om[j]
         for t in range(in_start[j], in_start[j + 1]):
@@ -90,37 +90,58 @@ def _overlap_kernel(wq, wrq, bits, in_rows, in_start, om):  # pragma: no cover -
             else:
                 out[j, 2] += wq[i]
                 out[j, 3] += wrq[i]
-    for i in range(bits.shape[0]):  # every row: cheaper than listing the marked ones each time
+        out[j, 6], out[j, 7] = base[j, 0], base[j, 1]
+    delta = om & ~prev  # the bits each union gains over its base
+    n_scan = bits.shape[0] if scan_all else scan.shape[0]
+    for t in range(n_scan):
+        i = t if scan_all else scan[t]
         b = bits[i]
         if not b:
             continue
         for j in range(n_q):
-            if b & om[j]:
-                out[j, 4] += wq[i]
-                out[j, 5] += wrq[i]
+            if b & delta[j] and not b & prev[j]:  # in the union, not yet in its base
+                out[j, 6] += wq[i]
+                out[j, 7] += wrq[i]
+    for j in range(n_q):
+        out[j, 4] += out[j, 6]
+        out[j, 5] += out[j, 7]
     return out
 
 
 def overlap_sums(wq: np.ndarray, wrq: np.ndarray, bits: np.ndarray, rows: list[np.ndarray],
-                 others: np.ndarray) -> np.ndarray:
+                 others: np.ndarray, prev: np.ndarray | None = None, base: np.ndarray | None = None,
+                 scan: np.ndarray | None = None) -> np.ndarray:
     """The sums of ``Q`` overlap checks in one pass, exact (fixed point, see the module).
 
     Check ``j`` is of the pattern whose records are ``rows[j]`` (:func:`key_rows`) against the
-    union ``u`` of the patterns whose bits are set in ``others[j]``. Returns ``(Q, 6) int64``:
+    union ``u`` of the patterns whose bits are set in ``others[j]``. Returns ``(Q, 8) int64``:
     ``sum wq*in, sum wrq*in, sum wq*(in & ~u), sum wrq*(in & ~u), sum wq*(u & ~in),
-    sum wrq*(u & ~in)``, as :func:`reloop.state.schemas.reference.overlap_sums_ref`. GIL released.
+    sum wrq*(u & ~in)`` (as :func:`reloop.state.schemas.reference.overlap_sums_ref`), then the
+    union's own ``sum wq*u, sum wrq*u``. GIL released.
+
+    The union may grow from one computed before: ``base[j]`` holds the union sums of
+    ``prev[j]`` (a subset of ``others[j]``; 0 and zeros: none), and only the records in
+    ``others[j] & ~prev[j]`` but not in ``prev[j]`` are added. Those records must all be among
+    ``scan`` (e.g. the rows of the added patterns, each once); ``scan`` None visits every row.
+    Integers make the two ways equal bit for bit.
 
     Args:
         wq, wrq: ``(n,) int64`` fixed-point decay weights and weights x residuals.
         bits: ``(n,) uint64`` membership bits (:func:`mark_members`).
         rows: ``Q`` arrays of rows; others: ``(Q,) uint64`` masks of bits.
+        prev: ``(Q,) uint64``; base: ``(Q, 2) int64``; scan: ``(m,) int64`` distinct rows.
     """
-    counts = np.fromiter((r.shape[0] for r in rows), np.int64, len(rows))
-    start = np.zeros(len(rows) + 1, np.int64)
+    n_q = len(rows)
+    counts = np.fromiter((r.shape[0] for r in rows), np.int64, n_q)
+    start = np.zeros(n_q + 1, np.int64)
     np.cumsum(counts, out=start[1:])
     flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    prev = np.zeros(n_q, np.uint64) if prev is None else np.ascontiguousarray(prev, np.uint64)
+    base = np.zeros((n_q, 2), np.int64) if base is None else np.ascontiguousarray(base, np.int64).reshape(n_q, 2)
     return _overlap_kernel(wq, wrq, bits, flat.astype(np.int64, copy=False), start,
-                           np.ascontiguousarray(others, np.uint64))
+                           np.ascontiguousarray(others, np.uint64), prev, base,
+                           np.zeros(0, np.int64) if scan is None else np.ascontiguousarray(scan, np.int64),
+                           scan is None)
 
 
 @njit(cache=True, nogil=True)

@@ -64,10 +64,23 @@ def test_overlap_sums_equal_numpy_bit_for_bit(n: int) -> None:
         rows = [key_rows(pids, key, key_cols) for key, key_cols, *_ in checks]
         masks = [[1 << marked_bits[j, t] for t in range(len(c[4]))] for j, c in enumerate(checks)]
         got = overlap_sums(wq, wrq, bits, rows, np.array([sum(m) for m in masks], np.uint64))
-        assert got.shape == (len(checks), 6) and got.dtype == np.int64
+        assert got.shape == (len(checks), 8) and got.dtype == np.int64
+        # the same unions grown from smaller ones (each without its last other), scanning only
+        # the rows of the others added
+        smaller = np.array([sum(m[:-1]) for m in masks], np.uint64)
+        first = overlap_sums(wq, wrq, bits, rows, smaller)
+        added = [marked_bits[j, len(c[4]) - 1] for j, c in enumerate(checks) if len(c[4])]
+        scan = np.flatnonzero(bits & np.uint64(sum(1 << b for b in added))).astype(np.int64)
+        grown = overlap_sums(wq, wrq, bits, rows, np.array([sum(m) for m in masks], np.uint64), smaller,
+                             first[:, 6:], scan)
+        np.testing.assert_array_equal(grown, got)
         for j, (key, key_cols, others, other_cols, lens) in enumerate(checks):
             want = overlap_sums_ref(np.ascontiguousarray(pids), wq, wrq, key, key_cols, others, other_cols, lens)
-            np.testing.assert_array_equal(got[j], want[:6])
+            np.testing.assert_array_equal(got[j, :6], want[:6])
+            union = np.zeros(n, bool)
+            for t in range(len(lens)):
+                union |= np.all(pids[:, other_cols[t, :lens[t]]] == others[t, :lens[t]], axis=1)
+            assert got[j, 6:].tolist() == [int(wq[union].sum()), int(wrq[union].sum())]
             np.testing.assert_array_equal(member_sums(wq, bits, rows[j], np.array(masks[j], np.uint64)), want[6:])
             assert rows[j].tolist() == np.flatnonzero(np.all(pids[:, key_cols] == key, axis=1)).tolist()
 
