@@ -68,7 +68,9 @@ class RecentRecords:
 
         All the checks' sums come from one pass of
         :func:`~reloop.state.schemas.ring_kernels.overlap_sums` (numba, GIL released) over each
-        key's rows and the ring's membership bits of the others (:meth:`_bits`). They are exact
+        key's rows and the ring's membership bits of the others (:meth:`_bits`). A key's union of
+        the others is kept for the evaluation (``memo["unions"]``): checked again against more
+        others (the next round's set), only the added patterns' rows are visited. The sums are exact
         fixed-point integers, so they equal the numpy masks of
         :func:`~reloop.state.schemas.reference.explained_ref` bit for bit, and both paths decide
         with :func:`~reloop.state.schemas.reference.overlap_explains`. ``explained_ref`` runs
