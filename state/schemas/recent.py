@@ -69,8 +69,9 @@ class RecentRecords:
         All the checks' sums come from one pass of
         :func:`~reloop.state.schemas.ring_kernels.overlap_sums` (numba, GIL released) over each
         key's rows and the ring's membership bits of the others (:meth:`_bits`). A key's union of
-        the others is kept for the evaluation (``memo["unions"]``): checked again against more
-        others (the next round's set), only the added patterns' rows are visited. The sums are exact
+        the others is kept for the evaluation (``memo["unions"]``, with the widest of the last
+        call): checked again against more others (the next round's set), only the added
+        patterns' rows are visited. The sums are exact
         fixed-point integers, so they equal the numpy masks of
         :func:`~reloop.state.schemas.reference.explained_ref` bit for bit, and both paths decide
         with :func:`~reloop.state.schemas.reference.overlap_explains`. ``explained_ref`` runs
@@ -90,9 +91,10 @@ class RecentRecords:
         rows = [self._rows(checks[j][0], cols, memo) for j in live]
         masks = [[1 << bit_of[o] for o in across[j]] for j in live]
         oms = [sum(m) for m in masks]
-        unions: dict[int, tuple[int, int, int]] = memo["unions"]  # key -> its last union: bits, sums
-        last = [unions.get(checks[j][0]) for j in live]
-        last = [u if u is not None and u[0] & ~om == 0 else None for u, om in zip(last, oms)]
+        # key -> its last union (bits, sums); None -> the largest union of the last call
+        unions: dict[int | None, tuple[int, int, int]] = memo["unions"]
+        last = [_grows_from(unions.get(checks[j][0]), om) or _grows_from(unions.get(None), om)
+                for j, om in zip(live, oms)]
         scan = None  # every row, unless each union grows from its last one (a round adds one pattern)
         if all(u is not None for u in last):
             grown = 0
@@ -106,6 +108,9 @@ class RecentRecords:
                             np.array([u[1:] if u else (0, 0) for u in last], np.int64), scan).tolist()
         for t, j in enumerate(live):
             unions[checks[j][0]] = (oms[t], sums[t][6], sums[t][7])
+        widest = max(range(len(live)), key=lambda t: oms[t].bit_count())
+        unions[None] = (oms[widest], sums[widest][6], sums[widest][7])
+        for t, j in enumerate(live):
             if overlap_explains(sums[t][:6], memo["tot"], checks[j][2], checks[j][3]):
                 cover = member_sums(memo["wq"], memo["bits"], rows[t], np.array(masks[t], np.uint64))
                 answers[j] = across[j][int(np.argmax(cover))]
@@ -162,6 +167,11 @@ class RecentRecords:
         """Bytes held (arrays exactly, id strings approximately)."""
         strings = sum(sys.getsizeof(e) for e in self.ids) + sys.getsizeof(self.ids)
         return int(self.pids.nbytes + self.r.nbytes + self.ts.nbytes + strings)
+
+
+def _grows_from(union: tuple[int, int, int] | None, om: int) -> tuple[int, int, int] | None:
+    """``union`` if its bits are a subset of ``om`` (the union of ``om`` grows from it), else None."""
+    return union if union is not None and union[0] & ~om == 0 else None
 
 
 def _across(key: int, others: list[int]) -> list[int]:
