@@ -71,10 +71,9 @@ class RecentRecords:
         key's rows and the ring's membership bits of the others (:meth:`_bits`). A key's union of
         the others is kept for the evaluation (``memo["unions"]``, with the widest of the last
         call): checked again against more others (the next round's set), only the added
-        patterns' rows are visited. The sums are exact
-        fixed-point integers, so they equal the numpy masks of
-        :func:`~reloop.state.schemas.reference.explained_ref` bit for bit, and both paths decide
-        with :func:`~reloop.state.schemas.reference.overlap_explains`. ``explained_ref`` runs
+        patterns' rows are visited. The sums are exact fixed-point integers, so they equal the
+        numpy masks of :func:`~reloop.state.schemas.reference.explained_ref` bit for bit, and
+        both paths decide with :func:`~reloop.state.schemas.reference.overlap_explains`. ``explained_ref`` runs
         instead when :data:`reloop.state.schemas.kernels.USE_KERNELS` is False, and when the
         checks name more than 64 others in all.
         """
