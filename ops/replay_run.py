@@ -26,6 +26,7 @@ from reloop.streams.events import ErrorRecord, Interaction, Recommendation
 
 if TYPE_CHECKING:
     from reloop.ops.replay import ReplayEngine
+    from reloop.processors.schemas import SchemaCore
 
 __all__ = ["ReplayResult", "EngineRun", "progress_bar", "steady_gc", "STEP_GC_THRESHOLDS"]
 
@@ -155,10 +156,11 @@ class EngineRun:
         return ReplayResult(report, self.fitted, preds, state, self.recs, self.errs)
 
 
-def _tick_figures(core: Any) -> dict[str, Any]:
+def _tick_figures(core: SchemaCore | None) -> dict[str, Any]:
     """The schema cache's evaluation ticks and their CPU seconds (0 without a schema cache)."""
-    cache = getattr(core, "cache", None)
-    return {"schema_ticks": cache.ticks if cache else 0, "schema_tick_seconds": cache.tick_seconds if cache else 0.0}
+    if core is None:
+        return {"schema_ticks": 0, "schema_tick_seconds": 0.0}
+    return {"schema_ticks": core.cache.ticks, "schema_tick_seconds": core.cache.tick_seconds}
 
 
 @contextmanager

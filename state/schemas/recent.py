@@ -99,9 +99,8 @@ class RecentRecords:
             grown = 0
             for om, u in zip(oms, last):
                 grown |= om & ~u[0]
-            added = [o for o, b in bit_of.items() if (grown >> b) & 1]
-            scan = np.unique(np.concatenate([self._rows(o, cols, memo) for o in added])) if len(added) > 1 else (
-                self._rows(added[0], cols, memo) if added else np.zeros(0, np.int64))
+            added = [self._rows(o, cols, memo) for o, b in bit_of.items() if (grown >> b) & 1]
+            scan = np.unique(np.concatenate(added or [np.zeros(0, np.int64)]))  # each row once
         sums = overlap_sums(memo["wq"], memo["wrq"], memo["bits"], rows, np.array(oms, np.uint64),
                             np.array([u[0] if u else 0 for u in last], np.uint64),
                             np.array([u[1:] if u else (0, 0) for u in last], np.int64), scan).tolist()

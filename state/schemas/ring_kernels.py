@@ -16,7 +16,8 @@ Exactness: the sums are of **fixed-point integers** (:func:`fixed_point`: a weig
 counts ``round(w * 2**40)``), so every order of summation gives the same bits: the kernel can
 visit only the rows that contribute, share one pass between checks and subtract (``away`` is the
 union minus its part inside the pattern) where a float sum would depend on the order. A ring of
-at most ``2**22`` records keeps every sum below ``2**63``.
+at most ``2**22`` records (``SchemaCacheConfig.recent_window``, validated there) keeps every
+sum below ``2**63``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = ["FIXED_ONE", "fixed_point", "key_rows", "mark_members", "member_sums"
 
 #: one unit of weight in the overlap sums' fixed point (2**40: ~1e-12 resolution)
 FIXED_ONE = float(1 << 40)
-MAX_RING = 1 << 22  # rings up to this many records: |sum| < 2**62
 
 
 def fixed_point(v: np.ndarray) -> np.ndarray:
