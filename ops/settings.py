@@ -158,6 +158,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         compensation: ``error_memory`` (ReLoop2 sketch) or ``none`` (slow model only).
         media_features: keep per-user media memories and give their features to the model.
         schema_cache: distil error schemata from ``errors`` and publish them and their alerts.
+        schema_in_child: the distilling worker runs its schema cache in a child process, so
+            the cache's ticks do not hold the GIL the serving loop needs
+            (:mod:`reloop.processors.schema_child`); false: on the replica thread.
         rekey_window: recent labelled samples re-keyed into the error memory when the model
             changes (0 = reset the memory, as the ReLoop2 paper does).
     """
@@ -180,6 +183,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rekey_window: int = 20_000
     media_features: bool = True
     schema_cache: bool = True
+    schema_in_child: bool = True
 
     def __post_init__(self) -> None:
         _require(0 <= self.web_port <= 65535, f"web_port must be in 0..65535, got {self.web_port}")

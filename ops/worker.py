@@ -40,6 +40,7 @@ from reloop.processors.feedback import FeedbackCore
 from reloop.processors.hot_path import HotPath
 from reloop.processors.media import MediaCore
 from reloop.processors.metrics import VARIANTS, OnlineMetrics
+from reloop.processors.schema_child import SchemaCoreChild
 from reloop.processors.schemas import SchemaCore
 from reloop.processors.pending import PendingStore
 from reloop.processors.telemetry import WorkerTelemetry
@@ -104,7 +105,7 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
                   checkpoint_in_child=settings.worker.checkpoint_in_child,
                   media=MediaCore(settings.media) if settings.worker.media_features else None,
                   error_memory=settings.error_memory if settings.worker.compensation != "none" else None,
-                  schema_core=SchemaCore(settings.schemas) if settings.worker.schema_cache else None)
+                  schema_core=_schema_core(settings))
     registry = ModelRegistry(Path(settings.worker.data_dir) / "models")
     models_topic = app.topic(topics["models"], value_serializer="raw", key_serializer="raw")
 
@@ -241,6 +242,13 @@ async def memory_sizes(hot: HotPath) -> dict[str, int]:
     except RuntimeError:  # the replica thread is shut down: the worker is stopping
         pass
     return out
+
+
+def _schema_core(settings: Settings) -> SchemaCore | SchemaCoreChild | None:
+    """The worker's schema cache: in a child process by default (``worker.schema_in_child``)."""
+    if not settings.worker.schema_cache:
+        return None
+    return SchemaCoreChild(settings.schemas) if settings.worker.schema_in_child else SchemaCore(settings.schemas)
 
 
 def _nbytes(obj: Any) -> int:

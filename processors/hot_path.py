@@ -66,6 +66,7 @@ from reloop.processors.journal import JournalEntry
 from reloop.processors.media import MediaCore
 from reloop.processors.outputs import KeyPartitioner, Output
 from reloop.processors.replica import ErrorsReplica, write_files
+from reloop.processors.schema_child import SchemaCoreChild
 from reloop.processors.schemas import PublishedSchemas, SchemaCore
 from reloop.processors.scoring import ScoringCore
 from reloop.processors.step import run_one_by_one, run_step
@@ -124,7 +125,7 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
                  session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 6000,
                  snapshot_path: Path | None = None, snapshot_every_s: float = 10.0,
                  replica_snapshot_every_s: float = 60.0,
-                 media: MediaCore | None = None, schema_core: SchemaCore | None = None,
+                 media: MediaCore | None = None, schema_core: SchemaCore | SchemaCoreChild | None = None,
                  journal_fsync: bool = False, recent_ids: int = 65_536, crash_threshold: int = 2,
                  group_instance_id: str | None = None, idle_fetch_wait_ms: int = 100,
                  checkpoint_in_child: bool = True, error_memory: ErrorMemoryConfig | None = None,
@@ -189,9 +190,11 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
     # ---- lifecycle -----------------------------------------------------------------------
     async def on_start(self) -> None:
         # compile the numba kernels in a thread now, not on the loop inside the first batch
+        # (a schema cache in a child process warms its kernels there)
+        here = self.schema_core if isinstance(self.schema_core, SchemaCore) else None
         secs = await asyncio.get_running_loop().run_in_executor(
             None, warm_up, self.media.config if self.media is not None else None,
-            self.schema_core.cache.config if self.schema_core is not None else None, 64, self.error_memory_config)
+            here.cache.config if here is not None else None, 64, self.error_memory_config)
         log.info("kernels_warm", extra={"seconds": round(secs, 3)})
         self.producer = AIOKafkaProducer(**self.client, acks="all", linger_ms=2,
                                          max_batch_size=1 << 20, max_request_size=8 << 20)
@@ -228,6 +231,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
                 # after the poll being applied, if any (the replica thread runs one at a time)
                 await asyncio.get_running_loop().run_in_executor(self.replica_thread, self.save_snapshot)
         self.replica_thread.shutdown(wait=True)
+        if self.schema_core is not None:
+            self.schema_core.close()  # after the final snapshot: a child-process cache ends its child
         for c in (self.consumer, self.errors_consumer, self.changelog_consumer):
             if c is not None:
                 await c.stop()

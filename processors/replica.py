@@ -38,6 +38,7 @@ from reloop.processors.compensation import Compensation, NoCompensation
 from reloop.processors.metrics import ClusterQuality
 from reloop.processors.reorder import EventTimeReorder
 from reloop.processors.replica_lock import GuardedCompensation, ReadWriteLock
+from reloop.processors.schema_child import SchemaChildGone
 from reloop.processors.schemas import SchemaCore
 from reloop.processors.telemetry import WorkerTelemetry
 from reloop.state.snapshots import read_npz, write_npz_atomic
@@ -206,6 +207,8 @@ class ErrorsReplica:
         first result, or the sum of the per-record ones for counts."""
         try:
             return apply(records)
+        except SchemaChildGone:
+            raise  # not a record's fault: the worker stops and restarts from its snapshots
         except Exception as exc:  # noqa: BLE001
             log.error("replica_batch_failed_isolating", extra={"replica": what, "records": len(records),
                                                                "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
@@ -213,6 +216,8 @@ class ErrorsReplica:
         for rec in records:
             try:
                 results.append(apply([rec]))
+            except SchemaChildGone:
+                raise
             except Exception as exc:  # noqa: BLE001
                 self.telemetry.dead_letters.labels("errors").inc()
                 log.error("error_record_failed", extra={"replica": what, "error_id": rec.error_id[:100],
@@ -301,7 +306,7 @@ class ErrorsReplica:
                 raise ValueError("error memory keyed by another model version")
             if "schema_cache" in snaps:
                 snap = snaps["schema_cache"]
-                self.schema_core = SchemaCore.restore(snap)
+                self.schema_core = self.schema_core.restored(snap)
                 # format without the buffer: the cache includes every record up to the offsets
                 self.reorder = (EventTimeReorder.from_arrays(snap, self._decode) if "reorder_scalars" in snap
                                 else self._new_reorder())
@@ -312,7 +317,7 @@ class ErrorsReplica:
             log.warning("replica_rebuild", extra={"reason": str(exc)[:300]})
             self.compensation = compensation_factory(scorer) or NoCompensation()
             if self.schema_core is not None:
-                self.schema_core = SchemaCore(self.schema_core.cache.config)
+                self.schema_core = self.schema_core.fresh()
                 self.reorder = self._new_reorder()
                 if self.quality is not None:
                     self.quality = ClusterQuality(self.quality_window)

@@ -164,6 +164,18 @@ class SchemaCore:
         core.records_in = int(snap.get("core_records_in", 0))
         return core
 
+    def restored(self, snap: dict[str, np.ndarray]) -> SchemaCore:
+        """The core of ``snap`` in this one's place (:meth:`restore`; a core run in a child
+        process, :class:`~reloop.processors.schema_child.SchemaCoreChild`, restores its child)."""
+        return SchemaCore.restore(snap)
+
+    def fresh(self) -> SchemaCore:
+        """An empty core with this one's configuration, in its place."""
+        return SchemaCore(self.cache.config)
+
+    def close(self) -> None:
+        """Nothing to release in process (a child process's core ends its child)."""
+
 
 def latest(updates: Iterable[SchemaUpdate]) -> dict[str, SchemaUpdate]:
     """The compacted view of a ``schemas`` stream: the last update per schema id."""

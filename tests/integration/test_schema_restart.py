@@ -26,7 +26,7 @@ from reloop.processors.schemas import SchemaAlert, SchemaCore
 from reloop.state.snapshots import read_npz
 from reloop.streams.codec import decode_event
 from tests.conftest import WorkerProcess
-from tests.integration.helpers import consume_until, poll_until, produce
+from tests.integration.helpers import consume_until, log_events, poll_until, produce
 from tests.processors.test_schema_core import _oracle_records
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -71,6 +71,14 @@ async def _feed(s, records: list, done_before: int) -> tuple[SchemaCore, int]:
     return await _until_snapshot_includes(s.worker.data_dir, done_before + len(records))
 
 
+async def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as ended: its parent, SIGKILLed, cannot reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_model, tmp_path):
     s = kafka_settings
     await create_topics(s.kafka)
@@ -90,6 +98,9 @@ async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_m
             s, "alerts", lambda m: len(m) >= 1, timeout_s=120)]
     finally:
         assert w1.stop(signal.SIGKILL) == -signal.SIGKILL
+    # the schema cache ran in a child process (worker.schema_in_child): it ends with its worker
+    child = log_events(w1.log_text(), "schema_child_started")[0]["pid"]
+    await poll_until(lambda: _alive(child), lambda alive: not alive, what="the schema-cache child ending")
     new = alerts[0]
     assert new.kind == "new" and new.signature == ["genre=comedy"], new.description
     # held: the newest requests, not yet behind every partition (20 records per request)

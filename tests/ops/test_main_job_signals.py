@@ -1,5 +1,6 @@
-"""Ctrl-C stops ``reloop run``: driver, worker, trainer and broker within 10 s, final snapshots
-written, exit code 130, a one-line note, no process left behind (no zombie broker).
+"""Ctrl-C stops ``reloop run``: driver, worker (and its schema-cache child), trainer and broker
+within 10 s, final snapshots written, exit code 130, a one-line note, no process left behind
+(no zombie broker).
 
 Real processes: ``python -m reloop.ops.cli run`` in its own session (so the test can signal its
 whole process group as a terminal does), with its embedded broker, worker and trainer.
@@ -62,6 +63,7 @@ def test_ctrl_c_stops_everything_within_10_s(tmp_path: Path, target: str) -> Non
         words = line.replace(";", " ").split()
         pids["worker"] = int(words[words.index("worker") + 2])
         pids["trainer"] = int(words[words.index("trainer") + 2])
+        pids["schema-cache child"] = _log_events(data / "worker.log", "schema_child_started")[0]["pid"]
         t0 = time.time()
         if target == "group":
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
@@ -86,7 +88,7 @@ def test_ctrl_c_stops_everything_within_10_s(tmp_path: Path, target: str) -> Non
     assert not [ln for ln in text.splitlines() if ln.startswith("{")], text[-3000:]
     for name, pid in pids.items():
         assert _gone(pid), f"{name} (pid {pid}) still there after the run exited"
-    for name in ("error_memory.npz", "inputs.npz"):
+    for name in ("error_memory.npz", "inputs.npz", "schema_cache.npz"):
         assert (data / "snapshots" / name).stat().st_mtime >= t0 - 1.0, f"final {name} not written"
     assert _log_events(data / "worker.log", "worker_exit")[0]["code"] == 0
     assert _log_events(data / "trainer.log", "trainer_stopped")
