@@ -57,11 +57,25 @@ from reloop.streams.codec import decode_event, encode
 from reloop.streams.events import Recommendation, RecommendationRequest, ScoredItem
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (threads included)."""
+def _stat(pid: int | str) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()  # fields from the state (3rd) on
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far: its threads, its children that
+    ended (waited for), and its children still running (a worker's schema-cache child)."""
+    fields = _stat(pid)
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                child = _stat(entry)
+            except OSError:  # ended meanwhile
+                continue
+            if int(child[1]) == pid:
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def _assigned(ks: Any, logical: list[str], wait_ms: int, **kw: Any) -> AIOKafkaConsumer:
