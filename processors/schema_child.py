@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgspec
 import numpy as np
@@ -64,15 +64,14 @@ class CacheView:
         config: the cache's configuration.
         matcher: the matcher over the active schemata, as the child's (rebuilt when it is).
         ticks, tick_seconds: the child's evaluation ticks and their CPU seconds (thread time).
-        nbytes: the child's cache size in bytes (as of the last call).
     """
 
-    def __init__(self, config: SchemaCacheConfig) -> None:
+    def __init__(self, config: SchemaCacheConfig, call: Callable[[str], Any]) -> None:
         self.config = config
         self.matcher = SchemaMatcher([], config.bias_prior, config.max_logit_bias)
         self.ticks = 0
         self.tick_seconds = 0.0
-        self.nbytes = 0
+        self._call = call
         self._active: list[Schema] = []
         self._resolved: list[Schema] = []
 
@@ -80,9 +79,14 @@ class CacheView:
         """Active schemata by decreasing impact (then recently resolved ones, newest first)."""
         return self._active + (self._resolved if include_resolved else [])
 
+    @property
+    def nbytes(self) -> int:
+        """The child's cache size in bytes, asked of the child (a call: not on the serving loop)."""
+        return int(self._call("nbytes"))
+
     def update(self, state: tuple) -> None:
         """Take the child's state (:func:`_state`)."""
-        self.ticks, self.tick_seconds, self.nbytes, schemata = state
+        self.ticks, self.tick_seconds, schemata = state
         if schemata is not None:
             self._active, self._resolved = schemata
             self.matcher = SchemaMatcher(self._active, self.config.bias_prior, self.config.max_logit_bias)
@@ -104,7 +108,7 @@ class SchemaCoreChild:
 
     def __init__(self, config: SchemaCacheConfig | None = None) -> None:
         config = config if config is not None else SchemaCacheConfig()
-        self.cache = CacheView(config)
+        self.cache = CacheView(config, self._call)
         self.records_in = 0
         self._lock = threading.Lock()
         self._encode = msgspec.msgpack.Encoder().encode
@@ -181,7 +185,7 @@ def _state(core: SchemaCore, sent: list[Any]) -> tuple:
         sent[0] = cache.matcher
         active = cache.schemas()
         schemata = (active, cache.schemas(include_resolved=True)[len(active):])
-    return cache.ticks, cache.tick_seconds, cache.nbytes, schemata
+    return cache.ticks, cache.tick_seconds, schemata
 
 
 def _serve(conn: Connection) -> None:
@@ -209,6 +213,8 @@ def _serve(conn: Connection) -> None:
                 out = core.advance(arg)
             elif op == "snapshot":
                 out = core.snapshot()
+            elif op == "nbytes":
+                out = core.cache.nbytes
             elif op == "restore":
                 core = SchemaCore.restore(arg)
                 out = (core.records_in, core.cache.config)
