@@ -309,7 +309,12 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         assert self.scoring is not None and self.producer is not None
         t0 = time.perf_counter()
         clock = self.telemetry.stages()
-        clock.observe("queueing", time.time() - min(msgs[0].timestamp for msgs in batch.values()) / 1000.0)
+        # the oldest request's age: clicks and media come from producers that batch them (the
+        # driver lingers 50 ms), so their create time says when they were made, not how long
+        # they queued; requests are the latency path
+        sent = [msgs[0].timestamp for tp, msgs in batch.items() if tp.topic == self.topics["requests"]]
+        if sent:
+            clock.observe("queueing", time.time() - min(sent) / 1000.0)
         self._swap_if_due()
         outputs: list[Output] = []
         guard = self.guard
