@@ -16,7 +16,9 @@ schemata), refreshed from each reply. The matcher is rebuilt in the parent from 
 active schemata whenever the child's was rebuilt: :class:`SchemaMatcher` is a pure function
 of that list, so both match alike.
 
-Records cross the pipe as msgpack (msgspec), replies as pickles. One call at a time (a lock):
+No process runs until the first batch to distil: until then the (empty or restored) cache is
+held in process, so a worker that is not elected starts none (the child takes ~180 MB: numba's
+compiled kernels). Records cross the socket as msgpack (msgspec), replies as pickles. One call at a time (a lock):
 the replica thread applies and snapshots; the web pages only read the view. The child ignores
 SIGINT (a terminal's Ctrl-C reaches the whole process group; the worker stops it) and ends
 when the worker's end of the pipe closes, including when the worker is SIGKILLed. If the child
@@ -112,6 +114,16 @@ class SchemaCoreChild:
         self.records_in = 0
         self._lock = threading.Lock()
         self._encode = msgspec.msgpack.Encoder().encode
+        # until the first batch (only the elected worker distils), the cache is an empty or
+        # restored one held here: a worker that never distils starts no child
+        self._idle: SchemaCore | None = SchemaCore(config)
+        self._sent: list[Any] = [None]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+
+    def _start(self) -> None:
+        """Start the child with the idle core's state (under the lock)."""
+        assert self._idle is not None
         # a fresh interpreter (no fork of a threaded asyncio worker, no re-import of __main__);
         # the child's end of the socket lives only in the child: its death is our EOF
         ours, theirs = socket.socketpair()
@@ -119,11 +131,20 @@ class SchemaCoreChild:
             self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
                                           pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         self._conn = Connection(ours.detach())
-        self._conn.send(config)
+        self._conn.send((self.cache.config, self._idle.snapshot()))
+        self._idle = None
         log.info("schema_child_started", extra={"pid": self._proc.pid})
 
     def _call(self, op: str, arg: Any = None) -> Any:
         with self._lock:
+            if self._conn is None and self._idle is not None and op not in ("on_batch", "advance"):
+                self._idle, out = _apply(self._idle, op, arg)  # nothing to distil yet: no child
+                self.cache.update(_state(self._idle, self._sent))
+                return out
+            if self._conn is None and self._idle is not None:
+                self._start()
+            if self._conn is None or self._proc is None:
+                raise SchemaChildGone("schema-cache child closed")
             try:
                 self._conn.send((op, arg))
                 status, out, state = self._conn.recv()
@@ -164,16 +185,22 @@ class SchemaCoreChild:
         return self
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """End the child (it exits when its pipe closes); idempotent."""
+        """End the child, if it started (it exits when its socket closes); idempotent."""
         with self._lock:
-            self._conn.close()
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout_s)
+            self._idle = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout_s)
 
     def __repr__(self) -> str:
+        if self._proc is None:
+            return "SchemaCoreChild(not started)"
         return f"SchemaCoreChild(pid={self._proc.pid}, exit code={self._proc.poll()})"
 
 
@@ -188,18 +215,38 @@ def _state(core: SchemaCore, sent: list[Any]) -> tuple:
     return cache.ticks, cache.tick_seconds, schemata
 
 
+def _apply(core: SchemaCore, op: str, arg: Any) -> tuple[SchemaCore, Any]:
+    """One call on ``core``: (the core after it, the call's result)."""
+    if op == "on_batch":
+        return core, core.on_batch(_decode_records(arg))
+    if op == "advance":
+        return core, core.advance(arg)
+    if op == "snapshot":
+        return core, core.snapshot()
+    if op == "nbytes":
+        return core, core.cache.nbytes
+    if op == "restore":
+        core = SchemaCore.restore(arg)
+        return core, (core.records_in, core.cache.config)
+    if op == "fresh":
+        return SchemaCore(arg), None
+    raise ValueError(f"unknown call {op!r}")
+
+
+_decode_records = msgspec.msgpack.Decoder(list[ErrorRecord]).decode
+
+
 def _serve(conn: Connection) -> None:
-    """The child: apply each call to one :class:`SchemaCore` until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops us (its pipe closes)
+    """The child: apply each call to one :class:`SchemaCore` until the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops us (its socket closes)
     from reloop.processors.warmup import warm_up
 
     try:
-        config: SchemaCacheConfig = conn.recv()
+        config, snap = conn.recv()
     except (EOFError, OSError):
         return
     warm_up(None, config)  # the kernels compiled (or loaded) before the first batch waits on them
-    core = SchemaCore(config)
-    decode = msgspec.msgpack.Decoder(list[ErrorRecord]).decode
+    core = SchemaCore.restore(snap)
     sent: list[Any] = [None]
     while True:
         try:
@@ -207,21 +254,7 @@ def _serve(conn: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            if op == "on_batch":
-                out: Any = core.on_batch(decode(arg))
-            elif op == "advance":
-                out = core.advance(arg)
-            elif op == "snapshot":
-                out = core.snapshot()
-            elif op == "nbytes":
-                out = core.cache.nbytes
-            elif op == "restore":
-                core = SchemaCore.restore(arg)
-                out = (core.records_in, core.cache.config)
-            elif op == "fresh":
-                core, out = SchemaCore(arg), None
-            else:
-                raise ValueError(f"unknown call {op!r}")
+            core, out = _apply(core, op, arg)
             reply: tuple = ("ok", out, _state(core, sent))
         except Exception as exc:  # noqa: BLE001 - the parent isolates or reports it
             reply = ("error", f"{type(exc).__name__}: {str(exc)[:500]}", _state(core, sent))

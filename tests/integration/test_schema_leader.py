@@ -18,7 +18,7 @@ from reloop.streams.codec import decode_event
 from reloop.streams.events import Candidate, Recommendation, RecommendationRequest
 from reloop.streams.topics import USER_PARTITIONS
 from tests.conftest import WorkerProcess
-from tests.integration.helpers import consume_until, poll_until, produce
+from tests.integration.helpers import consume_until, log_events, poll_until, produce
 from tests.processors.test_schema_core import _oracle_records
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -45,6 +45,8 @@ async def test_only_the_leader_distils_and_the_other_matches_its_schemata(kafka_
         states = [await get_json(w.port, "/status") for w in workers]
         readers = [sum(st["errors_applied"].values()) > 0 for st in states]
         assert readers.count(True) == 1, states  # one distils; the other never read ``errors``
+        # and only the one that distils started a schema-cache child process
+        assert [bool(log_events(w.log_text(), "schema_child_started")) for w in workers] == readers
         # requests on every partition (so on both workers), a comedy candidate each, at the time
         # the schema was active; every recommendation names it
         ts = comedy.last_seen

@@ -57,6 +57,7 @@ def test_ctrl_c_stops_everything_within_10_s(tmp_path: Path, target: str) -> Non
         _wait_for(lambda: _log_events(data / "worker.log", "inputs_assigned"), 240, "worker ready", proc)
         _wait_for(lambda: (data / "snapshots" / "inputs.npz").exists() or
                   _log_events(data / "worker.log", "model_swapped"), 60, "traffic", proc)
+        _wait_for(lambda: _log_events(data / "worker.log", "schema_child_started"), 60, "distilling", proc)
         text = out_path.read_text()
         pids = {"broker": _log_events(data / "run.log", "broker_starting")[0]["pid"]}
         line = next(ln for ln in text.splitlines() if "worker pid" in ln)

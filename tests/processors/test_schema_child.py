@@ -1,6 +1,7 @@
 """A schema cache in a child process (reloop.processors.schema_child) is the in-process
 SchemaCore to its callers: the same messages, snapshot, schemata and matches; a restore or a
-reset in its place; a child that dies stops the replica instead of dead-lettering records."""
+reset in its place; no process until there is something to distil; a child that dies stops
+the replica instead of dead-lettering records."""
 
 from __future__ import annotations
 
@@ -68,12 +69,17 @@ def test_restored_and_fresh_replace_the_childs_cache(faulty) -> None:  # noqa: F
     child = SchemaCoreChild(CFG)
     try:
         assert child.restored(head.snapshot()) is child and child.records_in == 30_000
+        # restored and snapshotted, nothing distilled: no child process (a worker that is not
+        # elected never starts one); the first batch starts it with the restored state
+        assert child._proc is None  # noqa: SLF001
+        _assert_same_state(head, child, ticks=False)
         whole = SchemaCore(CFG)
         _run(whole, records[:30_000], batch=5000)
         tail_local = _run(whole, records[30_000:], batch=3000)
         tail_child = _run(child, records[30_000:], batch=3000)
         assert msgspec.json.encode(tail_local) == msgspec.json.encode(tail_child)
         _assert_same_state(whole, child, ticks=False)
+        assert child._proc is not None  # noqa: SLF001
         assert child.fresh() is child
         _assert_same_state(SchemaCore(CFG), child, ticks=False)
     finally:
@@ -84,9 +90,10 @@ def test_a_failed_call_raises_and_a_dead_child_stops_the_replica(faulty) -> None
     _, records = faulty
     child = SchemaCoreChild(CFG)
     try:
+        assert child.on_batch(records[:100]) == ([], [])  # the first batch starts the child
         with pytest.raises(SchemaChildError, match="unknown call"):
             child._call("no_such_call")  # noqa: SLF001 - the error path of any call
-        assert child.on_batch(records[:100]) == ([], [])  # the child lives on after an error
+        assert child.on_batch(records[100:200]) == ([], [])  # the child lives on after an error
         replica = ErrorsReplica(NoCompensation(), child, Limits(), WorkerTelemetry())
         os.kill(child._proc.pid, signal.SIGKILL)  # noqa: SLF001
         child._proc.wait(10)  # noqa: SLF001
