@@ -46,6 +46,7 @@ class HotPathReplica:
     topics: dict[str, str]
     telemetry: Any
     _replica_parts: dict[str, list[TopicPartition]]
+    replica_thread: Any
 
     async def find_replica_partitions(self) -> None:
         """The partitions of ``memory``, ``errors`` and ``schemas`` (:attr:`_replica_parts`).
@@ -84,6 +85,9 @@ class HotPathReplica:
                 else:
                     await consumer.seek_to_beginning(tp)
             log.info("schema_role", extra={"distils": self.is_leader})
+            if self.is_leader and self.schema_core is not None:  # a child process warms up now,
+                # not when the first errors wait for it (in the replica thread: calls stay in order)
+                await asyncio.get_running_loop().run_in_executor(self.replica_thread, self.schema_core.start)
         if self.scoring is not None:
             self.scoring.schemas = self.schema_core if self.is_leader else self.published  # type: ignore[assignment]
 

@@ -16,8 +16,9 @@ schemata), refreshed from each reply. The matcher is rebuilt in the parent from 
 active schemata whenever the child's was rebuilt: :class:`SchemaMatcher` is a pure function
 of that list, so both match alike.
 
-No process runs until the first batch to distil: until then the (empty or restored) cache is
-held in process, so a worker that is not elected starts none (the child takes ~180 MB: numba's
+No process runs until the worker is elected to distil (:meth:`start`) or the first batch to
+distil comes: until then the (empty or restored) cache is held in process, so a worker that
+is not elected starts none (the child takes ~180 MB: numba's
 compiled kernels). Records cross the socket as msgpack (msgspec), replies as pickles. One call at a time (a lock):
 the replica thread applies and snapshots; the web pages only read the view. The child ignores
 SIGINT (a terminal's Ctrl-C reaches the whole process group; the worker stops it) and ends
@@ -134,6 +135,13 @@ class SchemaCoreChild:
         self._conn.send((self.cache.config, self._idle.snapshot()))
         self._idle = None
         log.info("schema_child_started", extra={"pid": self._proc.pid})
+
+    def start(self) -> None:
+        """Start the child now (the worker was elected to distil), so that it has warmed up when
+        the first batch comes; no-op once started."""
+        with self._lock:
+            if self._conn is None and self._idle is not None:
+                self._start()
 
     def _call(self, op: str, arg: Any = None) -> Any:
         with self._lock:

@@ -173,6 +173,9 @@ class SchemaCore:
         """An empty core with this one's configuration, in its place."""
         return SchemaCore(self.cache.config)
 
+    def start(self) -> None:
+        """Nothing to start in process (a child process's core starts its child)."""
+
     def close(self) -> None:
         """Nothing to release in process (a child process's core ends its child)."""
 

@@ -70,8 +70,11 @@ def test_restored_and_fresh_replace_the_childs_cache(faulty) -> None:  # noqa: F
     try:
         assert child.restored(head.snapshot()) is child and child.records_in == 30_000
         # restored and snapshotted, nothing distilled: no child process (a worker that is not
-        # elected never starts one); the first batch starts it with the restored state
+        # elected never starts one)
         assert child._proc is None  # noqa: SLF001
+        _assert_same_state(head, child, ticks=False)
+        child.start()  # elected: the child starts, with the restored state
+        assert child._proc is not None  # noqa: SLF001
         _assert_same_state(head, child, ticks=False)
         whole = SchemaCore(CFG)
         _run(whole, records[:30_000], batch=5000)
