@@ -3,8 +3,8 @@
 A schema-cache tick is mostly Python (the greedy choice, its tests, the examples), and on the
 replica thread it held the GIL the event loop needs to serve: at 300 requests/s with feedback
 flowing, the worker's latency p50 doubled with the schema cache on (docs/operations.md). In a
-child process the ticks take a core of their own, and the replica thread waits on a pipe (no
-GIL held) while the child applies a batch.
+child process the ticks take a core of their own, and the replica thread waits on a socket
+(no GIL held) while the child applies a batch.
 
 :class:`SchemaCoreChild` is a :class:`~reloop.processors.schemas.SchemaCore` to its callers
 (:class:`~reloop.processors.replica.ErrorsReplica`, scoring, the web pages): the same verbs
@@ -18,13 +18,14 @@ of that list, so both match alike.
 
 No process runs until the worker is elected to distil (:meth:`start`) or the first batch to
 distil comes: until then the (empty or restored) cache is held in process, so a worker that
-is not elected starts none (the child takes ~180 MB: numba's
-compiled kernels). Records cross the socket as msgpack (msgspec), replies as pickles. One call at a time (a lock):
-the replica thread applies and snapshots; the web pages only read the view. The child ignores
-SIGINT (a terminal's Ctrl-C reaches the whole process group; the worker stops it) and ends
-when the worker's end of the pipe closes, including when the worker is SIGKILLed. If the child
-dies, the next call raises :class:`SchemaChildGone`, which the replica does not isolate: the
-worker stops, and restarts from its snapshots like any crashed worker.
+is not elected starts none (a child takes ~180 MB: numba's compiled kernels). Records cross
+the socket as msgpack (msgspec), replies and exceptions as pickles: an exception the child's
+cache raises is raised again in the parent, so the replica treats it as it would in process.
+One call at a time (a lock): the replica thread applies and snapshots; the web pages read the
+view. The child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group; the
+worker stops it) and ends when the worker's end of the socket closes, also when the worker is
+SIGKILLed. If the child dies, the next call raises :class:`SchemaChildGone`, which the replica
+does not isolate: the worker stops, and restarts from its snapshots like any crashed worker.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from reloop.state.schemas.match import SchemaMatcher
 from reloop.state.schemas.types import Schema
 from reloop.streams.events import ErrorRecord
 
-__all__ = ["CacheView", "SchemaChildGone", "SchemaCoreChild"]
+__all__ = ["CacheView", "SchemaChildError", "SchemaChildGone", "SchemaCoreChild"]
 
 log = logging.getLogger("reloop.schema_child")
 
@@ -57,7 +58,7 @@ class SchemaChildGone(RuntimeError):
 
 
 class SchemaChildError(RuntimeError):
-    """The child's cache raised on a call (the message names the exception)."""
+    """The child's cache raised an exception that could not be pickled (its type and message)."""
 
 
 class CacheView:
@@ -161,7 +162,7 @@ class SchemaCoreChild:
                                       f"(exit code {self._proc.poll()}): {type(exc).__name__}") from None
             self.cache.update(state)
         if status != "ok":
-            raise SchemaChildError(out)
+            raise out
         return out
 
     def on_batch(self, records: Sequence[ErrorRecord]) -> tuple[list[SchemaUpdate], list[SchemaAlert]]:
@@ -264,10 +265,16 @@ def _serve(conn: Connection) -> None:
         try:
             core, out = _apply(core, op, arg)
             reply: tuple = ("ok", out, _state(core, sent))
-        except Exception as exc:  # noqa: BLE001 - the parent isolates or reports it
-            reply = ("error", f"{type(exc).__name__}: {str(exc)[:500]}", _state(core, sent))
+        except Exception as exc:  # noqa: BLE001 - raised again in the parent
+            reply = ("error", exc, _state(core, sent))
         try:
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except (EOFError, OSError):
+                raise
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+                exc = reply[1]
+                conn.send(("error", SchemaChildError(f"{type(exc).__name__}: {str(exc)[:500]}"), reply[2]))
         except (EOFError, OSError):
             return
 

@@ -14,7 +14,7 @@ import pytest
 
 from reloop.processors.replica import ErrorsReplica
 from reloop.processors.compensation import NoCompensation
-from reloop.processors.schema_child import SchemaChildError, SchemaChildGone, SchemaCoreChild
+from reloop.processors.schema_child import SchemaChildGone, SchemaCoreChild
 from reloop.processors.schemas import SchemaCore
 from reloop.processors.telemetry import WorkerTelemetry
 from reloop.state.schemas.cache import SchemaCacheConfig
@@ -94,8 +94,10 @@ def test_a_failed_call_raises_and_a_dead_child_stops_the_replica(faulty) -> None
     child = SchemaCoreChild(CFG)
     try:
         assert child.on_batch(records[:100]) == ([], [])  # the first batch starts the child
-        with pytest.raises(SchemaChildError, match="unknown call"):
+        with pytest.raises(ValueError, match="unknown call"):  # the child's exception, raised here
             child._call("no_such_call")  # noqa: SLF001 - the error path of any call
+        with pytest.raises(ValueError):  # a malformed snapshot: as SchemaCore.restore raises it
+            child.restored({"no": np.zeros(1)})
         assert child.on_batch(records[100:200]) == ([], [])  # the child lives on after an error
         replica = ErrorsReplica(NoCompensation(), child, Limits(), WorkerTelemetry())
         os.kill(child._proc.pid, signal.SIGKILL)  # noqa: SLF001
