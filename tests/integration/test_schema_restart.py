@@ -10,6 +10,7 @@ and resolves the *same* schema (same id, same promotion time) -- every record co
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -128,3 +129,41 @@ async def test_schema_cache_survives_sigkill_and_resumes(kafka_settings, small_m
                             s.worker.data_dir], capture_output=True, text=True, check=True)
     listed = {row["schema_id"]: row for row in json.loads(shown.stdout)}
     assert listed[new.schema_id]["state"] == "resolved" and listed[new.schema_id]["first_seen"] == new.since
+
+
+async def test_a_lost_schema_cache_child_stops_the_worker_and_a_restart_resumes(kafka_settings, small_model,
+                                                                                tmp_path):
+    """The elected worker's schema-cache child SIGKILLed: the worker does not dead-letter the
+    error records it could not apply, it exits with an error; restarted, it reaches the state of
+    a worker that never stopped (every record in the cache or its reorder buffer, once)."""
+    s = kafka_settings
+    await create_topics(s.kafka)
+    ModelRegistry(Path(s.worker.data_dir) / "models").register(small_model)
+    records = _oracle_records(Simulator(SimConfig(seed=5, shift_at=None)), 400)
+    w1 = WorkerProcess(s, tmp_path / "w1.log", ENV)
+    try:
+        await wait_ready(w1.port, 120.0, w1.proc)
+        await poll_until(lambda: _async(log_events(w1.log_text(), "schema_child_started")), bool,
+                         what="the elected worker's schema-cache child")
+        child = log_events(w1.log_text(), "schema_child_started")[0]["pid"]
+        os.kill(child, signal.SIGKILL)
+        await produce(s, "errors", records)
+        await poll_until(lambda: _async(w1.proc.poll()), lambda code: code is not None, timeout_s=120.0,
+                         what="the worker stopping after its child was lost")
+    finally:
+        if w1.proc.poll() is None:
+            w1.stop(signal.SIGKILL)
+    assert w1.proc.returncode not in (0, None), w1.log_tail()
+    text = w1.log_text()
+    assert "SchemaChildGone" in text and "error_record_failed" not in text, w1.log_tail()
+    w2 = WorkerProcess(s, tmp_path / "w2.log", ENV)
+    try:
+        await wait_ready(w2.port, 120.0, w2.proc)
+        core, held = await _until_snapshot_includes(s.worker.data_dir, len(records))
+    finally:
+        assert w2.stop() == 0, w2.log_tail()
+    assert core.records_in + held == len(records)
+
+
+async def _async(value):  # type: ignore[no-untyped-def]
+    return value
