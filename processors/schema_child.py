@@ -116,8 +116,8 @@ class SchemaCoreChild:
         self.records_in = 0
         self._lock = threading.Lock()
         self._encode = msgspec.msgpack.Encoder().encode
-        # until the first batch (only the elected worker distils), the cache is an empty or
-        # restored one held here: a worker that never distils starts no child
+        # until the election (or the first batch) the cache is an empty or restored one held
+        # here: a worker that never distils starts no child
         self._idle: SchemaCore | None = SchemaCore(config)
         self._sent: list[Any] = [None]
         self._proc: subprocess.Popen[bytes] | None = None
@@ -146,11 +146,11 @@ class SchemaCoreChild:
 
     def _call(self, op: str, arg: Any = None) -> Any:
         with self._lock:
-            if self._conn is None and self._idle is not None and op not in ("on_batch", "advance"):
-                self._idle, out = _apply(self._idle, op, arg)  # nothing to distil yet: no child
-                self.cache.update(_state(self._idle, self._sent))
-                return out
             if self._conn is None and self._idle is not None:
+                if op not in ("on_batch", "advance"):  # nothing distilled yet: no child needed
+                    self._idle, out = _apply(self._idle, op, arg)
+                    self.cache.update(_state(self._idle, self._sent))
+                    return out
                 self._start()
             if self._conn is None or self._proc is None:
                 raise SchemaChildGone("schema-cache child closed")
