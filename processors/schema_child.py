@@ -88,9 +88,9 @@ class CacheView:
         """The child's cache size in bytes, asked of the child (a call: not on the serving loop)."""
         return int(self._call("nbytes"))
 
-    def update(self, state: tuple) -> None:
-        """Take the child's state (:func:`_state`)."""
-        self.ticks, self.tick_seconds, schemata = state
+    def update(self, ticks: int, tick_seconds: float, schemata: tuple | None) -> None:
+        """Take the child's cache state (:func:`_state`)."""
+        self.ticks, self.tick_seconds = ticks, tick_seconds
         if schemata is not None:
             self._active, self._resolved = schemata
             self.matcher = SchemaMatcher(self._active, self.config.bias_prior, self.config.max_logit_bias)
@@ -149,7 +149,7 @@ class SchemaCoreChild:
             if self._conn is None and self._idle is not None:
                 if op not in ("on_batch", "advance"):  # nothing distilled yet: no child needed
                     self._idle, out = _apply(self._idle, op, arg)
-                    self.cache.update(_state(self._idle, self._sent))
+                    self._take(_state(self._idle, self._sent))
                     return out
                 self._start()
             if self._conn is None or self._proc is None:
@@ -160,14 +160,18 @@ class SchemaCoreChild:
             except (EOFError, OSError) as exc:
                 raise SchemaChildGone(f"schema-cache child {self._proc.pid} is gone "
                                       f"(exit code {self._proc.poll()}): {type(exc).__name__}") from None
-            self.cache.update(state)
+            self._take(state)
         if status != "ok":
             raise out
         return out
 
+    def _take(self, state: tuple) -> None:
+        """The child core's counter and cache state, as of its last call (:func:`_state`)."""
+        self.records_in = state[0]
+        self.cache.update(*state[1:])
+
     def on_batch(self, records: Sequence[ErrorRecord]) -> tuple[list[SchemaUpdate], list[SchemaAlert]]:
         """:meth:`SchemaCore.on_batch` in the child."""
-        self.records_in += len(records)
         return self._call("on_batch", self._encode(records))
 
     def advance(self, watermark: float) -> tuple[list[SchemaUpdate], list[SchemaAlert]]:
@@ -184,13 +188,12 @@ class SchemaCoreChild:
 
     def restored(self, snap: dict[str, np.ndarray]) -> SchemaCoreChild:
         """This core with the child's cache restored from ``snap`` (:meth:`SchemaCore.restore`)."""
-        self.records_in, self.cache.config = self._call("restore", snap)
+        self.cache.config = self._call("restore", snap)
         return self
 
     def fresh(self) -> SchemaCoreChild:
         """This core with the child's cache emptied (same configuration)."""
         self._call("fresh", self.cache.config)
-        self.records_in = 0
         return self
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -214,14 +217,15 @@ class SchemaCoreChild:
 
 
 def _state(core: SchemaCore, sent: list[Any]) -> tuple:
-    """The view's fields; the schemata only when the child's matcher was rebuilt since ``sent[0]``."""
+    """The core's counter and the view's fields; the schemata only when the child's matcher was
+    rebuilt since ``sent[0]``."""
     cache = core.cache
     schemata = None
     if cache.matcher is not sent[0]:
         sent[0] = cache.matcher
         active = cache.schemas()
         schemata = (active, cache.schemas(include_resolved=True)[len(active):])
-    return cache.ticks, cache.tick_seconds, schemata
+    return core.records_in, cache.ticks, cache.tick_seconds, schemata
 
 
 def _apply(core: SchemaCore, op: str, arg: Any) -> tuple[SchemaCore, Any]:
@@ -236,7 +240,7 @@ def _apply(core: SchemaCore, op: str, arg: Any) -> tuple[SchemaCore, Any]:
         return core, core.cache.nbytes
     if op == "restore":
         core = SchemaCore.restore(arg)
-        return core, (core.records_in, core.cache.config)
+        return core, core.cache.config
     if op == "fresh":
         return SchemaCore(arg), None
     raise ValueError(f"unknown call {op!r}")

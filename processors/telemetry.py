@@ -23,7 +23,8 @@ class WorkerTelemetry:
                                        ["path"], buckets=_LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Histogram(
             "reloop_stage_seconds", "Seconds of one input batch per stage: fetch (the poll that returned it), "
-            "queueing (its oldest request's age when processing starts; batches with requests only), decode (decode, validate, admit), "
+            "queueing (its oldest request's age when processing starts; batches with requests only), "
+            "decode (decode, validate, admit), "
             "cores (media, scoring, feedback), of which model (features + onnxruntime) and compensation "
             "(error memory + schemata), journal (encode outputs, write-ahead), produce (until acknowledged), "
             "commit; and checkpoint: collecting the input checkpoint on the event loop, between two batches "
