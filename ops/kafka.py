@@ -62,13 +62,15 @@ def make_producer(settings: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
 
 
 async def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
-    """Create the catalog's topics (idempotent); returns the names that were created."""
+    """Create the catalog's topics (idempotent; the user-partitioned ones with
+    ``settings.partitions`` partitions); returns the names that were created. A topic that
+    exists keeps its partitions (:func:`check_copartitioned` finds a mismatch)."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     created: list[str] = []
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        new = [NewTopic(name=t.full_name(settings.topic_prefix), num_partitions=t.partitions,
+        new = [NewTopic(name=t.full_name(settings.topic_prefix), num_partitions=t.count(settings.partitions),
                         replication_factor=1, topic_configs=t.config())
                for t in specs if t.full_name(settings.topic_prefix) not in existing]
         if new:
@@ -81,3 +83,41 @@ async def create_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = 
     finally:
         await admin.close()
     return created
+
+
+#: Topics whose partition ``i`` must hold the same users (the inputs) or the state of input
+#: partition ``i`` (``changelog``, written to the partition its key names).
+COPARTITIONED = ("requests", "interactions", "media", "changelog")
+
+
+class NotCopartitioned(ValueError):
+    """The co-partitioned topics have different partition counts (not transient: a worker
+    cannot run on them)."""
+
+
+def check_copartitioned(counts: dict[str, int], prefix: str = "") -> int:
+    """The user partition count of a cluster, from its topics' partition counts (cluster name
+    -> partitions; topics not there are skipped).
+
+    Raises:
+        NotCopartitioned: the topics of :data:`COPARTITIONED` disagree.
+
+    >>> check_copartitioned({"requests": 8, "interactions": 8, "media": 8, "changelog": 8})
+    8
+    >>> check_copartitioned({"requests": 8, "interactions": 4})
+    Traceback (most recent call last):
+    ...
+    reloop.ops.kafka.NotCopartitioned: topics requests, interactions, media and changelog must have equal partition counts (partition i of each holds the same users), got interactions: 4, requests: 8
+    """
+    got = {t: counts[TOPICS[t].full_name(prefix)] for t in COPARTITIONED if TOPICS[t].full_name(prefix) in counts}
+    if len(set(got.values())) > 1:
+        listed = ", ".join(f"{TOPICS[t].full_name(prefix)}: {n}" for t, n in sorted(got.items()))
+        raise NotCopartitioned(f"topics requests, interactions, media and changelog must have equal partition "
+                               f"counts (partition i of each holds the same users), got {listed}")
+    return next(iter(got.values()), 0)
+
+
+async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Cluster topic name -> its partition count, for those of ``names`` that exist."""
+    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
+            if t.get("error_code", 0) == 0 and t["partitions"]}

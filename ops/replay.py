@@ -13,8 +13,8 @@ schema cache) before the next batch is scored. Two kinds of log:
   from, in the same batch). The first ``replay.warmup`` fraction of the interactions trains
   the initial model and is not scored.
 
-Events go to user partitions as the producer would route them (``--partitions``, default the
-catalog's). ``reloop replay PATH --format F --report OUT.json`` runs it (docs/replay.md).
+Events go to user partitions as the producer would route them (``--partitions``, default
+``kafka.partitions``). ``reloop replay PATH --format F --report OUT.json`` runs it (docs/replay.md).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from reloop.processors.media import MediaCore, annotate_log
 from reloop.processors.warmup import warm_up
 from reloop.streams.codec import InvalidEvent, decode_event
 from reloop.streams.events import Event, Interaction, MediaEvent
-from reloop.streams.topics import USER_PARTITIONS
 from reloop.streams.validation import Limits
 
 log = logging.getLogger("reloop.replay")
@@ -105,14 +104,18 @@ class ReplayEngine:
     Args:
         settings: the deployment settings (replay, worker, model, memories).
         compensation_factory: builds the compensation (identity when None).
-        partitions: user partitions events are routed to (default: the topic catalog's).
+        partitions: user partitions events are routed to (default: ``kafka.partitions``, as
+            ``reloop topics create`` makes them); given, it also sets ``kafka.partitions``, so
+            the replica's ``errors`` and ``memory`` partitions agree with it.
     """
 
     def __init__(self, settings: Settings, compensation_factory: CompensationFactory | None = None,
-                 partitions: int = USER_PARTITIONS) -> None:
+                 partitions: int | None = None) -> None:
+        if partitions is not None and partitions != settings.kafka.partitions:
+            settings = settings.with_overrides(kafka={"partitions": partitions})
         self.settings = settings
         self.compensation_factory = compensation_factory
-        self.partitions = partitions
+        self.partitions = settings.kafka.partitions
 
     def run(self, loaded: LoadedLog, *, progress: bool = False, fitted: FittedModel | None = None,
             model_cache: dict[str, FittedModel] | None = None, keep_outputs: bool = False) -> ReplayResult:

@@ -53,7 +53,7 @@ def add_replay(sub: Any, common_opts: Any) -> None:
                     help="fit on this many leading interactions instead (no counting pre-pass)")
     rp.add_argument("--no-compensation", action="store_true", help="slow model only")
     rp.add_argument("--partitions", type=int, default=None,
-                    help="user partitions events are routed to by user_id (default: the topic catalog's)")
+                    help="user partitions events are routed to by user_id (default: settings kafka.partitions)")
     rp.add_argument("--model", help="recorded traffic: the model bundle directory to serve "
                                     "(default: the registry's current version in worker.data_dir)")
     add_source_args(rp)

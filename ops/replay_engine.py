@@ -260,11 +260,13 @@ class StepReplay:
         self.admission = Admission(self.tasks)
         self.media = MediaCore(settings.media) if ws.media_features else None
         schema_core = SchemaCore(settings.schemas) if ws.schema_cache else None
-        self.replica = ErrorsReplica(compensation or NoCompensation(), schema_core, self.limits, WorkerTelemetry())
+        parts = settings.kafka.partitions  # ``errors`` and ``memory`` have one per user partition
+        self.replica = ErrorsReplica(compensation or NoCompensation(), schema_core, self.limits, WorkerTelemetry(),
+                                     errors_partitions=parts)
         self.scoring = ScoringCore(scorer, self.replica.compensation, self.media, schemas=schema_core)
         self._part = KeyPartitioner()
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
-        self._parts = {t: list(range(TOPICS[t].partitions)) for t in ("memory", "errors")}
+        self._parts = {t: list(range(TOPICS[t].count(parts))) for t in ("memory", "errors")}
         self._errors_tps = [_TP("errors", p) for p in self._parts["errors"]]  # == ("errors", p)
         self.dead_letters: list[tuple[Routed, str]] = []
         self.duplicates = 0

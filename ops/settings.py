@@ -58,6 +58,13 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             ``kafka://host:port[,host:port]`` for a real cluster.
         topic_prefix: prepended to every catalog topic name (e.g. ``prod.``).
         group_id: consumer group of the workers' hot-topic consumer.
+        partitions: partitions of each user-keyed topic (``requests``, ``recommendations``,
+            ``interactions``, ``media``, ``errors``, ``memory``, ``changelog``) that ``reloop
+            topics create`` makes, and the user partitions replay routes events to. A group
+            uses at most this many workers (one more has no partition to consume): size it
+            for the largest group planned, since Kafka cannot re-key a topic's history. Topics
+            that exist keep their count; a worker reads the counts from the cluster and exits
+            with an error if the co-partitioned topics disagree.
         security_protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
         sasl_mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*).
         sasl_username / sasl_password: SASL credentials (prefer env vars for the password).
@@ -84,6 +91,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     broker: str = "embedded"
     topic_prefix: str = ""
     group_id: str = "reloop-worker"
+    partitions: int = 4
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None
@@ -104,6 +112,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         host = r"(\[[0-9a-fA-F:.]+\]|[^\s/,:\[\]]+)(:\d{1,5})?"
         _require(self.broker == "embedded" or re.fullmatch(rf"kafka://{host}(,{host})*", self.broker) is not None,
                  f"broker must be 'embedded' or kafka://host:port[,host:port], got {self.broker!r}")
+        _require(1 <= self.partitions <= 10_000, f"partitions must be in [1, 10000], got {self.partitions}")
         _require(self.fetch_max_records >= 1, f"fetch_max_records must be >= 1, got {self.fetch_max_records}")
         _require(0 <= self.idle_fetch_wait_ms <= 60_000,
                  f"idle_fetch_wait_ms must be in [0, 60000], got {self.idle_fetch_wait_ms}")

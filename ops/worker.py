@@ -31,7 +31,7 @@ import faust
 from reloop.models.bundle import CorruptModelError
 from reloop.models.registry import ModelRegistry
 from reloop.ops.broker import free_port
-from reloop.ops.kafka import client_kwargs, topic_name
+from reloop.ops.kafka import COPARTITIONED, NotCopartitioned, check_copartitioned, client_kwargs, partition_counts, topic_name
 from reloop.ops.settings import KafkaSettings, Settings
 from reloop.ops.status_page import status_page
 from reloop.ops.web_access import DigestCache, SizesCache, advertised_host, status_url, web_access_denied
@@ -295,17 +295,26 @@ def _faust_credentials(settings: Settings) -> Any:
 
 
 class BrokerUnreachable(ConnectionError):
-    """The cluster did not answer (or lacked the catalog's topics) within ``connect_give_up_s``."""
+    """The cluster did not answer (or lacked the catalog's topics) within ``connect_give_up_s``,
+    or its co-partitioned topics disagree on their partition counts (at once: that does not
+    heal by waiting)."""
 
 
 async def _probe(ks: KafkaSettings, timeout_s: float) -> set[str]:
-    """One attempt: bootstrap and list the cluster's topics (raises on any failure)."""
+    """One attempt: bootstrap and list the cluster's topics (raises on any failure).
+
+    Raises:
+        NotCopartitioned: the co-partitioned topics exist with different partition counts.
+    """
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**client_kwargs(ks), request_timeout_ms=max(500, int(timeout_s * 1000)))
     try:
         await admin.start()
-        return set(await admin.list_topics())
+        names = set(await admin.list_topics())
+        wanted = [n for n in (topic_name(ks, t) for t in COPARTITIONED) if n in names]
+        check_copartitioned(await partition_counts(admin, wanted), ks.topic_prefix)
+        return names
     finally:
         await admin.close()
 
@@ -322,7 +331,8 @@ async def wait_for_broker(ks: KafkaSettings) -> int:
         The number of attempts it took.
 
     Raises:
-        BrokerUnreachable: still failing ``connect_give_up_s`` seconds after the first attempt.
+        BrokerUnreachable: still failing ``connect_give_up_s`` seconds after the first attempt,
+            or at once when the co-partitioned topics disagree on their partition counts.
     """
     bootstrap = client_kwargs(ks)["bootstrap_servers"]
     wanted = {topic_name(ks, t.name) for t in CATALOG}
@@ -339,7 +349,9 @@ async def wait_for_broker(ks: KafkaSettings) -> int:
             timeout = max(2.0, min(5.0, deadline - time.monotonic()))
             missing = sorted(wanted - await asyncio.wait_for(_probe(ks, timeout), timeout))
             reason = f"topics missing: {', '.join(missing)} (run `reloop topics create`)" if missing else ""
-        except Exception as exc:  # noqa: BLE001 - every failure of the probe means "not yet"
+        except NotCopartitioned as exc:  # not "not yet": the topics must be recreated
+            raise BrokerUnreachable(f"broker {bootstrap}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - every other failure of the probe means "not yet"
             text, kind = str(exc), type(exc).__name__
             missing, reason = [], text if text.startswith(kind) else f"{kind}: {text}" if text else kind
         finally:

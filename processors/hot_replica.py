@@ -61,6 +61,7 @@ class HotPathReplica:
                 await self.errors_consumer._client.force_metadata_update()  # noqa: SLF001
                 parts = self.errors_consumer.partitions_for_topic(self.topics[logical]) or {0}
             self._replica_parts[logical] = [TopicPartition(self.topics[logical], p) for p in sorted(parts)]
+        self.replica.expect_partitions(len(self._replica_parts["errors"]))
 
     async def _sync_replica_topics(self) -> None:
         """Read ``errors`` (and distil) while this worker is the leader, ``schemas`` while it is

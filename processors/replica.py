@@ -93,6 +93,9 @@ class ErrorsReplica:
             (:attr:`quality`, :class:`~reloop.processors.metrics.ClusterQuality`, windows of
             this many records; 0 = off; only with a schema cache, whose worker reads
             ``errors``). Snapshotted with the schema cache.
+        errors_partitions: the partitions of ``errors`` the reorder buffer waits for (the
+            cluster's count: :meth:`expect_partitions` once the worker has read it; replay
+            passes ``kafka.partitions``).
 
     The reorder buffer in front of the schema cache (:attr:`reorder`) takes its parameters
     from the cache's configuration (``reorder_*`` fields of :class:`SchemaCacheConfig`).
@@ -100,8 +103,9 @@ class ErrorsReplica:
 
     def __init__(self, compensation: Compensation, schema_core: SchemaCore | None, limits: Limits,
                  telemetry: WorkerTelemetry, recent_ids: int = 65_536, memory_topic: bool = True,
-                 quality_window: int = 0) -> None:
+                 quality_window: int = 0, errors_partitions: int = TOPICS["errors"].partitions) -> None:
         self.compensation = compensation
+        self.errors_partitions = errors_partitions
         self.memory_topic = memory_topic
         self.memory_applied: dict[int, int] = {}  # memory partition -> next offset to apply
         self.memory_recent = RecentIds(4096)  # batch ids (hex) per memory partition
@@ -121,12 +125,23 @@ class ErrorsReplica:
         telemetry.schema_tick_seconds.set_function(
             lambda: self.schema_core.cache.tick_seconds if self.schema_core else 0.0)
 
+    def _reorder_partitions(self) -> range:
+        assert self.schema_core is not None
+        return range(self.schema_core.cache.config.reorder_partitions or self.errors_partitions)
+
     def _new_reorder(self) -> EventTimeReorder:
         assert self.schema_core is not None
         cfg = self.schema_core.cache.config
-        return EventTimeReorder(range(cfg.reorder_partitions or TOPICS["errors"].partitions),
-                                lateness_s=cfg.reorder_lateness_s, idle_s=cfg.reorder_idle_s,
-                                max_held=cfg.reorder_max_held)
+        return EventTimeReorder(self._reorder_partitions(), lateness_s=cfg.reorder_lateness_s,
+                                idle_s=cfg.reorder_idle_s, max_held=cfg.reorder_max_held)
+
+    def expect_partitions(self, n: int) -> None:
+        """``errors`` has ``n`` partitions: the reorder buffer waits for each of them (a
+        partition it was not told of would count only from its first record, so records of
+        the others could be released before it)."""
+        self.errors_partitions = n
+        if self.reorder is not None:
+            self.reorder.expected.update(self._reorder_partitions())
 
     def _decode(self, raw: bytes) -> ErrorRecord:
         return decode_event(raw, ErrorRecord, self.limits)
@@ -310,6 +325,7 @@ class ErrorsReplica:
                 # format without the buffer: the cache includes every record up to the offsets
                 self.reorder = (EventTimeReorder.from_arrays(snap, self._decode) if "reorder_scalars" in snap
                                 else self._new_reorder())
+                self.reorder.expected.update(self._reorder_partitions())  # a snapshot of fewer
                 if self.quality is not None:  # a snapshot from before it: measured from here on
                     self.quality = (ClusterQuality.from_state(snap["quality"].tobytes()) if "quality" in snap
                                     else ClusterQuality(self.quality_window))

@@ -9,6 +9,8 @@ True
 True
 >>> TOPICS["changelog"].partitions == TOPICS["requests"].partitions and TOPICS["changelog"].compacted
 True
+>>> TOPICS["requests"].count(16), TOPICS["models"].count(16)
+(16, 1)
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
     retention_ms: int = 7 * DAY_MS
     compacted: bool = False
     hot: bool = False  # read in batches by aiokafka consumers, not by a Faust agent
+    #: partitioned like the inputs: one partition per user partition (``kafka.partitions``);
+    #: ``partitions`` is then the default count
+    user_partitioned: bool = False
+
+    def count(self, user_partitions: int = 0) -> int:
+        """Partitions to create: ``user_partitions`` (``kafka.partitions``) for a
+        user-partitioned topic when given, else :attr:`partitions`."""
+        return user_partitions if self.user_partitioned and user_partitions > 0 else self.partitions
 
     def full_name(self, prefix: str = "") -> str:
         """Topic name on the cluster, e.g. ``reloop.requests`` for prefix ``reloop.``."""
@@ -41,24 +51,25 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
         return cfg
 
 
-#: Partition count shared by the co-partitioned, user-keyed topics.
+#: Default partition count of the user-partitioned topics (``kafka.partitions`` sets it per
+#: deployment): the most workers one group can use.
 USER_PARTITIONS = 4
 
 CATALOG: tuple[TopicSpec, ...] = (
-    TopicSpec(name="requests", key="user_id", partitions=USER_PARTITIONS, hot=True,
+    TopicSpec(name="requests", key="user_id", partitions=USER_PARTITIONS, user_partitioned=True, hot=True,
               carries="recommendation request: user, context features, candidate items"),
-    TopicSpec(name="recommendations", key="user_id", partitions=USER_PARTITIONS,
+    TopicSpec(name="recommendations", key="user_id", partitions=USER_PARTITIONS, user_partitioned=True,
               carries="ranked response: base and compensated score per item, model version, evidence"),
-    TopicSpec(name="interactions", key="user_id", partitions=USER_PARTITIONS, hot=True,
+    TopicSpec(name="interactions", key="user_id", partitions=USER_PARTITIONS, user_partitioned=True, hot=True,
               carries="labelled feedback (impression/click/rating/dwell) linked by request_id + item_id"),
-    TopicSpec(name="media", key="user_id", partitions=USER_PARTITIONS, hot=True,
+    TopicSpec(name="media", key="user_id", partitions=USER_PARTITIONS, user_partitioned=True, hot=True,
               carries="video/audio segment embeddings from upstream encoders"),
-    TopicSpec(name="errors", key="any", partitions=USER_PARTITIONS, hot=True,
+    TopicSpec(name="errors", key="any", partitions=USER_PARTITIONS, user_partitioned=True, hot=True,
               carries="error records (JSON, one per record): trainer, schema cache, outside consumers"),
-    TopicSpec(name="memory", key="user partition", partitions=USER_PARTITIONS, hot=True, retention_ms=7 * DAY_MS,
+    TopicSpec(name="memory", key="user partition", partitions=USER_PARTITIONS, user_partitioned=True, hot=True, retention_ms=7 * DAY_MS,
               carries="error-memory writes, one binary batch per scored batch; every scorer replica "
                       "consumes all partitions"),
-    TopicSpec(name="changelog", key="<partition>/<kind>:<id>", partitions=USER_PARTITIONS, compacted=True,
+    TopicSpec(name="changelog", key="<partition>/<kind>:<id>", partitions=USER_PARTITIONS, user_partitioned=True, compacted=True,
               hot=True, carries="input-side state per user partition (pending requests, resolved ids, "
                                 "orphan clicks, stream times and offsets): restored by a partition's next owner"),
     TopicSpec(name="schemas", key="schema_id", partitions=1, compacted=True,
@@ -83,7 +94,8 @@ def markdown_table() -> str:
     for t in CATALOG:
         days = t.retention_ms / DAY_MS
         reader = "batch consumer" if t.hot else "Faust agent / clients"
-        rows.append(f"| `{t.name}` | {t.key} | {t.partitions} | {days:g} d | {'yes' if t.compacted else 'no'} "
+        parts = f"`kafka.partitions` ({t.partitions})" if t.user_partitioned else str(t.partitions)
+        rows.append(f"| `{t.name}` | {t.key} | {parts} | {days:g} d | {'yes' if t.compacted else 'no'} "
                     f"| {reader} | {t.carries} |")
     return "\n".join(rows)
 

@@ -91,7 +91,8 @@ class SchemaCacheConfig(msgspec.Struct, frozen=True, kw_only=True):
             depends on arrival, but a dead partition stops the cache until ``reorder_max_held``).
         reorder_max_held: most records the reorder buffer holds; beyond, the oldest are
             released (~1-2 KB each).
-        reorder_partitions: ``errors`` partitions to wait for (0 = the topic catalog's count).
+        reorder_partitions: ``errors`` partitions to wait for (0 = the cluster's count, as the worker
+            reads it; replay: ``kafka.partitions``).
     """
 
     capacity: int = 4096

@@ -10,6 +10,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import msgspec
+
 import pytest
 
 from reloop.models.registry import ModelRegistry
@@ -20,6 +22,7 @@ from reloop.ops.webclient import wait_ready
 from reloop.ops.worker import BrokerUnreachable, wait_for_broker
 from reloop.streams.codec import decode_event
 from reloop.streams.events import Recommendation, RecommendationRequest
+from reloop.streams.topics import TOPICS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until, produce, log_events
 
@@ -56,6 +59,39 @@ async def test_probe_waits_for_the_catalog_topics(kafka_settings) -> None:
         await wait_for_broker(ks)
     await create_topics(ks)
     assert await wait_for_broker(ks) == 1
+
+
+async def test_topics_are_created_with_kafka_partitions_and_must_be_copartitioned(kafka_settings) -> None:
+    """``kafka.partitions`` sizes the user-partitioned topics; a cluster whose co-partitioned
+    topics disagree (one made by hand with another count) is refused at once, not retried
+    until ``connect_give_up_s``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from reloop.ops.kafka import client_kwargs, partition_counts, topic_name
+    from reloop.streams.topics import CATALOG
+
+    ks = kafka_settings.with_overrides(kafka={"partitions": 6}).kafka
+    await create_topics(ks)
+    admin = AIOKafkaAdminClient(**client_kwargs(ks))
+    await admin.start()
+    try:
+        counts = await partition_counts(admin, [topic_name(ks, t.name) for t in CATALOG])
+    finally:
+        await admin.close()
+    assert counts == {topic_name(ks, t.name): 6 if t.user_partitioned else t.partitions for t in CATALOG}
+    assert {t.name for t in CATALOG if t.user_partitioned} == {
+        "requests", "recommendations", "interactions", "media", "errors", "memory", "changelog"}
+    assert await wait_for_broker(ks) == 1
+
+    # another deployment: its interactions topic made beforehand with 3 partitions
+    other = kafka_settings.with_overrides(kafka={"topic_prefix": "x" + ks.topic_prefix, "partitions": 6,
+                                                 "connect_give_up_s": 30.0}).kafka
+    await create_topics(msgspec.structs.replace(other, partitions=3), (TOPICS["interactions"],))
+    await create_topics(other)  # the rest with 6; interactions exists and keeps its 3
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match=r"must have equal partition counts .*interactions: 3, .*requests: 6"):
+        await wait_for_broker(other)
+    assert time.monotonic() - t0 < 10.0  # at once, not after 30 s of retries
 
 
 async def test_worker_gives_up_when_no_broker_answers(settings, tmp_path: Path) -> None:

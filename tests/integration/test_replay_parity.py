@@ -35,23 +35,23 @@ from reloop.processors.hot_restore import changelog_tail
 from reloop.state.snapshots import read_npz
 from reloop.streams.codec import decode_event, encode
 from reloop.streams.events import ErrorRecord, Interaction, MediaEvent, Recommendation, RecommendationRequest
-from reloop.streams.topics import USER_PARTITIONS
 from tests.conftest import WorkerProcess
 from tests.integration.helpers import consume_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def recorded_log() -> list:
-    """A small simulator log (requests, clicks, media) plus, per user partition, a request and
-    a click an hour later, so every window of the log closes (error records for all)."""
+def recorded_log(partitions: int) -> list:
+    """A small simulator log (requests, clicks, media) plus, per user partition (of
+    ``partitions``), a request and a click an hour later, so every window of the log closes
+    (error records for all)."""
     sim = Simulator(SimConfig(seed=21, n_users=24, n_items=120, requests_per_s=1.0, candidates_per_request=8))
     events = list(sim.events(45))
     last = max(e.ts for e in events)
     part, closers = KeyPartitioner(), {}
     for i in range(1000):
         u = f"closer-{i}"
-        closers.setdefault(part.partition(u.encode(), list(range(USER_PARTITIONS))), u)
+        closers.setdefault(part.partition(u.encode(), list(range(partitions))), u)
     req = next(e for e in events if isinstance(e, RecommendationRequest))
     for p, u in sorted(closers.items()):
         r = msgspec.structs.replace(req, request_id=f"close-{p}", user_id=u, ts=last + 3600 + p)
@@ -70,7 +70,7 @@ async def committed_through(settings, consumer: AIOKafkaConsumer, tp: TopicParti
 
 async def replica_caught_up(settings, port: int, ends: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
     """Wait until the worker's replica applied every ``memory`` and ``errors`` record written."""
-    tps = {t: [TopicPartition(topic_name(settings.kafka, t), p) for p in range(USER_PARTITIONS)]
+    tps = {t: [TopicPartition(topic_name(settings.kafka, t), p) for p in range(settings.kafka.partitions)]
            for t in ("memory", "errors")}
     # the fetch high watermark, not ListOffsets: the embedded broker answers ListOffsets(latest)
     # with the last record batch's base offset + 1, short of the end when a batch holds several
@@ -117,11 +117,19 @@ def file_digest(path: Path, like: dict[str, np.ndarray], prefix: str = "") -> st
     return arrays_digest(arrays)
 
 
+#: ``kafka.partitions`` of this test: not the default 4 (the worker reads the count from the
+#: cluster, replay from the setting), and one where the log's users reach every ``errors``
+#: partition (the reorder buffer holds everything while a partition it waits for is empty).
+PARTITIONS = 6
+
+
 async def test_replay_gives_the_worker_outputs_and_state(kafka_settings, small_model, tmp_path):
-    s = kafka_settings  # compensation, media memory and schema cache all on (the defaults)
-    events = recorded_log()
+    partitions = PARTITIONS
+    s = kafka_settings.with_overrides(kafka={"partitions": partitions})  # compensation, media, schemas on
+    events = recorded_log(partitions)
     assert {type(e) for e in events} == {RecommendationRequest, Interaction, MediaEvent}
-    batches = list(cut_runs(route_events(events, USER_PARTITIONS), 64))
+    batches = list(cut_runs(route_events(events, partitions), 64))
+    assert {b[0].partition for b in batches} == set(range(partitions))
 
     await create_topics(s.kafka)
     registry = ModelRegistry(Path(s.worker.data_dir) / "models")
@@ -161,5 +169,6 @@ async def test_replay_gives_the_worker_outputs_and_state(kafka_settings, small_m
     assert file_digest(snaps / "error_memory.npz", state["error_memory"]) == arrays_digest(state["error_memory"])
     assert file_digest(snaps / "inputs.npz", state["media"], "media.") == arrays_digest(state["media"])
     assert file_digest(snaps / "schema_cache.npz", state["schema_cache"]) == arrays_digest(state["schema_cache"])
+    assert sorted(read_npz(snaps / "schema_cache.npz")["reorder_partitions"].tolist()) == list(range(partitions))
     replica = res.state.replica  # every error record reached the schema cache or waits in its reorder buffer
     assert replica.schema_core.records_in + replica.reorder.held == n_err and replica.schema_core.records_in > 0

@@ -247,6 +247,29 @@ def test_snapshot_without_the_buffer_still_restores(tmp_path):
     assert back.schema_core.records_in + back.reorder.held == PARTS * 150 - r.reorder.held
 
 
+def test_reorder_waits_for_every_errors_partition_the_cluster_has(tmp_path):
+    """The worker tells the replica how many ``errors`` partitions the cluster has (not the
+    catalog's default): a partition with no record yet holds the others' records back, also
+    in a buffer restored from a snapshot taken before the topic had that many."""
+    cfg = msgspec.structs.replace(CFG, reorder_partitions=0)  # 0: the cluster's count
+    r = replica(cfg)
+    assert r.reorder.expected == set(range(4))  # the catalog's default until told
+    r.expect_partitions(PARTS + 1)
+    assert r.reorder.expected == set(range(PARTS + 1))
+    for batch in polls(LOGS, [(0, 40)])[:3]:
+        r.apply_batch(batch)
+    assert r.schema_core.records_in == 0 and r.reorder.held > 0  # partition PARTS has said nothing
+    r.apply_batch({TP("errors", PARTS): [Msg(0, encode(rec("q0", T0 + 0.5)))]})
+    assert r.schema_core.records_in > 0
+
+    old = replica(cfg)  # a snapshot of a buffer that knew 4 partitions
+    old.apply_batch(polls(LOGS, [(0, 40)])[0])
+    write_files(old.collect_snapshot(tmp_path / "error_memory.npz"))
+    back = ErrorsReplica(Recording(), SchemaCore(cfg), Limits(), WorkerTelemetry(), errors_partitions=PARTS + 1)
+    back.restore(tmp_path / "error_memory.npz", None, lambda s: None)
+    assert back.reorder.expected == set(range(PARTS + 1))
+
+
 # ------------------------------------------------------------------ EventTimeReorder alone
 
 
