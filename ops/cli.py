@@ -87,9 +87,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from reloop.ops.kafka import create_topics
 
     settings = _settings(args)
+    if args.partitions is not None:
+        if args.partitions < 1:
+            raise CliError(f"--partitions must be >= 1, got {args.partitions}")
+        settings = settings.with_overrides(kafka={"partitions": args.partitions})
     _need_broker(settings, "topics create")
     created = asyncio.run(create_topics(settings.kafka))
-    print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+    print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}"
+          + (f"; user-partitioned ones with {settings.kafka.partitions} partitions" if created else ""))
     return 0
 
 
@@ -235,6 +240,9 @@ def add_topics(sub: Any) -> None:
     t.add_argument("action", choices=("create", "list"), help="create: on --broker (idempotent); list: print the table")
     common_opts(t)
     t.add_argument("--broker", help="kafka://host:port[,host:port] (default: settings kafka.broker)")
+    t.add_argument("--partitions", type=int, default=None,
+                   help="create: partitions of each user-partitioned topic, the most workers one group can "
+                        "use (default: settings kafka.partitions, 4); existing topics keep theirs")
     t.set_defaults(func=cmd_topics)
 
 

@@ -224,3 +224,8 @@ class SeekToCheckpoint(ConsumerRebalanceListener):
         self.hot.inputs_ready = True  # /ready: the group has given this worker its partitions
         log.info("inputs_assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
                                            "leader": self.hot.is_leader})
+        if not assigned:  # serves nothing until a rebalance gives it some (a standby replica)
+            n = len(consumer.partitions_for_topic(requests) or ())
+            log.warning("inputs_none_assigned", extra={
+                "requests_partitions": n, "hint": "the group has more workers than the input topics have "
+                "partitions (kafka.partitions when the topics were created); this one keeps a replica only"})

@@ -7,6 +7,9 @@ started on the port the worker was already pointed at.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,6 +85,20 @@ async def test_topics_are_created_with_kafka_partitions_and_must_be_copartitione
     assert {t.name for t in CATALOG if t.user_partitioned} == {
         "requests", "recommendations", "interactions", "media", "errors", "memory", "changelog"}
     assert await wait_for_broker(ks) == 1
+
+    # the CLI: ``reloop topics create --partitions N`` (a third prefix)
+    cli = kafka_settings.with_overrides(kafka={"topic_prefix": "c" + ks.topic_prefix}).kafka
+    out = subprocess.run([sys.executable, "-m", "reloop.ops.cli", "topics", "create", "--broker", cli.broker,
+                          "--partitions", "3"], env={**os.environ, "RELOOP_KAFKA__TOPIC_PREFIX": cli.topic_prefix},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "user-partitioned ones with 3 partitions" in out.stdout, out.stderr[-2000:]
+    admin = AIOKafkaAdminClient(**client_kwargs(cli))
+    await admin.start()
+    try:
+        made = await partition_counts(admin, [topic_name(cli, t.name) for t in CATALOG])
+    finally:
+        await admin.close()
+    assert made == {topic_name(cli, t.name): 3 if t.user_partitioned else t.partitions for t in CATALOG}
 
     # another deployment: its interactions topic made beforehand with 3 partitions
     other = kafka_settings.with_overrides(kafka={"topic_prefix": "x" + ks.topic_prefix, "partitions": 6,
