@@ -47,7 +47,6 @@ from reloop.processors.tasks import FeedbackTasks
 from reloop.state.media.snapshot import user_digest, user_from_bytes
 from reloop.state.snapshots import read_npz
 from reloop.streams.events import ErrorRecord, Recommendation, RecommendationRequest
-from reloop.streams.topics import USER_PARTITIONS
 
 __all__ = ["Step", "run_group_trial", "random_script", "compare_group"]
 
@@ -224,10 +223,10 @@ async def changelog_tasks(settings: Settings, window_s: float, media: dict[str, 
 
     tasks = FeedbackTasks(window_s, 1_000_000, OnlineMetrics())
     c = AIOKafkaConsumer(**client_kwargs(settings.kafka), group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest")
+                         auto_offset_reset="earliest", fetch_max_wait_ms=10)  # reads to the end: no 500 ms holds
     await c.start()
     try:
-        for p in range(USER_PARTITIONS):
+        for p in range(settings.kafka.partitions):
             tp = TopicPartition(topic_name(settings.kafka, "changelog"), p)
             end, _ = await changelog_tail(c, tp)
             records = await changelog_read(c, tp, end) if end else []

@@ -38,7 +38,8 @@ async def consume_until(settings: Settings, topic: str, done: Callable[[list[Any
                         timeout_s: float = 60.0) -> list[Any]:
     """Read a topic from the beginning until ``done(messages)`` holds; fail on timeout."""
     c = AIOKafkaConsumer(topic_name(settings.kafka, topic), **client_kwargs(settings.kafka), group_id=None,
-                         auto_offset_reset="earliest", enable_auto_commit=False)
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         fetch_max_wait_ms=10)  # the broker holds an empty fetch for the whole wait
     await c.start()
     got: list[Any] = []
     deadline = time.monotonic() + timeout_s
