@@ -169,6 +169,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self.checkpoint_in_child = checkpoint_in_child and hasattr(os, "fork")
         self._unacked: asyncio.Future[None] | None = None  # the last batch's acks + commit (process_inputs)
         self._acks: asyncio.Future[Any] | None = None  # the last batch's acks alone
+        self._to_commit: dict[TopicPartition, int] = {}  # acknowledged offsets not yet committed
+        self._committer: asyncio.Future[None] | None = None  # commits them (hot_state)
         self._writes_in_flight: set[asyncio.Future[Any]] = set()  # file writes off the loop (hot_state)
         # applies ``memory``/``errors``/``schemas`` polls and collects the replica snapshots, one
         # at a time and in poll order, off the event loop (module doc: "Replica thread")
@@ -226,6 +228,8 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
             async with self.batch_lock:  # the batch in flight ends first, then nothing runs between
                 with contextlib.suppress(Exception):  # a failed produce: its batch is in the journal
                     await self.settle_outputs()
+                with contextlib.suppress(Exception):  # a failed commit: the offsets are journaled too
+                    await self.commits_flushed()
                 await self.finish_writes()
                 self.save_checkpoint()
                 # after the poll being applied, if any (the replica thread runs one at a time)
@@ -272,12 +276,13 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
 
     async def process_inputs(self, batch: dict[TopicPartition, list[Any]], generation: int | None = None) -> None:
         """Run one polled batch through the cores, journal it, send its outputs; their
-        acknowledgement and the commit of its offsets finish in the background
-        (:meth:`_finish_batch`) while the next batch is fetched and scored.
+        acknowledgement finishes in the background (:meth:`_finish_batch`) while the next
+        batch is fetched and scored, and the commit of its offsets after that, off the batch
+        path (:meth:`_commit_pending`).
 
         At most one batch is unacknowledged: a batch is journaled only once the previous one
-        is acknowledged and committed (:meth:`settle_outputs`), so the journal's last entry is
-        still the only batch a crash can cut off mid-produce (its outputs are re-sent at start).
+        is acknowledged (:meth:`settle_outputs`), so the journal's last entry is still the
+        only batch a crash can cut off mid-produce (its outputs are re-sent at start).
 
         ``generation``: :attr:`generation` when the batch was polled; a batch polled before a
         rebalance is dropped (the rebalance placed every partition where its state ends, so
