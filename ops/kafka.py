@@ -107,7 +107,7 @@ def check_copartitioned(counts: dict[str, int], prefix: str = "") -> int:
     >>> check_copartitioned({"requests": 8, "interactions": 4})
     Traceback (most recent call last):
     ...
-    reloop.ops.kafka.NotCopartitioned: topics requests, interactions, media and changelog must have equal partition counts (partition i of each holds the same users), got interactions: 4, requests: 8
+    reloop.ops.kafka.NotCopartitioned: topics requests, ... must have equal partition counts ..., got interactions: 4, requests: 8
     """
     got = {t: counts[TOPICS[t].full_name(prefix)] for t in COPARTITIONED if TOPICS[t].full_name(prefix) in counts}
     if len(set(got.values())) > 1:

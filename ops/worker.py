@@ -31,7 +31,8 @@ import faust
 from reloop.models.bundle import CorruptModelError
 from reloop.models.registry import ModelRegistry
 from reloop.ops.broker import free_port
-from reloop.ops.kafka import COPARTITIONED, NotCopartitioned, check_copartitioned, client_kwargs, partition_counts, topic_name
+from reloop.ops.kafka import (COPARTITIONED, NotCopartitioned, check_copartitioned, client_kwargs, partition_counts,
+                              topic_name)
 from reloop.ops.settings import KafkaSettings, Settings
 from reloop.ops.status_page import status_page
 from reloop.ops.web_access import DigestCache, SizesCache, advertised_host, status_url, web_access_denied

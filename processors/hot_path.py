@@ -167,7 +167,7 @@ class HotPath(HotPathModel, HotPathInputs, HotPathState, HotPathRestore, HotPath
         self._last_checkpoint = time.monotonic()
         self._checkpoint_busy = False
         self.checkpoint_in_child = checkpoint_in_child and hasattr(os, "fork")
-        self._unacked: asyncio.Future[None] | None = None  # the last batch's acks + commit (process_inputs)
+        self._unacked: asyncio.Future[None] | None = None  # the last batch's acks, then its commit queued
         self._acks: asyncio.Future[Any] | None = None  # the last batch's acks alone
         self._to_commit: dict[TopicPartition, int] = {}  # acknowledged offsets not yet committed
         self._committer: asyncio.Future[None] | None = None  # commits them (hot_state)
