@@ -84,3 +84,19 @@ def log_events(text: str, name: str) -> list[dict]:
             if rec.get("event") == name:
                 out.append(rec)
     return out
+
+
+def named_workers(settings: Settings, model: Any, tmp_path: Any, names: tuple[str, ...]) -> list[Any]:
+    """One worker process per name on ``settings``' topics and group, each with its own data
+    dir (``tmp_path / name``, ``model`` registered there) and log (``tmp_path / name.log``)."""
+    from pathlib import Path
+
+    from reloop.models.registry import ModelRegistry
+    from tests.conftest import WorkerProcess
+
+    workers = []
+    for name in names:
+        ws = settings.with_overrides(worker={"data_dir": str(tmp_path / name)})
+        ModelRegistry(Path(ws.worker.data_dir) / "models").register(model)
+        workers.append(WorkerProcess(ws, tmp_path / f"{name}.log"))
+    return workers

@@ -73,15 +73,19 @@ async def test_topics_are_created_with_kafka_partitions_and_must_be_copartitione
     from reloop.ops.kafka import client_kwargs, partition_counts, topic_name
     from reloop.streams.topics import CATALOG
 
+    async def counts_are(ks, user_partitions: int) -> bool:
+        """Every catalog topic of ``ks`` exists with its expected partition count."""
+        admin = AIOKafkaAdminClient(**client_kwargs(ks))
+        await admin.start()
+        try:
+            counts = await partition_counts(admin, [topic_name(ks, t.name) for t in CATALOG])
+        finally:
+            await admin.close()
+        return counts == {topic_name(ks, t.name): t.count(user_partitions) for t in CATALOG}
+
     ks = kafka_settings.with_overrides(kafka={"partitions": 6}).kafka
     await create_topics(ks)
-    admin = AIOKafkaAdminClient(**client_kwargs(ks))
-    await admin.start()
-    try:
-        counts = await partition_counts(admin, [topic_name(ks, t.name) for t in CATALOG])
-    finally:
-        await admin.close()
-    assert counts == {topic_name(ks, t.name): 6 if t.user_partitioned else t.partitions for t in CATALOG}
+    assert await counts_are(ks, 6)
     assert {t.name for t in CATALOG if t.user_partitioned} == {
         "requests", "recommendations", "interactions", "media", "errors", "memory", "changelog"}
     assert await wait_for_broker(ks) == 1
@@ -92,13 +96,7 @@ async def test_topics_are_created_with_kafka_partitions_and_must_be_copartitione
                           "--partitions", "3"], env={**os.environ, "RELOOP_KAFKA__TOPIC_PREFIX": cli.topic_prefix},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "user-partitioned ones with 3 partitions" in out.stdout, out.stderr[-2000:]
-    admin = AIOKafkaAdminClient(**client_kwargs(cli))
-    await admin.start()
-    try:
-        made = await partition_counts(admin, [topic_name(cli, t.name) for t in CATALOG])
-    finally:
-        await admin.close()
-    assert made == {topic_name(cli, t.name): 3 if t.user_partitioned else t.partitions for t in CATALOG}
+    assert await counts_are(cli, 3)
 
     # another deployment: its interactions topic made beforehand with 3 partitions
     other = kafka_settings.with_overrides(kafka={"topic_prefix": "x" + ks.topic_prefix, "partitions": 6,

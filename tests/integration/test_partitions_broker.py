@@ -7,17 +7,15 @@ than partitions), and is still ready: a standby that keeps the error-memory repl
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from reloop.models.registry import ModelRegistry
 from reloop.ops.kafka import create_topics
 from reloop.ops.simulator import SimConfig, Simulator
 from reloop.ops.webclient import get_json, wait_ready
 from reloop.streams.events import RecommendationRequest
 from tests.conftest import WorkerProcess
-from tests.integration.helpers import consume_until, log_events, poll_until, produce
+from tests.integration.helpers import named_workers, consume_until, log_events, poll_until, produce
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -25,11 +23,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 async def test_a_worker_beyond_the_partition_count_serves_nothing_and_says_why(kafka_settings, small_model, tmp_path):
     s = kafka_settings.with_overrides(kafka={"partitions": 1})
     await create_topics(s.kafka)
-    workers = []
-    for name in ("a", "b"):
-        ws = s.with_overrides(worker={"data_dir": str(tmp_path / name)})
-        ModelRegistry(Path(ws.worker.data_dir) / "models").register(small_model)
-        workers.append(WorkerProcess(ws, tmp_path / f"{name}.log"))
+    workers = named_workers(s, small_model, tmp_path, ("a", "b"))
     try:
         for w in workers:
             await wait_ready(w.port, 180.0, w.proc)  # both ready: the idle one as a standby

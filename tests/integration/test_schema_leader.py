@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from reloop.models.registry import ModelRegistry
 from reloop.ops.kafka import create_topics
 from reloop.ops.simulator import FaultSpec, SimConfig, Simulator
 from reloop.ops.webclient import get_json, wait_ready
@@ -17,8 +15,7 @@ from reloop.processors.schemas import SchemaUpdate
 from reloop.streams.codec import decode_event
 from reloop.streams.events import Candidate, Recommendation, RecommendationRequest
 from reloop.streams.topics import USER_PARTITIONS
-from tests.conftest import WorkerProcess
-from tests.integration.helpers import consume_until, log_events, poll_until, produce
+from tests.integration.helpers import named_workers, consume_until, log_events, poll_until, produce
 from tests.processors.test_schema_core import _oracle_records
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -30,11 +27,7 @@ async def test_only_the_leader_distils_and_the_other_matches_its_schemata(kafka_
     sim = Simulator(SimConfig(seed=4, shift_at=None, faults=(
         FaultSpec(kind="ctr_collapse", where={"genre": "comedy"}, start_frac=0.2, end_frac=1.0),)))  # active at the end
     records = _oracle_records(sim, 1500)
-    workers = []
-    for name in ("a", "b"):
-        ws = s.with_overrides(worker={"data_dir": str(tmp_path / name)})
-        ModelRegistry(Path(ws.worker.data_dir) / "models").register(small_model)
-        workers.append(WorkerProcess(ws, tmp_path / f"{name}.log"))
+    workers = named_workers(s, small_model, tmp_path, ("a", "b"))
     try:
         for w in workers:
             await wait_ready(w.port, 180.0, w.proc)
