@@ -226,6 +226,10 @@ def build_app(settings: Settings) -> tuple[faust.App, HotPath]:
             "errors_applied": hot.errors_applied, "memory_applied": hot.memory_applied,
             "summary": summary, "series": series, "cluster_quality": cluster,
             "error_memory": {"rekeyed": getattr(hot.compensation, "rekeyed", 0)},
+            # what scoring matches requests against now: the distilled cache's schemata on the
+            # elected worker, the ones read from ``schemas`` on the others (they arrive late)
+            "schemas_matched": list(hot.scoring.schemas.cache.matcher.ids)
+            if hot.scoring is not None and hot.scoring.schemas is not None else [],
             "counters": _counter_totals(telemetry),
         })
 

@@ -40,6 +40,11 @@ async def test_only_the_leader_distils_and_the_other_matches_its_schemata(kafka_
         assert readers.count(True) == 1, states  # one distils; the other never read ``errors``
         # and only the one that distils started a schema-cache child process
         assert [bool(log_events(w.log_text(), "schema_child_started")) for w in workers] == readers
+        # the follower reads ``schemas`` asynchronously: wait until it matches against the
+        # comedy schema (a request scored before that is rightly unmatched)
+        follower = workers[readers.index(False)]
+        await poll_until(lambda: get_json(follower.port, "/status"),
+                         lambda st: comedy.schema_id in st["schemas_matched"], what="the follower has the schema")
         # requests on every partition (so on both workers), a comedy candidate each, at the time
         # the schema was active; every recommendation names it
         ts = comedy.last_seen
