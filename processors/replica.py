@@ -325,7 +325,7 @@ class ErrorsReplica:
                 # format without the buffer: the cache includes every record up to the offsets
                 self.reorder = (EventTimeReorder.from_arrays(snap, self._decode) if "reorder_scalars" in snap
                                 else self._new_reorder())
-                self.reorder.expected.update(self._reorder_partitions())  # a snapshot of fewer
+                self.expect_partitions(self.errors_partitions)  # a snapshot may know fewer
                 if self.quality is not None:  # a snapshot from before it: measured from here on
                     self.quality = (ClusterQuality.from_state(snap["quality"].tobytes()) if "quality" in snap
                                     else ClusterQuality(self.quality_window))
